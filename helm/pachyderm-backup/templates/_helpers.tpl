@@ -1,0 +1,357 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{- define "pachyderm-backup.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Full name, at most 38 characters so that "<fullname>-resume-guard" stays within
+the 52 characters a CronJob name may have.
+*/}}
+{{- define "pachyderm-backup.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 38 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 38 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 38 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pachyderm-backup.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pachyderm-backup.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pachyderm-backup.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "pachyderm-backup.labels" -}}
+helm.sh/chart: {{ include "pachyderm-backup.chart" . }}
+{{ include "pachyderm-backup.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: pachyderm-backup
+{{- end -}}
+
+{{- define "pachyderm-backup.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pachyderm-backup.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Namespace of Pachyderm: where the Role (and so the Lease) lives. */}}
+{{- define "pachyderm-backup.pachydermNamespace" -}}
+{{- default .Release.Namespace .Values.pachyderm.namespace -}}
+{{- end -}}
+
+{{- define "pachyderm-backup.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/*
+A duration as the program reads it ("90s", "10m", "2h", "1h30m", "7d", "2w") in
+seconds. values.schema.json only admits this form.
+*/}}
+{{- define "pachyderm-backup.seconds" -}}
+{{- $units := dict "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800 -}}
+{{- $total := 0 -}}
+{{- range $part := regexFindAll "[0-9]+[smhdw]" (toString .) -1 -}}
+{{- $n := regexFind "^[0-9]+" $part | atoi -}}
+{{- $total = add $total (mul $n (get $units (regexFind "[smhdw]$" $part))) -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
+
+{{/*
+terminationGracePeriodSeconds: long enough for the program to resume the cluster
+after SIGTERM (RESUME_TIMEOUT + 60 s unless set).
+*/}}
+{{- define "pachyderm-backup.terminationGracePeriodSeconds" -}}
+{{- $resume := include "pachyderm-backup.seconds" .Values.pause.resumeTimeout | atoi -}}
+{{- $set := .Values.cronjob.terminationGracePeriodSeconds -}}
+{{- if kindIs "invalid" $set -}}
+{{- add $resume 60 -}}
+{{- else -}}
+{{- if lt (int $set) $resume -}}
+{{- fail (printf "cronjob.terminationGracePeriodSeconds (%d) must be at least pause.resumeTimeout (%s = %d s): after SIGTERM the program needs that long to resume Pachyderm" (int $set) .Values.pause.resumeTimeout $resume) -}}
+{{- end -}}
+{{- int $set -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks that JSON schema cannot express. */}}
+{{- define "pachyderm-backup.validate" -}}
+{{- $pause := include "pachyderm-backup.seconds" .Values.pause.timeout | atoi -}}
+{{- $resume := include "pachyderm-backup.seconds" .Values.pause.resumeTimeout | atoi -}}
+{{- $down := include "pachyderm-backup.seconds" .Values.pause.maxDowntime | atoi -}}
+{{- $floor := add $pause $down $resume -}}
+{{- if le (int .Values.cronjob.activeDeadlineSeconds) $floor -}}
+{{- fail (printf "cronjob.activeDeadlineSeconds (%d) must be larger than pause.timeout + pause.maxDowntime + pause.resumeTimeout (%d s), or Kubernetes kills a run before it could resume" (int .Values.cronjob.activeDeadlineSeconds) $floor) -}}
+{{- end -}}
+{{- $guard := .Values.resumeGuard.activeDeadlineSeconds -}}
+{{- if and .Values.resumeGuard.enabled (not (kindIs "invalid" $guard)) -}}
+{{- if le (int $guard) $resume -}}
+{{- fail (printf "resumeGuard.activeDeadlineSeconds (%d) must be larger than pause.resumeTimeout (%d s)" (int $guard) $resume) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq .Values.source.backend "none") (not .Values.source.url) -}}
+{{- fail "source.url is required when source.backend is none" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A plain variable, emitted only when the value is set. */}}
+{{- define "pachyderm-backup.envVar" -}}
+{{- $v := index . 1 -}}
+{{- if not (or (kindIs "invalid" $v) (and (kindIs "string" $v) (eq $v ""))) }}
+- name: {{ index . 0 }}
+  value: {{ $v | toString | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* A variable from a Secret key. Arguments: name, secret, key, optional. */}}
+{{- define "pachyderm-backup.secretEnvVar" -}}
+- name: {{ index . 0 }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ index . 1 | quote }}
+      key: {{ index . 2 | quote }}
+      {{- if index . 3 }}
+      optional: true
+      {{- end }}
+{{- end -}}
+
+{{/* SOURCE_URL, derived from the bucket of Pachyderm's Secret when not given. */}}
+{{- define "pachyderm-backup.sourceUrl" -}}
+{{- $src := .Values.source -}}
+{{- if $src.url -}}
+{{- $src.url -}}
+{{- else -}}
+{{- $keys := get $src.secretKeys $src.backend | default dict -}}
+{{- $var := get (dict "amazon" "SOURCE_AWS_BUCKET" "minio" "SOURCE_AWS_BUCKET" "google" "SOURCE_GOOGLE_BUCKET" "microsoft" "SOURCE_AZURE_CONTAINER_NAME") $src.backend -}}
+{{- $scheme := get (dict "amazon" "s3" "minio" "s3" "google" "gs" "microsoft" "az") $src.backend -}}
+{{- if not (get $keys $var) -}}
+{{- fail (printf "source.url is required: source.secretKeys.%s.%s is unset, so the bucket cannot be read from %s" $src.backend $var $src.secretName) -}}
+{{- end -}}
+{{- printf "%s://$(%s)" $scheme $var -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The environment shared by every CronJob: the program's whole configuration.
+*/}}
+{{- define "pachyderm-backup.env" -}}
+{{- $v := .Values -}}
+{{- include "pachyderm-backup.envVar" (list "PACHYDERM_NAMESPACE" $v.pachyderm.namespace) }}
+{{- include "pachyderm-backup.envVar" (list "PACHD_DEPLOYMENT" $v.pachyderm.pachdDeployment) }}
+{{- include "pachyderm-backup.envVar" (list "PACHW_DEPLOYMENT" $v.pachyderm.pachwDeployment) }}
+{{- include "pachyderm-backup.envVar" (list "WORKER_SELECTOR" $v.pachyderm.workerSelector) }}
+{{- include "pachyderm-backup.envVar" (list "PACHD_CONFIGMAP" $v.pachyderm.pachdConfigMap) }}
+{{- include "pachyderm-backup.envVar" (list "PAUSE_MODE" $v.pause.mode) }}
+{{- include "pachyderm-backup.envVar" (list "PAUSE_TIMEOUT" $v.pause.timeout) }}
+{{- include "pachyderm-backup.envVar" (list "RESUME_TIMEOUT" $v.pause.resumeTimeout) }}
+{{- include "pachyderm-backup.envVar" (list "MAX_DOWNTIME" $v.pause.maxDowntime) }}
+{{- include "pachyderm-backup.envVar" (list "LEASE_NAME" $v.lease.name) }}
+{{- include "pachyderm-backup.envVar" (list "LEASE_DURATION" $v.lease.duration) }}
+{{- /* PostgreSQL (libpq's variables) */}}
+{{- include "pachyderm-backup.envVar" (list "PGHOST" $v.postgresql.host) }}
+{{- include "pachyderm-backup.envVar" (list "PGPORT" (int $v.postgresql.port)) }}
+{{- include "pachyderm-backup.envVar" (list "PGUSER" $v.postgresql.user) }}
+{{- if $v.postgresql.password.secretName }}
+{{ include "pachyderm-backup.secretEnvVar" (list "PGPASSWORD" $v.postgresql.password.secretName $v.postgresql.password.secretKey false) }}
+{{- end }}
+{{- include "pachyderm-backup.envVar" (list "PGSSLMODE" $v.postgresql.sslMode) }}
+{{- include "pachyderm-backup.envVar" (list "PGSSLROOTCERT" $v.postgresql.sslRootCert) }}
+{{- include "pachyderm-backup.envVar" (list "DATABASES" (join "," $v.postgresql.databases)) }}
+{{- include "pachyderm-backup.envVar" (list "PG_BIN_DIR" $v.postgresql.binDir) }}
+{{- /* Source bucket: Pachyderm's storage Secret, then plain values */}}
+{{- $src := $v.source }}
+{{- if ne $src.backend "none" }}
+{{- $keys := get $src.secretKeys $src.backend | default dict }}
+{{- range $var := keys $keys | sortAlpha }}
+{{- $key := get $keys $var }}
+{{- $skip := or (not $key) (and $src.url (has $var (list "SOURCE_AWS_BUCKET" "SOURCE_GOOGLE_BUCKET" "SOURCE_AZURE_CONTAINER_NAME"))) (and $src.endpoint (eq $var "SOURCE_AWS_ENDPOINT")) (and $src.region (eq $var "SOURCE_AWS_REGION")) }}
+{{- if not $skip }}
+{{ include "pachyderm-backup.secretEnvVar" (list $var $src.secretName $key (has $key $src.optionalSecretKeys)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- include "pachyderm-backup.envVar" (list "SOURCE_AWS_ENDPOINT" $src.endpoint) }}
+{{- if hasPrefix "http://" $src.endpoint }}
+{{- include "pachyderm-backup.envVar" (list "SOURCE_AWS_ALLOW_HTTP" "true") }}
+{{- end }}
+{{- include "pachyderm-backup.envVar" (list "SOURCE_AWS_REGION" (or $src.region (and (eq $src.backend "minio") "us-east-1") "")) }}
+{{- include "pachyderm-backup.envVar" (list "SOURCE_URL" (include "pachyderm-backup.sourceUrl" .)) }}
+{{- /* Target bucket */}}
+{{- $tgt := $v.target }}
+{{- include "pachyderm-backup.envVar" (list "TARGET_URL" $tgt.url) }}
+{{- include "pachyderm-backup.envVar" (list "TARGET_AWS_REGION" $tgt.region) }}
+{{- include "pachyderm-backup.envVar" (list "TARGET_AWS_ENDPOINT" $tgt.endpoint) }}
+{{- if hasPrefix "http://" $tgt.endpoint }}
+{{- include "pachyderm-backup.envVar" (list "TARGET_AWS_ALLOW_HTTP" "true") }}
+{{- end }}
+{{- if $tgt.secretName }}
+{{- range $var := keys $tgt.secretKeys | sortAlpha }}
+{{- $key := get $tgt.secretKeys $var }}
+{{- if $key }}
+{{ include "pachyderm-backup.secretEnvVar" (list $var $tgt.secretName $key true) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- /* Objects, retention */}}
+{{- include "pachyderm-backup.envVar" (list "OBJECTS" $v.objects.mode) }}
+{{- include "pachyderm-backup.envVar" (list "PRECOPY" $v.objects.precopy) }}
+{{- include "pachyderm-backup.envVar" (list "COPY_CONCURRENCY" (int $v.objects.copyConcurrency)) }}
+{{- include "pachyderm-backup.envVar" (list "KEEP_LAST" (int $v.retention.keepLast)) }}
+{{- include "pachyderm-backup.envVar" (list "KEEP_HOURLY" (int $v.retention.keepHourly)) }}
+{{- include "pachyderm-backup.envVar" (list "KEEP_DAILY" (int $v.retention.keepDaily)) }}
+{{- include "pachyderm-backup.envVar" (list "KEEP_WEEKLY" (int $v.retention.keepWeekly)) }}
+{{- include "pachyderm-backup.envVar" (list "KEEP_MONTHLY" (int $v.retention.keepMonthly)) }}
+{{- include "pachyderm-backup.envVar" (list "KEEP_YEARLY" (int $v.retention.keepYearly)) }}
+{{- include "pachyderm-backup.envVar" (list "KEEP_WITHIN" $v.retention.keepWithin) }}
+{{- include "pachyderm-backup.envVar" (list "MIN_KEEP" (int $v.retention.minKeep)) }}
+{{- include "pachyderm-backup.envVar" (list "GC_GRACE" $v.retention.gcGrace) }}
+{{- /* Metrics and logs */}}
+{{- include "pachyderm-backup.envVar" (list "PUSHGATEWAY_URL" $v.pushgateway.url) }}
+{{- include "pachyderm-backup.envVar" (list "PUSHGATEWAY_TIMEOUT" $v.pushgateway.timeout) }}
+{{- if $v.pushgateway.auth.secretName }}
+{{ include "pachyderm-backup.secretEnvVar" (list "PUSHGATEWAY_USERNAME" $v.pushgateway.auth.secretName $v.pushgateway.auth.usernameKey false) }}
+{{ include "pachyderm-backup.secretEnvVar" (list "PUSHGATEWAY_PASSWORD" $v.pushgateway.auth.secretName $v.pushgateway.auth.passwordKey false) }}
+{{- end }}
+{{- include "pachyderm-backup.envVar" (list "CLUSTER_NAME" $v.clusterName) }}
+{{- include "pachyderm-backup.envVar" (list "SCHEDULE" $v.schedule) }}
+{{- include "pachyderm-backup.envVar" (list "PROGRESS_INTERVAL" $v.logging.progressInterval) }}
+{{- include "pachyderm-backup.envVar" (list "LOG_FORMAT" $v.logging.format) }}
+{{- include "pachyderm-backup.envVar" (list "RUST_LOG" $v.logging.level) }}
+{{- end -}}
+
+{{/* The restore drill's destination (RESTORE_*). */}}
+{{- define "pachyderm-backup.restoreEnv" -}}
+{{- $r := .Values.drill.restore -}}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_PGHOST" $r.pghost) }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_PGPORT" (int $r.pgport)) }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_PGUSER" $r.pguser) }}
+{{- if $r.password.secretName }}
+{{ include "pachyderm-backup.secretEnvVar" (list "RESTORE_PGPASSWORD" $r.password.secretName $r.password.secretKey false) }}
+{{- end }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_PGSSLMODE" $r.sslMode) }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_URL" $r.url) }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_AWS_REGION" $r.region) }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_AWS_ENDPOINT" $r.endpoint) }}
+{{- if hasPrefix "http://" $r.endpoint }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_AWS_ALLOW_HTTP" "true") }}
+{{- end }}
+{{- if $r.secretName }}
+{{- range $var := keys $r.secretKeys | sortAlpha }}
+{{- $key := get $r.secretKeys $var }}
+{{- if $key }}
+{{ include "pachyderm-backup.secretEnvVar" (list $var $r.secretName $key true) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The Job template shared by the CronJobs. Argument: dict with
+  root, component, args, resources, activeDeadlineSeconds, restore (bool).
+*/}}
+{{- define "pachyderm-backup.jobTemplate" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+metadata:
+  labels:
+    {{- include "pachyderm-backup.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  backoffLimit: 0
+  activeDeadlineSeconds: {{ int .activeDeadlineSeconds }}
+  {{- if not (kindIs "invalid" $v.cronjob.ttlSecondsAfterFinished) }}
+  ttlSecondsAfterFinished: {{ int $v.cronjob.ttlSecondsAfterFinished }}
+  {{- end }}
+  template:
+    metadata:
+      labels:
+        {{- include "pachyderm-backup.selectorLabels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ .component }}
+        {{- if $v.workloadIdentity.azure.clientId }}
+        azure.workload.identity/use: "true"
+        {{- end }}
+        {{- with $v.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- $annotations := dict }}
+      {{- if eq .component "backup" }}
+      {{- /* Evicting a running backup would interrupt a pause: let the autoscaler wait. */}}
+      {{- $_ := set $annotations "cluster-autoscaler.kubernetes.io/safe-to-evict" "false" }}
+      {{- end }}
+      {{- $annotations = merge (deepCopy ($v.podAnnotations | default dict)) $annotations }}
+      {{- with $annotations }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    spec:
+      serviceAccountName: {{ include "pachyderm-backup.serviceAccountName" $root }}
+      # The program talks to the Kubernetes API server with this token.
+      automountServiceAccountToken: true
+      restartPolicy: Never
+      enableServiceLinks: false
+      terminationGracePeriodSeconds: {{ include "pachyderm-backup.terminationGracePeriodSeconds" $root }}
+      {{- with $v.priorityClassName }}
+      priorityClassName: {{ . | quote }}
+      {{- end }}
+      {{- with $v.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $v.podSecurityContext | nindent 8 }}
+      containers:
+        - name: pachyderm-backup
+          image: {{ include "pachyderm-backup.image" $root | quote }}
+          imagePullPolicy: {{ $v.image.pullPolicy }}
+          args:
+            {{- toYaml .args | nindent 12 }}
+          env:
+            {{- include "pachyderm-backup.env" $root | trim | nindent 12 }}
+            {{- if .restore }}
+            {{- include "pachyderm-backup.restoreEnv" $root | trim | nindent 12 }}
+            {{- end }}
+            {{- with $v.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          resources:
+            {{- toYaml .resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $v.securityContext | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            {{- with $v.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+      volumes:
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $v.tmpSizeLimit | quote }}
+        {{- with $v.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- with $v.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end -}}
