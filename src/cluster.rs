@@ -1,0 +1,742 @@
+//! Kubernetes: permissions preflight, pause and resume, the run's Lease, and the
+//! capture of the deployment's objects.
+//!
+//! A paused object carries its original state in annotations written by the same
+//! PATCH that pauses it (one atomic write, guarded by its resourceVersion), so a run
+//! killed at any point leaves enough on the objects themselves for the next run, the
+//! resume guard or `pachyderm-backup resume` to put everything back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ReplicationController, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, MicroTime, ObjectMeta};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::{ClusterSettings, PauseMode};
+
+pub const ANNOTATION_REPLICAS: &str = "pachyderm-backup/replicas";
+pub const ANNOTATION_PAUSED_BY: &str = "pachyderm-backup/paused-by";
+pub const ANNOTATION_MODE: &str = "pachyderm-backup/mode";
+const PACHYDERM_UPDATED_AT: &str = "pachyderm.com/updatedAt";
+const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+const POLL: Duration = Duration::from_millis(500);
+const CONFLICT_RETRIES: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot reach the Kubernetes API ({0}); in a pod, check the ServiceAccount; outside, KUBECONFIG")]
+    Connect(String),
+    #[error("Kubernetes API call failed while {what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the ServiceAccount lacks permissions the run needs: {}; grant them (the Helm chart's Role does)", .0.join(", "))]
+    Forbidden(Vec<String>),
+    #[error("{what} did not happen within {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+    #[error("another run holds Lease {name} (holder {holder}, valid until {until}); runs are exclusive, try again after it ends")]
+    LeaseHeld { name: String, holder: String, until: DateTime<Utc> },
+    #[error("Lease {0} was lost during the run (taken by another holder or not renewable); stopping")]
+    LeaseLost(String),
+    #[error("Deployment {0} does not exist in namespace {1}")]
+    Missing(String, String),
+    #[error("{0} has a malformed {ANNOTATION_REPLICAS} annotation {1:?}; set its replicas by hand and remove the annotation")]
+    BadAnnotation(String, String),
+}
+
+fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Api { what, source }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// One permission the run needs, for the SelfSubjectAccessReview preflight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    pub verb: &'static str,
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() { String::new() } else { format!(".{}", self.group) };
+        match &self.name {
+            Some(n) => write!(f, "{} {}{}/{}", self.verb, self.resource, group, n),
+            None => write!(f, "{} {}{}", self.verb, self.resource, group),
+        }
+    }
+}
+
+/// Every call a run makes, by pause mode: the preflight checks exactly these, and the
+/// chart's Role grants exactly these.
+pub fn permissions(s: &ClusterSettings) -> Vec<Permission> {
+    let p = |verb, group, resource, name: Option<&str>| Permission { verb, group, resource, name: name.map(str::to_string) };
+    let mut v = vec![
+        p("get", "coordination.k8s.io", "leases", Some(&s.lease_name)),
+        p("update", "coordination.k8s.io", "leases", Some(&s.lease_name)),
+        p("create", "coordination.k8s.io", "leases", None),
+        p("get", "apps", "deployments", Some(&s.pachd)),
+        p("patch", "apps", "deployments", Some(&s.pachd)),
+        p("list", "", "pods", None),
+        p("list", "apps", "deployments", None),
+        p("list", "", "replicationcontrollers", None),
+        p("list", "", "services", None),
+        p("list", "", "configmaps", None),
+    ];
+    match s.pause_mode {
+        PauseMode::Scale => {
+            v.push(p("get", "apps", "deployments", Some(&s.pachw)));
+            v.push(p("patch", "apps", "deployments", Some(&s.pachw)));
+            v.push(p("patch", "", "replicationcontrollers", None));
+        }
+        PauseMode::Pachyderm => {
+            v.push(p("get", "", "configmaps", Some(&s.pachd_configmap)));
+            v.push(p("patch", "", "configmaps", Some(&s.pachd_configmap)));
+        }
+        PauseMode::None => {}
+    }
+    v
+}
+
+/// The state of a Lease at `now`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    Free,
+    Mine,
+    Held { holder: String, until: DateTime<Utc> },
+}
+
+fn micro_time(t: DateTime<Utc>) -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::from_microsecond(t.timestamp_micros()).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))
+}
+
+fn from_micro_time(t: &MicroTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.0.as_microsecond()).unwrap_or_default()
+}
+
+pub fn lease_state(spec: Option<&LeaseSpec>, me: &str, now: DateTime<Utc>) -> LeaseState {
+    let Some(spec) = spec else { return LeaseState::Free };
+    let Some(holder) = spec.holder_identity.as_deref().filter(|h| !h.is_empty()) else { return LeaseState::Free };
+    if holder == me {
+        return LeaseState::Mine;
+    }
+    let since = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()).map(from_micro_time);
+    let duration = chrono::Duration::seconds(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
+    match since {
+        Some(t) if t + duration > now => LeaseState::Held { holder: holder.to_string(), until: t + duration },
+        _ => LeaseState::Free,
+    }
+}
+
+/// How a pause left each object, for the manifest and the operator's log.
+#[derive(Debug, Clone, Default)]
+pub struct PauseReport {
+    /// Objects this run paused (kind/name).
+    pub paused: Vec<String>,
+    /// Already stopped by their operator: left as they are, not resumed.
+    pub operator_paused: Vec<String>,
+}
+
+impl PauseReport {
+    pub fn paused_by_us(&self) -> bool {
+        !self.paused.is_empty()
+    }
+}
+
+pub struct Cluster {
+    client: Client,
+    namespace: String,
+    settings: ClusterSettings,
+}
+
+/// A patchable, scalable workload: Deployment or ReplicationController.
+trait Workload: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug {
+    const KIND: &'static str;
+    fn replicas(&self) -> i32;
+    fn pod_selector(&self) -> Option<String>;
+}
+
+fn selector_string(labels: &BTreeMap<String, String>) -> Option<String> {
+    if labels.is_empty() {
+        return None;
+    }
+    Some(labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+}
+
+fn label_selector_string(s: &LabelSelector) -> Option<String> {
+    s.match_labels.as_ref().and_then(selector_string)
+}
+
+impl Workload for Deployment {
+    const KIND: &'static str = "deployment";
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn pod_selector(&self) -> Option<String> {
+        self.spec.as_ref().and_then(|s| label_selector_string(&s.selector))
+    }
+}
+
+impl Workload for ReplicationController {
+    const KIND: &'static str = "replicationcontroller";
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn pod_selector(&self) -> Option<String> {
+        self.spec.as_ref().and_then(|s| s.selector.as_ref()).and_then(selector_string)
+    }
+}
+
+impl Cluster {
+    /// Connects with the in-cluster ServiceAccount, or KUBECONFIG outside a cluster.
+    pub async fn connect(settings: &ClusterSettings) -> Result<Self, ClusterError> {
+        let client = Client::try_default().await.map_err(|e| ClusterError::Connect(e.to_string()))?;
+        let namespace = settings.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+        Ok(Cluster { client, namespace, settings: settings.clone() })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn rcs(&self) -> Api<ReplicationController> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Preflight: one SelfSubjectAccessReview per call the run will make.
+    pub async fn check_permissions(&self) -> Result<(), ClusterError> {
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
+        let mut denied = Vec::new();
+        for perm in permissions(&self.settings) {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        namespace: Some(self.namespace.clone()),
+                        verb: Some(perm.verb.into()),
+                        group: Some(perm.group.into()),
+                        resource: Some(perm.resource.into()),
+                        name: perm.name.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let answer = api.create(&PostParams::default(), &review).await.map_err(api_err(format!("asking whether the run may {perm}")))?;
+            if !answer.status.is_some_and(|s| s.allowed) {
+                denied.push(perm.to_string());
+            }
+        }
+        if denied.is_empty() { Ok(()) } else { Err(ClusterError::Forbidden(denied)) }
+    }
+
+    /// The Pachyderm version, from the pachd image tag.
+    pub async fn pachyderm_version(&self) -> Result<Option<String>, ClusterError> {
+        let d = self.deployments().get_opt(&self.settings.pachd).await.map_err(api_err("reading the pachd Deployment"))?;
+        let d = d.ok_or_else(|| ClusterError::Missing(self.settings.pachd.clone(), self.namespace.clone()))?;
+        let image = d.spec.and_then(|s| s.template.spec).and_then(|p| {
+            let mut containers = p.containers.into_iter();
+            let first = containers.next();
+            first.into_iter().chain(containers).reduce(|keep, c| if c.name == "pachd" { c } else { keep })
+        })
+        .and_then(|c| c.image);
+        Ok(image.and_then(|i| i.rsplit_once(':').map(|(_, tag)| tag.trim_start_matches('v').to_string())))
+    }
+
+    // ---- the Lease ----
+
+    /// Takes the run's Lease, or says who holds it. Renewed in the background until the
+    /// guard is released; `lost` turns true if a renewal fails.
+    pub async fn acquire_lease(&self, holder: &str) -> Result<LeaseGuard, ClusterError> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        let name = self.settings.lease_name.clone();
+        let seconds = self.settings.lease_duration.as_secs().max(3) as i32;
+        let now = Utc::now();
+        let spec = LeaseSpec {
+            holder_identity: Some(holder.to_string()),
+            lease_duration_seconds: Some(seconds),
+            acquire_time: Some(micro_time(now)),
+            renew_time: Some(micro_time(now)),
+            ..Default::default()
+        };
+        match api.get_opt(&name).await.map_err(api_err(format!("reading Lease {name}")))? {
+            None => {
+                let lease = Lease { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, spec: Some(spec) };
+                match api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => {}
+                    Err(e) if is_status(&e, 409) => return Err(self.held_by(&api, &name, holder).await),
+                    Err(e) => return Err(api_err(format!("creating Lease {name}"))(e)),
+                }
+            }
+            Some(existing) => match lease_state(existing.spec.as_ref(), holder, now) {
+                LeaseState::Held { holder, until } => return Err(ClusterError::LeaseHeld { name, holder, until }),
+                LeaseState::Free | LeaseState::Mine => {
+                    if let Some(old) = existing.spec.as_ref().and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty()) {
+                        warn!(lease = %name, previous_holder = %old, "taking over an expired Lease: its run died");
+                    }
+                    let mut lease = existing.clone();
+                    let transitions = existing.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0);
+                    lease.spec = Some(LeaseSpec { lease_transitions: Some(transitions + 1), ..spec });
+                    match api.replace(&name, &PostParams::default(), &lease).await {
+                        Ok(_) => {}
+                        Err(e) if is_status(&e, 409) => return Err(self.held_by(&api, &name, holder).await),
+                        Err(e) => return Err(api_err(format!("taking over Lease {name}"))(e)),
+                    }
+                }
+            },
+        }
+        info!(lease = %name, holder, "lease acquired");
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let renew_api = api.clone();
+        let renew_name = name.clone();
+        let me = holder.to_string();
+        let renewer = tokio::spawn(async move {
+            let every = Duration::from_secs((seconds / 3).max(1) as u64);
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = renew(&renew_api, &renew_name, &me).await {
+                    warn!(lease = %renew_name, error = %e, "could not renew the Lease");
+                    let _ = lost_tx.send(true);
+                    return;
+                }
+            }
+        });
+        Ok(LeaseGuard { api, name, holder: holder.to_string(), renewer, lost: lost_rx })
+    }
+
+    async fn held_by(&self, api: &Api<Lease>, name: &str, me: &str) -> ClusterError {
+        match api.get_opt(name).await {
+            Ok(Some(l)) => match lease_state(l.spec.as_ref(), me, Utc::now()) {
+                LeaseState::Held { holder, until } => ClusterError::LeaseHeld { name: name.into(), holder, until },
+                _ => ClusterError::LeaseHeld { name: name.into(), holder: "unknown (it changed while we took it)".into(), until: Utc::now() },
+            },
+            _ => ClusterError::LeaseHeld { name: name.into(), holder: "unknown".into(), until: Utc::now() },
+        }
+    }
+
+    /// The Lease's state as seen by someone who does not hold it (for `resume --if-stale`).
+    pub async fn lease_holder(&self) -> Result<LeaseState, ClusterError> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        let lease = api.get_opt(&self.settings.lease_name).await.map_err(api_err("reading the Lease"))?;
+        Ok(lease_state(lease.and_then(|l| l.spec).as_ref(), "", Utc::now()))
+    }
+
+    // ---- pause ----
+
+    /// Pauses the cluster by the configured mode. Objects already stopped without our
+    /// annotation were stopped by their operator: they are left alone, and stay so.
+    pub async fn pause(&self, run_id: &str) -> Result<PauseReport, ClusterError> {
+        let mut report = PauseReport::default();
+        match self.settings.pause_mode {
+            PauseMode::None => {}
+            PauseMode::Scale => {
+                let pachd = self.deployments().get_opt(&self.settings.pachd).await.map_err(api_err("reading the pachd Deployment"))?;
+                let pachd = pachd.ok_or_else(|| ClusterError::Missing(self.settings.pachd.clone(), self.namespace.clone()))?;
+                // pachd first: a running pachd scales its workers and pachw back up.
+                let mut waits = Vec::new();
+                self.scale_down(&self.deployments(), pachd, run_id, &mut report, &mut waits).await?;
+                if let Some(pachw) = self.deployments().get_opt(&self.settings.pachw).await.map_err(api_err("reading the pachw Deployment"))? {
+                    self.scale_down(&self.deployments(), pachw, run_id, &mut report, &mut waits).await?;
+                }
+                let workers = self.rcs().list(&ListParams::default().labels(&self.settings.worker_selector)).await.map_err(api_err("listing worker ReplicationControllers"))?;
+                for rc in workers.items {
+                    self.scale_down(&self.rcs(), rc, run_id, &mut report, &mut waits).await?;
+                }
+                self.wait_pods_gone(&waits).await?;
+            }
+            PauseMode::Pachyderm => {
+                let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+                let name = &self.settings.pachd_configmap;
+                for attempt in 0.. {
+                    let cm = cms.get(name).await.map_err(api_err(format!("reading ConfigMap {name}")))?;
+                    let mode = cm.data.as_ref().and_then(|d| d.get("MODE")).cloned().unwrap_or_else(|| "full".into());
+                    let ours = cm.annotations().contains_key(ANNOTATION_MODE);
+                    if mode == "paused" && !ours {
+                        report.operator_paused.push(format!("configmap/{name}"));
+                        info!(configmap = %name, "Pachyderm is already in paused mode by its operator: it will stay paused");
+                        return Ok(report);
+                    }
+                    let patch = json!({
+                        "metadata": {
+                            "resourceVersion": cm.resource_version(),
+                            "annotations": { ANNOTATION_MODE: mode, ANNOTATION_PAUSED_BY: run_id, PACHYDERM_UPDATED_AT: Utc::now().to_rfc3339() }
+                        },
+                        "data": { "MODE": "paused" }
+                    });
+                    match cms.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                        Ok(_) => break,
+                        Err(e) if is_status(&e, 409) && attempt < CONFLICT_RETRIES => continue,
+                        Err(e) => return Err(api_err(format!("setting MODE=paused in ConfigMap {name}"))(e)),
+                    }
+                }
+                report.paused.push(format!("configmap/{name}"));
+                self.restart_pachd().await?;
+                self.wait_pachd_ready(self.settings.pause_timeout, "pachd restarting in paused mode").await?;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn scale_down<K: Workload>(&self, api: &Api<K>, mut obj: K, run_id: &str, report: &mut PauseReport, waits: &mut Vec<(String, String)>) -> Result<(), ClusterError> {
+        let name = obj.name_any();
+        let label = format!("{}/{}", K::KIND, name);
+        for attempt in 0.. {
+            let ours = obj.annotations().contains_key(ANNOTATION_REPLICAS);
+            let replicas = obj.replicas();
+            if replicas == 0 && !ours {
+                info!(object = %label, "already at 0 replicas without our annotation: stopped by its operator, it will stay stopped");
+                report.operator_paused.push(label.clone());
+                break;
+            }
+            let original = if ours { obj.annotations()[ANNOTATION_REPLICAS].clone() } else { replicas.to_string() };
+            let patch = json!({
+                "metadata": {
+                    "resourceVersion": obj.resource_version(),
+                    "annotations": { ANNOTATION_REPLICAS: original, ANNOTATION_PAUSED_BY: run_id }
+                },
+                "spec": { "replicas": 0 }
+            });
+            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    info!(object = %label, original_replicas = %original, "scaled to 0");
+                    report.paused.push(label.clone());
+                    break;
+                }
+                Err(e) if is_status(&e, 409) && attempt < CONFLICT_RETRIES => {
+                    obj = api.get(&name).await.map_err(api_err(format!("re-reading {label}")))?;
+                }
+                Err(e) => return Err(api_err(format!("scaling {label} to 0"))(e)),
+            }
+        }
+        if let Some(selector) = obj.pod_selector() {
+            waits.push((label, selector));
+        }
+        Ok(())
+    }
+
+    async fn wait_pods_gone(&self, waits: &[(String, String)]) -> Result<(), ClusterError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let deadline = tokio::time::Instant::now() + self.settings.pause_timeout;
+        for (label, selector) in waits {
+            loop {
+                let left = pods.list(&ListParams::default().labels(selector)).await.map_err(api_err(format!("listing the pods of {label}")))?;
+                if left.items.is_empty() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let names: Vec<String> = left.items.iter().map(|p| p.name_any()).collect();
+                    return Err(ClusterError::Timeout { what: format!("termination of the pods of {label} ({})", names.join(", ")), timeout: self.settings.pause_timeout });
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        info!("every paused pod is gone");
+        Ok(())
+    }
+
+    async fn restart_pachd(&self) -> Result<(), ClusterError> {
+        let patch = json!({ "spec": { "template": { "metadata": { "annotations": { RESTARTED_AT: Utc::now().to_rfc3339() } } } } });
+        self.deployments().patch(&self.settings.pachd, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(api_err("restarting pachd"))?;
+        Ok(())
+    }
+
+    async fn wait_pachd_ready(&self, timeout: Duration, what: &str) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let d = self.deployments().get(&self.settings.pachd).await.map_err(api_err("reading the pachd Deployment"))?;
+            if deployment_ready(&d) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Timeout { what: what.to_string(), timeout });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    // ---- resume ----
+
+    /// Whether any object carries our pause annotations (a run paused it).
+    pub async fn paused_objects(&self) -> Result<Vec<String>, ClusterError> {
+        let mut found = Vec::new();
+        for name in [&self.settings.pachd, &self.settings.pachw] {
+            if let Some(d) = self.deployments().get_opt(name).await.map_err(api_err(format!("reading Deployment {name}")))? {
+                if d.annotations().contains_key(ANNOTATION_REPLICAS) {
+                    found.push(format!("deployment/{name}"));
+                }
+            }
+        }
+        let rcs = self.rcs().list(&ListParams::default().labels(&self.settings.worker_selector)).await.map_err(api_err("listing worker ReplicationControllers"))?;
+        found.extend(rcs.items.iter().filter(|rc| rc.annotations().contains_key(ANNOTATION_REPLICAS)).map(|rc| format!("replicationcontroller/{}", rc.name_any())));
+        if self.settings.pause_mode == PauseMode::Pachyderm {
+            let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+            if let Some(cm) = cms.get_opt(&self.settings.pachd_configmap).await.map_err(api_err("reading the pachd ConfigMap"))? {
+                if cm.annotations().contains_key(ANNOTATION_MODE) {
+                    found.push(format!("configmap/{}", self.settings.pachd_configmap));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Puts back every object carrying our annotations, pachd first, then waits until
+    /// pachd is ready. Idempotent: objects without annotations are not touched.
+    pub async fn resume(&self) -> Result<Vec<String>, ClusterError> {
+        let mut resumed = Vec::new();
+        let mut pachd_changed = false;
+        if self.settings.pause_mode == PauseMode::Pachyderm {
+            let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+            let name = &self.settings.pachd_configmap;
+            for attempt in 0.. {
+                let Some(cm) = cms.get_opt(name).await.map_err(api_err(format!("reading ConfigMap {name}")))? else { break };
+                let Some(mode) = cm.annotations().get(ANNOTATION_MODE).cloned() else { break };
+                let patch = json!({
+                    "metadata": {
+                        "resourceVersion": cm.resource_version(),
+                        "annotations": { ANNOTATION_MODE: null, ANNOTATION_PAUSED_BY: null, PACHYDERM_UPDATED_AT: Utc::now().to_rfc3339() }
+                    },
+                    "data": { "MODE": mode }
+                });
+                match cms.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    Ok(_) => {
+                        resumed.push(format!("configmap/{name}"));
+                        self.restart_pachd().await?;
+                        pachd_changed = true;
+                        break;
+                    }
+                    Err(e) if is_status(&e, 409) && attempt < CONFLICT_RETRIES => continue,
+                    Err(e) => return Err(api_err(format!("restoring MODE in ConfigMap {name}"))(e)),
+                }
+            }
+        }
+        for name in [self.settings.pachd.clone(), self.settings.pachw.clone()] {
+            if let Some(d) = self.deployments().get_opt(&name).await.map_err(api_err(format!("reading Deployment {name}")))? {
+                if self.scale_up(&self.deployments(), d).await? {
+                    resumed.push(format!("deployment/{name}"));
+                    pachd_changed |= name == self.settings.pachd;
+                }
+            }
+        }
+        let rcs = self.rcs().list(&ListParams::default().labels(&self.settings.worker_selector)).await.map_err(api_err("listing worker ReplicationControllers"))?;
+        for rc in rcs.items {
+            let name = rc.name_any();
+            if self.scale_up(&self.rcs(), rc).await? {
+                resumed.push(format!("replicationcontroller/{name}"));
+            }
+        }
+        if pachd_changed {
+            self.wait_pachd_ready(self.settings.resume_timeout, "pachd becoming ready after the resume").await?;
+            info!(objects = ?resumed, "cluster resumed, pachd is ready");
+        } else if !resumed.is_empty() {
+            info!(objects = ?resumed, "cluster resumed");
+        }
+        Ok(resumed)
+    }
+
+    /// Restores one object's replicas from its annotation; false if it has none.
+    async fn scale_up<K: Workload>(&self, api: &Api<K>, mut obj: K) -> Result<bool, ClusterError> {
+        let name = obj.name_any();
+        let label = format!("{}/{}", K::KIND, name);
+        for attempt in 0.. {
+            let Some(original) = obj.annotations().get(ANNOTATION_REPLICAS).cloned() else { return Ok(false) };
+            let replicas: i32 = original.trim().parse().map_err(|_| ClusterError::BadAnnotation(label.clone(), original.clone()))?;
+            let patch = json!({
+                "metadata": {
+                    "resourceVersion": obj.resource_version(),
+                    "annotations": { ANNOTATION_REPLICAS: null, ANNOTATION_PAUSED_BY: null }
+                },
+                "spec": { "replicas": replicas }
+            });
+            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    info!(object = %label, replicas, "replicas restored");
+                    return Ok(true);
+                }
+                Err(e) if is_status(&e, 409) && attempt < CONFLICT_RETRIES => {
+                    obj = api.get(&name).await.map_err(api_err(format!("re-reading {label}")))?;
+                }
+                Err(e) => return Err(api_err(format!("restoring the replicas of {label}"))(e)),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    // ---- capture ----
+
+    /// The deployment's objects (never Secrets), cleaned of server-side fields, as
+    /// `(file name, JSON)` pairs for `cluster/`.
+    pub async fn capture(&self) -> Result<Vec<(String, Vec<u8>)>, ClusterError> {
+        let mut files = Vec::new();
+        let lp = ListParams::default();
+        let deployments = self.deployments().list(&lp).await.map_err(api_err("listing Deployments"))?;
+        let keep = [&self.settings.pachd, &self.settings.pachw];
+        for d in deployments.items.into_iter().filter(|d| keep.contains(&&d.name_any())) {
+            files.push(clean("deployments", &d)?);
+        }
+        let rcs = self.rcs().list(&ListParams::default().labels(&self.settings.worker_selector)).await.map_err(api_err("listing worker ReplicationControllers"))?;
+        for rc in &rcs.items {
+            files.push(clean("replicationcontrollers", rc)?);
+        }
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.namespace);
+        for s in services.list(&lp).await.map_err(api_err("listing Services"))?.items {
+            files.push(clean("services", &s)?);
+        }
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        for c in cms.list(&lp).await.map_err(api_err("listing ConfigMaps"))?.items {
+            files.push(clean("configmaps", &c)?);
+        }
+        Ok(files)
+    }
+}
+
+/// A Deployment is ready when the controller has seen its spec and every wanted replica
+/// is updated and ready.
+pub fn deployment_ready(d: &Deployment) -> bool {
+    let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(status) = &d.status else { return wanted == 0 };
+    let observed = status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    observed && status.updated_replicas.unwrap_or(0) >= wanted && status.ready_replicas.unwrap_or(0) >= wanted && status.unavailable_replicas.unwrap_or(0) == 0
+}
+
+/// Drops what the API server owns (status, uid, resourceVersion, managed fields) and our
+/// own annotations, so the file can be re-applied to a new cluster.
+fn clean<K: serde::Serialize + ResourceExt>(dir: &str, obj: &K) -> Result<(String, Vec<u8>), ClusterError> {
+    let name = obj.name_any();
+    let mut v = serde_json::to_value(obj).map_err(|e| ClusterError::Connect(format!("cannot serialize {dir}/{name}: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in ["uid", "resourceVersion", "managedFields", "creationTimestamp", "generation", "selfLink"] {
+            meta.remove(field);
+        }
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove(ANNOTATION_REPLICAS);
+            a.remove(ANNOTATION_PAUSED_BY);
+            a.remove(ANNOTATION_MODE);
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    }
+    let json = serde_json::to_vec_pretty(&v).map_err(|e| ClusterError::Connect(format!("cannot serialize {dir}/{name}: {e}")))?;
+    Ok((format!("{dir}/{name}.json"), json))
+}
+
+async fn renew(api: &Api<Lease>, name: &str, me: &str) -> Result<(), ClusterError> {
+    let mut lease = api.get(name).await.map_err(api_err("reading the Lease to renew it"))?;
+    if lease_state(lease.spec.as_ref(), me, Utc::now()) != LeaseState::Mine {
+        return Err(ClusterError::LeaseLost(name.to_string()));
+    }
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.renew_time = Some(micro_time(Utc::now()));
+    }
+    api.replace(name, &PostParams::default(), &lease).await.map_err(api_err("renewing the Lease"))?;
+    Ok(())
+}
+
+/// Holds the Lease; `release` gives it up at the end of the run.
+pub struct LeaseGuard {
+    api: Api<Lease>,
+    name: String,
+    holder: String,
+    renewer: tokio::task::JoinHandle<()>,
+    pub lost: watch::Receiver<bool>,
+}
+
+impl LeaseGuard {
+    /// Resolves when the Lease is lost.
+    pub async fn lost(&mut self) {
+        while !*self.lost.borrow() {
+            if self.lost.changed().await.is_err() {
+                // The renewer ended without reporting a loss: stay pending.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub async fn release(self) {
+        self.renewer.abort();
+        let result: Result<(), kube::Error> = async {
+            let mut lease = self.api.get(&self.name).await?;
+            if lease_state(lease.spec.as_ref(), &self.holder, Utc::now()) == LeaseState::Mine {
+                if let Some(spec) = lease.spec.as_mut() {
+                    spec.holder_identity = None;
+                    spec.renew_time = None;
+                }
+                self.api.replace(&self.name, &PostParams::default(), &lease).await?;
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => info!(lease = %self.name, "lease released"),
+            Err(e) => warn!(lease = %self.name, error = %e, "could not release the Lease; it expires by itself"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: &str, renewed_secs_ago: i64, duration: i32, now: DateTime<Utc>) -> LeaseSpec {
+        LeaseSpec { holder_identity: Some(holder.into()), renew_time: Some(micro_time(now - chrono::Duration::seconds(renewed_secs_ago))), lease_duration_seconds: Some(duration), ..Default::default() }
+    }
+
+    #[test]
+    fn lease_states() {
+        let now = Utc::now();
+        assert_eq!(lease_state(None, "me", now), LeaseState::Free);
+        assert_eq!(lease_state(Some(&spec("me", 1, 60, now)), "me", now), LeaseState::Mine);
+        assert!(matches!(lease_state(Some(&spec("other", 10, 60, now)), "me", now), LeaseState::Held { .. }));
+        assert_eq!(lease_state(Some(&spec("other", 61, 60, now)), "me", now), LeaseState::Free);
+        assert_eq!(lease_state(Some(&LeaseSpec { holder_identity: Some(String::new()), ..Default::default() }), "me", now), LeaseState::Free);
+    }
+
+    #[test]
+    fn permissions_follow_the_pause_mode() {
+        let mut s = crate::config::ClusterSettings::from_env(&crate::config::RawEnv::default()).expect("defaults").1;
+        let names = |s: &ClusterSettings| permissions(s).iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let scale = names(&s);
+        assert!(scale.contains(&"patch deployments.apps/pachw".to_string()));
+        assert!(scale.contains(&"patch replicationcontrollers".to_string()));
+        assert!(!scale.iter().any(|p| p.starts_with("patch configmaps")));
+        s.pause_mode = PauseMode::Pachyderm;
+        let pach = names(&s);
+        assert!(pach.contains(&"patch configmaps/pachd-config".to_string()));
+        assert!(!pach.contains(&"patch replicationcontrollers".to_string()));
+        assert!(!pach.iter().chain(scale.iter()).any(|p| p.contains("secrets") || p.contains('*')));
+    }
+
+    #[test]
+    fn readiness_needs_observed_updated_and_ready() {
+        let mut d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "pachd", "generation": 3},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "pachd"}}, "template": {}},
+            "status": {"observedGeneration": 3, "updatedReplicas": 1, "readyReplicas": 1}
+        }))
+        .expect("valid");
+        assert!(deployment_ready(&d));
+        d.metadata.generation = Some(4);
+        assert!(!deployment_ready(&d));
+    }
+}

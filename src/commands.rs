@@ -1,0 +1,244 @@
+//! The commands behind the CLI, each returning a `Failure` with its exit code.
+
+use std::path::Path;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::catalog::Catalog;
+use crate::cluster::{Cluster, ClusterError, LeaseState};
+use crate::config::{CatalogConfig, ClusterSettings, ConfigError, PauseMode, RawEnv, RunConfig, VARIABLES};
+use crate::cycle::{self, RunError, Stop, error_chain};
+use crate::progress::human_bytes;
+use crate::{demo, objects, retention};
+
+/// A command's failure: the exit code and what to tell the operator.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure { code: 2, message: e.to_string() }
+    }
+}
+
+impl From<RunError> for Failure {
+    fn from(e: RunError) -> Self {
+        Failure { code: e.exit_code(), message: e.to_string() }
+    }
+}
+
+fn failed(e: impl std::error::Error) -> Failure {
+    Failure { code: 1, message: error_chain(&e) }
+}
+
+/// SIGTERM and SIGINT, delivered to whoever holds the receiver.
+pub fn watch_signals() -> Stop {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            warn!("cannot listen for signals; SIGTERM will kill the run without a resume");
+            return;
+        };
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            warn!(signal = name, "signal received: stopping and resuming the cluster");
+            let _ = tx.send(Some(name));
+        }
+    });
+    rx
+}
+
+pub async fn run(raw: &RawEnv, stop: Stop) -> Result<(), Failure> {
+    let cfg = RunConfig::from_env(raw)?;
+    let summary = cycle::run(cfg, stop).await?;
+    println!("backup {} complete", summary.manifest.backup_id);
+    Ok(())
+}
+
+pub async fn list(raw: &RawEnv, json: bool, all: bool) -> Result<(), Failure> {
+    let cfg = CatalogConfig::from_env(raw)?;
+    let catalog = Catalog::new(objects::open(&cfg.target, false).map_err(failed)?);
+    let entries = catalog.entries().await.map_err(failed)?;
+    let complete: Vec<_> = entries.iter().filter_map(|e| e.manifest.as_ref().map(|m| (m.backup_id.clone(), m.started_at))).collect();
+    let decisions = retention::plan(&complete, &cfg.retention);
+    if json {
+        let rows: Vec<serde_json::Value> = entries
+            .iter()
+            .filter(|e| all || e.manifest.is_some())
+            .map(|e| {
+                let reasons = decisions.iter().find(|d| d.id == e.id).map(|d| d.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+                serde_json::json!({ "id": e.id, "complete": e.manifest.is_some(), "manifest": e.manifest, "kept_by": reasons })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+        return Ok(());
+    }
+    println!("{:<22} {:<9} {:>8} {:>11} {:>9} {:>12} {:>10}  kept by", "ID", "STATUS", "AGE", "DATABASES", "OBJECTS", "OBJECT SIZE", "DOWNTIME");
+    let now = Utc::now();
+    for e in entries.iter().rev() {
+        match &e.manifest {
+            Some(m) => {
+                let age = humantime::format_duration(std::time::Duration::from_secs(now.signed_duration_since(m.finished_at).num_seconds().max(0) as u64 / 60 * 60)).to_string();
+                let kept = decisions.iter().find(|d| d.id == e.id).map(|d| if d.keep() { d.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",") } else { "(pruned at next retention)".into() }).unwrap_or_default();
+                println!(
+                    "{:<22} {:<9} {:>8} {:>11} {:>9} {:>12} {:>9.1}s  {}",
+                    m.backup_id,
+                    "complete",
+                    if age.is_empty() { "0m".into() } else { age.split_whitespace().take(2).collect::<Vec<_>>().join("") },
+                    human_bytes(m.databases.iter().map(|d| d.size).sum()),
+                    m.objects.count,
+                    human_bytes(m.objects.bytes),
+                    m.downtime_seconds,
+                    kept
+                );
+            }
+            None if all => println!("{:<22} {:<9}", e.id, "partial"),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+pub async fn resume(raw: &RawEnv, if_stale: bool) -> Result<(), Failure> {
+    let (_, settings) = ClusterSettings::from_env(raw)?;
+    if settings.pause_mode == PauseMode::None {
+        println!("PAUSE_MODE=none: there is no cluster to resume");
+        return Ok(());
+    }
+    let cluster = Cluster::connect(&settings).await.map_err(failed)?;
+    if if_stale {
+        if let LeaseState::Held { holder, until } = cluster.lease_holder().await.map_err(failed)? {
+            info!(%holder, %until, "a live run holds the Lease: nothing to do");
+            return Ok(());
+        }
+    }
+    let holder = format!("{}/resume-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "pachyderm-backup".into()), Utc::now().timestamp());
+    let lease = match cluster.acquire_lease(&holder).await {
+        Ok(l) => l,
+        Err(e @ ClusterError::LeaseHeld { .. }) if if_stale => {
+            info!("{e}: nothing to do");
+            return Ok(());
+        }
+        Err(e @ ClusterError::LeaseHeld { .. }) => return Err(Failure { code: 3, message: format!("{e}; a live run resumes its own cluster") }),
+        Err(e) => return Err(failed(e)),
+    };
+    let result = cluster.resume().await;
+    lease.release().await;
+    match result {
+        Ok(resumed) if resumed.is_empty() => {
+            println!("nothing was paused by pachyderm-backup");
+            Ok(())
+        }
+        Ok(resumed) => {
+            println!("resumed: {}", resumed.join(", "));
+            Ok(())
+        }
+        Err(e) => Err(Failure { code: 4, message: format!("RESUME FAILED: {}; THE CLUSTER MAY STILL BE PAUSED", error_chain(&e)) }),
+    }
+}
+
+pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
+    let cfg = CatalogConfig::from_env(raw)?;
+    let catalog = Catalog::new(objects::open(&cfg.target, false).map_err(failed)?);
+    // Under the Lease, so that no run commits a backup while blobs are swept.
+    let cluster = match cfg.cluster.pause_mode {
+        PauseMode::None => None,
+        _ => Some(Cluster::connect(&cfg.cluster).await.map_err(failed)?),
+    };
+    let lease = match &cluster {
+        Some(c) if !dry_run => Some(c.acquire_lease(&format!("retention-{}", Utc::now().timestamp())).await.map_err(|e| match e {
+            ClusterError::LeaseHeld { .. } => Failure { code: 3, message: e.to_string() },
+            e => failed(e),
+        })?),
+        _ => None,
+    };
+    let outcome = retention::apply(&catalog, &cfg.retention, cfg.gc_grace, Utc::now(), dry_run).await;
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    let outcome = outcome.map_err(failed)?;
+    for d in &outcome.decisions {
+        let reasons: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
+        println!("{:<22} {:<6} {}", d.id, if d.keep() { "keep" } else { "delete" }, reasons.join(","));
+    }
+    println!(
+        "{}{} kept, {} pruned, {} unreferenced blobs ({}), {} unfinished folders",
+        if dry_run { "dry run: " } else { "" },
+        outcome.retained,
+        outcome.pruned,
+        outcome.blobs_deleted,
+        human_bytes(outcome.bytes_freed),
+        outcome.leftovers_removed
+    );
+    Ok(())
+}
+
+pub fn variables(json: bool) -> Result<(), Failure> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(VARIABLES).unwrap_or_default());
+    } else {
+        println!("| variable | default | meaning |\n|---|---|---|");
+        for v in VARIABLES {
+            println!("| `{}` | {} | {} |", v.name, v.default, v.description);
+        }
+    }
+    Ok(())
+}
+
+/// The demo: a throwaway PostgreSQL with the fixture, a local source bucket of
+/// Pachyderm-shaped chunks, a local backup bucket, `PAUSE_MODE=none`.
+pub async fn demo(dir: &Path, objects_count: u64, stop: Stop) -> Result<(), Failure> {
+    let demo_err = |e: demo::DemoError| Failure { code: 1, message: e.to_string() };
+    let source = dir.join("source");
+    let target = dir.join("backups");
+    std::fs::create_dir_all(&source).map_err(|e| failed(e))?;
+    println!("starting a throwaway PostgreSQL with a Pachyderm-like fixture…");
+    let pg = tokio::task::spawn_blocking(move || {
+        let pg = demo::TempPostgres::start()?;
+        pg.load_fixture(objects_count as usize)?;
+        Ok::<_, demo::DemoError>(pg)
+    })
+    .await
+    .map_err(|e| Failure { code: 1, message: e.to_string() })?
+    .map_err(demo_err)?;
+    println!("seeding {objects_count} chunk objects into {}…", source.display());
+    let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&source).map_err(failed)?);
+    demo::seed_chunks(&store, 1..=objects_count).await.map_err(demo_err)?;
+    let vars = [
+        ("PAUSE_MODE", "none".to_string()),
+        ("PGHOST", "127.0.0.1".to_string()),
+        ("PGPORT", pg.port.to_string()),
+        ("PGUSER", "postgres".to_string()),
+        ("PGSSLMODE", "disable".to_string()),
+        ("PG_BIN_DIR", pg.bin.display().to_string()),
+        ("SOURCE_URL", format!("file://{}", source.display())),
+        ("TARGET_URL", format!("file://{}", target.display())),
+        ("CLUSTER_NAME", "demo".to_string()),
+        ("GC_GRACE", "1h".to_string()),
+    ];
+    let raw = RawEnv::from_iter(vars.iter().map(|(k, v)| (k.to_string(), v.clone())))?;
+    let cfg = RunConfig::from_env(&raw)?;
+    println!("running one backup cycle (PAUSE_MODE=none: no cluster)…");
+    let started = std::time::Instant::now();
+    let summary = cycle::run(cfg, stop).await?;
+    let m = &summary.manifest;
+    println!();
+    println!("backup {} complete in {:.1}s", m.backup_id, started.elapsed().as_secs_f64());
+    for d in &m.databases {
+        println!("  database {:<10} {:>10}  sha256 {}…", d.name, human_bytes(d.size), &d.sha256[..16]);
+    }
+    println!("  objects: {} ({}), {} copied, {} reused", m.objects.count, human_bytes(m.objects.bytes), m.objects.copied, m.objects.reused);
+    println!("  the backup is in {}/backups/{}/ (manifest.json written last)", target.display(), m.backup_id);
+    println!("  list it:  TARGET_URL=file://{} pachyderm-backup list", target.display());
+    drop(pg);
+    Ok(())
+}

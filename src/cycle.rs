@@ -1,0 +1,531 @@
+//! One run: lock → recover → preflight → pre-copy → PAUSE → capture → RESUME →
+//! commit → retention → report.
+//!
+//! This module owns the resume guarantee. Once the pause has begun, the capture runs
+//! inside a `select!` against `MAX_DOWNTIME`, SIGTERM/SIGINT and the loss of the Lease;
+//! whichever ends first, the code after it resumes the cluster. Resume is driven by
+//! the annotations on the objects, so a pause interrupted half-way is undone too, and a
+//! run killed outright is undone by the next one (recover) or by `resume`.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use object_store::ObjectStore;
+use tokio::sync::watch;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::catalog::{self, Catalog, DatabaseEntry, Manifest, ObjectsEntry};
+use crate::cluster::{Cluster, ClusterError, LeaseGuard, PauseReport};
+use crate::config::{ObjectsMode, PauseMode, RunConfig};
+use crate::database::{self, Tools};
+use crate::metrics::{Pusher, RunReport, Sample};
+use crate::objects::{self, SyncStats};
+use crate::progress::Progress;
+use crate::retention;
+
+/// The phases, as named in logs, metrics and the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Lock,
+    Recover,
+    Preflight,
+    Precopy,
+    Pause,
+    Capture,
+    Resume,
+    Commit,
+    Retention,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Lock => "lock",
+            Phase::Recover => "recover",
+            Phase::Preflight => "preflight",
+            Phase::Precopy => "precopy",
+            Phase::Pause => "pause",
+            Phase::Capture => "capture",
+            Phase::Resume => "resume",
+            Phase::Commit => "commit",
+            Phase::Retention => "retention",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a run failed, by exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    LeaseHeld(ClusterError),
+    #[error("backup failed in phase {phase} ({reason}): {message}\nthe cluster is {state}; no backup was recorded")]
+    Failed { phase: Phase, reason: &'static str, message: String, state: &'static str },
+    #[error("backup {backup_id} is complete, but retention failed: {message}")]
+    RetentionFailed { backup_id: String, message: String },
+    #[error(
+        "RESUME FAILED: {message}\nTHE CLUSTER MAY STILL BE PAUSED. Objects still carrying pause annotations: {}.\nRun `pachyderm-backup resume` (same environment), or restore each object's replicas from its `pachyderm-backup/replicas` annotation by hand (kubectl scale).",
+        if .still_paused.is_empty() { "unknown (the API could not be read)".to_string() } else { .still_paused.join(", ") }
+    )]
+    ResumeFailed { message: String, still_paused: Vec<String> },
+}
+
+impl RunError {
+    /// 1 backup failed (cluster resumed or never paused), 2 invalid configuration,
+    /// 3 another run holds the Lease, 4 resume failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) => 2,
+            RunError::LeaseHeld(_) => 3,
+            RunError::Failed { .. } | RunError::RetentionFailed { .. } => 1,
+            RunError::ResumeFailed { .. } => 4,
+        }
+    }
+}
+
+/// A failure inside a phase: a short reason for the metric label, and the message.
+#[derive(Debug)]
+pub struct StepError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+macro_rules! step_from {
+    ($($t:ty => $reason:literal),* $(,)?) => {$(
+        impl From<$t> for StepError {
+            fn from(e: $t) -> Self {
+                StepError { reason: $reason, message: error_chain(&e) }
+            }
+        }
+    )*};
+}
+
+step_from! {
+    crate::database::DatabaseError => "database",
+    crate::objects::ObjectsError => "objects",
+    crate::cluster::ClusterError => "kubernetes",
+    crate::catalog::CatalogError => "target_bucket",
+    crate::retention::RetentionError => "retention",
+}
+
+/// An error with its causes, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+/// SIGTERM / SIGINT, as seen by the run: `Some(name)` once one arrived.
+pub type Stop = watch::Receiver<Option<&'static str>>;
+
+async fn stopped(stop: &mut Stop) -> &'static str {
+    loop {
+        if let Some(signal) = *stop.borrow() {
+            return signal;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn lease_lost(lease: &mut Option<LeaseGuard>) {
+    match lease {
+        Some(l) => l.lost().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a successful run made.
+#[derive(Debug)]
+pub struct Summary {
+    pub manifest: Manifest,
+    pub retention: Option<retention::Outcome>,
+}
+
+struct Timings {
+    phases: BTreeMap<String, f64>,
+}
+
+impl Timings {
+    async fn time<T>(&mut self, phase: Phase, f: impl Future<Output = T>) -> T {
+        let start = Instant::now();
+        let out = f.instrument(info_span!("phase", name = phase.name())).await;
+        *self.phases.entry(phase.name().to_string()).or_default() += start.elapsed().as_secs_f64();
+        out
+    }
+}
+
+/// The parts written during the capture.
+struct Captured {
+    databases: Vec<DatabaseEntry>,
+    objects: ObjectsEntry,
+    cluster_objects: Vec<String>,
+    written_bytes: u64,
+}
+
+/// Runs one full cycle.
+pub async fn run(cfg: RunConfig, mut stop: Stop) -> Result<Summary, RunError> {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let mut t = Timings { phases: BTreeMap::new() };
+    let mode = cfg.cluster.pause_mode;
+    let fail = |phase: Phase, state: &'static str| move |e: StepError| RunError::Failed { phase, reason: e.reason, message: e.message, state };
+    const UNTOUCHED: &str = "untouched (never paused)";
+
+    // Buckets first: opening them touches nothing.
+    let source: Option<Arc<dyn ObjectStore>> = match cfg.copy.objects {
+        ObjectsMode::Copy => Some(objects::open(&cfg.source, false).map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?),
+        ObjectsMode::Skip => None,
+    };
+    let target = objects::open(&cfg.target, true).map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
+    let catalog = Catalog::new(target.clone());
+
+    // Kubernetes: connect and lock.
+    let cluster = match mode {
+        PauseMode::None => None,
+        _ => Some(Cluster::connect(&cfg.cluster).await.map_err(|e| fail(Phase::Lock, UNTOUCHED)(e.into()))?),
+    };
+    let cluster_name = cfg.common.cluster_name.clone().unwrap_or_else(|| cluster.as_ref().map(|c| c.namespace().to_string()).unwrap_or_else(|| "local".into()));
+    let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.clone());
+    let next_due = cfg.common.schedule.as_ref().and_then(|s| s.after(&Utc::now()).next()).map(|t| t.timestamp() as f64);
+    let report_failure = |phases: &BTreeMap<String, f64>, phase: Phase, reason: &str, downtime: Option<f64>, resumed: bool| RunReport {
+        finished_at: Utc::now().timestamp() as f64,
+        success: false,
+        failure: Some((phase.name().to_string(), reason.to_string())),
+        duration: clock.elapsed().as_secs_f64(),
+        downtime,
+        phases: phases.clone(),
+        next_due,
+        resumed,
+        ..Default::default()
+    };
+
+    let backup_id = catalog.new_backup_id(started_at).await.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
+    let holder = format!("{}/{backup_id}", std::env::var("HOSTNAME").unwrap_or_else(|_| "pachyderm-backup".into()));
+    info!(backup_id = %backup_id, cluster = %cluster_name, pause_mode = ?mode, "run starting");
+
+    let mut lease = None;
+    if let Some(c) = &cluster {
+        match t.time(Phase::Lock, c.acquire_lease(&holder)).await {
+            Ok(l) => lease = Some(l),
+            Err(e @ ClusterError::LeaseHeld { .. }) => return Err(RunError::LeaseHeld(e)),
+            Err(e) => {
+                let err = fail(Phase::Lock, UNTOUCHED)(e.into());
+                pusher.push(&report_failure(&t.phases, Phase::Lock, "kubernetes", None, true).sample()).await;
+                return Err(err);
+            }
+        }
+    }
+
+    let outcome = run_locked(&cfg, &mut t, &mut stop, &mut lease, cluster.as_ref(), source, &catalog, &backup_id, &cluster_name, started_at).await;
+    // Retention only after a committed backup, still under the Lease.
+    let retention = match &outcome {
+        Ok(_) => Some(t.time(Phase::Retention, retention::apply(&catalog, &cfg.retention, cfg.gc_grace, Utc::now(), false)).await.map_err(|e| error_chain(&e))),
+        Err(_) => {
+            info!("retention skipped: it runs only after a committed backup");
+            None
+        }
+    };
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    match outcome {
+        Ok((manifest, written_bytes)) => {
+            let (kept, retention_error) = match retention {
+                Some(Ok(o)) => (Some(o), None),
+                Some(Err(e)) => (None, Some(e)),
+                None => (None, None),
+            };
+            let report = RunReport {
+                finished_at: Utc::now().timestamp() as f64,
+                success: retention_error.is_none(),
+                committed: true,
+                failure: retention_error.as_ref().map(|_| ("retention".to_string(), "retention".to_string())),
+                duration: clock.elapsed().as_secs_f64(),
+                downtime: Some(manifest.downtime_seconds),
+                phases: t.phases.clone(),
+                databases: manifest.databases.iter().map(|d| (d.name.clone(), d.size)).collect(),
+                objects_bytes: Some(manifest.objects.bytes),
+                transferred: Some(written_bytes),
+                copied: Some(manifest.objects.copied),
+                reused: Some(manifest.objects.reused),
+                retained: kept.as_ref().map(|r| r.retained),
+                pruned: kept.as_ref().map(|r| r.pruned),
+                freed: kept.as_ref().map(|r| r.bytes_freed),
+                next_due,
+                resumed: true,
+            };
+            pusher.push(&report.sample()).await;
+            info!(
+                backup_id = %manifest.backup_id,
+                duration_seconds = report.duration,
+                downtime_seconds = manifest.downtime_seconds,
+                databases = manifest.databases.len(),
+                database_bytes = manifest.databases.iter().map(|d| d.size).sum::<u64>(),
+                objects = manifest.objects.count,
+                object_bytes = manifest.objects.bytes,
+                objects_copied = manifest.objects.copied,
+                objects_reused = manifest.objects.reused,
+                transferred_bytes = written_bytes,
+                retained = ?report.retained,
+                pruned = ?report.pruned,
+                freed_bytes = ?report.freed,
+                "backup complete"
+            );
+            if let Some(message) = retention_error {
+                error!(error = %message, "retention failed; the new backup is complete");
+                return Err(RunError::RetentionFailed { backup_id: manifest.backup_id.clone(), message });
+            }
+            Ok(Summary { manifest, retention: kept })
+        }
+        Err(e) => {
+            let (phase, reason, resumed) = match &e {
+                RunError::Failed { phase, reason, .. } => (*phase, *reason, true),
+                RunError::ResumeFailed { .. } => (Phase::Resume, "resume", false),
+                _ => (Phase::Preflight, "other", true),
+            };
+            let downtime = t.phases.get("pause").map(|p| p + t.phases.get("capture").unwrap_or(&0.0) + t.phases.get("resume").unwrap_or(&0.0));
+            error!(phase = %phase, reason, error = %e, "run failed");
+            pusher.push(&report_failure(&t.phases, phase, reason, downtime, resumed).sample()).await;
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_locked(cfg: &RunConfig, t: &mut Timings, stop: &mut Stop, lease: &mut Option<LeaseGuard>, cluster: Option<&Cluster>, source: Option<Arc<dyn ObjectStore>>, catalog: &Catalog, backup_id: &str, cluster_name: &str, started_at: DateTime<Utc>) -> Result<(Manifest, u64), RunError> {
+    let fail = |phase: Phase, state: &'static str| move |e: StepError| RunError::Failed { phase, reason: e.reason, message: e.message, state };
+    const UNTOUCHED: &str = "untouched (never paused)";
+    let interrupted = |phase: Phase, signal: &'static str, state: &'static str| RunError::Failed { phase, reason: "signal", message: format!("interrupted by {signal}"), state };
+
+    // Recover: a previous run that died while paused left its annotations.
+    if let Some(c) = cluster {
+        let leftovers = t.time(Phase::Recover, c.paused_objects()).await.map_err(|e| fail(Phase::Recover, UNTOUCHED)(e.into()))?;
+        if !leftovers.is_empty() {
+            warn!(objects = ?leftovers, "a previous run left the cluster paused: resuming it first");
+            t.time(Phase::Recover, c.resume()).await.map_err(|e| resume_failed(e, leftovers.clone()))?;
+        }
+    }
+
+    // Preflight: nothing is paused until every check has passed.
+    let preflight = async {
+        let tools = Tools::find(cfg.database.bin_dir.as_deref()).await?;
+        let mut servers = Vec::new();
+        for db in &cfg.database.databases {
+            servers.push(database::preflight(&cfg.database.server, db, &tools).await?);
+        }
+        if let Some(c) = cluster {
+            c.check_permissions().await?;
+        }
+        if let Some(s) = &source {
+            objects::probe_listable(s, "source").await?;
+        }
+        objects::probe_writable(catalog.store(), "target", backup_id).await?;
+        let version = match cluster {
+            Some(c) => c.pachyderm_version().await?,
+            None => None,
+        };
+        Ok::<_, StepError>((tools, servers, version))
+    };
+    let (tools, servers, pachyderm_version) = tokio::select! {
+        r = t.time(Phase::Preflight, preflight) => r.map_err(fail(Phase::Preflight, UNTOUCHED))?,
+        s = stopped(stop) => return Err(interrupted(Phase::Preflight, s, UNTOUCHED)),
+    };
+    info!(databases = servers.len(), tools = %tools.version, "preflight passed");
+
+    // The previous complete backup's listing: what the pool already holds.
+    let previous = match catalog.complete().await {
+        Ok(all) => all.into_iter().rev().find(|m| m.objects.listing.is_some()),
+        Err(e) => return Err(fail(Phase::Preflight, UNTOUCHED)(e.into())),
+    };
+    let reference = || async {
+        match &previous {
+            Some(m) => catalog.read_listing(&m.backup_id, m).await,
+            None => Ok(catalog::ListingReader::empty()),
+        }
+    };
+
+    // Pre-copy, cluster running: most objects cross before the pause.
+    let mut precopied: Option<Bytes> = None;
+    if let (Some(src), true) = (&source, cfg.copy.precopy) {
+        let work = async {
+            let progress = Progress::start("precopy", cfg.common.progress_interval);
+            let (listing, stats) = objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference().await?, backup_id, cfg.copy.concurrency, true, &progress).await?;
+            info!(objects = stats.count, copied = stats.copied, copied_bytes = stats.copied_bytes, reused = stats.reused, "pre-copy done");
+            let (bytes, _) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the pre-copy listing: {e}") })?;
+            Ok::<_, StepError>(bytes)
+        };
+        tokio::select! {
+            r = t.time(Phase::Precopy, work) => precopied = Some(r.map_err(fail(Phase::Precopy, UNTOUCHED))?),
+            s = stopped(stop) => return Err(interrupted(Phase::Precopy, s, UNTOUCHED)),
+        }
+    }
+
+    // PAUSE and CAPTURE, bounded by MAX_DOWNTIME, signals and the Lease.
+    let paused_at = Utc::now();
+    let pause_clock = Instant::now();
+    let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.to_string());
+    if cluster.is_some() {
+        pusher.push(&Sample::paused(paused_at.timestamp() as f64)).await;
+    }
+    let current = Cell::new(Phase::Pause);
+    let pause_report: Cell<Option<PauseReport>> = Cell::new(None);
+    let guarded = async {
+        if let Some(c) = cluster {
+            let report = t.time(Phase::Pause, c.pause(backup_id)).await?;
+            pause_report.set(Some(report));
+        }
+        current.set(Phase::Capture);
+        let reference = match &precopied {
+            Some(bytes) => catalog::ListingReader::new(bytes.clone(), "the pre-copy listing".into())?,
+            None => reference().await?,
+        };
+        let captured = t.time(Phase::Capture, capture(cfg, cluster, source.as_ref(), catalog, backup_id, &servers, &tools, reference)).await?;
+        Ok::<_, StepError>(captured)
+    };
+    let captured = tokio::select! {
+        r = guarded => r.map_err(|e| (current.get(), e)),
+        _ = tokio::time::sleep(cfg.max_downtime) => Err((current.get(), StepError { reason: "max_downtime", message: format!("MAX_DOWNTIME ({}) reached: capture aborted", humantime::format_duration(cfg.max_downtime)) })),
+        s = stopped(stop) => Err((current.get(), StepError { reason: "signal", message: format!("interrupted by {s}") })),
+        _ = lease_lost(lease) => Err((current.get(), StepError { reason: "lease_lost", message: "the Lease was lost: another run may be starting".into() })),
+    };
+    if let Err((phase, e)) = &captured {
+        error!(phase = %phase, error = %e, "capture aborted; resuming the cluster");
+    }
+
+    // RESUME, whatever happened above.
+    let pause_report = pause_report.take().unwrap_or_default();
+    if let Some(c) = cluster {
+        let resumed = t.time(Phase::Resume, c.resume()).await;
+        if let Err(e) = resumed {
+            let still = c.paused_objects().await.unwrap_or_default();
+            return Err(resume_failed(e, still));
+        }
+    }
+    let resumed_at = Utc::now();
+    let downtime = pause_clock.elapsed().as_secs_f64();
+    let captured = match captured {
+        Ok(c) => c,
+        Err((phase, e)) => {
+            let state = if pause_report.paused_by_us() || phase == Phase::Pause { "resumed" } else { "as it was (this run did not pause it)" };
+            return Err(fail(phase, state)(e));
+        }
+    };
+    if !pause_report.operator_paused.is_empty() {
+        info!(objects = ?pause_report.operator_paused, "left stopped, as its operator had it");
+    }
+
+    // COMMIT: the manifest, last.
+    let manifest = Manifest {
+        format_version: catalog::FORMAT_VERSION,
+        backup_id: backup_id.to_string(),
+        cluster: cluster_name.to_string(),
+        namespace: cluster.map(|c| c.namespace().to_string()),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        pachyderm_version,
+        pause_mode: format!("{:?}", cfg.cluster.pause_mode).to_ascii_lowercase(),
+        paused_by_us: pause_report.paused_by_us(),
+        started_at,
+        paused_at: cluster.map(|_| paused_at),
+        resumed_at: cluster.map(|_| resumed_at),
+        finished_at: Utc::now(),
+        downtime_seconds: if cluster.is_some() { downtime } else { 0.0 },
+        phases: t.phases.clone(),
+        source_url: redact_url(&cfg.source.url),
+        databases: captured.databases,
+        objects: captured.objects,
+        cluster_objects: captured.cluster_objects,
+    };
+    t.time(Phase::Commit, catalog.commit(&manifest)).await.map_err(|e| fail(Phase::Commit, "resumed")(e.into()))?;
+    info!(backup_id, "manifest written: the backup is complete");
+    Ok((manifest, captured.written_bytes))
+}
+
+fn resume_failed(e: ClusterError, still_paused: Vec<String>) -> RunError {
+    let err = RunError::ResumeFailed { message: error_chain(&e), still_paused };
+    error!("{err}");
+    err
+}
+
+/// A URL without credentials or query, for the manifest.
+fn redact_url(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    u.set_query(None);
+    u.to_string()
+}
+
+/// The capture, its parts in parallel: databases ∥ objects ∥ cluster objects.
+#[allow(clippy::too_many_arguments)]
+async fn capture(cfg: &RunConfig, cluster: Option<&Cluster>, source: Option<&Arc<dyn ObjectStore>>, catalog: &Catalog, backup_id: &str, servers: &[database::ServerInfo], tools: &Tools, reference: catalog::ListingReader) -> Result<Captured, StepError> {
+    let progress = Progress::start("capture", cfg.common.progress_interval);
+    let dumps = futures::future::try_join_all(servers.iter().map(|info| {
+        let file = format!("databases/{}.pgdump", info.database);
+        let path = catalog::backup_path(backup_id, &file);
+        let progress = &progress;
+        async move { database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, progress).await.map_err(StepError::from) }
+    }));
+    let objects = async {
+        let Some(src) = source else { return Ok::<_, StepError>((ObjectsEntry { mode: "skip".into(), ..Default::default() }, 0)) };
+        let (listing, stats): (_, SyncStats) = objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference, backup_id, cfg.copy.concurrency, false, &progress).await?;
+        let (bytes, sha) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the listing: {e}") })?;
+        let size = bytes.len() as u64;
+        catalog.put(&catalog::backup_path(backup_id, catalog::LISTING), bytes).await?;
+        Ok((
+            ObjectsEntry {
+                mode: "copy".into(),
+                listing: Some(catalog::LISTING.into()),
+                listing_sha256: Some(sha),
+                count: stats.count,
+                bytes: stats.bytes,
+                copied: stats.copied,
+                copied_bytes: stats.copied_bytes,
+                reused: stats.reused,
+                reused_bytes: stats.reused_bytes,
+            },
+            size,
+        ))
+    };
+    let kube_objects = async {
+        let Some(c) = cluster else { return Ok::<_, StepError>((Vec::new(), 0)) };
+        let mut names = Vec::new();
+        let mut size = 0;
+        for (name, json) in c.capture().await? {
+            size += json.len() as u64;
+            let file = format!("cluster/{name}");
+            catalog.put(&catalog::backup_path(backup_id, &file), Bytes::from(json)).await?;
+            names.push(file);
+        }
+        Ok((names, size))
+    };
+    let (databases, (objects, listing_size), (cluster_objects, cluster_size)) = tokio::try_join!(dumps, objects, kube_objects)?;
+    let written_bytes = databases.iter().map(|d| d.size).sum::<u64>() + objects.copied_bytes + listing_size + cluster_size;
+    Ok(Captured { databases, objects, cluster_objects, written_bytes })
+}

@@ -1,0 +1,113 @@
+//! The command line: parse arguments, set up logging and signals, run a command, map
+//! its outcome to an exit code (0 ok, 1 failed, 2 bad configuration, 3 locked,
+//! 4 resume failed). Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pachyderm_backup::commands::{self, Failure};
+use pachyderm_backup::config::{self, LogFormat, RawEnv};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "pachyderm-backup", version, about = "Back up a Pachyderm cluster: pause, dump PostgreSQL, copy the bucket, resume. Configured by environment variables (see `pachyderm-backup variables`).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One full pause → backup → resume cycle, then retention (the CronJob's command).
+    Run,
+    /// The backups in the target bucket: id, age, sizes, downtime, and the retention rule keeping each.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Also show incomplete folders (runs that died before their manifest).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Resume a cluster that a dead run left paused.
+    Resume {
+        /// Only if no live run holds the Lease (the resume guard CronJob).
+        #[arg(long)]
+        if_stale: bool,
+    },
+    /// Apply the retention policy and collect unreferenced blobs.
+    Retention {
+        /// Print the plan, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print every environment variable the program reads.
+    Variables {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A local demo cycle: throwaway PostgreSQL with a Pachyderm-like fixture, local-directory buckets, no cluster.
+    Demo {
+        /// Where the demo's buckets go.
+        #[arg(long, default_value = "/tmp/pachyderm-backup-demo")]
+        dir: std::path::PathBuf,
+        /// Number of chunk objects in the demo bucket.
+        #[arg(long, default_value_t = 200)]
+        objects: u64,
+    },
+}
+
+fn init_logging(raw: &RawEnv, default_format: LogFormat) {
+    let (format, filter) = config::log_settings(raw);
+    let format = if raw.log_format.is_some() { format } else { default_format };
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let raw = match RawEnv::from_process() {
+        Ok(raw) => raw,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Run);
+    let interactive = matches!(command, Command::Demo { .. } | Command::List { .. } | Command::Variables { .. });
+    init_logging(&raw, if interactive { LogFormat::Text } else { LogFormat::Json });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let stop = commands::watch_signals();
+        match command {
+            Command::Run => commands::run(&raw, stop).await,
+            Command::List { json, all } => commands::list(&raw, json, all).await,
+            Command::Resume { if_stale } => commands::resume(&raw, if_stale).await,
+            Command::Retention { dry_run } => commands::retention(&raw, dry_run).await,
+            Command::Variables { json } => commands::variables(json),
+            Command::Demo { dir, objects } => commands::demo(&dir, objects, stop).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, message }) => {
+            tracing::error!("{message}");
+            if !interactive {
+                // The JSON log line above is for machines; this one is for the operator
+                // reading `kubectl logs`.
+                eprintln!("{message}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Retention policy (restic's semantics) and garbage collection of the blob pool.
+//!
+//! The decisions are pure functions, tested exhaustively; `apply` does the I/O under
+//! the run's Lease: delete dropped backups (manifest first), sweep unreferenced blobs,
+//! remove the folders of runs that died before their manifest.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Utc};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::catalog::{self, Catalog, CatalogError};
+
+/// `KEEP_*` and `MIN_KEEP`. Zero disables a rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub last: usize,
+    pub hourly: usize,
+    pub daily: usize,
+    pub weekly: usize,
+    pub monthly: usize,
+    pub yearly: usize,
+    pub within: Option<Duration>,
+    pub min_keep: usize,
+}
+
+impl Policy {
+    /// No rule at all: keep everything (restic refuses such a policy; we keep and say so).
+    pub fn keeps_everything(&self) -> bool {
+        self.last == 0 && self.hourly == 0 && self.daily == 0 && self.weekly == 0 && self.monthly == 0 && self.yearly == 0 && self.within.is_none()
+    }
+}
+
+/// Why a backup is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    Last,
+    Hourly,
+    Daily,
+    Weekly,
+    Monthly,
+    Yearly,
+    Within,
+    /// The newest complete backup, whatever the policy says.
+    Newest,
+    /// Kept to honour `MIN_KEEP`.
+    MinKeep,
+    /// The policy has no rule.
+    NoPolicy,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Reason::Last => "keep-last",
+            Reason::Hourly => "keep-hourly",
+            Reason::Daily => "keep-daily",
+            Reason::Weekly => "keep-weekly",
+            Reason::Monthly => "keep-monthly",
+            Reason::Yearly => "keep-yearly",
+            Reason::Within => "keep-within",
+            Reason::Newest => "newest",
+            Reason::MinKeep => "min-keep",
+            Reason::NoPolicy => "no-policy",
+        };
+        f.write_str(s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub id: String,
+    pub time: DateTime<Utc>,
+    pub reasons: Vec<Reason>,
+}
+
+impl Decision {
+    pub fn keep(&self) -> bool {
+        !self.reasons.is_empty()
+    }
+}
+
+/// Decides, for complete backups only, which to keep. Returns the decisions newest
+/// first. Deterministic: ties in time are broken by id.
+pub fn plan(backups: &[(String, DateTime<Utc>)], policy: &Policy) -> Vec<Decision> {
+    let mut sorted: Vec<(String, DateTime<Utc>)> = backups.to_vec();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    sorted.dedup_by(|a, b| a.0 == b.0);
+
+    type Bucket = fn(&DateTime<Utc>) -> i64;
+    let rules: [(usize, Reason, Bucket); 5] = [
+        (policy.hourly, Reason::Hourly, |t| t.timestamp().div_euclid(3600)),
+        (policy.daily, Reason::Daily, |t| i64::from(t.year()) * 1000 + i64::from(t.ordinal())),
+        (policy.weekly, Reason::Weekly, |t| {
+            let w = t.iso_week();
+            i64::from(w.year()) * 100 + i64::from(w.week())
+        }),
+        (policy.monthly, Reason::Monthly, |t| i64::from(t.year()) * 100 + i64::from(t.month())),
+        (policy.yearly, Reason::Yearly, |t| i64::from(t.year())),
+    ];
+    let mut remaining: Vec<usize> = rules.iter().map(|r| r.0).collect();
+    let mut last_bucket: Vec<Option<i64>> = vec![None; rules.len()];
+    let newest_time = sorted.first().map(|b| b.1);
+
+    let mut decisions: Vec<Decision> = sorted
+        .iter()
+        .enumerate()
+        .map(|(nr, (id, time))| {
+            let mut reasons = Vec::new();
+            if policy.keeps_everything() {
+                reasons.push(Reason::NoPolicy);
+            }
+            if nr == 0 {
+                reasons.push(Reason::Newest);
+            }
+            if nr < policy.last {
+                reasons.push(Reason::Last);
+            }
+            if let (Some(within), Some(newest)) = (policy.within, newest_time) {
+                let window = chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+                if newest.signed_duration_since(*time) <= window {
+                    reasons.push(Reason::Within);
+                }
+            }
+            for (i, (_, reason, bucket)) in rules.iter().enumerate() {
+                if remaining[i] == 0 {
+                    continue;
+                }
+                let b = bucket(time);
+                if last_bucket[i] != Some(b) {
+                    last_bucket[i] = Some(b);
+                    remaining[i] -= 1;
+                    reasons.push(*reason);
+                }
+            }
+            Decision { id: id.clone(), time: *time, reasons }
+        })
+        .collect();
+
+    let mut kept = decisions.iter().filter(|d| d.keep()).count();
+    for d in decisions.iter_mut() {
+        if kept >= policy.min_keep {
+            break;
+        }
+        if !d.keep() {
+            d.reasons.push(Reason::MinKeep);
+            kept += 1;
+        }
+    }
+    for d in decisions.iter_mut() {
+        d.reasons.sort();
+    }
+    decisions
+}
+
+/// A blob key reduced to 128 bits: the mark phase keeps one of these per referenced
+/// blob instead of the key itself (16 bytes an object). A collision can only keep a
+/// blob that could have gone, never delete one that is needed.
+pub fn blob_fingerprint(key: &str) -> u128 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(bytes)
+}
+
+/// Whether the sweep deletes a pool blob: unreferenced by every kept manifest and
+/// older than the grace period (a run that died mid-copy may still be writing it, and a
+/// running backup may reference it in a manifest not yet written).
+pub fn sweep_deletes(referenced: &HashSet<u128>, blob_key: &str, last_modified: DateTime<Utc>, now: DateTime<Utc>, grace: Duration) -> bool {
+    let old_enough = now.signed_duration_since(last_modified) >= chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    old_enough && !referenced.contains(&blob_fingerprint(blob_key))
+}
+
+/// What `apply` did, for the log, the metrics and `retention --dry-run`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Outcome {
+    pub retained: usize,
+    pub pruned: usize,
+    pub blobs_deleted: usize,
+    pub bytes_freed: u64,
+    pub leftovers_removed: usize,
+    pub decisions: Vec<Decision>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("retention stopped: {what} failed in the backup bucket ({source}); nothing referenced by a kept backup was deleted, run `pachyderm-backup retention` again")]
+    Store {
+        what: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// Applies the policy: steps 1–4 (decide, delete dropped backups manifest first, sweep
+/// unreferenced blobs, remove dead runs' folders). `dry_run` decides and counts only.
+pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: DateTime<Utc>, dry_run: bool) -> Result<Outcome, RetentionError> {
+    let entries = catalog.entries().await?;
+    let complete: Vec<(String, DateTime<Utc>)> = entries.iter().filter_map(|e| e.manifest.as_ref().map(|m| (e.id.clone(), m.started_at))).collect();
+    if policy.keeps_everything() {
+        info!("retention: no KEEP_* rule is set, every backup is kept");
+    }
+    let decisions = plan(&complete, policy);
+    let mut outcome = Outcome { retained: decisions.iter().filter(|d| d.keep()).count(), ..Default::default() };
+    for d in &decisions {
+        let reasons: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
+        info!(backup = %d.id, keep = d.keep(), reasons = %reasons.join(","), "retention decision");
+    }
+    let grace_chrono = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+
+    for d in decisions.iter().filter(|d| !d.keep()) {
+        outcome.pruned += 1;
+        if !dry_run {
+            catalog.delete_backup(&d.id).await?;
+        }
+    }
+    // Folders without a manifest: dead runs. Young ones may belong to a run in progress.
+    for e in entries.iter().filter(|e| e.manifest.is_none()) {
+        let young = e.newest_modified.is_some_and(|t| now.signed_duration_since(t) < grace_chrono);
+        if young {
+            continue;
+        }
+        outcome.leftovers_removed += 1;
+        if !dry_run {
+            catalog.delete_backup(&e.id).await?;
+        }
+    }
+
+    // Mark: every blob a kept manifest references.
+    let mut referenced = HashSet::new();
+    for d in decisions.iter().filter(|d| d.keep()) {
+        let Some(entry) = entries.iter().find(|e| e.id == d.id) else { continue };
+        let Some(manifest) = &entry.manifest else { continue };
+        let mut listing = catalog.read_listing(&entry.id, manifest).await?;
+        while let Some(record) = listing.next_record()? {
+            referenced.insert(blob_fingerprint(&record.blob));
+        }
+    }
+    // Sweep, batched deletes through object_store's bulk API.
+    let store = catalog.store();
+    let pool = object_store::path::Path::from(catalog::BLOBS_DIR);
+    let doomed = store
+        .list(Some(&pool))
+        .map_err(|source| RetentionError::Store { what: "listing the blob pool".into(), source })
+        .try_filter_map(|meta| {
+            let delete = sweep_deletes(&referenced, meta.location.as_ref(), meta.last_modified, now, grace);
+            futures::future::ready(Ok(delete.then_some(meta)))
+        });
+    futures::pin_mut!(doomed);
+    let mut batch = Vec::new();
+    loop {
+        let next = doomed.try_next().await?;
+        let done = next.is_none();
+        if let Some(meta) = next {
+            outcome.blobs_deleted += 1;
+            outcome.bytes_freed += meta.size;
+            batch.push(meta.location);
+        }
+        if (batch.len() >= 1000 || done) && !batch.is_empty() {
+            if !dry_run {
+                let locations = futures::stream::iter(std::mem::take(&mut batch).into_iter().map(Ok)).boxed();
+                let mut deleted = store.delete_stream(locations);
+                while let Some(r) = deleted.next().await {
+                    if let Err(e) = r {
+                        if !matches!(e, object_store::Error::NotFound { .. }) {
+                            return Err(RetentionError::Store { what: "deleting unreferenced blobs".into(), source: e });
+                        }
+                    }
+                }
+            }
+            batch.clear();
+        }
+        if done {
+            break;
+        }
+    }
+    if outcome.blobs_deleted > 0 && dry_run {
+        warn!(blobs = outcome.blobs_deleted, "dry run: nothing was deleted");
+    }
+    outcome.decisions = decisions;
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).expect("test time").with_timezone(&Utc)
+    }
+
+    fn kept(decisions: &[Decision]) -> Vec<String> {
+        let mut k: Vec<String> = decisions.iter().filter(|d| d.keep()).map(|d| d.id.clone()).collect();
+        k.sort();
+        k
+    }
+
+    /// restic's documentation example: snapshots every day at 11:00 for two months
+    /// (here Jan 1 – Feb 28 2016 style, shifted to 2026), `--keep-daily 7
+    /// --keep-weekly 2 --keep-monthly 3` style assertions.
+    fn daily_history(days: i64) -> Vec<(String, DateTime<Utc>)> {
+        let start = Utc.with_ymd_and_hms(2026, 1, 1, 11, 0, 0).single().expect("valid");
+        (0..days).map(|d| {
+            let time = start + chrono::Duration::days(d);
+            (time.format("%Y%m%dT%H%M%SZ").to_string(), time)
+        }).collect()
+    }
+
+    #[test]
+    fn keep_daily_keeps_the_last_n_days() {
+        let p = Policy { daily: 7, ..Default::default() };
+        let d = plan(&daily_history(30), &p);
+        assert_eq!(kept(&d), (24..=30).map(|day| format!("202601{day:02}T110000Z")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn keep_weekly_keeps_the_newest_of_each_iso_week() {
+        // 2026-01-01 is a Thursday; ISO weeks start on Monday. Newest backups of the
+        // last 3 weeks in a 30-day history ending Jan 30 (Friday): Jan 30, Jan 25 (Sun),
+        // Jan 18 (Sun).
+        let p = Policy { weekly: 3, ..Default::default() };
+        let d = plan(&daily_history(30), &p);
+        assert_eq!(kept(&d), vec!["20260118T110000Z", "20260125T110000Z", "20260130T110000Z"]);
+    }
+
+    #[test]
+    fn keep_monthly_keeps_the_newest_of_each_month() {
+        let p = Policy { monthly: 3, ..Default::default() };
+        let d = plan(&daily_history(75), &p);
+        // Jan 31, Feb 28, and the newest: Mar 16.
+        assert_eq!(kept(&d), vec!["20260131T110000Z", "20260228T110000Z", "20260316T110000Z"]);
+    }
+
+    #[test]
+    fn rules_combine_with_or_and_reasons_are_reported() {
+        let p = Policy { last: 2, daily: 3, weekly: 1, ..Default::default() };
+        let d = plan(&daily_history(10), &p);
+        assert_eq!(kept(&d), vec!["20260108T110000Z", "20260109T110000Z", "20260110T110000Z"]);
+        let newest = &d[0];
+        assert_eq!(newest.reasons, vec![Reason::Last, Reason::Daily, Reason::Weekly, Reason::Newest]);
+    }
+
+    #[test]
+    fn only_periods_with_backups_count() {
+        // Backups on days 1, 2 and 20: keep-daily 3 keeps all three though they span 20 days.
+        let h = daily_history(20);
+        let sparse = vec![h[0].clone(), h[1].clone(), h[19].clone()];
+        let d = plan(&sparse, &Policy { daily: 3, ..Default::default() });
+        assert_eq!(kept(&d).len(), 3);
+    }
+
+    #[test]
+    fn keep_within_is_relative_to_the_newest_backup() {
+        let p = Policy { within: Some(Duration::from_secs(3 * 86400)), ..Default::default() };
+        let d = plan(&daily_history(10), &p);
+        assert_eq!(kept(&d), vec!["20260107T110000Z", "20260108T110000Z", "20260109T110000Z", "20260110T110000Z"]);
+    }
+
+    #[test]
+    fn min_keep_is_a_floor_and_an_empty_policy_keeps_everything() {
+        let d = plan(&daily_history(10), &Policy { last: 1, min_keep: 4, ..Default::default() });
+        assert_eq!(kept(&d).len(), 4);
+        assert!(d.iter().filter(|d| d.keep()).any(|d| d.reasons == vec![Reason::MinKeep]));
+        let d = plan(&daily_history(10), &Policy::default());
+        assert_eq!(kept(&d).len(), 10);
+    }
+
+    #[test]
+    fn a_blob_inside_the_grace_period_survives_even_unreferenced() {
+        let now = t("2026-11-21T02:00:00Z");
+        let none = HashSet::new();
+        assert!(!sweep_deletes(&none, "blobs/a~1", t("2026-11-20T03:00:00Z"), now, Duration::from_secs(86400)));
+        assert!(sweep_deletes(&none, "blobs/a~1", t("2026-11-20T01:00:00Z"), now, Duration::from_secs(86400)));
+        let referenced: HashSet<u128> = [blob_fingerprint("blobs/a~1")].into();
+        assert!(!sweep_deletes(&referenced, "blobs/a~1", t("2020-01-01T00:00:00Z"), now, Duration::from_secs(86400)));
+    }
+
+    fn arb_history() -> impl Strategy<Value = Vec<(String, DateTime<Utc>)>> {
+        proptest::collection::vec(0i64..(3 * 365 * 24 * 3600), 0..60).prop_map(|offsets| {
+            let base = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single().expect("valid");
+            offsets.into_iter().enumerate().map(|(i, o)| (format!("b{i:03}"), base + chrono::Duration::seconds(o))).collect()
+        })
+    }
+
+    fn arb_policy() -> impl Strategy<Value = Policy> {
+        (0usize..4, 0usize..5, 0usize..10, 0usize..6, 0usize..8, 0usize..3, proptest::option::of(0u64..(90 * 86400)), 0usize..6).prop_map(|(last, hourly, daily, weekly, monthly, yearly, within, min_keep)| Policy {
+            last,
+            hourly,
+            daily,
+            weekly,
+            monthly,
+            yearly,
+            within: within.map(Duration::from_secs),
+            min_keep,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn plan_invariants(history in arb_history(), policy in arb_policy()) {
+            let d = plan(&history, &policy);
+            let ids: HashSet<&String> = history.iter().map(|b| &b.0).collect();
+            prop_assert_eq!(d.len(), ids.len());
+            if let Some(newest) = history.iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0))) {
+                let decision = d.iter().find(|x| x.id == newest.0).expect("decided");
+                prop_assert!(decision.keep(), "newest backup dropped");
+            }
+            let kept = d.iter().filter(|x| x.keep()).count();
+            prop_assert!(kept >= policy.min_keep.min(ids.len()), "fewer than MIN_KEEP kept");
+            // Every backup a rule selects on its own (without MIN_KEEP) is kept with MIN_KEEP.
+            let without_floor = plan(&history, &Policy { min_keep: 0, ..policy.clone() });
+            for x in without_floor.iter().filter(|x| x.keep()) {
+                prop_assert!(d.iter().any(|y| y.id == x.id && y.keep()));
+            }
+            // keep-last N: the N newest are kept.
+            for x in d.iter().take(policy.last) {
+                prop_assert!(x.keep());
+            }
+            // Deterministic, whatever the input order.
+            let mut reversed = history.clone();
+            reversed.reverse();
+            prop_assert_eq!(plan(&reversed, &policy), d);
+        }
+
+        #[test]
+        fn sweep_never_deletes_a_referenced_blob(keys in proptest::collection::vec("[a-z0-9/._~-]{1,40}", 1..50), age in 0u64..(10 * 86400), grace in 0u64..(3 * 86400)) {
+            let now = Utc.with_ymd_and_hms(2026, 11, 21, 2, 0, 0).single().expect("valid");
+            let referenced: HashSet<u128> = keys.iter().step_by(2).map(|k| blob_fingerprint(k)).collect();
+            for (i, k) in keys.iter().enumerate() {
+                let modified = now - chrono::Duration::seconds(age as i64);
+                let deletes = sweep_deletes(&referenced, k, modified, now, Duration::from_secs(grace));
+                if i % 2 == 0 {
+                    prop_assert!(!deletes, "referenced blob {} would be deleted", k);
+                }
+                if age < grace {
+                    prop_assert!(!deletes, "young blob {} would be deleted", k);
+                }
+            }
+        }
+    }
+}

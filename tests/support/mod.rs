@@ -1,0 +1,365 @@
+//! The test bed: real PostgreSQL (Debian's server, started per test on a free port),
+//! a real S3 server (moto), local directories, and the Kubernetes stand-in; plus a
+//! runner for the real binary. A missing server is a failing test that says how to
+//! install it, never a skip.
+#![allow(dead_code)]
+
+pub mod kube_standin;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::{ObjectStore, ObjectStoreExt};
+pub use pachyderm_backup::demo::{TempPostgres, chunk_content, chunk_key, chunk_size, seed_chunks};
+use pachyderm_backup::catalog::{Catalog, Manifest};
+
+use kube_standin::StandIn;
+
+pub const INSTALL: &str = "run scripts/test.sh (it installs PostgreSQL, moto, Prometheus and the Pushgateway), or: apt-get install -y postgresql prometheus prometheus-pushgateway && pip install 'moto[s3]' flask flask-cors";
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+/// A moto S3 server of its own.
+pub struct Moto {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let program = on_path("moto_server").unwrap_or_else(|| panic!("moto_server is not installed: {INSTALL}"));
+        for _ in 0..5 {
+            let port = pachyderm_backup::demo::free_port();
+            let child = std::process::Command::new(&program).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn moto_server");
+            let mut moto = Moto { child, port };
+            for _ in 0..300 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return moto;
+                }
+                if let Ok(Some(_)) = moto.child.try_wait() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = moto.child.kill();
+        }
+        panic!("moto_server did not start: {INSTALL}");
+    }
+
+    fn http(&self, method: &str, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        let answer = self.http("PUT", &format!("/{bucket}"));
+        assert!(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"), "creating bucket {bucket}: {answer}");
+    }
+
+    pub fn delete_bucket(&self, bucket: &str) -> String {
+        self.http("DELETE", &format!("/{bucket}"))
+    }
+
+    pub fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(format!("http://127.0.0.1:{}", self.port))
+                .with_bucket_name(bucket)
+                .with_region("us-east-1")
+                .with_access_key_id("test")
+                .with_secret_access_key("test")
+                .with_allow_http(true)
+                .with_virtual_hosted_style_request(false)
+                .build()
+                .expect("S3 store"),
+        )
+    }
+
+    /// The object_store variables for one side (`SOURCE_`, `TARGET_`, `RESTORE_` or "").
+    pub fn env(&self, side: &str) -> Vec<(String, String)> {
+        [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1"), ("AWS_ALLOW_HTTP", "true")]
+            .iter()
+            .map(|(k, v)| (format!("{side}{k}"), v.to_string()))
+            .chain([(format!("{side}AWS_ENDPOINT"), format!("http://127.0.0.1:{}", self.port))])
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a PostgreSQL server with the fixture (`chunks` live chunks).
+pub async fn postgres(chunks: u64) -> TempPostgres {
+    tokio::task::spawn_blocking(move || {
+        let pg = TempPostgres::start().unwrap_or_else(|e| panic!("{e}: {INSTALL}"));
+        pg.load_fixture(chunks as usize).expect("load the fixture");
+        pg
+    })
+    .await
+    .expect("postgres start")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Buckets {
+    S3,
+    Local,
+}
+
+pub struct BedOptions {
+    pub buckets: Buckets,
+    pub chunks: u64,
+    pub pachw: bool,
+    pub workers: Vec<(&'static str, i64)>,
+}
+
+impl Default for BedOptions {
+    fn default() -> Self {
+        BedOptions { buckets: Buckets::S3, chunks: 40, pachw: true, workers: vec![("default-edges-v1", 1), ("default-montage-v1", 2)] }
+    }
+}
+
+/// Everything one test needs.
+pub struct Bed {
+    pub pg: TempPostgres,
+    pub kube: StandIn,
+    pub moto: Option<Moto>,
+    pub source: Arc<dyn ObjectStore>,
+    pub target: Arc<dyn ObjectStore>,
+    pub source_url: String,
+    pub target_url: String,
+    pub dir: tempfile::TempDir,
+    pub chunks: u64,
+    extra: Vec<(String, String)>,
+}
+
+impl Bed {
+    pub async fn new(opts: BedOptions) -> Bed {
+        let pg = postgres(opts.chunks).await;
+        let kube = StandIn::start("pachyderm").await;
+        kube.seed_pachyderm(opts.pachw, &opts.workers);
+        kube.settle().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (moto, source, target, source_url, target_url) = match opts.buckets {
+            Buckets::S3 => {
+                let moto = Moto::start().await;
+                moto.create_bucket("pach-data");
+                moto.create_bucket("backups");
+                let (s, t) = (moto.store("pach-data"), moto.store("backups"));
+                (Some(moto), s, t, "s3://pach-data".to_string(), "s3://backups/nightly".to_string())
+            }
+            Buckets::Local => {
+                let (s, t) = (dir.path().join("source"), dir.path().join("target"));
+                std::fs::create_dir_all(&s).expect("source dir");
+                std::fs::create_dir_all(&t).expect("target dir");
+                let store = |p: &std::path::Path| -> Arc<dyn ObjectStore> { Arc::new(object_store::local::LocalFileSystem::new_with_prefix(p).expect("local store")) };
+                (None, store(&s), store(&t), format!("file://{}", s.display()), format!("file://{}", t.display()))
+            }
+        };
+        seed_chunks(&source, 1..=opts.chunks).await.expect("seed the source bucket");
+        let target = match opts.buckets {
+            Buckets::S3 => Arc::new(object_store::prefix::PrefixStore::new(target, "nightly")) as Arc<dyn ObjectStore>,
+            Buckets::Local => target,
+        };
+        Bed { pg, kube, moto, source, target, source_url, target_url, dir, chunks: opts.chunks, extra: Vec::new() }
+    }
+
+    pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
+        self.extra.retain(|(key, _)| key != k);
+        self.extra.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("PGHOST".into(), "127.0.0.1".into()),
+            ("PGPORT".into(), self.pg.port.to_string()),
+            ("PGUSER".into(), "postgres".into()),
+            ("PGSSLMODE".into(), "disable".into()),
+            ("PG_BIN_DIR".into(), self.pg.bin.display().to_string()),
+            ("SOURCE_URL".into(), self.source_url.clone()),
+            ("TARGET_URL".into(), self.target_url.clone()),
+            ("LOG_FORMAT".into(), "json".into()),
+            ("PROGRESS_INTERVAL".into(), "1s".into()),
+            ("PAUSE_TIMEOUT".into(), "20s".into()),
+            ("RESUME_TIMEOUT".into(), "20s".into()),
+            ("LEASE_DURATION".into(), "15s".into()),
+            ("COPY_CONCURRENCY".into(), "8".into()),
+        ];
+        if let Some(m) = &self.moto {
+            env.extend(m.env(""));
+        }
+        env.extend(self.kube.env());
+        for (k, v) in &self.extra {
+            env.retain(|(key, _)| key != k);
+            if v != "<unset>" {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        env
+    }
+
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        binary(args, &self.env())
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Output {
+        run_to_end(self.command(args)).await
+    }
+
+    pub fn catalog(&self) -> Catalog {
+        Catalog::new(self.target.clone())
+    }
+
+    pub async fn manifests(&self) -> Vec<Manifest> {
+        self.catalog().complete().await.expect("read the catalog")
+    }
+
+    /// Folders under backups/, complete or not.
+    pub async fn folders(&self) -> Vec<String> {
+        self.catalog().entries().await.expect("read the catalog").into_iter().map(|e| e.id).collect()
+    }
+
+    /// The stand-in's workloads are back at their seeded replicas, unannotated.
+    pub fn assert_resumed(&self) {
+        assert_eq!(self.kube.replicas("deployments", "pachd"), Some(1), "pachd replicas");
+        if self.kube.get("deployments", "pachw").is_some() {
+            assert_eq!(self.kube.replicas("deployments", "pachw"), Some(2), "pachw replicas");
+        }
+        assert_eq!(self.kube.replicas("replicationcontrollers", "default-edges-v1"), Some(1), "worker replicas");
+        assert_eq!(self.kube.replicas("replicationcontrollers", "default-montage-v1"), Some(2), "worker replicas");
+        assert_eq!(self.kube.annotations_containing("pachyderm-backup/"), Vec::<String>::new(), "pause annotations left behind");
+    }
+
+    /// Adds chunks `range` to the source bucket (and nothing to the database).
+    pub async fn add_chunks(&self, range: std::ops::RangeInclusive<u64>) {
+        seed_chunks(&self.source, range).await.expect("seed more chunks");
+    }
+}
+
+/// The real binary with exactly `env` (the machine's own variables are not inherited,
+/// so a stray AWS_* cannot change a test).
+pub fn binary(args: &[&str], env: &[(String, String)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pachyderm-backup"));
+    cmd.args(args).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).env("HOME", std::env::var_os("HOME").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Every JSON log line.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+pub async fn run_to_end(mut cmd: tokio::process::Command) -> Output {
+    let child = cmd.spawn().expect("spawn pachyderm-backup");
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output()).await.expect("pachyderm-backup did not finish within 5 minutes").expect("wait");
+    Output { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+}
+
+/// A running binary, for signal tests.
+pub struct Running {
+    pub child: tokio::process::Child,
+}
+
+impl Running {
+    pub fn start(mut cmd: tokio::process::Command) -> Running {
+        Running { child: cmd.spawn().expect("spawn pachyderm-backup") }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill");
+        assert!(status.success());
+    }
+
+    pub async fn finish(self) -> Output {
+        let out = tokio::time::timeout(Duration::from_secs(300), self.child.wait_with_output()).await.expect("finish in time").expect("wait");
+        Output { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+    }
+}
+
+/// Polls `f` until it is true, for at most `limit` (a bound on a wait, not a timed
+/// assertion: the condition is what is tested).
+pub async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Holds an ACCESS EXCLUSIVE lock on a fixture table, so that pg_dump blocks on it:
+/// a capture that stays in progress for as long as the test needs.
+pub struct TableLock {
+    conn: Option<sqlx::PgConnection>,
+}
+
+impl TableLock {
+    pub async fn take(pg: &TempPostgres) -> TableLock {
+        use sqlx::{ConnectOptions, Executor};
+        let mut conn = sqlx::postgres::PgConnectOptions::new_without_pgpass().host("127.0.0.1").port(pg.port).username("postgres").database("pachyderm").connect().await.expect("connect for the lock");
+        conn.execute("BEGIN; LOCK TABLE pfs.commits IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+        TableLock { conn: Some(conn) }
+    }
+
+    pub async fn release(mut self) {
+        use sqlx::Executor;
+        if let Some(mut c) = self.conn.take() {
+            let _ = c.execute("ROLLBACK").await;
+        }
+    }
+}
+
+/// Whether a pg_dump session waits on a lock in `pachyderm`.
+pub fn dump_is_blocked(pg: &TempPostgres) -> bool {
+    pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = 'pachyderm' AND wait_event_type = 'Lock' AND application_name = 'pachyderm-backup'").map(|s| s.trim() != "0").unwrap_or(false)
+}
+
+/// Row checksums of every table of `database`, by table.
+pub fn table_checksums(pg: &TempPostgres, database: &str) -> Vec<String> {
+    let tables = pg.psql(database, "SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1").expect("list tables");
+    tables
+        .lines()
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let sum = pg.psql(database, &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM {t} x")).expect("checksum");
+            format!("{t} {}", sum.trim())
+        })
+        .collect()
+}
+
+/// Reads a whole object.
+pub async fn read(store: &Arc<dyn ObjectStore>, key: &str) -> bytes::Bytes {
+    store.get(&object_store::path::Path::from(key)).await.unwrap_or_else(|e| panic!("get {key}: {e}")).bytes().await.expect("body")
+}
