@@ -216,7 +216,7 @@ impl World {
                 let ready = live.iter().filter(|n| self.pods[*n].ready_at <= now).count() as i64;
                 let total = self.pods.values().filter(|p| p.owner == owner).count() as i64;
                 let generation = obj["metadata"]["generation"].clone();
-                let st = &mut self.objects.get_mut(kind).expect("collection")[&name];
+                let st = self.objects.get_mut(kind).and_then(|c| c.get_mut(&name)).expect("object");
                 let new_status = json!({"observedGeneration": generation, "replicas": total, "updatedReplicas": live.len(), "readyReplicas": ready, "availableReplicas": ready, "unavailableReplicas": (wanted as i64 - ready).max(0)});
                 if st["status"] != new_status {
                     st["status"] = new_status;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt};
-pub use pachyderm_backup::demo::{TempPostgres, chunk_content, chunk_key, chunk_size, seed_chunks};
+pub use pachyderm_backup::demo::{TempPostgres, seed_chunks};
 use pachyderm_backup::catalog::{Catalog, Manifest};
 
 use kube_standin::StandIn;

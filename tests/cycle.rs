@@ -1,0 +1,266 @@
+//! Full cycles against real PostgreSQL, a real S3 server (moto) or local directories,
+//! and the Kubernetes stand-in, through the real binary.
+
+mod support;
+
+use std::time::Duration;
+
+use pachyderm_backup::catalog::{self, ObjectRecord};
+use sha2::{Digest, Sha256};
+use support::*;
+
+/// Every record of a backup's listing.
+async fn listing(bed: &Bed, m: &catalog::Manifest) -> Vec<ObjectRecord> {
+    let mut reader = bed.catalog().read_listing(&m.backup_id, m).await.expect("listing");
+    let mut out = Vec::new();
+    while let Some(r) = reader.next_record().expect("record") {
+        out.push(r);
+    }
+    out
+}
+
+/// Restores every dump of `m` into fresh databases and compares every table's rows.
+async fn assert_dumps_restore(bed: &Bed, m: &catalog::Manifest) {
+    assert_eq!(m.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), vec!["pachyderm", "dex"]);
+    for db in &m.databases {
+        let bytes = read(&bed.target, &format!("backups/{}/{}", m.backup_id, db.file)).await;
+        assert_eq!(bytes.len() as u64, db.size);
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), db.sha256, "dump checksum of {}", db.name);
+        let file = bed.dir.path().join(format!("{}.pgdump", db.name));
+        std::fs::write(&file, &bytes).expect("write dump");
+        let copy = format!("{}_restored", db.name);
+        bed.pg.psql("postgres", &format!("CREATE DATABASE {copy}")).expect("create");
+        let status = std::process::Command::new(bed.pg.bin.join("pg_restore"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &bed.pg.port.to_string(), "--exit-on-error", "-d", &copy])
+            .arg(&file)
+            .status()
+            .expect("pg_restore");
+        assert!(status.success(), "pg_restore of {}", db.name);
+        assert_eq!(table_checksums(&bed.pg, &db.name), table_checksums(&bed.pg, &copy), "tables of {} differ after restore", db.name);
+    }
+}
+
+async fn assert_pool_identical(bed: &Bed, m: &catalog::Manifest) {
+    let records = listing(bed, m).await;
+    assert_eq!(records.len() as u64, bed.chunks, "listing size");
+    let mut keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    let sorted = {
+        let mut k = keys.clone();
+        k.sort();
+        k
+    };
+    assert_eq!(keys, sorted, "listing sorted by key");
+    for r in &records {
+        let original = read(&bed.source, &r.key).await;
+        let pooled = read(&bed.target, &r.blob).await;
+        assert!(original == pooled, "blob {} differs from its source {}", r.blob, r.key);
+        assert_eq!(hex::encode(Sha256::digest(&pooled)), r.sha256, "sha256 of {}", r.key);
+        assert_eq!(r.size, original.len() as u64);
+    }
+    keys.dedup();
+    assert_eq!(keys.len(), records.len());
+}
+
+async fn full_cycle(buckets: Buckets, chunks: u64) {
+    let bed = Bed::new(BedOptions { buckets, chunks, ..Default::default() }).await;
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    bed.assert_resumed();
+    let manifests = bed.manifests().await;
+    assert_eq!(manifests.len(), 1);
+    let m = &manifests[0];
+    assert!(m.paused_by_us);
+    assert!(m.downtime_seconds > 0.0, "downtime recorded");
+    assert_eq!(m.pachyderm_version.as_deref(), Some("2.11.4"));
+    assert_eq!(m.objects.count, chunks);
+    assert_eq!(m.objects.copied, chunks);
+    for phase in ["preflight", "precopy", "pause", "capture", "resume"] {
+        assert!(m.phases.contains_key(phase), "phase {phase} timed");
+    }
+    assert!(m.cluster_objects.iter().any(|f| f == "cluster/deployments/pachd.json"), "{:?}", m.cluster_objects);
+    assert!(!m.cluster_objects.iter().any(|f| f.contains("secret")));
+    // The pachd object is captured clean of our annotations and of server fields.
+    let pachd: serde_json::Value = serde_json::from_slice(&read(&bed.target, &format!("backups/{}/cluster/deployments/pachd.json", m.backup_id)).await).expect("json");
+    assert!(pachd["metadata"].get("resourceVersion").is_none());
+    assert_eq!(pachd["spec"]["replicas"], 0, "captured while paused");
+
+    // The manifest is the last object written to the backup's folder.
+    let folder = object_store::path::Path::from(format!("backups/{}", m.backup_id));
+    let metas: Vec<object_store::ObjectMeta> = futures::TryStreamExt::try_collect(bed.target.list(Some(&folder))).await.expect("list");
+    let manifest_time = metas.iter().find(|o| o.location.as_ref().ends_with("manifest.json")).expect("manifest").last_modified;
+    assert!(metas.iter().all(|o| o.last_modified <= manifest_time), "an object was written after the manifest");
+
+    assert_dumps_restore(&bed, m).await;
+    assert_pool_identical(&bed, m).await;
+
+    // Pause order and waits, as the stand-in saw them.
+    let patches: Vec<String> = bed.kube.mutating_requests().iter().filter(|r| r.method == "PATCH").map(|r| r.path.rsplit('/').next().unwrap_or("").to_string()).collect();
+    assert_eq!(&patches[..2], ["pachd", "pachw"], "pachd is stopped first: {patches:?}");
+    assert_eq!(patches.iter().filter(|p| *p == "pachd").count(), 2, "pachd paused and resumed once each");
+
+    // JSON logs, one progress line at least, a final summary.
+    let logs = out.logs();
+    assert!(logs.iter().any(|l| l["message"] == "backup complete" && l["objects"] == chunks), "summary line");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cycle_on_s3() {
+    full_cycle(Buckets::S3, 160).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cycle_on_local_directories() {
+    full_cycle(Buckets::Local, 80).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_cycle_copies_only_new_objects() {
+    let bed = Bed::new(BedOptions { chunks: 30, ..Default::default() }).await;
+    bed.run(&["run"]).await.expect_code(0);
+    bed.add_chunks(31..=35).await;
+    bed.run(&["run"]).await.expect_code(0);
+    let manifests = bed.manifests().await;
+    assert_eq!(manifests.len(), 2);
+    let second = &manifests[1];
+    assert_eq!(second.objects.count, 35);
+    assert_eq!(second.objects.copied, 5, "exactly the 5 new objects are copied");
+    assert_eq!(second.objects.reused, 30);
+    let records = listing(&bed, second).await;
+    assert_eq!(records.iter().filter(|r| r.since == second.backup_id).count(), 5);
+    // Without pre-copy the delta is copied while paused: same counts.
+    let mut bed = bed;
+    bed.add_chunks(36..=37).await;
+    bed.set("PRECOPY", "false");
+    bed.run(&["run"]).await.expect_code(0);
+    let third = bed.manifests().await.pop().expect("third");
+    assert_eq!((third.objects.copied, third.objects.reused), (2, 35));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_skip_records_no_objects() {
+    let mut bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    bed.set("OBJECTS", "skip");
+    bed.run(&["run"]).await.expect_code(0);
+    let m = bed.manifests().await.pop().expect("backup");
+    assert_eq!(m.objects.mode, "skip");
+    assert_eq!(m.objects.listing, None);
+    assert_eq!(m.objects.count, 0);
+    let blobs: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(bed.target.list(Some(&"blobs".into()))).await.expect("list");
+    assert!(blobs.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_paused_cluster_stays_paused() {
+    let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    bed.kube.operator_patch("deployments", "pachd", serde_json::json!({"spec": {"replicas": 0}}));
+    wait_until("pachd pods gone", Duration::from_secs(10), || bed.kube.live_pods("deployments/pachd") == 0).await;
+    bed.run(&["run"]).await.expect_code(0);
+    assert_eq!(bed.kube.replicas("deployments", "pachd"), Some(0), "pachd stays paused");
+    assert_eq!(bed.kube.replicas("deployments", "pachw"), Some(2), "pachw resumed");
+    assert_eq!(bed.kube.annotations_containing("pachyderm-backup/"), Vec::<String>::new());
+    let m = bed.manifests().await.pop().expect("backup");
+    assert_eq!(m.databases.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pachyderm_pause_mode_flips_the_configmap_and_restarts_pachd() {
+    let mut bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    bed.set("PAUSE_MODE", "pachyderm");
+    bed.run(&["run"]).await.expect_code(0);
+    let cm = bed.kube.get("configmaps", "pachd-config").expect("configmap");
+    assert_eq!(cm["data"]["MODE"], "full");
+    assert!(cm["metadata"]["annotations"]["pachyderm.com/updatedAt"].is_string());
+    let modes: Vec<String> = bed.kube.mutating_requests().iter().filter(|r| r.path.ends_with("/configmaps/pachd-config")).map(|r| r.body["data"]["MODE"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(modes, vec!["paused", "full"]);
+    let restarts = bed.kube.mutating_requests().iter().filter(|r| r.path.ends_with("/deployments/pachd") && r.body["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string()).count();
+    assert_eq!(restarts, 2, "pachd restarted into and out of paused mode");
+    assert_eq!(bed.kube.replicas("replicationcontrollers", "default-montage-v1"), Some(2), "workers untouched in this mode");
+    assert_eq!(bed.kube.annotations_containing("pachyderm-backup/"), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_pachw_is_fine() {
+    let bed = Bed::new(BedOptions { chunks: 3, pachw: false, ..Default::default() }).await;
+    bed.run(&["run"]).await.expect_code(0);
+    bed.assert_resumed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lease_exits_3_and_an_expired_one_is_taken_over() {
+    let bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.kube.hold_lease("pachyderm-backup", "other-pod/run", Duration::from_secs(1), 600);
+    let out = bed.run(&["run"]).await;
+    out.expect_code(3);
+    assert!(out.stderr.contains("other-pod/run"), "names the holder: {}", out.stderr);
+    assert!(bed.kube.mutating_requests().iter().all(|r| r.path.contains("leases")), "nothing but the Lease was touched");
+    assert!(bed.manifests().await.is_empty());
+
+    let bed2 = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed2.kube.hold_lease("pachyderm-backup", "dead-pod/run", Duration::from_secs(120), 60);
+    bed2.run(&["run"]).await.expect_code(0);
+    assert_eq!(bed2.manifests().await.len(), 1);
+    let lease = bed2.kube.get("leases", "pachyderm-backup").expect("lease");
+    assert!(lease["spec"]["holderIdentity"].is_null(), "released at the end: {lease}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_while_paused_is_resumed_by_the_next_run_and_by_resume() {
+    for recover_with in ["run", "resume"] {
+        let bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+        let lock = TableLock::take(&bed.pg).await;
+        let running = Running::start(bed.command(&["run"]));
+        wait_until("pg_dump blocked while paused", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+        assert_eq!(bed.kube.replicas("deployments", "pachd"), Some(0));
+        running.signal("KILL");
+        let out = running.finish().await;
+        assert_eq!(out.code, None, "killed by a signal");
+        lock.release().await;
+        assert_eq!(bed.kube.replicas("deployments", "pachd"), Some(0), "a SIGKILL cannot resume");
+        assert!(!bed.kube.annotations_containing("pachyderm-backup/replicas").is_empty(), "the original replicas are on the objects");
+        // The dead run's Lease expires (LEASE_DURATION 15s in the bed); shorten the wait.
+        bed.kube.hold_lease("pachyderm-backup", "dead", Duration::from_secs(100), 15);
+        match recover_with {
+            "run" => {
+                let out = bed.run(&["run"]).await;
+                out.expect_code(0);
+                assert!(out.stderr.contains("a previous run left the cluster paused"), "{}", out.stderr);
+                assert_eq!(bed.manifests().await.len(), 1, "the dead run left no manifest; the new one did");
+            }
+            _ => {
+                let out = bed.run(&["resume"]).await;
+                out.expect_code(0);
+                assert!(out.stdout.contains("deployment/pachd"), "{}", out.stdout);
+                assert!(bed.manifests().await.is_empty());
+            }
+        }
+        bed.assert_resumed();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_if_stale_leaves_a_live_run_alone() {
+    let bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.kube.operator_patch("deployments", "pachd", serde_json::json!({"metadata": {"annotations": {"pachyderm-backup/replicas": "1", "pachyderm-backup/paused-by": "live"}}, "spec": {"replicas": 0}}));
+    bed.kube.hold_lease("pachyderm-backup", "live-run", Duration::from_secs(1), 600);
+    bed.run(&["resume", "--if-stale"]).await.expect_code(0);
+    assert_eq!(bed.kube.replicas("deployments", "pachd"), Some(0), "a live run's pause is its own business");
+    bed.run(&["resume"]).await.expect_code(3);
+    bed.kube.hold_lease("pachyderm-backup", "live-run", Duration::from_secs(700), 600);
+    bed.run(&["resume", "--if-stale"]).await.expect_code(0);
+    assert_eq!(bed.kube.replicas("deployments", "pachd"), Some(1), "a stale pause is resumed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_shows_complete_backups_only() {
+    let bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.run(&["run"]).await.expect_code(0);
+    // A dead run's folder without a manifest.
+    object_store::ObjectStoreExt::put(&*bed.target, &"backups/20200101T000000Z/databases/pachyderm.pgdump".into(), "partial".into()).await.expect("put");
+    let out = bed.run(&["list"]).await;
+    out.expect_code(0);
+    let id = &bed.manifests().await[0].backup_id;
+    assert!(out.stdout.contains(id.as_str()), "{}", out.stdout);
+    assert!(!out.stdout.contains("20200101T000000Z"), "{}", out.stdout);
+    let all = bed.run(&["list", "--all"]).await;
+    assert!(all.stdout.contains("20200101T000000Z") && all.stdout.contains("partial"), "{}", all.stdout);
+}
