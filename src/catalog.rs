@@ -19,13 +19,13 @@ pub const LISTING: &str = "objects.jsonl.zst";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("the backup bucket failed while {what}: {source}")]
+    #[error("target bucket failed while {what}: {source}")]
     Store {
         what: String,
         #[source]
         source: object_store::Error,
     },
-    #[error("{what} in the backup bucket is not valid: {detail}; it was written by another tool or damaged")]
+    #[error("{what} in the target bucket is not valid: {detail}; it was written by another tool or damaged")]
     Corrupt { what: String, detail: String },
     #[error("backup {0} has no manifest: it is not a complete backup (run `pachyderm-backup list` to see the complete ones)")]
     NotFound(String),

@@ -51,6 +51,8 @@ pub enum ClusterError {
     LeaseLost(String),
     #[error("Deployment {0} does not exist in namespace {1}")]
     Missing(String, String),
+    #[error("cannot read the values of Helm release {0}: {1}")]
+    HelmRelease(String, String),
     #[error("{0} has a malformed {ANNOTATION_REPLICAS} annotation {1:?}; set its replicas by hand and remove the annotation")]
     BadAnnotation(String, String),
 }
@@ -99,6 +101,9 @@ pub fn permissions(s: &ClusterSettings) -> Vec<Permission> {
         p("list", "", "services", None),
         p("list", "", "configmaps", None),
     ];
+    if s.helm_release.is_some() {
+        v.push(p("list", "", "secrets", None));
+    }
     match s.pause_mode {
         PauseMode::Scale => {
             v.push(p("get", "apps", "deployments", Some(&s.pachw)));
@@ -605,7 +610,37 @@ impl Cluster {
         for c in cms.list(&lp).await.map_err(api_err("listing ConfigMaps"))?.items {
             files.push(clean("configmaps", &c)?);
         }
+        if let Some(release) = &self.settings.helm_release {
+            files.push(self.helm_values(release).await?);
+        }
         Ok(files)
+    }
+
+    /// The user-supplied values of the newest revision of a Helm release, from the
+    /// Secret Helm keeps it in (`sh.helm.release.v1.<name>.v<N>`: base64 of gzip of
+    /// JSON inside the Secret's `release` key).
+    async fn helm_values(&self, release: &str) -> Result<(String, Vec<u8>), ClusterError> {
+        use std::io::Read;
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let list = secrets.list(&ListParams::default().labels(&format!("owner=helm,name={release}"))).await.map_err(api_err(format!("listing the Secrets of Helm release {release}")))?;
+        let version = |s: &k8s_openapi::api::core::v1::Secret| s.labels().get("version").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let newest = list.items.iter().max_by_key(|s| version(s)).ok_or_else(|| ClusterError::HelmRelease(release.to_string(), "no Secret of this release (is HELM_RELEASE the release name, in this namespace?)".into()))?;
+        let bad = |detail: String| ClusterError::HelmRelease(release.to_string(), detail);
+        let encoded = newest.data.as_ref().and_then(|d| d.get("release")).ok_or_else(|| bad("the Secret has no `release` key".into()))?;
+        use base64::Engine;
+        let gz = base64::engine::general_purpose::STANDARD.decode(&encoded.0).map_err(|e| bad(format!("not base64: {e}")))?;
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice()).read_to_end(&mut json).map_err(|e| bad(format!("not gzip: {e}")))?;
+        let parsed: Value = serde_json::from_slice(&json).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let out = json!({
+            "release": release,
+            "revision": version(newest),
+            "chart": parsed["chart"]["metadata"]["name"],
+            "chart_version": parsed["chart"]["metadata"]["version"],
+            "values": parsed["config"],
+        });
+        let bytes = serde_json::to_vec_pretty(&out).map_err(|e| bad(e.to_string()))?;
+        Ok((format!("helm/{release}-values.json"), bytes))
     }
 }
 

@@ -39,9 +39,9 @@ pub enum DatabaseError {
     ToolMissing { tool: String, detail: String },
     #[error("{tool} is version {tool_major}, older than the server's {server_major} (database {database}): it would refuse to dump; install a newer client or set PG_BIN_DIR")]
     ToolTooOld { tool: String, tool_major: u32, server_major: u32, database: String },
-    #[error("pg_dump of {database} failed (exit {status}): {stderr}")]
+    #[error("pg_dump of {database} failed ({status}): {stderr}")]
     DumpFailed { database: String, status: String, stderr: String },
-    #[error("pg_restore into {database} failed (exit {status}): {stderr}")]
+    #[error("pg_restore into {database} failed ({status}): {stderr}")]
     RestoreFailed { database: String, status: String, stderr: String },
     #[error("database {database} on the restore server is not empty ({tables} tables): pass --clean to replace its content")]
     NotEmpty { database: String, tables: i64 },
@@ -198,13 +198,16 @@ pub async fn dump(server: &PgServer, info: &ServerInfo, tools: &Tools, store: &A
     let stderr = child.stderr.take().ok_or_else(|| DatabaseError::Io { tool: "pg_dump".into(), source: std::io::Error::other("no stderr") })?;
     let stderr = tokio::spawn(tail_stderr(stderr));
     let uploaded = objects::upload(store, path, objects::read_chunks(stdout, format!("pg_dump of {database}")), None, progress).await;
+    if let Err(e) = uploaded {
+        // pg_dump dies of SIGPIPE once nobody reads it: the upload is the cause.
+        let _ = child.kill().await;
+        return Err(e.into());
+    }
     let status = child.wait().await.map_err(|source| DatabaseError::Io { tool: "pg_dump".into(), source })?;
     let stderr = stderr.await.unwrap_or_default();
     if !status.success() {
-        // The upload may have completed with a truncated dump: never leave it behind.
-        if uploaded.is_ok() {
-            let _ = store.delete(path).await;
-        }
+        // The upload completed with a truncated dump: never leave it behind.
+        let _ = store.delete(path).await;
         return Err(DatabaseError::DumpFailed { database: database.clone(), status: status.to_string(), stderr });
     }
     let (sha256, size) = uploaded?;

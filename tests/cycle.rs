@@ -264,3 +264,19 @@ async fn list_shows_complete_backups_only() {
     let all = bed.run(&["list", "--all"]).await;
     assert!(all.stdout.contains("20200101T000000Z") && all.stdout.contains("partial"), "{}", all.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_values_are_captured_when_asked_and_never_secrets_otherwise() {
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.kube.seed_helm_release("pachyderm", 1, serde_json::json!({"pachd": {"replicas": 1}}));
+    bed.kube.seed_helm_release("pachyderm", 2, serde_json::json!({"pachd": {"replicas": 1, "storage": {"backend": "MINIO"}}}));
+    bed.run(&["run"]).await.expect_code(0);
+    assert!(bed.kube.requests().iter().all(|r| !r.path.contains("/secrets")), "no Secret is read unless HELM_RELEASE is set");
+    bed.set("HELM_RELEASE", "pachyderm");
+    bed.run(&["run"]).await.expect_code(0);
+    let m = bed.manifests().await.pop().expect("backup");
+    let file = m.cluster_objects.iter().find(|f| f.starts_with("cluster/helm/")).expect("helm values captured");
+    let saved: serde_json::Value = serde_json::from_slice(&read(&bed.target, &format!("backups/{}/{file}", m.backup_id)).await).expect("json");
+    assert_eq!(saved["revision"], 2, "the newest revision");
+    assert_eq!(saved["values"]["pachd"]["storage"]["backend"], "MINIO");
+}

@@ -73,7 +73,7 @@ pub struct StandIn {
     pub kubeconfig: std::path::PathBuf,
 }
 
-const COLLECTIONS: [&str; 5] = ["deployments", "replicationcontrollers", "configmaps", "services", "leases"];
+const COLLECTIONS: [&str; 6] = ["deployments", "replicationcontrollers", "configmaps", "services", "leases", "secrets"];
 
 fn status(code: u16, reason: &str, message: impl Into<String>) -> Response {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message.into(), "reason": reason, "code": code});
@@ -308,6 +308,23 @@ impl StandIn {
         self.insert("configmaps", "pachd-config", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"annotations": {}}, "data": {"MODE": "full"}}));
     }
 
+    /// A Helm release Secret as Helm 3 writes it: the release JSON, gzipped, base64
+    /// encoded, in the Secret's `release` key (itself base64 in the API).
+    pub fn seed_helm_release(&self, name: &str, revision: u32, values: Value) {
+        use base64::Engine;
+        use std::io::Write;
+        let release = json!({"name": name, "version": revision, "chart": {"metadata": {"name": "pachyderm", "version": "2.11.4"}}, "config": values});
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(release.to_string().as_bytes()).expect("gzip");
+        let inner = base64::engine::general_purpose::STANDARD.encode(gz.finish().expect("gzip"));
+        let outer = base64::engine::general_purpose::STANDARD.encode(inner);
+        self.insert(
+            "secrets",
+            &format!("sh.helm.release.v1.{name}.v{revision}"),
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1", "metadata": {"labels": {"owner": "helm", "name": name, "version": revision.to_string(), "status": "deployed"}}, "data": {"release": outer}}),
+        );
+    }
+
     /// Waits (bounded) until every workload's pods are ready.
     pub async fn settle(&self) {
         for _ in 0..100 {
@@ -370,6 +387,10 @@ impl StandIn {
     /// Answers `status` to the next `times` requests matching.
     pub fn fail(&self, method: Method, path_contains: &str, status: u16, times: usize) {
         self.world.lock().expect("world").faults.push(Fault { method, path_contains: path_contains.into(), status, remaining: times });
+    }
+
+    pub fn clear_faults(&self) {
+        self.world.lock().expect("world").faults.clear();
     }
 
     /// SelfSubjectAccessReviews deny `verb resource[/name]`.
@@ -452,6 +473,7 @@ async fn handle(State(world): State<Arc<Mutex<World>>>, method: Method, uri: Uri
         "replicationcontrollers" => "ReplicationControllerList",
         "configmaps" => "ConfigMapList",
         "services" => "ServiceList",
+        "secrets" => "SecretList",
         _ => "LeaseList",
     };
 

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The demo: installs PostgreSQL's server if it is missing, then runs one local backup
+# cycle (throwaway PostgreSQL with a Pachyderm-like fixture, local-directory buckets,
+# no cluster) and prints what it did and where the backup is.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+exec cargo run --locked --quiet -- demo "$@"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh Debian machine (idempotent,
+# quick when everything is there), builds once (dev profile), and runs every test:
+# Rust unit, property and integration tests against real servers, promtool rule tests,
+# and the Helm chart tests. Exits non-zero on any failure.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+need_apt=()
+command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== apt-get install ${need_apt[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import moto, flask, flask_cors, helm_python, kubernetes_validate, pytest, yaml' >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
+  echo "== pip install -r tests/requirements.txt"
+  python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+
+echo "== cargo build (dev profile, once for everything)"
+cargo build --all-targets --locked
+
+echo "== cargo test"
+cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}"
+
+echo "== alert rules (promtool)"
+scripts/test-alerts.sh
+
+echo "== Helm chart (helm-python-sdk, kubernetes-validate)"
+PACHYDERM_BACKUP_BIN="$root/target/debug/pachyderm-backup" python3 -m pytest -q tests/chart

@@ -1,0 +1,155 @@
+//! Every way a run can fail ends with the cluster at its original replicas and no
+//! manifest; nothing is paused before preflight has passed.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::http::Method;
+use support::*;
+
+/// The run failed with exit 1, the cluster is back, and no backup was recorded.
+async fn assert_failed_cleanly(bed: &Bed, out: &Output, says: &str) {
+    out.expect_code(1);
+    assert!(out.stderr.contains(says), "the error should say {says:?}:\n{}", out.stderr);
+    bed.assert_resumed();
+    assert!(bed.manifests().await.is_empty(), "a failed run left a manifest");
+}
+
+/// Nothing but the Lease was written: no pause was attempted.
+fn assert_never_paused(bed: &Bed) {
+    let writes: Vec<String> = bed.kube.mutating_requests().iter().filter(|r| !r.path.contains("/leases")).map(|r| format!("{} {}", r.method, r.path)).collect();
+    assert!(writes.is_empty(), "writes before preflight passed: {writes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_during_the_dump() {
+    let mut bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    let lock = TableLock::take(&bed.pg).await;
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    bed.pg.stop().expect("stop PostgreSQL");
+    drop(lock);
+    let out = running.finish().await;
+    assert_failed_cleanly(&bed, &out, "server closed the connection").await;
+    assert!(out.stderr.contains("pg_dump of"), "names the dump: {}", out.stderr);
+    assert!(out.logs().iter().any(|l| l["phase"] == "capture" && l["reason"] == "database"), "failure logged with its phase and reason");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_bucket_failing_during_the_copy() {
+    let mut bed = Bed::new(BedOptions { chunks: 20, ..Default::default() }).await;
+    bed.set("PRECOPY", "false");
+    // Hold the pause (pods terminate only when allowed) so the bucket breaks exactly
+    // between the pause and the capture's copy.
+    bed.kube.pods_never_terminate(true);
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("the cluster paused", Duration::from_secs(60), || bed.kube.replicas("deployments", "pachd") == Some(0)).await;
+    let answer = bed.moto.as_ref().expect("moto").delete_bucket("backups");
+    assert!(answer.starts_with("HTTP/1.1 204"), "delete the target bucket: {answer}");
+    bed.kube.pods_never_terminate(false);
+    let out = running.finish().await;
+    bed.moto.as_ref().expect("moto").create_bucket("backups");
+    assert_failed_cleanly(&bed, &out, "target bucket failed while").await;
+    assert!(out.stderr.contains("NoSuchBucket"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_capture() {
+    let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    let lock = TableLock::take(&bed.pg).await;
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    assert_eq!(bed.kube.replicas("deployments", "pachd"), Some(0), "paused");
+    running.signal("TERM");
+    let out = running.finish().await;
+    lock.release().await;
+    assert_failed_cleanly(&bed, &out, "interrupted by SIGTERM").await;
+    assert!(!dump_is_blocked(&bed.pg), "pg_dump was killed with the run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_downtime_aborts_the_capture_and_resumes() {
+    let mut bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    bed.set("MAX_DOWNTIME", "3s");
+    let lock = TableLock::take(&bed.pg).await;
+    let out = bed.run(&["run"]).await;
+    lock.release().await;
+    assert_failed_cleanly(&bed, &out, "MAX_DOWNTIME (3s) reached").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_that_never_terminate_hit_pause_timeout() {
+    let mut bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    bed.set("PAUSE_TIMEOUT", "2s");
+    bed.kube.pods_never_terminate(true);
+    let out = bed.run(&["run"]).await;
+    bed.kube.pods_never_terminate(false);
+    assert_failed_cleanly(&bed, &out, "did not happen within 2s").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_error_half_way_through_the_pause_resumes_what_was_paused() {
+    let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    bed.kube.fail(Method::PATCH, "replicationcontrollers/default-montage-v1", 500, 1);
+    let out = bed.run(&["run"]).await;
+    assert_failed_cleanly(&bed, &out, "scaling replicationcontroller/default-montage-v1 to 0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_resume_exits_4_and_says_what_is_still_paused() {
+    let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    let lock = TableLock::take(&bed.pg).await;
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    bed.kube.fail(Method::PATCH, "deployments/pachd", 500, 1000);
+    running.signal("TERM");
+    let out = running.finish().await;
+    lock.release().await;
+    out.expect_code(4);
+    assert!(out.stderr.contains("RESUME FAILED") && out.stderr.contains("deployment/pachd"), "{}", out.stderr);
+    assert_eq!(bed.kube.replicas("deployments", "pachd"), Some(0));
+    bed.kube.clear_faults();
+    bed.run(&["resume"]).await.expect_code(0);
+    bed.assert_resumed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_failures_touch_nothing() {
+    // Missing RBAC.
+    let bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.kube.deny("patch replicationcontrollers");
+    let out = bed.run(&["run"]).await;
+    assert_failed_cleanly(&bed, &out, "patch replicationcontrollers").await;
+    assert_never_paused(&bed);
+
+    // Unreachable database.
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.set("PGPORT", &pachyderm_backup::demo::free_port().to_string());
+    let out = bed.run(&["run"]).await;
+    assert_failed_cleanly(&bed, &out, "cannot connect to database pachyderm").await;
+    assert_never_paused(&bed);
+
+    // A database that does not exist.
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.set("DATABASES", "pachyderm,nosuchdb");
+    let out = bed.run(&["run"]).await;
+    assert_failed_cleanly(&bed, &out, "nosuchdb").await;
+    assert_never_paused(&bed);
+
+    // A target bucket that does not exist (not writable).
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.set("TARGET_URL", "s3://no-such-bucket/x");
+    let out = bed.run(&["run"]).await;
+    assert_failed_cleanly(&bed, &out, "target bucket failed").await;
+    assert_never_paused(&bed);
+
+    // pg_dump missing from PG_BIN_DIR.
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    let empty = bed.dir.path().join("empty-bin");
+    std::fs::create_dir_all(&empty).expect("dir");
+    bed.set("PG_BIN_DIR", &empty.display().to_string());
+    let out = bed.run(&["run"]).await;
+    assert_failed_cleanly(&bed, &out, "pg_dump not found").await;
+    assert_never_paused(&bed);
+}
