@@ -25,6 +25,9 @@ if ! python3 -c 'import moto, flask, flask_cors, helm_python, kubernetes_validat
   command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 fi
 
+echo "== PostgreSQL 17 tools and 14 server (restore into older servers)"
+scripts/fetch-postgres.sh 17.11.0 14.22.0
+
 echo "== cargo build (dev profile, once for everything)"
 cargo build --all-targets --locked
 

@@ -8,9 +8,11 @@ use tracing::{info, warn};
 
 use crate::catalog::Catalog;
 use crate::cluster::{Cluster, ClusterError, LeaseState};
-use crate::config::{CatalogConfig, ClusterSettings, ConfigError, PauseMode, RawEnv, RunConfig, VARIABLES};
+use crate::config::{CatalogConfig, ClusterSettings, ConfigError, PauseMode, RawEnv, RestoreConfig, RunConfig, VARIABLES};
 use crate::cycle::{self, RunError, Stop, error_chain};
 use crate::progress::human_bytes;
+use crate::metrics::{Pusher, verify_sample};
+use crate::restore::{self, RestoreOptions};
 use crate::{demo, objects, retention};
 
 /// A command's failure: the exit code and what to tell the operator.
@@ -241,4 +243,75 @@ pub async fn demo(dir: &Path, objects_count: u64, stop: Stop) -> Result<(), Fail
     println!("  list it:  TARGET_URL=file://{} pachyderm-backup list", target.display());
     drop(pg);
     Ok(())
+}
+
+pub struct RestoreArgs {
+    pub backup: Option<String>,
+    pub clean: bool,
+    pub force: bool,
+    pub cluster_objects: bool,
+    pub skip_databases: bool,
+    pub skip_objects: bool,
+}
+
+pub async fn restore(raw: &RawEnv, args: RestoreArgs) -> Result<(), Failure> {
+    let print_only = args.cluster_objects;
+    let cfg = RestoreConfig::from_env(raw, !print_only && !args.skip_databases, !print_only && !args.skip_objects)?;
+    let catalog = Catalog::new(objects::open(&cfg.target, false).map_err(failed)?);
+    let manifest = restore::choose(&catalog, args.backup.as_deref()).await.map_err(failed)?;
+    if print_only {
+        for file in &manifest.cluster_objects {
+            let path = crate::catalog::backup_path(&manifest.backup_id, file);
+            let bytes = object_store::ObjectStoreExt::get(&**catalog.store(), &path).await.map_err(failed)?.bytes().await.map_err(failed)?;
+            println!("# {file}\n{}", String::from_utf8_lossy(&bytes));
+        }
+        return Ok(());
+    }
+    info!(backup_id = %manifest.backup_id, "restoring");
+    let opts = RestoreOptions { clean: args.clean, force: args.force, databases: !args.skip_databases, objects: !args.skip_objects };
+    let s = restore::restore(&cfg, &catalog, &manifest, &opts).await.map_err(failed)?;
+    info!(backup_id = %s.backup_id, databases = s.databases.len(), objects = s.objects, object_bytes = s.objects_bytes, skipped = s.skipped, mismatches = 0, seconds = s.seconds, "restore complete");
+    println!("restored backup {} in {:.1}s", s.backup_id, s.seconds);
+    for (db, bytes) in &s.databases {
+        println!("  database {db}: {} of dump", human_bytes(*bytes));
+    }
+    println!("  objects: {} restored ({}), {} already there, 0 mismatches", s.objects, human_bytes(s.objects_bytes), s.skipped);
+    Ok(())
+}
+
+pub struct VerifyArgs {
+    pub backup: Option<String>,
+    pub all: bool,
+    pub deep: bool,
+    pub drill: bool,
+}
+
+pub async fn verify(raw: &RawEnv, args: VerifyArgs) -> Result<(), Failure> {
+    let cfg = RestoreConfig::from_env(raw, args.drill, false)?;
+    let catalog = Catalog::new(objects::open(&cfg.target, false).map_err(failed)?);
+    let manifests = if args.all { catalog.complete().await.map_err(failed)? } else { vec![restore::choose(&catalog, args.backup.as_deref()).await.map_err(failed)?] };
+    let mut problems = Vec::new();
+    let mut cluster = cfg.common.cluster_name.clone();
+    for m in &manifests {
+        let mut f = restore::verify(&catalog, m, args.deep, cfg.concurrency, cfg.common.progress_interval).await.map_err(failed)?;
+        if args.drill {
+            let server = cfg.server.as_ref().ok_or_else(|| Failure { code: 2, message: "RESTORE_PGHOST is needed for --drill".into() })?;
+            restore::drill(server, cfg.bin_dir.as_deref(), &catalog, m, &mut f).await.map_err(failed)?;
+        }
+        cluster.get_or_insert_with(|| m.cluster.clone());
+        let verdict = if f.problems.is_empty() { "ok" } else { "PROBLEMS" };
+        println!("{} {verdict}: {} files checked{}", m.backup_id, f.checked_files, if args.deep { format!(", {} re-read", human_bytes(f.checked_bytes)) } else { String::new() });
+        for p in &f.problems {
+            println!("  - {p}");
+        }
+        problems.extend(f.problems.into_iter().map(|p| format!("{}: {p}", m.backup_id)));
+    }
+    if let Some(cluster) = cluster {
+        Pusher::new(cfg.common.push.clone(), cluster).push(&verify_sample(Utc::now().timestamp() as f64, problems.is_empty())).await;
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure { code: 1, message: format!("verification found {} problem(s):\n  {}", problems.len(), problems.join("\n  ")) })
+    }
 }

@@ -12,4 +12,5 @@ pub mod demo;
 pub mod metrics;
 pub mod objects;
 pub mod progress;
+pub mod restore;
 pub mod retention;

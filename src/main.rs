@@ -41,6 +41,39 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Restore a backup into the PostgreSQL server of RESTORE_PG* and the bucket of RESTORE_URL.
+    Restore {
+        /// The backup to restore (default: the newest complete one).
+        #[arg(long)]
+        backup: Option<String>,
+        /// Replace the content of non-empty destination databases.
+        #[arg(long)]
+        clean: bool,
+        /// Restore into a non-empty bucket; objects already restored (same size and checksum) are skipped.
+        #[arg(long)]
+        force: bool,
+        /// Print the captured Kubernetes objects and Helm values instead (nothing is applied).
+        #[arg(long)]
+        cluster_objects: bool,
+        /// Restore the objects only.
+        #[arg(long)]
+        skip_databases: bool,
+        /// Restore the databases only.
+        #[arg(long)]
+        skip_objects: bool,
+    },
+    /// Check a backup: every file present with its size; --deep re-reads every byte; --drill restores the databases into scratch ones and checks metadata against objects.
+    Verify {
+        #[arg(long, conflicts_with = "all")]
+        backup: Option<String>,
+        /// Every complete backup.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        deep: bool,
+        #[arg(long)]
+        drill: bool,
+    },
     /// Print every environment variable the program reads.
     Variables {
         #[arg(long)]
@@ -94,6 +127,8 @@ fn main() -> ExitCode {
             Command::List { json, all } => commands::list(&raw, json, all).await,
             Command::Resume { if_stale } => commands::resume(&raw, if_stale).await,
             Command::Retention { dry_run } => commands::retention(&raw, dry_run).await,
+            Command::Restore { backup, clean, force, cluster_objects, skip_databases, skip_objects } => commands::restore(&raw, commands::RestoreArgs { backup, clean, force, cluster_objects, skip_databases, skip_objects }).await,
+            Command::Verify { backup, all, deep, drill } => commands::verify(&raw, commands::VerifyArgs { backup, all, deep, drill }).await,
             Command::Variables { json } => commands::variables(json),
             Command::Demo { dir, objects } => commands::demo(&dir, objects, stop).await,
         }

@@ -22,8 +22,10 @@ What is checked:
   * bad values are rejected by values.schema.json (or by the templates' own checks)
     with a message naming the field;
   * the Role is exactly the program's calls (set comparison), without wildcards,
-    Secrets only when captureHelmValues is on, ConfigMap writes only in pause mode
-    pachyderm;
+    Secrets (list only) and HELM_RELEASE only when captureHelmValues is on, ConfigMap
+    writes only in pause mode pachyderm;
+  * the *_WORKLOAD_IDENTITY switches: set (always to true) exactly when a bucket is
+    declared, or found, to use the ServiceAccount's cloud identity;
   * every pod passes the restricted Pod Security Standard (plus a read-only root);
   * no drift between the chart's environment variables and the program's;
   * the chart's files/ are byte-identical to alerts/ and dashboards/.
@@ -138,6 +140,8 @@ VALUES_SETS: dict[str, dict] = {
         "target": {"url": "az://backups/pachyderm", "secretName": "backup-azure"},
     },
     "workload-identity": {
+        # Pachyderm itself uses IRSA: its Secret's keys are empty.
+        "source": {"workloadIdentity": True},
         "target": {"url": "s3://backups/pachyderm"},
         "serviceAccount": {"annotations": {"example.com/owner": "platform"}},
         "workloadIdentity": {
@@ -145,6 +149,23 @@ VALUES_SETS: dict[str, dict] = {
             "gcp": {"serviceAccount": "backup@project.iam.gserviceaccount.com"},
             "azure": {"clientId": "00000000-1111-2222-3333-444444444444"},
         },
+    },
+    "workload-identity-all": {
+        # GKE workload identity for every bucket, the drill's scratch bucket included.
+        "source": {"backend": "google", "secretKeys": {"google": {"SOURCE_GOOGLE_SERVICE_ACCOUNT_KEY": None}}},
+        "target": {"url": "gs://backups/pachyderm"},
+        "workloadIdentity": {"allBuckets": True, "gcp": {"serviceAccount": "backup@project.iam.gserviceaccount.com"}},
+        "drill": {
+            "enabled": True,
+            "restore": {
+                "pghost": "postgres-scratch.backup.svc",
+                "sslMode": "verify-full",
+                "sslRootCert": "/etc/scratch-ca/ca.crt",
+                "url": "gs://scratch/pachyderm",
+            },
+        },
+        "extraVolumes": [{"name": "scratch-ca", "configMap": {"name": "scratch-ca"}}],
+        "extraVolumeMounts": [{"name": "scratch-ca", "mountPath": "/etc/scratch-ca", "readOnly": True}],
     },
     "existing-serviceaccount": {
         "target": TARGET,
@@ -177,6 +198,7 @@ VALUES_SETS: dict[str, dict] = {
             "pachwDeployment": "pachw",
             "workerSelector": "suite=pachyderm,component=worker",
             "pachdConfigMap": "pachd-config",
+            "helmRelease": "pachyderm-prod",
         },
         "pause": {"mode": "pachyderm", "timeout": "10m", "resumeTimeout": "15m", "maxDowntime": "1h30m"},
         "lease": {"name": "pachyderm-backup-prod", "duration": "90s"},
@@ -230,7 +252,8 @@ VALUES_SETS: dict[str, dict] = {
                 "pghost": "postgres-scratch.backup.svc",
                 "pgport": 5432,
                 "pguser": "postgres",
-                "sslMode": "require",
+                "sslMode": "verify-ca",
+                "sslRootCert": "/etc/postgres-ca/ca.crt",
                 "password": {"secretName": "scratch-postgres", "secretKey": "password"},
                 "url": "s3://scratch/pachyderm",
                 "region": "eu-central-1",
@@ -309,6 +332,13 @@ BAD_VALUES: dict[str, tuple[dict, str]] = {
         "/target/secretKeys",
     ),
     "drill-without-server": ({"drill": {"enabled": True}}, "/drill/restore/pghost"),
+    "helm-release-name": ({"pachyderm": {"helmRelease": "Pachyderm_Prod"}}, "/pachyderm/helmRelease"),
+    "helm-release-empty": ({"pachyderm": {"helmRelease": ""}}, "/pachyderm/helmRelease"),
+    "target-workload-identity-string": (
+        {"target": {"workloadIdentity": "yes"}},
+        "/target/workloadIdentity",
+    ),
+    "source-workload-identity-string": ({"source": {"workloadIdentity": "true"}}, "/source/workloadIdentity"),
 }
 
 # Values that pass the schema but that the templates refuse (checks JSON schema
@@ -422,6 +452,18 @@ def merged_values(chart, name):
     return chart.merge_values(copy.deepcopy(VALUES_SETS[name]))
 
 
+def render_values(chart, yaml, values) -> list:
+    """The objects rendered from ad-hoc values (not a named set)."""
+    out = chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+    return [
+        d
+        for path, text in sorted(out.items())
+        if not path.endswith("NOTES.txt")
+        for d in yaml.safe_load_all(text)
+        if d
+    ]
+
+
 # ---------------------------------------------------------- the program's variables
 
 
@@ -487,8 +529,11 @@ def is_program_variable(name, program_names) -> bool:
 # Program variables the chart deliberately does not set through a first-class value.
 # Empty today: every plain variable of docs/CONTRACT.md has a value (RUST_LOG is
 # logging.level, PGSSLROOTCERT is postgresql.sslRootCert, the RESTORE_* variables
-# are drill.restore.*, set on the drill CronJob only). Add a variable here only with
-# the reason, and document it in docs/CHART.md (it stays settable through extraEnv).
+# are drill.restore.*, set on the drill CronJob only, HELM_RELEASE is
+# pachyderm.helmRelease with captureHelmValues, the *_WORKLOAD_IDENTITY switches are
+# source/target/drill.restore.workloadIdentity and workloadIdentity.allBuckets). Add
+# a variable here only with the reason, and document it in docs/CHART.md (it stays
+# settable through extraEnv).
 NOT_FIRST_CLASS: dict[str, str] = {}
 
 # Chart values whose default must equal the program's default (the chart sets them
@@ -679,7 +724,7 @@ def expected_rules(values) -> set[tuple]:
     rules.add(("coordination.k8s.io", "leases", "get", values["lease"]["name"]))
     rules.add(("coordination.k8s.io", "leases", "update", values["lease"]["name"]))
     if values["captureHelmValues"]:
-        rules.add(("", "secrets", "get", None))
+        # HELM_RELEASE: one list by label selector (owner=helm,name=<release>); no get.
         rules.add(("", "secrets", "list", None))
     return rules
 
@@ -725,14 +770,14 @@ def test_role_is_exactly_the_programs_calls(render, chart, name):
     want = expected_rules(values)
     assert got == want, f"extra: {sorted(got - want, key=str)}; missing: {sorted(want - got, key=str)}"
     # resourceNames wherever Kubernetes honours them: every get/patch/update names its objects
-    # (except replicationcontrollers, whose names are generated, and secrets, see captureHelmValues)
+    # (except replicationcontrollers, whose names are generated)
     for group, resource, verb, rn in got:
-        if verb in ("get", "patch", "update") and resource not in ("replicationcontrollers", "secrets"):
+        if verb in ("get", "patch", "update") and resource != "replicationcontrollers":
             assert rn is not None, f"{resource} {verb} without resourceNames"
         if verb in ("list", "create"):
             assert rn is None, f"resourceNames are ignored for {verb}"
     secrets = {r for r in got if r[1] == "secrets"}
-    assert bool(secrets) == values["captureHelmValues"]
+    assert secrets == ({("", "secrets", "list", None)} if values["captureHelmValues"] else set())
     writes = {r for r in got if r[1] == "configmaps" and r[2] != "list"}
     assert bool(writes) == (values["pause"]["mode"] == "pachyderm")
     (binding,) = of_kind(docs, "RoleBinding")
@@ -1002,6 +1047,114 @@ def test_workload_identity(render):
     # without azure, no label
     for cj in of_kind(render("source-google"), "CronJob"):
         assert "azure.workload.identity/use" not in cj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+
+
+WI_VARS = ("WORKLOAD_IDENTITY", "SOURCE_WORKLOAD_IDENTITY", "TARGET_WORKLOAD_IDENTITY", "RESTORE_WORKLOAD_IDENTITY")
+
+
+def wi_env(container) -> dict:
+    env = env_of(container)
+    return {n: env[n]["value"] for n in WI_VARS if n in env}
+
+
+@pytest.mark.parametrize("name", sorted(VALUES_SETS))
+def test_workload_identity_variables_are_only_ever_true(render, name):
+    """The chart sets a *_WORKLOAD_IDENTITY switch to true or not at all: a "false"
+    would override WORKLOAD_IDENTITY, the program's default for each bucket."""
+    for owner, spec in pod_specs(render(name)):
+        for c in containers(spec):
+            for n, value in wi_env(c).items():
+                assert value == "true", f"{name}: {owner}: {n}={value!r}"
+
+
+def test_workload_identity_switches(render):
+    backup = lambda n: wi_env(backup_container(render(n)))  # noqa: E731
+    assert backup("defaults") == {}
+    assert backup("pause-scale") == {}, "target Secret: keys, no identity"
+    assert backup("pause-none") == {}, "file:// buckets need no credentials"
+    assert backup("source-microsoft") == {}, "target Secret: keys, no identity"
+    # no target Secret and a cloud identity on the ServiceAccount: automatic
+    assert backup("source-amazon") == {"TARGET_WORKLOAD_IDENTITY": "true"}
+    assert backup("source-google") == {"TARGET_WORKLOAD_IDENTITY": "true"}
+    assert backup("workload-identity") == {"SOURCE_WORKLOAD_IDENTITY": "true", "TARGET_WORKLOAD_IDENTITY": "true"}
+    docs = render("workload-identity-all")
+    assert backup("workload-identity-all") == {"WORKLOAD_IDENTITY": "true", "TARGET_WORKLOAD_IDENTITY": "true"}
+    drill = backup_container(docs, "-drill")
+    assert wi_env(drill) == {
+        "WORKLOAD_IDENTITY": "true", "TARGET_WORKLOAD_IDENTITY": "true", "RESTORE_WORKLOAD_IDENTITY": "true",
+    }
+    assert env_of(drill)["RESTORE_PGSSLROOTCERT"]["value"] == "/etc/scratch-ca/ca.crt"
+    assert "SOURCE_GOOGLE_SERVICE_ACCOUNT_KEY" not in env_of(drill)
+    # Secrets for the target and the scratch bucket: nothing automatic
+    docs = render("everything-on")
+    assert wi_env(backup_container(docs)) == {} and wi_env(backup_container(docs, "-drill")) == {}
+    assert env_of(backup_container(docs, "-drill"))["RESTORE_PGSSLROOTCERT"]["value"] == "/etc/postgres-ca/ca.crt"
+
+
+WI_CASES = {
+    # (values, the backup container's switches)
+    "annotation-only": (
+        {"target": {"url": "az://backups/pachyderm"},
+         "serviceAccount": {"annotations": {"azure.workload.identity/client-id": "00000000-1111-2222-3333-444444444444"}}},
+        {"TARGET_WORKLOAD_IDENTITY": "true"},
+    ),
+    "explicit-false-disables-automatic": (
+        {"target": {"url": "gs://backups/pachyderm", "workloadIdentity": False},
+         "workloadIdentity": {"gcp": {"serviceAccount": "backup@project.iam.gserviceaccount.com"}}},
+        {},
+    ),
+    "explicit-true-with-secret": (
+        # an Azure Secret holding only the storage account name
+        {"target": {"url": "az://backups/pachyderm", "secretName": "backup-account", "workloadIdentity": True}},
+        {"TARGET_WORKLOAD_IDENTITY": "true"},
+    ),
+    "no-identity-no-secret": (
+        # the program reports the missing credentials (exit 2, nothing touched)
+        {"target": {"url": "s3://backups/pachyderm"}},
+        {},
+    ),
+    "existing-serviceaccount-needs-explicit": (
+        {"target": {"url": "gs://backups/pachyderm"}, "serviceAccount": {"create": False, "name": "backup"}},
+        {},
+    ),
+    "all-buckets": (
+        {"target": {"url": "gs://backups/pachyderm"}, "workloadIdentity": {"allBuckets": True}},
+        {"WORKLOAD_IDENTITY": "true"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WI_CASES))
+def test_workload_identity_cases(chart, yaml, case):
+    values, want = WI_CASES[case]
+    assert wi_env(backup_container(render_values(chart, yaml, values))) == want
+
+
+def test_restore_workload_identity_explicit(chart, yaml):
+    drill = {"enabled": True, "restore": {"pghost": "scratch", "url": "s3://scratch/p", "secretName": "scratch-bucket"}}
+    docs = render_values(chart, yaml, {"target": TARGET, "drill": drill})
+    assert wi_env(backup_container(docs, "-drill")) == {}
+    drill["restore"]["workloadIdentity"] = True
+    docs = render_values(chart, yaml, {"target": TARGET, "drill": drill})
+    assert wi_env(backup_container(docs, "-drill")) == {"RESTORE_WORKLOAD_IDENTITY": "true"}
+    assert wi_env(backup_container(docs)) == {}, "RESTORE_* never reach the backup"
+
+
+@pytest.mark.parametrize("name", sorted(VALUES_SETS))
+def test_helm_release_only_with_capture(render, chart, name):
+    values = merged_values(chart, name)
+    for owner, spec in pod_specs(render(name)):
+        for c in containers(spec):
+            env = env_of(c)
+            if values["captureHelmValues"]:
+                assert env["HELM_RELEASE"]["value"] == values["pachyderm"]["helmRelease"], owner
+            else:
+                assert "HELM_RELEASE" not in env, f"{name}: {owner}: HELM_RELEASE without captureHelmValues"
+
+
+def test_helm_release_default(chart, yaml):
+    env = env_of(backup_container(render_values(chart, yaml, {"captureHelmValues": True})))
+    assert env["HELM_RELEASE"] == {"name": "HELM_RELEASE", "value": "pachyderm"}
 
 
 def test_existing_service_account(render):

@@ -144,6 +144,38 @@ after SIGTERM (RESUME_TIMEOUT + 60 s unless set).
 {{- end -}}
 
 {{/*
+"true" when the chart gives the ServiceAccount a cloud identity: a workloadIdentity
+value, or one of the identity annotations in serviceAccount.annotations.
+*/}}
+{{- define "pachyderm-backup.hasCloudIdentity" -}}
+{{- $wi := .Values.workloadIdentity -}}
+{{- $ann := .Values.serviceAccount.annotations | default dict -}}
+{{- $annotated := or (hasKey $ann "eks.amazonaws.com/role-arn") (hasKey $ann "iam.gke.io/gcp-service-account") (hasKey $ann "azure.workload.identity/client-id") -}}
+{{- if or $wi.aws.roleArn $wi.gcp.serviceAccount $wi.azure.clientId $annotated -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when a bucket's <SIDE>_WORKLOAD_IDENTITY is to be set, else "". Arguments:
+root, the value (true, false, or null: automatic), the bucket's Secret, its URL.
+Automatic: a cloud bucket without a Secret, and the ServiceAccount has a cloud
+identity. The chart never sets these variables to false (so WORKLOAD_IDENTITY,
+the program's default for each side, still applies).
+*/}}
+{{- define "pachyderm-backup.bucketWorkloadIdentity" -}}
+{{- $root := index . 0 -}}
+{{- $set := index . 1 -}}
+{{- $secret := index . 2 -}}
+{{- $url := index . 3 -}}
+{{- if kindIs "bool" $set -}}
+{{- if $set }}true{{ end -}}
+{{- else if and $url (not (hasPrefix "file:" $url)) (not $secret) (include "pachyderm-backup.hasCloudIdentity" $root) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
 The environment shared by every CronJob: the program's whole configuration.
 */}}
 {{- define "pachyderm-backup.env" -}}
@@ -153,6 +185,9 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- include "pachyderm-backup.envVar" (list "PACHW_DEPLOYMENT" $v.pachyderm.pachwDeployment) }}
 {{- include "pachyderm-backup.envVar" (list "WORKER_SELECTOR" $v.pachyderm.workerSelector) }}
 {{- include "pachyderm-backup.envVar" (list "PACHD_CONFIGMAP" $v.pachyderm.pachdConfigMap) }}
+{{- if $v.captureHelmValues }}
+{{- include "pachyderm-backup.envVar" (list "HELM_RELEASE" $v.pachyderm.helmRelease) }}
+{{- end }}
 {{- include "pachyderm-backup.envVar" (list "PAUSE_MODE" $v.pause.mode) }}
 {{- include "pachyderm-backup.envVar" (list "PAUSE_TIMEOUT" $v.pause.timeout) }}
 {{- include "pachyderm-backup.envVar" (list "RESUME_TIMEOUT" $v.pause.resumeTimeout) }}
@@ -188,6 +223,12 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- end }}
 {{- include "pachyderm-backup.envVar" (list "SOURCE_AWS_REGION" (or $src.region (and (eq $src.backend "minio") "us-east-1") "")) }}
 {{- include "pachyderm-backup.envVar" (list "SOURCE_URL" (include "pachyderm-backup.sourceUrl" .)) }}
+{{- if $src.workloadIdentity }}
+{{- include "pachyderm-backup.envVar" (list "SOURCE_WORKLOAD_IDENTITY" "true") }}
+{{- end }}
+{{- if $v.workloadIdentity.allBuckets }}
+{{- include "pachyderm-backup.envVar" (list "WORKLOAD_IDENTITY" "true") }}
+{{- end }}
 {{- /* Target bucket */}}
 {{- $tgt := $v.target }}
 {{- include "pachyderm-backup.envVar" (list "TARGET_URL" $tgt.url) }}
@@ -204,6 +245,7 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- include "pachyderm-backup.envVar" (list "TARGET_WORKLOAD_IDENTITY" (include "pachyderm-backup.bucketWorkloadIdentity" (list . $tgt.workloadIdentity $tgt.secretName $tgt.url))) }}
 {{- /* Objects, retention */}}
 {{- include "pachyderm-backup.envVar" (list "OBJECTS" $v.objects.mode) }}
 {{- include "pachyderm-backup.envVar" (list "PRECOPY" $v.objects.precopy) }}
@@ -241,6 +283,7 @@ The environment shared by every CronJob: the program's whole configuration.
 {{ include "pachyderm-backup.secretEnvVar" (list "RESTORE_PGPASSWORD" $r.password.secretName $r.password.secretKey false) }}
 {{- end }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_PGSSLMODE" $r.sslMode) }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_PGSSLROOTCERT" $r.sslRootCert) }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_URL" $r.url) }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_AWS_REGION" $r.region) }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_AWS_ENDPOINT" $r.endpoint) }}
@@ -255,6 +298,7 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_WORKLOAD_IDENTITY" (include "pachyderm-backup.bucketWorkloadIdentity" (list . $r.workloadIdentity $r.secretName $r.url))) }}
 {{- end -}}
 
 {{/*

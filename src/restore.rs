@@ -1,0 +1,362 @@
+//! Restore a backup into a (new) PostgreSQL server and bucket, and verify backups:
+//! every file present with its size, `--deep` every checksum, `--drill` a restore of
+//! the databases into scratch databases and a check that every live chunk the
+//! metadata references is in the backup's object listing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use crate::catalog::{self, Catalog, CatalogError, Manifest, ObjectRecord};
+use crate::config::{PgServer, RestoreConfig};
+use crate::database::{self, DatabaseError, Tools};
+use crate::objects::{self, ObjectsError};
+use crate::progress::Progress;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error(transparent)]
+    Objects(#[from] ObjectsError),
+    #[error("there is no complete backup in the target bucket")]
+    NoBackup,
+    #[error("nothing was written: {}", .0.join("; "))]
+    Refused(Vec<String>),
+    #[error("{0} is needed for this command")]
+    Missing(&'static str),
+    #[error("{count} object(s) did not match their recorded checksum after the restore, first: {first}")]
+    Mismatch { count: usize, first: String },
+}
+
+/// Picks a backup: the given id, or the newest complete one.
+pub async fn choose(catalog: &Catalog, id: Option<&str>) -> Result<Manifest, RestoreError> {
+    match id {
+        Some(id) => Ok(catalog.manifest(id).await?),
+        None => catalog.complete().await?.pop().ok_or(RestoreError::NoBackup),
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RestoreSummary {
+    pub backup_id: String,
+    pub databases: Vec<(String, u64)>,
+    pub objects: u64,
+    pub objects_bytes: u64,
+    pub skipped: u64,
+    pub seconds: f64,
+}
+
+pub struct RestoreOptions {
+    pub clean: bool,
+    pub force: bool,
+    pub databases: bool,
+    pub objects: bool,
+}
+
+/// Restores `manifest`: checks every destination first (refusing non-empty ones
+/// without `--clean` / `--force`), then databases and objects.
+pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreSummary, RestoreError> {
+    let started = Instant::now();
+    let mut refusals = Vec::new();
+    let server = if opts.databases && !manifest.databases.is_empty() { Some(cfg.server.as_ref().ok_or(RestoreError::Missing("RESTORE_PGHOST"))?) } else { None };
+    let restore_objects = opts.objects && manifest.objects.listing.is_some();
+    let destination = if restore_objects { Some(objects::open(cfg.destination.as_ref().ok_or(RestoreError::Missing("RESTORE_URL"))?, true)?) } else { None };
+
+    // Every check before the first write.
+    let tools = match server {
+        Some(_) => Some(Tools::find(cfg.bin_dir.as_deref()).await?),
+        None => None,
+    };
+    if let Some(server) = server {
+        for db in &manifest.databases {
+            if let Ok(mut conn) = database::connect(server, &db.name).await {
+                let tables = database::table_count(&mut conn, &db.name).await?;
+                if tables > 0 && !opts.clean {
+                    refusals.push(DatabaseError::NotEmpty { database: db.name.clone(), tables }.to_string());
+                }
+            } else {
+                // Missing: it is created. An unreachable server fails here, clearly.
+                database::connect(server, "postgres").await?;
+            }
+        }
+    }
+    if let Some(dest) = &destination {
+        let occupied = dest.list(None).next().await.transpose().map_err(|source| ObjectsError::Store { side: "restore", what: "listing (preflight)".into(), source })?;
+        if let Some(meta) = occupied {
+            if !opts.force {
+                refusals.push(format!("the restore bucket (RESTORE_URL) is not empty (it holds {} and maybe more): pass --force to restore into it; objects already restored are then skipped", meta.location));
+            }
+        }
+    }
+    if !refusals.is_empty() {
+        return Err(RestoreError::Refused(refusals));
+    }
+
+    let mut summary = RestoreSummary { backup_id: manifest.backup_id.clone(), ..Default::default() };
+    if let (Some(server), Some(tools)) = (server, &tools) {
+        for db in &manifest.databases {
+            let progress = Progress::start("restore-database", std::time::Duration::from_secs(30));
+            database::ensure_database(server, &db.name).await?;
+            let bytes = database::restore(server, &db.name, tools, catalog.store(), &catalog::backup_path(&manifest.backup_id, &db.file), opts.clean, &progress).await?;
+            info!(database = %db.name, bytes, "database restored");
+            summary.databases.push((db.name.clone(), bytes));
+        }
+    }
+    if let Some(dest) = destination {
+        let (restored, bytes, skipped) = restore_objects_into(catalog, manifest, &dest, cfg.concurrency, cfg.common.progress_interval).await?;
+        summary.objects = restored;
+        summary.objects_bytes = bytes;
+        summary.skipped = skipped;
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Copies every blob of the listing back to its key, checking SHA-256 on the way;
+/// an object already there with the right size and checksum is skipped.
+async fn restore_objects_into(catalog: &Catalog, manifest: &Manifest, dest: &Arc<dyn ObjectStore>, concurrency: usize, interval: std::time::Duration) -> Result<(u64, u64, u64), RestoreError> {
+    let mut listing = catalog.read_listing(&manifest.backup_id, manifest).await?;
+    let progress = Progress::start("restore-objects", interval);
+    progress.add_total(manifest.objects.count, manifest.objects.bytes);
+    progress.totals_known();
+    let records = futures::stream::iter(std::iter::from_fn(move || listing.next_record().transpose()));
+    let pool = catalog.store().clone();
+    let results = records
+        .map_err(RestoreError::from)
+        .map_ok(|record: ObjectRecord| {
+            let pool = pool.clone();
+            let dest = dest.clone();
+            let progress = &progress;
+            async move {
+                let path = Path::from(record.key.as_str());
+                if already_restored(&dest, &path, &record).await {
+                    progress.add_done(1, record.size);
+                    return Ok::<_, RestoreError>((0u64, 0u64, 1u64, None));
+                }
+                let body = pool.get(&Path::from(record.blob.as_str())).await.map_err(|source| ObjectsError::Store { side: "target", what: format!("reading {}", record.blob), source })?.into_stream().map_err(move |source| ObjectsError::Store { side: "target", what: "reading a blob".into(), source });
+                let (sha, size) = objects::upload(&dest, &path, body, Some(record.size as usize), progress).await?;
+                progress.add_done(1, 0);
+                let mismatch = (sha != record.sha256 || size != record.size).then(|| record.key.clone());
+                Ok((1, size, 0, mismatch))
+            }
+        })
+        .try_buffer_unordered(concurrency);
+    futures::pin_mut!(results);
+    let (mut restored, mut bytes, mut skipped, mut mismatches) = (0, 0, 0, Vec::new());
+    while let Some((r, b, s, m)) = results.try_next().await? {
+        restored += r;
+        bytes += b;
+        skipped += s;
+        mismatches.extend(m);
+    }
+    if let Some(first) = mismatches.first() {
+        return Err(RestoreError::Mismatch { count: mismatches.len(), first: first.clone() });
+    }
+    Ok((restored, bytes, skipped))
+}
+
+async fn already_restored(dest: &Arc<dyn ObjectStore>, path: &Path, record: &ObjectRecord) -> bool {
+    match dest.head(path).await {
+        Ok(meta) if meta.size == record.size => match dest.get(path).await {
+            Ok(r) => {
+                let mut hasher = Sha256::new();
+                let mut stream = r.into_stream();
+                while let Some(chunk) = stream.next().await {
+                    match chunk {
+                        Ok(c) => hasher.update(&c),
+                        Err(_) => return false,
+                    }
+                }
+                hex::encode(hasher.finalize()) == record.sha256
+            }
+            Err(_) => false,
+        },
+        _ => false,
+    }
+}
+
+/// What `verify` found wrong with one backup.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub backup_id: String,
+    pub checked_files: u64,
+    pub checked_bytes: u64,
+    pub problems: Vec<String>,
+}
+
+/// Every file the manifest names exists with its size; with `deep`, every byte is
+/// re-read and every SHA-256 checked.
+pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurrency: usize, interval: std::time::Duration) -> Result<Findings, RestoreError> {
+    let id = &manifest.backup_id;
+    let mut f = Findings { backup_id: id.clone(), ..Default::default() };
+    let store = catalog.store().clone();
+    for db in &manifest.databases {
+        let path = catalog::backup_path(id, &db.file);
+        f.checked_files += 1;
+        if let Some(problem) = check(&store, &path, db.size, deep.then_some(db.sha256.as_str())).await {
+            f.problems.push(format!("database {}: {problem}", db.name));
+        }
+    }
+    for file in &manifest.cluster_objects {
+        f.checked_files += 1;
+        if let Err(e) = store.head(&catalog::backup_path(id, file)).await {
+            f.problems.push(format!("{file}: {e}"));
+        }
+    }
+    if let Some(listing_file) = &manifest.objects.listing {
+        // The listing itself: present, and its content matches the manifest.
+        let mut reader = match catalog.read_listing(id, manifest).await {
+            Ok(r) => r,
+            Err(e) => {
+                f.problems.push(format!("{listing_file}: {e}"));
+                return Ok(f);
+            }
+        };
+        let mut hasher = Sha256::new();
+        let mut count = 0u64;
+        let progress = Progress::start("verify", interval);
+        progress.add_total(manifest.objects.count, manifest.objects.bytes);
+        progress.totals_known();
+        {
+            let records = std::iter::from_fn(|| match reader.next_record() {
+                Ok(Some(r)) => {
+                    // The manifest's listing_sha256 is over the uncompressed lines, as written.
+                    let mut line = serde_json::to_vec(&r).unwrap_or_default();
+                    line.push(b'\n');
+                    hasher.update(&line);
+                    count += 1;
+                    Some(Ok(r))
+                }
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            });
+            let checks = futures::stream::iter(records)
+                .map(|r| {
+                    let store = store.clone();
+                    let progress = &progress;
+                    async move {
+                        let r = r?;
+                        let problem = check(&store, &Path::from(r.blob.as_str()), r.size, deep.then_some(r.sha256.as_str())).await.map(|p| format!("object {} (blob {}): {p}", r.key, r.blob));
+                        progress.add_done(1, r.size);
+                        Ok::<_, CatalogError>((r.size, problem))
+                    }
+                })
+                .buffer_unordered(concurrency);
+            futures::pin_mut!(checks);
+            while let Some(result) = checks.next().await {
+                let (size, problem) = result?;
+                f.checked_files += 1;
+                f.checked_bytes += if deep { size } else { 0 };
+                f.problems.extend(problem);
+            }
+        }
+        if count != manifest.objects.count {
+            f.problems.push(format!("{listing_file}: {count} objects, the manifest says {}", manifest.objects.count));
+        }
+        if manifest.objects.listing_sha256.as_deref().is_some_and(|s| s != hex::encode(hasher.finalize())) {
+            f.problems.push(format!("{listing_file}: its content does not match the manifest's listing_sha256"));
+        }
+    }
+    Ok(f)
+}
+
+/// Checks one object: its size, and with `sha256` its content.
+async fn check(store: &Arc<dyn ObjectStore>, path: &Path, size: u64, sha256: Option<&str>) -> Option<String> {
+    let meta = match store.head(path).await {
+        Ok(m) => m,
+        Err(object_store::Error::NotFound { .. }) => return Some("missing".into()),
+        Err(e) => return Some(format!("unreadable: {e}")),
+    };
+    if meta.size != size {
+        return Some(format!("size {} instead of {size}", meta.size));
+    }
+    let want = sha256?;
+    let mut hasher = Sha256::new();
+    let mut stream = match store.get(path).await {
+        Ok(r) => r.into_stream(),
+        Err(e) => return Some(format!("unreadable: {e}")),
+    };
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => hasher.update(&c),
+            Err(e) => return Some(format!("unreadable: {e}")),
+        }
+    }
+    let got = hex::encode(hasher.finalize());
+    (got != want).then(|| format!("checksum {got} instead of {want}"))
+}
+
+/// The restore drill: the dumps restored into scratch databases (dropped afterwards),
+/// then Pachyderm's own consistency: every live chunk of `storage.chunk_objects` is in
+/// the backup's object listing.
+pub async fn drill(server: &PgServer, bin_dir: Option<&std::path::Path>, catalog: &Catalog, manifest: &Manifest, f: &mut Findings) -> Result<(), RestoreError> {
+    let tools = Tools::find(bin_dir).await?;
+    let suffix = manifest.backup_id.to_ascii_lowercase().replace('-', "_");
+    let mut scratch = Vec::new();
+    let result = async {
+        for db in &manifest.databases {
+            let name = format!("pbdrill_{}_{suffix}", db.name);
+            database::drop_database(server, &name).await?;
+            database::ensure_database(server, &name).await?;
+            scratch.push(name.clone());
+            let progress = Progress::start("drill", std::time::Duration::from_secs(30));
+            if let Err(e) = database::restore(server, &name, &tools, catalog.store(), &catalog::backup_path(&manifest.backup_id, &db.file), false, &progress).await {
+                f.problems.push(format!("database {} does not restore cleanly: {e}", db.name));
+            }
+        }
+        if manifest.databases.iter().any(|d| d.name == "pachyderm") && manifest.objects.listing.is_some() {
+            let name = format!("pbdrill_pachyderm_{suffix}");
+            let missing = missing_chunks(server, &name, catalog, manifest).await?;
+            if !missing.0.is_empty() {
+                f.problems.push(format!(
+                    "{} live chunk(s) referenced by storage.chunk_objects are missing from the backup's objects, first: {}",
+                    missing.1,
+                    missing.0.join(", ")
+                ));
+            }
+            info!(chunks = missing.2, missing = missing.1, "drill: metadata and objects compared");
+        }
+        Ok::<_, RestoreError>(())
+    }
+    .await;
+    for name in &scratch {
+        if let Err(e) = database::drop_database(server, name).await {
+            warn!(database = %name, error = %e, "could not drop a drill database");
+        }
+    }
+    result
+}
+
+/// Live chunk keys of the restored metadata, streamed in key order and merge-joined
+/// with the listing. Returns (first ten missing, missing count, chunks checked).
+async fn missing_chunks(server: &PgServer, database: &str, catalog: &Catalog, manifest: &Manifest) -> Result<(Vec<String>, u64, u64), RestoreError> {
+    let mut conn = database::connect(server, database).await?;
+    let mut rows = sqlx::query_scalar::<_, String>(
+        "SELECT key FROM (SELECT 'chunk/' || encode(chunk_id, 'hex') || '.' || lpad(to_hex(gen), 16, '0') AS key FROM storage.chunk_objects WHERE uploaded AND NOT tombstone) k ORDER BY key COLLATE \"C\"",
+    )
+    .fetch(&mut conn);
+    let mut listing = catalog.read_listing(&manifest.backup_id, manifest).await?;
+    let mut pending = listing.next_record()?;
+    let (mut missing, mut count, mut checked) = (Vec::new(), 0u64, 0u64);
+    while let Some(key) = rows.try_next().await.map_err(|source| DatabaseError::Query { database: database.into(), source })? {
+        checked += 1;
+        while pending.as_ref().is_some_and(|r| r.key < key) {
+            pending = listing.next_record()?;
+        }
+        if pending.as_ref().is_none_or(|r| r.key != key) {
+            count += 1;
+            if missing.len() < 10 {
+                missing.push(key);
+            }
+        }
+    }
+    Ok((missing, count, checked))
+}

@@ -1,0 +1,190 @@
+//! Restore and verify, proved by round trips on the real test bed.
+
+mod support;
+
+use std::path::PathBuf;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use pachyderm_backup::demo::{chunk_content, chunk_key, chunk_size};
+use support::*;
+
+/// A toolset of another PostgreSQL major, fetched by scripts/fetch-postgres.sh.
+fn pg_tools(major: u32) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/postgresql/{major}/bin"));
+    assert!(dir.join("pg_restore").is_file(), "PostgreSQL {major} tools are missing: run scripts/fetch-postgres.sh 17.11.0 14.22.0 (scripts/test.sh does)");
+    dir
+}
+
+fn restore_env(pg: &TempPostgres, url: &str) -> Vec<(String, String)> {
+    vec![
+        ("RESTORE_PGHOST".into(), "127.0.0.1".into()),
+        ("RESTORE_PGPORT".into(), pg.port.to_string()),
+        ("RESTORE_PGUSER".into(), "postgres".into()),
+        ("RESTORE_PGSSLMODE".into(), "disable".into()),
+        ("RESTORE_URL".into(), url.into()),
+    ]
+}
+
+async fn restore_cmd(bed: &Bed, extra: Vec<(String, String)>, args: &[&str]) -> Output {
+    let mut env = bed.env();
+    env.extend(extra);
+    run_to_end(binary(args, &env)).await
+}
+
+async fn keys(store: &std::sync::Arc<dyn ObjectStore>) -> Vec<String> {
+    let mut k: Vec<String> = store.list(None).map_ok(|m| m.location.to_string()).try_collect().await.expect("list");
+    k.sort();
+    k
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_after_destroying_the_source() {
+    let bed = Bed::new(BedOptions { chunks: 60, ..Default::default() }).await;
+    let before = (table_checksums(&bed.pg, "pachyderm"), table_checksums(&bed.pg, "dex"));
+    let original_keys = keys(&bed.source).await;
+    bed.run(&["run"]).await.expect_code(0);
+
+    // Destroy the source: databases dropped, bucket emptied.
+    bed.pg.psql("postgres", "DROP DATABASE pachyderm WITH (FORCE)").expect("drop");
+    bed.pg.psql("postgres", "DROP DATABASE dex WITH (FORCE)").expect("drop");
+    for k in &original_keys {
+        bed.source.delete(&k.as_str().into()).await.expect("delete");
+    }
+    assert!(keys(&bed.source).await.is_empty());
+
+    let out = restore_cmd(&bed, restore_env(&bed.pg, &bed.source_url), &["restore"]).await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("60 restored") && out.stdout.contains("0 mismatches"), "{}", out.stdout);
+    assert_eq!((table_checksums(&bed.pg, "pachyderm"), table_checksums(&bed.pg, "dex")), before, "every table's rows are back");
+    assert_eq!(keys(&bed.source).await, original_keys, "the same keys and no extra ones");
+    for i in 1..=60 {
+        assert!(read(&bed.source, &chunk_key(i)).await == chunk_content(i, chunk_size(i)), "chunk {i} restored byte-identical");
+    }
+    assert!(out.logs().iter().any(|l| l["message"] == "restore complete" && l["mismatches"] == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_tools_restore_into_older_servers() {
+    let mut bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    let tools17 = pg_tools(17);
+    bed.set("PG_BIN_DIR", &tools17.display().to_string());
+    bed.run(&["run"]).await.expect_code(0);
+    let m = bed.manifests().await.pop().expect("backup");
+    assert!(m.databases[0].pg_dump_version.starts_with("17."), "dumped with tools 17: {:?}", m.databases[0]);
+    let want = table_checksums(&bed.pg, "pachyderm");
+    for server in [bed.pg.bin.clone(), pg_tools(14)] {
+        let older = tokio::task::spawn_blocking(move || TempPostgres::start_with(server).expect("start the older server")).await.expect("join");
+        let version = older.psql("postgres", "SHOW server_version").expect("version");
+        let out = restore_cmd(&bed, restore_env(&older, "file:///nonexistent"), &["restore", "--skip-objects"]).await;
+        out.expect_code(0);
+        assert!(out.stderr.contains("only the transaction_timeout setting the older server does not know"), "the newer tools' SET was met and tolerated:\n{}", out.stderr);
+        assert_eq!(table_checksums(&older, "pachyderm"), want, "restored into server {}", version.trim());
+        assert!(!table_checksums(&older, "dex").is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_object_restore_resumes_without_recopying() {
+    let bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 40, ..Default::default() }).await;
+    bed.run(&["run"]).await.expect_code(0);
+    let dest_dir = bed.dir.path().join("restored");
+    std::fs::create_dir_all(&dest_dir).expect("dir");
+    let dest: std::sync::Arc<dyn ObjectStore> = std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dest_dir).expect("store"));
+    // What an interrupted restore left: 15 objects done, one written with wrong bytes.
+    for i in 1..=15 {
+        dest.put(&chunk_key(i).into(), chunk_content(i, chunk_size(i)).into()).await.expect("put");
+    }
+    dest.put(&chunk_key(16).into(), vec![0u8; chunk_size(16)].into()).await.expect("put");
+    let url = format!("file://{}", dest_dir.display());
+    let refused = restore_cmd(&bed, restore_env(&bed.pg, &url), &["restore", "--skip-databases"]).await;
+    refused.expect_code(1);
+    assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
+    let out = restore_cmd(&bed, restore_env(&bed.pg, &url), &["restore", "--skip-databases", "--force"]).await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("25 restored") && out.stdout.contains("15 already there"), "{}", out.stdout);
+    for i in 1..=40 {
+        assert!(read(&dest, &chunk_key(i)).await == chunk_content(i, chunk_size(i)), "chunk {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_write_nothing() {
+    let bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 5, ..Default::default() }).await;
+    bed.run(&["run"]).await.expect_code(0);
+    let empty_dir = bed.dir.path().join("empty");
+    std::fs::create_dir_all(&empty_dir).expect("dir");
+    let empty_url = format!("file://{}", empty_dir.display());
+
+    // Non-empty databases without --clean (the source server still has them).
+    let out = restore_cmd(&bed, restore_env(&bed.pg, &empty_url), &["restore"]).await;
+    out.expect_code(1);
+    assert!(out.stderr.contains("database pachyderm on the restore server is not empty") && out.stderr.contains("--clean"), "{}", out.stderr);
+    assert_eq!(std::fs::read_dir(&empty_dir).expect("dir").count(), 0, "no object written");
+
+    // A non-empty bucket without --force, into a fresh server: no database created.
+    let fresh = tokio::task::spawn_blocking(|| TempPostgres::start().expect("start")).await.expect("join");
+    let out = restore_cmd(&bed, restore_env(&fresh, &bed.source_url), &["restore"]).await;
+    out.expect_code(1);
+    assert!(out.stderr.contains("is not empty") && out.stderr.contains("--force"), "{}", out.stderr);
+    assert_eq!(fresh.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname IN ('pachyderm', 'dex')").expect("q").trim(), "0");
+
+    // An unknown backup id.
+    let out = restore_cmd(&bed, restore_env(&fresh, &empty_url), &["restore", "--backup", "19990101T000000Z"]).await;
+    out.expect_code(1);
+    assert!(out.stderr.contains("19990101T000000Z has no manifest"), "{}", out.stderr);
+    assert_eq!(std::fs::read_dir(&empty_dir).expect("dir").count(), 0);
+
+    // --clean replaces the content.
+    bed.pg.psql("pachyderm", "DELETE FROM auth.role_bindings").expect("change");
+    let out = restore_cmd(&bed, restore_env(&bed.pg, &empty_url), &["restore", "--clean"]).await;
+    out.expect_code(0);
+    assert_eq!(bed.pg.psql("pachyderm", "SELECT count(*) FROM auth.role_bindings").expect("q").trim(), "200");
+
+    // The captured Kubernetes objects are printed, not applied.
+    let out = restore_cmd(&bed, vec![], &["restore", "--cluster-objects"]).await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("# cluster/deployments/pachd.json") && out.stdout.contains("\"kind\": \"Deployment\""), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_deep_catches_altered_and_deleted_blobs() {
+    let bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 20, ..Default::default() }).await;
+    bed.run(&["run"]).await.expect_code(0);
+    bed.run(&["verify"]).await.expect_code(0);
+    let out = bed.run(&["verify", "--deep"]).await;
+    out.expect_code(0);
+    assert!(out.stdout.contains(" ok: "), "{}", out.stdout);
+
+    let m = bed.manifests().await.pop().expect("backup");
+    let mut reader = bed.catalog().read_listing(&m.backup_id, &m).await.expect("listing");
+    let (a, b) = (reader.next_record().expect("r").expect("a"), reader.next_record().expect("r").expect("b"));
+    // Same size, other bytes: only --deep can see it.
+    bed.target.put(&a.blob.as_str().into(), vec![7u8; a.size as usize].into()).await.expect("alter");
+    bed.run(&["verify"]).await.expect_code(0);
+    let out = bed.run(&["verify", "--deep"]).await;
+    out.expect_code(1);
+    assert!(out.stdout.contains(&format!("object {} (blob {}): checksum", a.key, a.blob)), "{}", out.stdout);
+    bed.target.delete(&b.blob.as_str().into()).await.expect("delete");
+    let out = bed.run(&["verify"]).await;
+    out.expect_code(1);
+    assert!(out.stdout.contains(&format!("object {} (blob {}): missing", b.key, b.blob)), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_drill_checks_metadata_against_objects() {
+    let bed = Bed::new(BedOptions { chunks: 12, ..Default::default() }).await;
+    bed.run(&["run"]).await.expect_code(0);
+    let out = restore_cmd(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await;
+    out.expect_code(0);
+    assert!(out.logs().iter().any(|l| l["message"] == "drill: metadata and objects compared" && l["chunks"] == 12 && l["missing"] == 0), "{}", out.stderr);
+    assert_eq!(bed.pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'pbdrill%'").expect("q").trim(), "0", "scratch databases dropped");
+
+    // A chunk the metadata references but the bucket lost before the backup.
+    bed.source.delete(&chunk_key(7).into()).await.expect("delete");
+    bed.run(&["run"]).await.expect_code(0);
+    let out = restore_cmd(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await;
+    out.expect_code(1);
+    assert!(out.stdout.contains("1 live chunk(s) referenced by storage.chunk_objects are missing") && out.stdout.contains(&chunk_key(7)), "{}", out.stdout);
+    assert_eq!(bed.pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'pbdrill%'").expect("q").trim(), "0");
+}
