@@ -118,9 +118,12 @@ VALUES_SETS: dict[str, dict] = {
             "url": "s3://pachyderm-data",
             "region": "us-west-2",
             "endpoint": "https://s3.example.internal",
+            # Pachyderm itself uses IRSA: its Secret has no keys, the backup uses the role too.
             "secretKeys": {"amazon": {"SOURCE_AWS_ACCESS_KEY_ID": None, "SOURCE_AWS_SECRET_ACCESS_KEY": None}},
+            "workloadIdentity": True,
         },
         "target": TARGET,
+        "workloadIdentity": {"aws": {"roleArn": "arn:aws:iam::123456789012:role/pachyderm-backup"}},
     },
     "source-minio": {
         "source": {"backend": "minio", "endpoint": "http://minio.pachyderm.svc:9000"},
@@ -1073,6 +1076,8 @@ def test_workload_identity_switches(render):
     assert backup("pause-scale") == {}, "target Secret: keys, no identity"
     assert backup("pause-none") == {}, "file:// buckets need no credentials"
     assert backup("source-microsoft") == {}, "target Secret: keys, no identity"
+    # identity for the source only: the target keeps its Secret
+    assert backup("source-amazon-overrides") == {"SOURCE_WORKLOAD_IDENTITY": "true"}
     # no target Secret and a cloud identity on the ServiceAccount: automatic
     assert backup("source-amazon") == {"TARGET_WORKLOAD_IDENTITY": "true"}
     assert backup("source-google") == {"TARGET_WORKLOAD_IDENTITY": "true"}
