@@ -1,0 +1,254 @@
+//! The metrics chain end to end: the program pushes to Debian's real Pushgateway,
+//! Debian's real Prometheus scrapes it (honor_labels, 1 s) with the project's alert
+//! rules loaded, and every dashboard query and alert expression is checked against
+//! what the runs produced.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn program(name: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| panic!("{name} is not installed: {INSTALL}"))
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+struct Monitoring {
+    pushgateway: Child,
+    prometheus: Child,
+    push_port: u16,
+    prom_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Monitoring {
+    fn drop(&mut self) {
+        let _ = self.pushgateway.kill();
+        let _ = self.prometheus.kill();
+        let _ = self.pushgateway.wait();
+        let _ = self.prometheus.wait();
+    }
+}
+
+impl Monitoring {
+    async fn start() -> Monitoring {
+        let dir = tempfile::tempdir().expect("dir");
+        let push_port = pachyderm_backup::demo::free_port();
+        let pushgateway = Command::new(program("prometheus-pushgateway")).arg(format!("--web.listen-address=127.0.0.1:{push_port}")).arg("--persistence.file=").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the Pushgateway");
+        let prom_port = pachyderm_backup::demo::free_port();
+        let rules = root().join("alerts/pachyderm-backup.rules.yaml");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{push_port}']\n",
+            rules.display()
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).expect("config");
+        let prometheus = Command::new(program("prometheus"))
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start Prometheus");
+        let m = Monitoring { pushgateway, prometheus, push_port, prom_port, _dir: dir };
+        for port in [push_port, prom_port] {
+            wait_until("ready", Duration::from_secs(60), || http_get(port, "/-/ready").0 == 200).await;
+        }
+        m
+    }
+
+    /// The query's result vector, or Err with Prometheus' error.
+    fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        let q: String = url::form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+        let (code, body) = http_get(self.prom_port, &format!("/api/v1/query?query={q}"));
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{code}: {e}: {body}"))?;
+        if v["status"] != "success" {
+            return Err(format!("{expr}: {}", v["error"]));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Polls until the query returns data (a bound on the wait, not a timed assertion).
+    async fn eventually(&self, what: &str, expr: &str) -> Vec<Value> {
+        for _ in 0..300 {
+            match self.query(expr) {
+                Ok(r) if !r.is_empty() => return r,
+                Ok(_) => {}
+                Err(e) => panic!("{what}: query failed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{what}: `{expr}` returned no data within 30s");
+    }
+
+    fn value(result: &[Value]) -> f64 {
+        result[0]["value"][1].as_str().and_then(|v| v.parse().ok()).expect("a numeric sample")
+    }
+}
+
+fn dashboard_queries() -> Vec<(String, String)> {
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(root().join("dashboards/pachyderm-backup.json")).expect("dashboard")).expect("json");
+    fn walk(panels: &Value, out: &mut Vec<(String, String)>) {
+        for p in panels.as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = t["expr"].as_str() {
+                    out.push((p["title"].as_str().unwrap_or("?").to_string(), expr.to_string()));
+                }
+            }
+            walk(&p["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&d["panels"], &mut out);
+    out
+}
+
+fn substitute(expr: &str) -> String {
+    expr.replace("${cluster}", "e2e").replace("$cluster", "e2e").replace("$__range", "1h").replace("$__rate_interval", "1m").replace("$__interval", "1m")
+}
+
+fn alert_rules() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(root().join("alerts/pachyderm-backup.rules.yaml")).expect("rules");
+    let rules: Value = serde_saphyr::from_str(&text).expect("yaml");
+    rules["groups"].as_array().into_iter().flatten().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).filter_map(|r| Some((r["alert"].as_str()?.to_string(), r["expr"].as_str()?.to_string()))).collect()
+}
+
+/// The metric selectors of an expression (`name{…}` or `name`).
+fn selectors(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("pachyderm_backup_") {
+        let tail = &rest[at..];
+        let name_len = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let mut sel = tail[..name_len].to_string();
+        if tail[name_len..].starts_with('{') {
+            let close = tail[name_len..].find('}').expect("closing brace");
+            sel.push_str(&tail[name_len..name_len + close + 1]);
+        }
+        out.push(sel);
+        rest = &tail[name_len..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_dashboard_and_alerts_tell_the_truth() {
+    let mon = Monitoring::start().await;
+    let mut bed = Bed::new(BedOptions { chunks: 10, ..Default::default() }).await;
+    let secrets = ["pg-e2e-password-41", "push-e2e-password-42", "moto-e2e-secret-43"];
+    bed.set("PUSHGATEWAY_URL", &format!("http://127.0.0.1:{}", mon.push_port));
+    bed.set("PUSHGATEWAY_USERNAME", "backup");
+    bed.set("PUSHGATEWAY_PASSWORD", secrets[1]);
+    bed.set("PGPASSWORD", secrets[0]);
+    bed.set("AWS_SECRET_ACCESS_KEY", secrets[2]);
+    bed.set("SCHEDULE", "0 2 * * *");
+    bed.set("CLUSTER_NAME", "e2e");
+
+    // A success, then a verify.
+    let ok = bed.run(&["run"]).await;
+    ok.expect_code(0);
+    let mut env = bed.env();
+    env.extend([("RESTORE_PGHOST".to_string(), "127.0.0.1".to_string())]);
+    run_to_end(binary(&["verify", "--deep"], &env)).await.expect_code(0);
+    let success = Monitoring::value(&mon.eventually("last success", r#"pachyderm_backup_last_success_timestamp_seconds{cluster="e2e"}"#).await);
+
+    // A failure: the database is unreachable.
+    bed.set("PGPORT", &pachyderm_backup::demo::free_port().to_string());
+    let failed = bed.run(&["run"]).await;
+    failed.expect_code(1);
+    mon.eventually("the failure", r#"pachyderm_backup_last_run_success{cluster="e2e"} == 0"#).await;
+    let info = mon.eventually("failure info", r#"pachyderm_backup_failure_info{cluster="e2e"} == 1"#).await;
+    assert_eq!((info[0]["metric"]["phase"].as_str(), info[0]["metric"]["reason"].as_str()), (Some("preflight"), Some("database")));
+    let after = Monitoring::value(&mon.query(r#"pachyderm_backup_last_success_timestamp_seconds{cluster="e2e"}"#).expect("query"));
+    assert_eq!(after, success, "the failed run erased the last success");
+    mon.eventually("the failed-run alert", r#"ALERTS{alertname="PachydermBackupFailed",cluster="e2e",phase="preflight"}"#).await;
+
+    // No secret in any log line of these runs.
+    for out in [&ok, &failed] {
+        for s in secrets {
+            assert!(!out.stderr.contains(s) && !out.stdout.contains(s), "{s} appeared in the logs");
+        }
+    }
+
+    // Every dashboard query returns data.
+    for (title, expr) in dashboard_queries() {
+        mon.eventually(&format!("dashboard panel {title:?}"), &substitute(&expr)).await;
+    }
+    // Every alert expression is valid, and every metric it reads exists.
+    for (alert, expr) in alert_rules() {
+        mon.query(&expr).unwrap_or_else(|e| panic!("alert {alert}: {e}"));
+        for sel in selectors(&expr) {
+            let sel = if sel.contains('{') { sel.replacen('{', "{cluster=\"e2e\",", 1) } else { format!("{sel}{{cluster=\"e2e\"}}") };
+            mon.eventually(&format!("alert {alert} reads {sel}"), &sel).await;
+        }
+    }
+
+    // A run killed while paused leaves the paused gauge at 1, and the paused alert's
+    // expression (its age threshold set to zero) selects it.
+    bed.set("PGPORT", &bed.pg.port.to_string());
+    let lock = TableLock::take(&bed.pg).await;
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("pg_dump blocked while paused", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    running.signal("KILL");
+    let _ = running.finish().await;
+    lock.release().await;
+    mon.eventually("paused gauge", r#"pachyderm_backup_cluster_paused{cluster="e2e"} == 1"#).await;
+    let (_, paused_expr) = alert_rules().into_iter().find(|(a, _)| a == "PachydermClusterPausedTooLong").expect("the paused alert");
+    let zeroed = paused_expr.split('>').enumerate().map(|(i, part)| if i == 0 { part.to_string() } else { part.trim_start().trim_start_matches(|c: char| c.is_ascii_digit()).to_string() }).collect::<Vec<_>>().join("> 0 ");
+    let selected = mon.eventually("the paused alert's expression", &zeroed).await;
+    assert_eq!(selected[0]["metric"]["cluster"], "e2e");
+    bed.kube.hold_lease("pachyderm-backup", "dead", Duration::from_secs(100), 15);
+    bed.run(&["resume"]).await.expect_code(0);
+    bed.assert_resumed();
+
+    // Prometheus evaluated every rule without error.
+    let (_, rules) = http_get(mon.prom_port, "/api/v1/rules");
+    let rules: Value = serde_json::from_str(&rules).expect("rules json");
+    for g in rules["data"]["groups"].as_array().expect("groups") {
+        for r in g["rules"].as_array().expect("rules") {
+            assert_ne!(r["health"], "err", "rule {} failed: {}", r["name"], r["lastError"]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushgateway_down_or_hanging_never_fails_the_backup() {
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.set("PUSHGATEWAY_URL", &format!("http://127.0.0.1:{}", pachyderm_backup::demo::free_port()));
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    assert!(out.stderr.contains("could not push metrics"), "{}", out.stderr);
+
+    // A gateway that accepts connections and never answers.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = hanging.local_addr().expect("addr").port();
+    let _keep = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hanging.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    bed.set("PUSHGATEWAY_URL", &format!("http://127.0.0.1:{port}"));
+    bed.set("PUSHGATEWAY_TIMEOUT", "1s");
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    assert!(out.stderr.contains("pushing metrics timed out"), "{}", out.stderr);
+    assert_eq!(bed.manifests().await.len(), 2);
+}
