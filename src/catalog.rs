@@ -16,6 +16,16 @@ pub const BACKUPS_DIR: &str = "backups";
 pub const BLOBS_DIR: &str = "blobs";
 pub const MANIFEST: &str = "manifest.json";
 pub const LISTING: &str = "objects.jsonl.zst";
+/// Between a blob's source key and its tag: a character object_store never
+/// percent-encodes (`~` it does), so the key in the bucket is the key in the listing.
+pub const BLOB_TAG_SEPARATOR: char = '@';
+
+/// A key recorded in a listing (a source key or a blob key), as a path. Recorded keys
+/// come from paths, so they parse as they are; encoding them again would turn a `%`
+/// of the original key into `%25` and miss the object.
+pub fn recorded_path(key: &str) -> Path {
+    Path::parse(key).unwrap_or_else(|_| Path::from(key))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -120,7 +130,7 @@ pub fn blob_key(key: &str, etag: Option<&str>, last_modified: DateTime<Utc>, siz
         None => format!("mtime:{}:{size}", last_modified.timestamp_nanos_opt().unwrap_or_default()),
     };
     let tag = hex::encode(&Sha256::digest(identity.as_bytes())[..8]);
-    format!("{BLOBS_DIR}/{key}~{tag}")
+    format!("{BLOBS_DIR}/{key}{BLOB_TAG_SEPARATOR}{tag}")
 }
 
 /// Backup ids sort by time: `20261121T020000Z`, `-2`, `-3`… when taken.
@@ -336,13 +346,16 @@ mod tests {
         assert_ne!(blob_key(k, Some("e1"), t, 10), blob_key(k, Some("e2"), t, 10));
         assert_ne!(blob_key(k, Some("e1"), t, 10), blob_key(k, Some("e1"), t, 11));
         assert_ne!(blob_key(k, None, t, 10), blob_key(k, None, t + chrono::Duration::seconds(1), 10));
-        assert!(blob_key(k, None, t, 10).starts_with("blobs/chunk/ab.0000000000000001~"));
+        assert!(blob_key(k, None, t, 10).starts_with("blobs/chunk/ab.0000000000000001@"));
+        // What object_store stores is what the listing records: no encoding on the way.
+        let odd = blob_key("dir/we%ird~key", Some("e"), t, 1);
+        assert_eq!(recorded_path(&odd).as_ref(), odd);
     }
 
     #[test]
     fn listing_round_trips_and_refuses_disorder() {
         let mut w = ListingWriter::new();
-        let r = |k: &str| ObjectRecord { key: k.into(), size: 1, etag: None, blob: format!("blobs/{k}~0"), sha256: "00".into(), since: "b1".into() };
+        let r = |k: &str| ObjectRecord { key: k.into(), size: 1, etag: None, blob: format!("blobs/{k}@0"), sha256: "00".into(), since: "b1".into() };
         w.push(&r("a")).expect("first");
         w.push(&r("b")).expect("second");
         assert!(w.push(&r("a")).is_err());

@@ -189,10 +189,29 @@ struct Captured {
     written_bytes: u64,
 }
 
+/// The run's notion of now: wall time, or a start time injected by a caller (the
+/// retention tests simulate nights) advanced by the real elapsed time.
+#[derive(Clone, Copy)]
+struct Clock {
+    origin: DateTime<Utc>,
+    real: Instant,
+}
+
+impl Clock {
+    fn now(&self) -> DateTime<Utc> {
+        self.origin + chrono::Duration::from_std(self.real.elapsed()).unwrap_or_default()
+    }
+}
+
 /// Runs one full cycle.
-pub async fn run(cfg: RunConfig, mut stop: Stop) -> Result<Summary, RunError> {
-    let started_at = Utc::now();
-    let clock = Instant::now();
+pub async fn run(cfg: RunConfig, stop: Stop) -> Result<Summary, RunError> {
+    run_at(cfg, stop, Utc::now()).await
+}
+
+/// Runs one full cycle as if it started at `start` (ids, manifest times, retention).
+pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Result<Summary, RunError> {
+    let clock = Clock { origin: start, real: Instant::now() };
+    let started_at = clock.now();
     let mut t = Timings { phases: BTreeMap::new() };
     let mode = cfg.cluster.pause_mode;
     let fail = |phase: Phase, state: &'static str| move |e: StepError| RunError::Failed { phase, reason: e.reason, message: e.message, state };
@@ -213,12 +232,12 @@ pub async fn run(cfg: RunConfig, mut stop: Stop) -> Result<Summary, RunError> {
     };
     let cluster_name = cfg.common.cluster_name.clone().unwrap_or_else(|| cluster.as_ref().map(|c| c.namespace().to_string()).unwrap_or_else(|| "local".into()));
     let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.clone());
-    let next_due = cfg.common.schedule.as_ref().and_then(|s| s.after(&Utc::now()).next()).map(|t| t.timestamp() as f64);
+    let next_due = cfg.common.schedule.as_ref().and_then(|s| s.after(&clock.now()).next()).map(|t| t.timestamp() as f64);
     let report_failure = |phases: &BTreeMap<String, f64>, phase: Phase, reason: &str, downtime: Option<f64>, resumed: bool| RunReport {
-        finished_at: Utc::now().timestamp() as f64,
+        finished_at: clock.now().timestamp() as f64,
         success: false,
         failure: Some((phase.name().to_string(), reason.to_string())),
-        duration: clock.elapsed().as_secs_f64(),
+        duration: clock.real.elapsed().as_secs_f64(),
         downtime,
         phases: phases.clone(),
         next_due,
@@ -243,10 +262,10 @@ pub async fn run(cfg: RunConfig, mut stop: Stop) -> Result<Summary, RunError> {
         }
     }
 
-    let outcome = run_locked(&cfg, &mut t, &mut stop, &mut lease, cluster.as_ref(), source, &catalog, &backup_id, &cluster_name, started_at).await;
+    let outcome = run_locked(&cfg, &mut t, &mut stop, &mut lease, cluster.as_ref(), source, &catalog, &backup_id, &cluster_name, clock).await;
     // Retention only after a committed backup, still under the Lease.
     let retention = match &outcome {
-        Ok(_) => Some(t.time(Phase::Retention, retention::apply(&catalog, &cfg.retention, cfg.gc_grace, Utc::now(), false)).await.map_err(|e| error_chain(&e))),
+        Ok(_) => Some(t.time(Phase::Retention, retention::apply(&catalog, &cfg.retention, cfg.gc_grace, clock.now(), false)).await.map_err(|e| error_chain(&e))),
         Err(_) => {
             info!("retention skipped: it runs only after a committed backup");
             None
@@ -263,11 +282,11 @@ pub async fn run(cfg: RunConfig, mut stop: Stop) -> Result<Summary, RunError> {
                 None => (None, None),
             };
             let report = RunReport {
-                finished_at: Utc::now().timestamp() as f64,
+                finished_at: clock.now().timestamp() as f64,
                 success: retention_error.is_none(),
                 committed: true,
                 failure: retention_error.as_ref().map(|_| ("retention".to_string(), "retention".to_string())),
-                duration: clock.elapsed().as_secs_f64(),
+                duration: clock.real.elapsed().as_secs_f64(),
                 downtime: Some(manifest.downtime_seconds),
                 phases: t.phases.clone(),
                 databases: manifest.databases.iter().map(|d| (d.name.clone(), d.size)).collect(),
@@ -319,7 +338,8 @@ pub async fn run(cfg: RunConfig, mut stop: Stop) -> Result<Summary, RunError> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run_locked(cfg: &RunConfig, t: &mut Timings, stop: &mut Stop, lease: &mut Option<LeaseGuard>, cluster: Option<&Cluster>, source: Option<Arc<dyn ObjectStore>>, catalog: &Catalog, backup_id: &str, cluster_name: &str, started_at: DateTime<Utc>) -> Result<(Manifest, u64), RunError> {
+async fn run_locked(cfg: &RunConfig, t: &mut Timings, stop: &mut Stop, lease: &mut Option<LeaseGuard>, cluster: Option<&Cluster>, source: Option<Arc<dyn ObjectStore>>, catalog: &Catalog, backup_id: &str, cluster_name: &str, clock: Clock) -> Result<(Manifest, u64), RunError> {
+    let started_at = clock.origin;
     let fail = |phase: Phase, state: &'static str| move |e: StepError| RunError::Failed { phase, reason: e.reason, message: e.message, state };
     const UNTOUCHED: &str = "untouched (never paused)";
     let interrupted = |phase: Phase, signal: &'static str, state: &'static str| RunError::Failed { phase, reason: "signal", message: format!("interrupted by {signal}"), state };
@@ -388,7 +408,7 @@ async fn run_locked(cfg: &RunConfig, t: &mut Timings, stop: &mut Stop, lease: &m
     }
 
     // PAUSE and CAPTURE, bounded by MAX_DOWNTIME, signals and the Lease.
-    let paused_at = Utc::now();
+    let paused_at = clock.now();
     let pause_clock = Instant::now();
     let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.to_string());
     if cluster.is_some() {
@@ -428,7 +448,7 @@ async fn run_locked(cfg: &RunConfig, t: &mut Timings, stop: &mut Stop, lease: &m
             return Err(resume_failed(e, still));
         }
     }
-    let resumed_at = Utc::now();
+    let resumed_at = clock.now();
     let downtime = pause_clock.elapsed().as_secs_f64();
     let captured = match captured {
         Ok(c) => c,
@@ -454,7 +474,7 @@ async fn run_locked(cfg: &RunConfig, t: &mut Timings, stop: &mut Stop, lease: &m
         started_at,
         paused_at: cluster.map(|_| paused_at),
         resumed_at: cluster.map(|_| resumed_at),
-        finished_at: Utc::now(),
+        finished_at: clock.now(),
         downtime_seconds: if cluster.is_some() { downtime } else { 0.0 },
         phases: t.phases.clone(),
         source_url: redact_url(&cfg.source.url),

@@ -259,8 +259,8 @@ async fn copy_object(source: &Arc<dyn ObjectStore>, pool: &Arc<dyn ObjectStore>,
         let what = format!("{what} {key}");
         move |source| ObjectsError::Store { side: "source", what: what.clone(), source }
     };
-    let body = source.get(&Path::from(key)).await.map_err(src_err("reading"))?.into_stream().map_err(src_err("reading"));
-    let (sha256, read) = upload(pool, &Path::from(blob), body, Some(size as usize), progress).await?;
+    let body = source.get(&catalog::recorded_path(key)).await.map_err(src_err("reading"))?.into_stream().map_err(src_err("reading"));
+    let (sha256, read) = upload(pool, &catalog::recorded_path(blob), body, Some(size as usize), progress).await?;
     if read != size {
         return Err(ObjectsError::Changed { key: key.to_string(), listed: size, read });
     }

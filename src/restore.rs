@@ -136,12 +136,12 @@ async fn restore_objects_into(catalog: &Catalog, manifest: &Manifest, dest: &Arc
             let dest = dest.clone();
             let progress = &progress;
             async move {
-                let path = Path::from(record.key.as_str());
+                let path = catalog::recorded_path(&record.key);
                 if already_restored(&dest, &path, &record).await {
                     progress.add_done(1, record.size);
                     return Ok::<_, RestoreError>((0u64, 0u64, 1u64, None));
                 }
-                let body = pool.get(&Path::from(record.blob.as_str())).await.map_err(|source| ObjectsError::Store { side: "target", what: format!("reading {}", record.blob), source })?.into_stream().map_err(move |source| ObjectsError::Store { side: "target", what: "reading a blob".into(), source });
+                let body = pool.get(&catalog::recorded_path(&record.blob)).await.map_err(|source| ObjectsError::Store { side: "target", what: format!("reading {}", record.blob), source })?.into_stream().map_err(move |source| ObjectsError::Store { side: "target", what: "reading a blob".into(), source });
                 let (sha, size) = objects::upload(&dest, &path, body, Some(record.size as usize), progress).await?;
                 progress.add_done(1, 0);
                 let mismatch = (sha != record.sha256 || size != record.size).then(|| record.key.clone());
@@ -244,7 +244,7 @@ pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurre
                     let progress = &progress;
                     async move {
                         let r = r?;
-                        let problem = check(&store, &Path::from(r.blob.as_str()), r.size, deep.then_some(r.sha256.as_str())).await.map(|p| format!("object {} (blob {}): {p}", r.key, r.blob));
+                        let problem = check(&store, &catalog::recorded_path(&r.blob), r.size, deep.then_some(r.sha256.as_str())).await.map(|p| format!("object {} (blob {}): {p}", r.key, r.blob));
                         progress.add_done(1, r.size);
                         Ok::<_, CatalogError>((r.size, problem))
                     }

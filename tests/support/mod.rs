@@ -361,5 +361,5 @@ pub fn table_checksums(pg: &TempPostgres, database: &str) -> Vec<String> {
 
 /// Reads a whole object.
 pub async fn read(store: &Arc<dyn ObjectStore>, key: &str) -> bytes::Bytes {
-    store.get(&object_store::path::Path::from(key)).await.unwrap_or_else(|e| panic!("get {key}: {e}")).bytes().await.expect("body")
+    store.get(&pachyderm_backup::catalog::recorded_path(key)).await.unwrap_or_else(|e| panic!("get {key}: {e}")).bytes().await.expect("body")
 }
