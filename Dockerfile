@@ -32,8 +32,9 @@ RUN set -eux; \
     cargo build --locked --profile "${CARGO_PROFILE}"; \
     rm -rf src
 
-# The program itself.
+# The program itself (the demo embeds the test fixtures' SQL).
 COPY src ./src
+COPY tests/fixtures ./tests/fixtures
 RUN set -eux; \
     find src -name '*.rs' -exec touch {} +; \
     cargo build --locked --profile "${CARGO_PROFILE}"; \

@@ -76,6 +76,9 @@ async fn max_downtime_aborts_the_capture_and_resumes() {
     let out = bed.run(&["run"]).await;
     lock.release().await;
     assert_failed_cleanly(&bed, &out, "MAX_DOWNTIME (3s) reached").await;
+    // A long phase logs a progress line at PROGRESS_INTERVAL (1s in the bed).
+    let progress = out.logs().into_iter().filter(|l| l["phase"] == "capture" && l["message"].as_str().is_some_and(|m| m.starts_with("progress:"))).count();
+    assert!(progress >= 1, "no progress line during a 3s capture:\n{}", out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

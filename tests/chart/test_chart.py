@@ -530,7 +530,7 @@ def is_program_variable(name, program_names) -> bool:
 
 
 # Program variables the chart deliberately does not set through a first-class value.
-# Empty today: every plain variable of docs/CONTRACT.md has a value (RUST_LOG is
+# Empty today: every plain variable of `pachyderm-backup variables` has a value (RUST_LOG is
 # logging.level, PGSSLROOTCERT is postgresql.sslRootCert, the RESTORE_* variables
 # are drill.restore.*, set on the drill CronJob only, HELM_RELEASE is
 # pachyderm.helmRelease with captureHelmValues, the *_WORKLOAD_IDENTITY switches are
