@@ -54,7 +54,7 @@ PY
       /usr/bin/time -v "$BIN" run 2>"$work/mem-$run.log" >/dev/null
     rss=$(grep 'Maximum resident set size' "$work/mem-$run.log" | awk '{print $6}')
     wall=$(grep 'Elapsed (wall clock)' "$work/mem-$run.log" | awk '{print $8}')
-    summary=$(grep '"backup complete"' "$work/mem-$run.log" | python3 -c 'import json,sys;l=json.loads(sys.stdin.readline());print(f"objects={l[\"objects\"]} copied={l[\"objects_copied\"]} reused={l[\"objects_reused\"]}")')
+    summary=$(grep '"backup complete"' "$work/mem-$run.log" | python3 -c 'import json,sys;l=json.loads(sys.stdin.readline());print("objects=%s copied=%s reused=%s" % (l["objects"], l["objects_copied"], l["objects_reused"]))')
     echo "   $run run: wall $wall, peak RSS $((rss / 1024)) MiB, $summary"
   done
 fi

@@ -198,11 +198,13 @@ pub fn variables(json: bool) -> Result<(), Failure> {
 
 /// The demo: a throwaway PostgreSQL with the fixture, a local source bucket of
 /// Pachyderm-shaped chunks, a local backup bucket, `PAUSE_MODE=none`.
-pub async fn demo(dir: &Path, objects_count: u64, stop: Stop) -> Result<(), Failure> {
+pub async fn demo(raw: &RawEnv, dir: &Path, objects_count: u64, stop: Stop) -> Result<(), Failure> {
     let demo_err = |e: demo::DemoError| Failure { code: 1, message: e.to_string() };
     let source = dir.join("source");
     let target = dir.join("backups");
-    std::fs::create_dir_all(&source).map_err(|e| failed(e))?;
+    std::fs::create_dir_all(&source).map_err(failed)?;
+    // A second demo run keeps the first one's objects, so its backup reuses them all.
+    let seeded = std::fs::read_dir(source.join("chunk")).map(|mut d| d.next().is_some()).unwrap_or(false);
     println!("starting a throwaway PostgreSQL with a Pachyderm-like fixture…");
     let pg = tokio::task::spawn_blocking(move || {
         let pg = demo::TempPostgres::start()?;
@@ -212,9 +214,11 @@ pub async fn demo(dir: &Path, objects_count: u64, stop: Stop) -> Result<(), Fail
     .await
     .map_err(|e| Failure { code: 1, message: e.to_string() })?
     .map_err(demo_err)?;
-    println!("seeding {objects_count} chunk objects into {}…", source.display());
-    let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&source).map_err(failed)?);
-    demo::seed_chunks(&store, 1..=objects_count).await.map_err(demo_err)?;
+    if !seeded {
+        println!("seeding {objects_count} chunk objects into {}…", source.display());
+        let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&source).map_err(failed)?);
+        demo::seed_chunks(&store, 1..=objects_count).await.map_err(demo_err)?;
+    }
     let vars = [
         ("PAUSE_MODE", "none".to_string()),
         ("PGHOST", "127.0.0.1".to_string()),
@@ -227,7 +231,9 @@ pub async fn demo(dir: &Path, objects_count: u64, stop: Stop) -> Result<(), Fail
         ("CLUSTER_NAME", "demo".to_string()),
         ("GC_GRACE", "1h".to_string()),
     ];
-    let raw = RawEnv::from_iter(vars.iter().map(|(k, v)| (k.to_string(), v.clone())))?;
+    // The demo's own settings, plus a Pushgateway if one is given, to watch its metrics.
+    let push = raw.pushgateway_url.iter().map(|u| ("PUSHGATEWAY_URL".to_string(), u.clone()));
+    let raw = RawEnv::from_iter(vars.iter().map(|(k, v)| (k.to_string(), v.clone())).chain(push))?;
     let cfg = RunConfig::from_env(&raw)?;
     println!("running one backup cycle (PAUSE_MODE=none: no cluster)…");
     let started = std::time::Instant::now();

@@ -130,7 +130,7 @@ fn main() -> ExitCode {
             Command::Restore { backup, clean, force, cluster_objects, skip_databases, skip_objects } => commands::restore(&raw, commands::RestoreArgs { backup, clean, force, cluster_objects, skip_databases, skip_objects }).await,
             Command::Verify { backup, all, deep, drill } => commands::verify(&raw, commands::VerifyArgs { backup, all, deep, drill }).await,
             Command::Variables { json } => commands::variables(json),
-            Command::Demo { dir, objects } => commands::demo(&dir, objects, stop).await,
+            Command::Demo { dir, objects } => commands::demo(&raw, &dir, objects, stop).await,
         }
     });
     match result {

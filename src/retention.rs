@@ -316,6 +316,43 @@ mod tests {
         }).collect()
     }
 
+    /// restic's documentation (doc/060_forget.rst): one backup every Sunday for 12
+    /// weeks; `--keep-daily 4` keeps the last four Sundays.
+    #[test]
+    fn restic_documented_twelve_sundays_keep_daily_4() {
+        let sundays: Vec<(String, DateTime<Utc>)> = ["2019-09-01", "2019-09-08", "2019-09-15", "2019-09-22", "2019-09-29", "2019-10-06", "2019-10-13", "2019-10-20", "2019-10-27", "2019-11-03", "2019-11-10", "2019-11-17"]
+            .iter()
+            .map(|d| (d.to_string(), t(&format!("{d}T11:00:00Z"))))
+            .collect();
+        let d = plan(&sundays, &Policy { daily: 4, ..Default::default() });
+        assert_eq!(kept(&d), vec!["2019-10-27", "2019-11-03", "2019-11-10", "2019-11-17"]);
+        assert!(d.iter().filter(|x| x.keep()).all(|x| x.reasons.contains(&Reason::Daily)));
+    }
+
+    /// restic's documentation: a backup every day for 100 years with `--keep-daily 7
+    /// --keep-weekly 5 --keep-monthly 12 --keep-yearly 75` keeps 7 dailies, 4 more
+    /// end-of-week ones, 12 or 11 end-of-month ones and 75 or 74 end-of-year ones.
+    #[test]
+    fn restic_documented_hundred_years_of_dailies() {
+        // A calendar for which the documentation's counts are exact: ending on a Sunday
+        // (the 7 dailies are one ISO week; ending on a weekday they span two) whose four
+        // previous Sundays are no month's last day (else a weekly is also a monthly), in
+        // December (else the 12th monthly is the previous 31 December, also a yearly).
+        let last = Utc.with_ymd_and_hms(2024, 12, 29, 2, 0, 0).single().expect("valid");
+        assert_eq!(last.weekday(), chrono::Weekday::Sun);
+        let days: Vec<(String, DateTime<Utc>)> = (0..36525).map(|i| (format!("{i:05}"), last - chrono::Duration::days(i))).collect();
+        let p = Policy { daily: 7, weekly: 5, monthly: 12, yearly: 75, ..Default::default() };
+        let d = plan(&days, &p);
+        let count = |r: Reason| d.iter().filter(|x| x.reasons.contains(&r)).count();
+        assert_eq!((count(Reason::Daily), count(Reason::Weekly), count(Reason::Monthly), count(Reason::Yearly)), (7, 5, 12, 75));
+        // restic counts each rule's selections beyond those of the rules before it.
+        let beyond = |r: Reason, before: &[Reason]| d.iter().filter(|x| x.reasons.contains(&r) && !before.iter().any(|b| x.reasons.contains(b))).count();
+        assert_eq!(beyond(Reason::Weekly, &[Reason::Daily]), 4, "the 7 dailies already include one weekly");
+        assert_eq!(beyond(Reason::Monthly, &[Reason::Daily, Reason::Weekly]), 11, "12 or 11: here the newest is also a monthly");
+        assert_eq!(beyond(Reason::Yearly, &[Reason::Daily, Reason::Weekly, Reason::Monthly]), 74, "75 or 74: here the newest is also a yearly");
+        assert_eq!(d.iter().filter(|x| x.keep()).count(), 7 + 4 + 11 + 74);
+    }
+
     #[test]
     fn keep_daily_keeps_the_last_n_days() {
         let p = Policy { daily: 7, ..Default::default() };

@@ -280,3 +280,27 @@ async fn helm_values_are_captured_when_asked_and_never_secrets_otherwise() {
     assert_eq!(saved["revision"], 2, "the newest revision");
     assert_eq!(saved["values"]["pachd"]["storage"]["backend"], "MINIO");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_command_prints_the_plan_then_applies_it() {
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    for _ in 0..3 {
+        bed.run(&["run"]).await.expect_code(0);
+    }
+    let ids: Vec<String> = bed.manifests().await.iter().map(|m| m.backup_id.clone()).collect();
+    assert_eq!(ids.len(), 3);
+    for (k, v) in [("KEEP_LAST", "1"), ("KEEP_DAILY", "0"), ("KEEP_WEEKLY", "0"), ("KEEP_MONTHLY", "0"), ("MIN_KEEP", "1")] {
+        bed.set(k, v);
+    }
+    let out = bed.run(&["retention", "--dry-run"]).await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("dry run: 1 kept, 2 pruned"), "{}", out.stdout);
+    assert_eq!(out.stdout.lines().filter(|l| l.contains(" delete ")).count(), 2, "{}", out.stdout);
+    assert_eq!(bed.manifests().await.len(), 3, "a dry run deletes nothing");
+    let listed = bed.run(&["list"]).await;
+    assert!(listed.stdout.contains("keep-last") && listed.stdout.contains("(pruned at next retention)"), "{}", listed.stdout);
+    bed.run(&["retention"]).await.expect_code(0);
+    let left: Vec<String> = bed.manifests().await.iter().map(|m| m.backup_id.clone()).collect();
+    assert_eq!(left, vec![ids[2].clone()], "only the newest is left");
+    assert_eq!(bed.folders().await, left, "pruned folders are gone entirely");
+}
