@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (figures for docs/BENCHMARKS.md; never assertions in tests):
-#   1. memory: one cycle over a local source of N objects (default 100,000), peak RSS
-#      measured by /usr/bin/time -v;
+#   1. memory: two cycles (full, then incremental) over a source of N objects (default
+#      100,000) on s3s-fs and on local directories, peak RSS by /usr/bin/time -v;
 #   2. copy throughput: pachyderm-backup against `rclone copy` with the same number
 #      of transfers, both streaming between two buckets of one s3s-fs server.
 # Usage: scripts/bench.sh [memory|copy|all]   (env: OBJECTS_N, TRANSFERS, BIN)
@@ -38,31 +38,49 @@ sed 's/{{CHUNKS}}/100/' tests/fixtures/pachyderm.sql | "$PGBIN/psql" -q -h 127.0
 "$PGBIN/psql" -q -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -d dex -v ON_ERROR_STOP=1 -f tests/fixtures/dex.sql >/dev/null
 common_env=(PAUSE_MODE=none PGHOST=127.0.0.1 PGPORT="$PGPORT_BENCH" PGUSER=postgres PGSSLMODE=disable PG_BIN_DIR="$PGBIN" LOG_FORMAT=json PROGRESS_INTERVAL=10s)
 
+start_s3s() {
+  command -v s3s-fs >/dev/null || cargo install s3s-fs@0.14.1 --locked --features binary
+  S3PORT=$(free_port)
+  mkdir -p "$work/s3"
+  s3s-fs --host 127.0.0.1 --port "$S3PORT" --access-key test --secret-key testtesttest "$work/s3" >/dev/null 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$S3PORT) 2>/dev/null && break; sleep 0.1; done
+  s3_env=(AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1 AWS_ENDPOINT="http://127.0.0.1:$S3PORT" AWS_ALLOW_HTTP=true)
+}
+S3PORT=""
+
 if [ "$what" = memory ] || [ "$what" = all ]; then
-  echo "== memory: $OBJECTS_N objects of 1 KiB, local directories"
-  python3 - "$work/src" "$OBJECTS_N" <<'PY'
+  [ -n "$S3PORT" ] || start_s3s
+  # s3s-fs keeps a bucket as a directory: the objects are written there directly.
+  python3 - "$work/s3/mem-src/chunk" "$OBJECTS_N" <<'PY'
 import hashlib, os, sys
 root, n = sys.argv[1], int(sys.argv[2])
-os.makedirs(os.path.join(root, "chunk"), exist_ok=True)
+os.makedirs(root, exist_ok=True)
 for i in range(1, n + 1):
     h = hashlib.sha256(f"chunk-{i}".encode()).hexdigest()
-    with open(os.path.join(root, "chunk", f"{h}.{i:016x}"), "wb") as f:
+    with open(os.path.join(root, f"{h}.{i:016x}"), "wb") as f:
         f.write(hashlib.sha512(str(i).encode()).digest() * 16)
 PY
-  for run in first second; do
-    env -i PATH="$PATH" "${common_env[@]}" SOURCE_URL="file://$work/src" TARGET_URL="file://$work/dst" COPY_CONCURRENCY="$TRANSFERS" \
-      /usr/bin/time -v "$BIN" run 2>"$work/mem-$run.log" >/dev/null
-    rss=$(grep 'Maximum resident set size' "$work/mem-$run.log" | awk '{print $6}')
-    wall=$(grep 'Elapsed (wall clock)' "$work/mem-$run.log" | awk '{print $8}')
-    summary=$(grep '"backup complete"' "$work/mem-$run.log" | python3 -c 'import json,sys;l=json.loads(sys.stdin.readline());print("objects=%s copied=%s reused=%s" % (l["objects"], l["objects_copied"], l["objects_reused"]))')
-    echo "   $run run: wall $wall, peak RSS $((rss / 1024)) MiB, $summary"
+  mkdir -p "$work/s3/mem-dst"
+  for store in s3 local; do
+    if [ "$store" = s3 ]; then urls=(SOURCE_URL=s3://mem-src TARGET_URL=s3://mem-dst "${s3_env[@]}"); else urls=(SOURCE_URL="file://$work/s3/mem-src" TARGET_URL="file://$work/local-dst"); fi
+    echo "== memory: $OBJECTS_N objects of 1 KiB, $store buckets, $TRANSFERS transfers"
+    for run in first second; do
+      if ! env -i PATH="$PATH" "${common_env[@]}" "${urls[@]}" COPY_CONCURRENCY="$TRANSFERS" \
+        /usr/bin/time -v "$BIN" run 2>"$work/mem-$store-$run.log" >/dev/null; then
+        echo "   $run run FAILED:"; grep -v '"progress' "$work/mem-$store-$run.log" | tail -5; exit 1
+      fi
+      rss=$(grep 'Maximum resident set size' "$work/mem-$store-$run.log" | awk '{print $6}')
+      wall=$(grep 'Elapsed (wall clock)' "$work/mem-$store-$run.log" | awk '{print $8}')
+      summary=$(grep '"backup complete"' "$work/mem-$store-$run.log" | python3 -c 'import json,sys;l=json.loads(sys.stdin.readline());print("objects=%s copied=%s reused=%s" % (l["objects"], l["objects_copied"], l["objects_reused"]))')
+      echo "   $run run: wall $wall, peak RSS $((rss / 1024)) MiB, $summary"
+    done
   done
 fi
 
 if [ "$what" = copy ] || [ "$what" = all ]; then
   command -v rclone >/dev/null || { apt-get install -y -qq rclone >/dev/null; }
-  command -v s3s-fs >/dev/null || cargo install s3s-fs@0.14.1 --locked --features binary
-  S3PORT=$(free_port)
+  [ -n "$S3PORT" ] || start_s3s
   mkdir -p "$work/s3/src/chunk" "$work/s3/dst-ours" "$work/s3/dst-rclone"
   echo "== copy: 400 objects of 1 MiB + 10 of 20 MiB (600 MiB) between two buckets of s3s-fs, $TRANSFERS transfers"
   python3 - "$work/s3/src/chunk" <<'PY'
@@ -74,9 +92,6 @@ for i in range(1, 411):
     with open(os.path.join(root, f"{h}.{i:016x}"), "wb") as f:
         f.write(os.urandom(size))
 PY
-  s3s-fs --host 127.0.0.1 --port "$S3PORT" --access-key test --secret-key testtesttest "$work/s3" >/dev/null 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$S3PORT) 2>/dev/null && break; sleep 0.1; done
   start=$(date +%s.%N)
   env -i PATH="$PATH" "${common_env[@]}" SOURCE_URL=s3://src TARGET_URL=s3://dst-ours AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest \
     AWS_REGION=us-east-1 AWS_ENDPOINT="http://127.0.0.1:$S3PORT" AWS_ALLOW_HTTP=true COPY_CONCURRENCY="$TRANSFERS" PRECOPY=false \

@@ -171,7 +171,9 @@ pub struct Cluster {
 }
 
 /// A patchable, scalable workload: Deployment or ReplicationController.
-trait Workload: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug {
+trait Workload:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug
+{
     const KIND: &'static str;
     fn replicas(&self) -> i32;
     fn pod_selector(&self) -> Option<String>;
@@ -259,12 +261,15 @@ impl Cluster {
     pub async fn pachyderm_version(&self) -> Result<Option<String>, ClusterError> {
         let d = self.deployments().get_opt(&self.settings.pachd).await.map_err(api_err("reading the pachd Deployment"))?;
         let d = d.ok_or_else(|| ClusterError::Missing(self.settings.pachd.clone(), self.namespace.clone()))?;
-        let image = d.spec.and_then(|s| s.template.spec).and_then(|p| {
-            let mut containers = p.containers.into_iter();
-            let first = containers.next();
-            first.into_iter().chain(containers).reduce(|keep, c| if c.name == "pachd" { c } else { keep })
-        })
-        .and_then(|c| c.image);
+        let image = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| {
+                let mut containers = p.containers.into_iter();
+                let first = containers.next();
+                first.into_iter().chain(containers).reduce(|keep, c| if c.name == "pachd" { c } else { keep })
+            })
+            .and_then(|c| c.image);
         Ok(image.and_then(|i| i.rsplit_once(':').map(|(_, tag)| tag.trim_start_matches('v').to_string())))
     }
 
@@ -363,7 +368,11 @@ impl Cluster {
                 if let Some(pachw) = self.deployments().get_opt(&self.settings.pachw).await.map_err(api_err("reading the pachw Deployment"))? {
                     self.scale_down(&self.deployments(), pachw, run_id, &mut report, &mut waits).await?;
                 }
-                let workers = self.rcs().list(&ListParams::default().labels(&self.settings.worker_selector)).await.map_err(api_err("listing worker ReplicationControllers"))?;
+                let workers = self
+                    .rcs()
+                    .list(&ListParams::default().labels(&self.settings.worker_selector))
+                    .await
+                    .map_err(api_err("listing worker ReplicationControllers"))?;
                 for rc in workers.items {
                     self.scale_down(&self.rcs(), rc, run_id, &mut report, &mut waits).await?;
                 }
@@ -402,7 +411,14 @@ impl Cluster {
         Ok(report)
     }
 
-    async fn scale_down<K: Workload>(&self, api: &Api<K>, mut obj: K, run_id: &str, report: &mut PauseReport, waits: &mut Vec<(String, String)>) -> Result<(), ClusterError> {
+    async fn scale_down<K: Workload>(
+        &self,
+        api: &Api<K>,
+        mut obj: K,
+        run_id: &str,
+        report: &mut PauseReport,
+        waits: &mut Vec<(String, String)>,
+    ) -> Result<(), ClusterError> {
         let name = obj.name_any();
         let label = format!("{}/{}", K::KIND, name);
         for attempt in 0.. {
@@ -450,7 +466,10 @@ impl Cluster {
                 }
                 if tokio::time::Instant::now() >= deadline {
                     let names: Vec<String> = left.items.iter().map(|p| p.name_any()).collect();
-                    return Err(ClusterError::Timeout { what: format!("termination of the pods of {label} ({})", names.join(", ")), timeout: self.settings.pause_timeout });
+                    return Err(ClusterError::Timeout {
+                        what: format!("termination of the pods of {label} ({})", names.join(", ")),
+                        timeout: self.settings.pause_timeout,
+                    });
                 }
                 tokio::time::sleep(POLL).await;
             }
@@ -491,8 +510,11 @@ impl Cluster {
                 }
             }
         }
-        let rcs = self.rcs().list(&ListParams::default().labels(&self.settings.worker_selector)).await.map_err(api_err("listing worker ReplicationControllers"))?;
-        found.extend(rcs.items.iter().filter(|rc| rc.annotations().contains_key(ANNOTATION_REPLICAS)).map(|rc| format!("replicationcontroller/{}", rc.name_any())));
+        let rcs =
+            self.rcs().list(&ListParams::default().labels(&self.settings.worker_selector)).await.map_err(api_err("listing worker ReplicationControllers"))?;
+        found.extend(
+            rcs.items.iter().filter(|rc| rc.annotations().contains_key(ANNOTATION_REPLICAS)).map(|rc| format!("replicationcontroller/{}", rc.name_any())),
+        );
         if self.settings.pause_mode == PauseMode::Pachyderm {
             let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
             if let Some(cm) = cms.get_opt(&self.settings.pachd_configmap).await.map_err(api_err("reading the pachd ConfigMap"))? {
@@ -542,7 +564,8 @@ impl Cluster {
                 }
             }
         }
-        let rcs = self.rcs().list(&ListParams::default().labels(&self.settings.worker_selector)).await.map_err(api_err("listing worker ReplicationControllers"))?;
+        let rcs =
+            self.rcs().list(&ListParams::default().labels(&self.settings.worker_selector)).await.map_err(api_err("listing worker ReplicationControllers"))?;
         for rc in rcs.items {
             let name = rc.name_any();
             if self.scale_up(&self.rcs(), rc).await? {
@@ -598,7 +621,8 @@ impl Cluster {
         for d in deployments.items.into_iter().filter(|d| keep.contains(&&d.name_any())) {
             files.push(clean("deployments", &d)?);
         }
-        let rcs = self.rcs().list(&ListParams::default().labels(&self.settings.worker_selector)).await.map_err(api_err("listing worker ReplicationControllers"))?;
+        let rcs =
+            self.rcs().list(&ListParams::default().labels(&self.settings.worker_selector)).await.map_err(api_err("listing worker ReplicationControllers"))?;
         for rc in &rcs.items {
             files.push(clean("replicationcontrollers", rc)?);
         }
@@ -622,9 +646,14 @@ impl Cluster {
     async fn helm_values(&self, release: &str) -> Result<(String, Vec<u8>), ClusterError> {
         use std::io::Read;
         let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let list = secrets.list(&ListParams::default().labels(&format!("owner=helm,name={release}"))).await.map_err(api_err(format!("listing the Secrets of Helm release {release}")))?;
+        let list = secrets
+            .list(&ListParams::default().labels(&format!("owner=helm,name={release}")))
+            .await
+            .map_err(api_err(format!("listing the Secrets of Helm release {release}")))?;
         let version = |s: &k8s_openapi::api::core::v1::Secret| s.labels().get("version").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let newest = list.items.iter().max_by_key(|s| version(s)).ok_or_else(|| ClusterError::HelmRelease(release.to_string(), "no Secret of this release (is HELM_RELEASE the release name, in this namespace?)".into()))?;
+        let newest = list.items.iter().max_by_key(|s| version(s)).ok_or_else(|| {
+            ClusterError::HelmRelease(release.to_string(), "no Secret of this release (is HELM_RELEASE the release name, in this namespace?)".into())
+        })?;
         let bad = |detail: String| ClusterError::HelmRelease(release.to_string(), detail);
         let encoded = newest.data.as_ref().and_then(|d| d.get("release")).ok_or_else(|| bad("the Secret has no `release` key".into()))?;
         use base64::Engine;
@@ -734,7 +763,12 @@ mod tests {
     use super::*;
 
     fn spec(holder: &str, renewed_secs_ago: i64, duration: i32, now: DateTime<Utc>) -> LeaseSpec {
-        LeaseSpec { holder_identity: Some(holder.into()), renew_time: Some(micro_time(now - chrono::Duration::seconds(renewed_secs_ago))), lease_duration_seconds: Some(duration), ..Default::default() }
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            renew_time: Some(micro_time(now - chrono::Duration::seconds(renewed_secs_ago))),
+            lease_duration_seconds: Some(duration),
+            ..Default::default()
+        }
     }
 
     #[test]

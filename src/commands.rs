@@ -10,8 +10,8 @@ use crate::catalog::Catalog;
 use crate::cluster::{Cluster, ClusterError, LeaseState};
 use crate::config::{CatalogConfig, ClusterSettings, ConfigError, PauseMode, RawEnv, RestoreConfig, RunConfig, VARIABLES};
 use crate::cycle::{self, RunError, Stop, error_chain};
-use crate::progress::human_bytes;
 use crate::metrics::{Pusher, verify_sample};
+use crate::progress::human_bytes;
 use crate::restore::{self, RestoreOptions};
 use crate::{demo, objects, retention};
 
@@ -89,8 +89,14 @@ pub async fn list(raw: &RawEnv, json: bool, all: bool) -> Result<(), Failure> {
     for e in entries.iter().rev() {
         match &e.manifest {
             Some(m) => {
-                let age = humantime::format_duration(std::time::Duration::from_secs(now.signed_duration_since(m.finished_at).num_seconds().max(0) as u64 / 60 * 60)).to_string();
-                let kept = decisions.iter().find(|d| d.id == e.id).map(|d| if d.keep() { d.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",") } else { "(pruned at next retention)".into() }).unwrap_or_default();
+                let age =
+                    humantime::format_duration(std::time::Duration::from_secs(now.signed_duration_since(m.finished_at).num_seconds().max(0) as u64 / 60 * 60))
+                        .to_string();
+                let kept = decisions
+                    .iter()
+                    .find(|d| d.id == e.id)
+                    .map(|d| if d.keep() { d.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",") } else { "(pruned at next retention)".into() })
+                    .unwrap_or_default();
                 println!(
                     "{:<22} {:<9} {:>8} {:>11} {:>9} {:>12} {:>9.1}s  {}",
                     m.backup_id,
@@ -201,7 +207,7 @@ pub fn variables(json: bool) -> Result<(), Failure> {
 pub async fn demo(raw: &RawEnv, dir: &Path, objects_count: u64, stop: Stop) -> Result<(), Failure> {
     let demo_err = |e: demo::DemoError| Failure { code: 1, message: e.to_string() };
     let source = dir.join("source");
-    let target = dir.join("backups");
+    let target = dir.join("backup-bucket");
     std::fs::create_dir_all(&source).map_err(failed)?;
     // A second demo run keeps the first one's objects, so its backup reuses them all.
     let seeded = std::fs::read_dir(source.join("chunk")).map(|mut d| d.next().is_some()).unwrap_or(false);
@@ -216,7 +222,8 @@ pub async fn demo(raw: &RawEnv, dir: &Path, objects_count: u64, stop: Stop) -> R
     .map_err(demo_err)?;
     if !seeded {
         println!("seeding {objects_count} chunk objects into {}…", source.display());
-        let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&source).map_err(failed)?);
+        let store: std::sync::Arc<dyn object_store::ObjectStore> =
+            std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&source).map_err(failed)?);
         demo::seed_chunks(&store, 1..=objects_count).await.map_err(demo_err)?;
     }
     let vars = [
@@ -295,7 +302,8 @@ pub struct VerifyArgs {
 pub async fn verify(raw: &RawEnv, args: VerifyArgs) -> Result<(), Failure> {
     let cfg = RestoreConfig::from_env(raw, args.drill, false)?;
     let catalog = Catalog::new(objects::open(&cfg.target, false).map_err(failed)?);
-    let manifests = if args.all { catalog.complete().await.map_err(failed)? } else { vec![restore::choose(&catalog, args.backup.as_deref()).await.map_err(failed)?] };
+    let manifests =
+        if args.all { catalog.complete().await.map_err(failed)? } else { vec![restore::choose(&catalog, args.backup.as_deref()).await.map_err(failed)?] };
     let mut problems = Vec::new();
     let mut cluster = cfg.common.cluster_name.clone();
     for m in &manifests {
@@ -306,7 +314,12 @@ pub async fn verify(raw: &RawEnv, args: VerifyArgs) -> Result<(), Failure> {
         }
         cluster.get_or_insert_with(|| m.cluster.clone());
         let verdict = if f.problems.is_empty() { "ok" } else { "PROBLEMS" };
-        println!("{} {verdict}: {} files checked{}", m.backup_id, f.checked_files, if args.deep { format!(", {} re-read", human_bytes(f.checked_bytes)) } else { String::new() });
+        println!(
+            "{} {verdict}: {} files checked{}",
+            m.backup_id,
+            f.checked_files,
+            if args.deep { format!(", {} re-read", human_bytes(f.checked_bytes)) } else { String::new() }
+        );
         for p in &f.problems {
             println!("  - {p}");
         }

@@ -59,7 +59,11 @@ pub const VARIABLES: &[Variable] = &[
     var("PAUSE_TIMEOUT", "5m", "How long to wait for the paused pods to terminate."),
     var("RESUME_TIMEOUT", "10m", "How long to wait for pachd to be ready again."),
     var("MAX_DOWNTIME", "2h", "Longest pause: past it the capture is aborted and the cluster resumed."),
-    var("HELM_RELEASE", "unset: not captured", "Pachyderm's Helm release: its user-supplied values are saved with each backup (needs `list` on Secrets; sensitive)."),
+    var(
+        "HELM_RELEASE",
+        "unset: not captured",
+        "Pachyderm's Helm release: its user-supplied values are saved with each backup (needs `list` on Secrets; sensitive).",
+    ),
     var("LEASE_NAME", "pachyderm-backup", "The coordination.k8s.io Lease that keeps runs exclusive."),
     var("LEASE_DURATION", "60s", "How long the Lease stays valid without renewal (renewed every third of it)."),
     var("PGHOST", "required", "PostgreSQL host of Pachyderm (the server itself, not pg-bouncer)."),
@@ -81,7 +85,11 @@ pub const VARIABLES: &[Variable] = &[
     var("TARGET_AWS_*", "unset", "S3 keys for the backup bucket only."),
     var("TARGET_GOOGLE_*", "unset", "GCS keys for the backup bucket only."),
     var("TARGET_AZURE_*", "unset", "Azure keys for the backup bucket only."),
-    var("WORKLOAD_IDENTITY", "false", "Buckets without keys use the platform's identity (IRSA, GKE or Azure workload identity). Also SOURCE_/TARGET_/RESTORE_ prefixed."),
+    var(
+        "WORKLOAD_IDENTITY",
+        "false",
+        "Buckets without keys use the platform's identity (IRSA, GKE or Azure workload identity). Also SOURCE_/TARGET_/RESTORE_ prefixed.",
+    ),
     var("SOURCE_WORKLOAD_IDENTITY", "WORKLOAD_IDENTITY", "Workload identity for the source bucket only."),
     var("TARGET_WORKLOAD_IDENTITY", "WORKLOAD_IDENTITY", "Workload identity for the backup bucket only."),
     var("OBJECTS", "copy", "`copy` the bucket, or `skip` it (metadata only, like `pachctl extract --no-objects`)."),
@@ -198,8 +206,8 @@ impl RawEnv {
         // Kubernetes sets variables from optional Secret keys as empty strings: an empty
         // variable means unset, as it does for libpq.
         let vars: Vec<(String, String)> = vars.into_iter().filter(|(_, v)| !v.trim().is_empty()).collect();
-        let mut raw: RawEnv = envy::from_iter(vars.iter().cloned())
-            .map_err(|e| ConfigError(vec![Problem::new("environment", e.to_string(), "readable UTF-8 variables")]))?;
+        let mut raw: RawEnv =
+            envy::from_iter(vars.iter().cloned()).map_err(|e| ConfigError(vec![Problem::new("environment", e.to_string(), "readable UTF-8 variables")]))?;
         for (name, value) in vars {
             let unprefixed = SIDES.iter().find_map(|s| name.strip_prefix(s)).unwrap_or(&name);
             if STORE_FAMILIES.iter().any(|f| unprefixed.starts_with(f)) {
@@ -457,11 +465,7 @@ impl Check {
 }
 
 fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !s.starts_with('-') && !s.ends_with('-')
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
@@ -506,7 +510,16 @@ fn valid_selector(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn pg_server(check: &mut Check, prefix: &str, host: &Option<String>, port: &Option<String>, user: &Option<String>, password: &Option<Secret>, sslmode: &Option<String>, sslrootcert: &Option<String>) -> Option<PgServer> {
+fn pg_server(
+    check: &mut Check,
+    prefix: &str,
+    host: &Option<String>,
+    port: &Option<String>,
+    user: &Option<String>,
+    password: &Option<Secret>,
+    sslmode: &Option<String>,
+    sslrootcert: &Option<String>,
+) -> Option<PgServer> {
     let host_var = format!("{prefix}PGHOST");
     let host = match host {
         Some(h) if !h.trim().is_empty() => h.trim().to_string(),
@@ -542,7 +555,15 @@ fn pg_server(check: &mut Check, prefix: &str, host: &Option<String>, port: &Opti
 
 /// Builds one side's bucket settings: URL, then the object_store options from the
 /// unprefixed families overridden by the side's prefixed ones.
-fn store(check: &mut Check, variable: &'static str, side: &str, url: &Option<String>, raw: &RawEnv, workload_identity: bool, required: bool) -> Option<StoreSettings> {
+fn store(
+    check: &mut Check,
+    variable: &'static str,
+    side: &str,
+    url: &Option<String>,
+    raw: &RawEnv,
+    workload_identity: bool,
+    required: bool,
+) -> Option<StoreSettings> {
     let Some(text) = url.as_ref().map(|u| u.trim()).filter(|u| !u.is_empty()) else {
         if required {
             check.fail(variable, "is not set", "a bucket URL: s3://bucket[/prefix], gs://bucket[/prefix], az://container[/prefix] or file:///dir");
@@ -567,6 +588,12 @@ fn store(check: &mut Check, variable: &'static str, side: &str, url: &Option<Str
             options.insert(rest.to_ascii_lowercase(), value.clone());
         }
     }
+    // object_store's timeout covers a whole request, body included: its 30 s default
+    // fails a large object on a slow link, or a slow listing page. 5 minutes, unless set.
+    let timeout_keys = ["aws_timeout", "google_timeout", "azure_timeout", "timeout"];
+    if !timeout_keys.iter().any(|k| options.contains_key(*k)) {
+        options.insert("timeout".to_string(), Secret::new("300s"));
+    }
     let has = |keys: &[&str]| keys.iter().any(|k| options.contains_key(*k));
     let no_credentials = |check: &mut Check, what: &str| {
         check.fail(
@@ -589,7 +616,10 @@ fn store(check: &mut Check, variable: &'static str, side: &str, url: &Option<Str
             let secret = has(&["aws_secret_access_key"]);
             if key != secret {
                 check.fail(variable, "only one of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY is set", "both, or neither");
-            } else if !key && !workload_identity && !has(&["aws_web_identity_token_file", "aws_container_credentials_full_uri", "aws_container_credentials_relative_uri", "aws_skip_signature"]) {
+            } else if !key
+                && !workload_identity
+                && !has(&["aws_web_identity_token_file", "aws_container_credentials_full_uri", "aws_container_credentials_relative_uri", "aws_skip_signature"])
+            {
                 no_credentials(check, "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
             }
         }
@@ -597,7 +627,15 @@ fn store(check: &mut Check, variable: &'static str, side: &str, url: &Option<Str
             if url.host_str().unwrap_or("").is_empty() {
                 check.fail(variable, format!("{text:?} names no bucket"), "gs://bucket[/prefix]");
             }
-            if !workload_identity && !has(&["google_service_account", "google_service_account_path", "google_service_account_key", "google_application_credentials", "google_skip_signature"]) {
+            if !workload_identity
+                && !has(&[
+                    "google_service_account",
+                    "google_service_account_path",
+                    "google_service_account_key",
+                    "google_application_credentials",
+                    "google_skip_signature",
+                ])
+            {
                 no_credentials(check, "GOOGLE_SERVICE_ACCOUNT_KEY or GOOGLE_SERVICE_ACCOUNT (a key file)");
             }
         }
@@ -609,7 +647,19 @@ fn store(check: &mut Check, variable: &'static str, side: &str, url: &Option<Str
             if !emulator && !has(&["azure_storage_account_name", "azure_storage_account"]) {
                 check.fail(variable, "az has no storage account", "AZURE_STORAGE_ACCOUNT_NAME");
             }
-            if !workload_identity && !emulator && !has(&["azure_storage_account_key", "azure_storage_access_key", "azure_storage_sas_key", "azure_storage_sas_token", "azure_client_secret", "azure_federated_token_file", "azure_storage_token", "azure_skip_signature"]) {
+            if !workload_identity
+                && !emulator
+                && !has(&[
+                    "azure_storage_account_key",
+                    "azure_storage_access_key",
+                    "azure_storage_sas_key",
+                    "azure_storage_sas_token",
+                    "azure_client_secret",
+                    "azure_federated_token_file",
+                    "azure_storage_token",
+                    "azure_skip_signature",
+                ])
+            {
                 no_credentials(check, "AZURE_STORAGE_ACCOUNT_KEY or a SAS token");
             }
         }
@@ -739,7 +789,11 @@ impl RunConfig {
             }
         }
         // An unset SOURCE_URL is fine with OBJECTS=skip; then nothing is read from it.
-        let source = source.unwrap_or_else(|| StoreSettings { variable: "SOURCE_URL", url: Url::parse("file:///nonexistent").expect("static URL"), options: BTreeMap::new() });
+        let source = source.unwrap_or_else(|| StoreSettings {
+            variable: "SOURCE_URL",
+            url: Url::parse("file:///nonexistent").expect("static URL"),
+            options: BTreeMap::new(),
+        });
         match (server, target) {
             (Some(server), Some(target)) => check.finish(RunConfig {
                 common,
@@ -770,7 +824,12 @@ impl ClusterSettings {
             worker_selector,
             pachd_configmap: check.name("PACHD_CONFIGMAP", &raw.pachd_configmap, "pachd-config"),
             helm_release: raw.helm_release.as_ref().map(|_| check.name("HELM_RELEASE", &raw.helm_release, "")),
-            pause_mode: check.choice("PAUSE_MODE", &raw.pause_mode, PauseMode::Scale, &[("scale", PauseMode::Scale), ("pachyderm", PauseMode::Pachyderm), ("none", PauseMode::None)]),
+            pause_mode: check.choice(
+                "PAUSE_MODE",
+                &raw.pause_mode,
+                PauseMode::Scale,
+                &[("scale", PauseMode::Scale), ("pachyderm", PauseMode::Pachyderm), ("none", PauseMode::None)],
+            ),
             pause_timeout: check.duration("PAUSE_TIMEOUT", &raw.pause_timeout, "5m"),
             resume_timeout: check.duration("RESUME_TIMEOUT", &raw.resume_timeout, "10m"),
             lease_name: check.name("LEASE_NAME", &raw.lease_name, "pachyderm-backup"),
@@ -824,7 +883,16 @@ impl RestoreConfig {
         let target = store(&mut check, "TARGET_URL", "TARGET_", &raw.target_url, raw, target_wi, true);
         let destination = store(&mut check, "RESTORE_URL", "RESTORE_", &raw.restore_url, raw, restore_wi, need_bucket);
         let server = if need_server || raw.restore_pghost.is_some() {
-            pg_server(&mut check, "RESTORE_", &raw.restore_pghost, &raw.restore_pgport, &raw.restore_pguser, &raw.restore_pgpassword, &raw.restore_pgsslmode, &raw.restore_pgsslrootcert)
+            pg_server(
+                &mut check,
+                "RESTORE_",
+                &raw.restore_pghost,
+                &raw.restore_pgport,
+                &raw.restore_pguser,
+                &raw.restore_pgpassword,
+                &raw.restore_pgsslmode,
+                &raw.restore_pgsslrootcert,
+            )
         } else {
             None
         };
@@ -935,10 +1003,14 @@ mod tests {
 
     #[test]
     fn side_prefixed_keys_override_shared_ones() {
-        let c = RunConfig::from_env(&env(&with(&[("TARGET_AWS_ACCESS_KEY_ID", "TARGETKEY"), ("TARGET_AWS_ENDPOINT", "http://127.0.0.1:9000")]))).expect("valid");
+        let c =
+            RunConfig::from_env(&env(&with(&[("TARGET_AWS_ACCESS_KEY_ID", "TARGETKEY"), ("TARGET_AWS_ENDPOINT", "http://127.0.0.1:9000")]))).expect("valid");
         assert_eq!(c.target.options["aws_access_key_id"].expose(), "TARGETKEY");
         assert_eq!(c.source.options["aws_access_key_id"].expose(), "AKIA");
         assert!(!c.source.options.contains_key("aws_endpoint"));
+        assert_eq!(c.source.options["timeout"].expose(), "300s", "a whole-request timeout longer than object_store's 30 s");
+        let c = RunConfig::from_env(&env(&with(&[("AWS_TIMEOUT", "20m")]))).expect("valid");
+        assert!(!c.target.options.contains_key("timeout"), "the user's own timeout wins");
     }
 
     #[test]
@@ -949,7 +1021,8 @@ mod tests {
 
     #[test]
     fn secrets_never_appear_in_debug() {
-        let c = RunConfig::from_env(&env(&with(&[("PGPASSWORD", "pg-secret-pw"), ("PUSHGATEWAY_USERNAME", "u"), ("PUSHGATEWAY_PASSWORD", "push-secret-pw")]))).expect("valid");
+        let c = RunConfig::from_env(&env(&with(&[("PGPASSWORD", "pg-secret-pw"), ("PUSHGATEWAY_USERNAME", "u"), ("PUSHGATEWAY_PASSWORD", "push-secret-pw")])))
+            .expect("valid");
         let shown = format!("{c:?}");
         for secret in ["pg-secret-pw", "push-secret-pw", "very-secret", "AKIA"] {
             assert!(!shown.contains(secret), "{secret} leaked into Debug output");

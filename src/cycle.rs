@@ -265,7 +265,9 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
     let outcome = run_locked(&cfg, &mut t, &mut stop, &mut lease, cluster.as_ref(), source, &catalog, &backup_id, &cluster_name, clock).await;
     // Retention only after a committed backup, still under the Lease.
     let retention = match &outcome {
-        Ok(_) => Some(t.time(Phase::Retention, retention::apply(&catalog, &cfg.retention, cfg.gc_grace, clock.now(), false)).await.map_err(|e| error_chain(&e))),
+        Ok(_) => {
+            Some(t.time(Phase::Retention, retention::apply(&catalog, &cfg.retention, cfg.gc_grace, clock.now(), false)).await.map_err(|e| error_chain(&e)))
+        }
         Err(_) => {
             info!("retention skipped: it runs only after a committed backup");
             None
@@ -338,11 +340,27 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run_locked(cfg: &RunConfig, t: &mut Timings, stop: &mut Stop, lease: &mut Option<LeaseGuard>, cluster: Option<&Cluster>, source: Option<Arc<dyn ObjectStore>>, catalog: &Catalog, backup_id: &str, cluster_name: &str, clock: Clock) -> Result<(Manifest, u64), RunError> {
+async fn run_locked(
+    cfg: &RunConfig,
+    t: &mut Timings,
+    stop: &mut Stop,
+    lease: &mut Option<LeaseGuard>,
+    cluster: Option<&Cluster>,
+    source: Option<Arc<dyn ObjectStore>>,
+    catalog: &Catalog,
+    backup_id: &str,
+    cluster_name: &str,
+    clock: Clock,
+) -> Result<(Manifest, u64), RunError> {
     let started_at = clock.origin;
     let fail = |phase: Phase, state: &'static str| move |e: StepError| RunError::Failed { phase, reason: e.reason, message: e.message, state };
     const UNTOUCHED: &str = "untouched (never paused)";
-    let interrupted = |phase: Phase, signal: &'static str, state: &'static str| RunError::Failed { phase, reason: "signal", message: format!("interrupted by {signal}"), state };
+    let interrupted = |phase: Phase, signal: &'static str, state: &'static str| RunError::Failed {
+        phase,
+        reason: "signal",
+        message: format!("interrupted by {signal}"),
+        state,
+    };
 
     // Recover: a previous run that died while paused left its annotations.
     if let Some(c) = cluster {
@@ -396,7 +414,9 @@ async fn run_locked(cfg: &RunConfig, t: &mut Timings, stop: &mut Stop, lease: &m
     if let (Some(src), true) = (&source, cfg.copy.precopy) {
         let work = async {
             let progress = Progress::start("precopy", cfg.common.progress_interval);
-            let (listing, stats) = objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference().await?, backup_id, cfg.copy.concurrency, true, &progress).await?;
+            let (listing, stats) =
+                objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference().await?, backup_id, cfg.copy.concurrency, true, &progress)
+                    .await?;
             info!(objects = stats.count, copied = stats.copied, copied_bytes = stats.copied_bytes, reused = stats.reused, "pre-copy done");
             let (bytes, _) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the pre-copy listing: {e}") })?;
             Ok::<_, StepError>(bytes)
@@ -504,7 +524,16 @@ fn redact_url(url: &url::Url) -> String {
 
 /// The capture, its parts in parallel: databases ∥ objects ∥ cluster objects.
 #[allow(clippy::too_many_arguments)]
-async fn capture(cfg: &RunConfig, cluster: Option<&Cluster>, source: Option<&Arc<dyn ObjectStore>>, catalog: &Catalog, backup_id: &str, servers: &[database::ServerInfo], tools: &Tools, reference: catalog::ListingReader) -> Result<Captured, StepError> {
+async fn capture(
+    cfg: &RunConfig,
+    cluster: Option<&Cluster>,
+    source: Option<&Arc<dyn ObjectStore>>,
+    catalog: &Catalog,
+    backup_id: &str,
+    servers: &[database::ServerInfo],
+    tools: &Tools,
+    reference: catalog::ListingReader,
+) -> Result<Captured, StepError> {
     let progress = Progress::start("capture", cfg.common.progress_interval);
     let dumps = futures::future::try_join_all(servers.iter().map(|info| {
         let file = format!("databases/{}.pgdump", info.database);
@@ -514,7 +543,8 @@ async fn capture(cfg: &RunConfig, cluster: Option<&Cluster>, source: Option<&Arc
     }));
     let objects = async {
         let Some(src) = source else { return Ok::<_, StepError>((ObjectsEntry { mode: "skip".into(), ..Default::default() }, 0)) };
-        let (listing, stats): (_, SyncStats) = objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference, backup_id, cfg.copy.concurrency, false, &progress).await?;
+        let (listing, stats): (_, SyncStats) =
+            objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference, backup_id, cfg.copy.concurrency, false, &progress).await?;
         let (bytes, sha) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the listing: {e}") })?;
         let size = bytes.len() as u64;
         catalog.put(&catalog::backup_path(backup_id, catalog::LISTING), bytes).await?;

@@ -37,7 +37,9 @@ pub enum DatabaseError {
     },
     #[error("{tool} not found ({detail}); install PostgreSQL's client tools or set PG_BIN_DIR")]
     ToolMissing { tool: String, detail: String },
-    #[error("{tool} is version {tool_major}, older than the server's {server_major} (database {database}): it would refuse to dump; install a newer client or set PG_BIN_DIR")]
+    #[error(
+        "{tool} is version {tool_major}, older than the server's {server_major} (database {database}): it would refuse to dump; install a newer client or set PG_BIN_DIR"
+    )]
     ToolTooOld { tool: String, tool_major: u32, server_major: u32, database: String },
     #[error("pg_dump of {database} failed ({status}): {stderr}")]
     DumpFailed { database: String, status: String, stderr: String },
@@ -76,7 +78,11 @@ pub struct Tools {
 fn find_tool(bin_dir: Option<&FsPath>, name: &str) -> Result<PathBuf, DatabaseError> {
     if let Some(dir) = bin_dir {
         let path = dir.join(name);
-        return if path.is_file() { Ok(path) } else { Err(DatabaseError::ToolMissing { tool: name.into(), detail: format!("{} does not exist", path.display()) }) };
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(DatabaseError::ToolMissing { tool: name.into(), detail: format!("{} does not exist", path.display()) })
+        };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -99,7 +105,8 @@ impl Tools {
         let psql = find_tool(bin_dir, "psql").unwrap_or_else(|_| PathBuf::from("psql"));
         let out = Command::new(&pg_dump).arg("--version").output().await.map_err(|source| DatabaseError::Io { tool: pg_dump.display().to_string(), source })?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (major, version) = parse_tool_version(&text).ok_or_else(|| DatabaseError::ToolMissing { tool: "pg_dump".into(), detail: format!("unreadable version {text:?}") })?;
+        let (major, version) =
+            parse_tool_version(&text).ok_or_else(|| DatabaseError::ToolMissing { tool: "pg_dump".into(), detail: format!("unreadable version {text:?}") })?;
         Ok(Tools { pg_dump, pg_restore, psql, version, major })
     }
 }
@@ -128,7 +135,12 @@ pub fn connect_options(server: &PgServer, database: &str) -> PgConnectOptions {
 }
 
 pub async fn connect(server: &PgServer, database: &str) -> Result<sqlx::PgConnection, DatabaseError> {
-    connect_options(server, database).connect().await.map_err(|source| DatabaseError::Connect { database: database.into(), host: server.host.clone(), port: server.port, source })
+    connect_options(server, database).connect().await.map_err(|source| DatabaseError::Connect {
+        database: database.into(),
+        host: server.host.clone(),
+        port: server.port,
+        source,
+    })
 }
 
 /// Preflight: the database answers, and the tools are new enough for its server.
@@ -187,7 +199,15 @@ async fn tail_stderr(mut stderr: tokio::process::ChildStderr) -> String {
 }
 
 /// Streams `pg_dump -Fc` of one database into `path`, hashing on the way.
-pub async fn dump(server: &PgServer, info: &ServerInfo, tools: &Tools, store: &Arc<dyn ObjectStore>, path: &Path, file: String, progress: &Progress) -> Result<DatabaseEntry, DatabaseError> {
+pub async fn dump(
+    server: &PgServer,
+    info: &ServerInfo,
+    tools: &Tools,
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    file: String,
+    progress: &Progress,
+) -> Result<DatabaseEntry, DatabaseError> {
     let database = &info.database;
     let mut cmd = Command::new(&tools.pg_dump);
     libpq_env(&mut cmd, server);
@@ -229,10 +249,17 @@ pub async fn table_count(conn: &mut sqlx::PgConnection, database: &str) -> Resul
 /// Creates `database` on `server` unless it exists; returns whether it existed.
 pub async fn ensure_database(server: &PgServer, database: &str) -> Result<bool, DatabaseError> {
     let mut conn = connect(server, "postgres").await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)").bind(database).fetch_one(&mut conn).await.map_err(|source| DatabaseError::Query { database: database.into(), source })?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(database)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|source| DatabaseError::Query { database: database.into(), source })?;
     if !exists {
         let quoted = format!("\"{}\"", database.replace('"', "\"\""));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}"))).execute(&mut conn).await.map_err(|source| DatabaseError::Query { database: database.into(), source })?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
+            .execute(&mut conn)
+            .await
+            .map_err(|source| DatabaseError::Query { database: database.into(), source })?;
     }
     let _ = conn.close().await;
     Ok(exists)
@@ -241,7 +268,10 @@ pub async fn ensure_database(server: &PgServer, database: &str) -> Result<bool, 
 pub async fn drop_database(server: &PgServer, database: &str) -> Result<(), DatabaseError> {
     let mut conn = connect(server, "postgres").await?;
     let quoted = format!("\"{}\"", database.replace('"', "\"\""));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))).execute(&mut conn).await.map_err(|source| DatabaseError::Query { database: database.into(), source })?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")))
+        .execute(&mut conn)
+        .await
+        .map_err(|source| DatabaseError::Query { database: database.into(), source })?;
     let _ = conn.close().await;
     Ok(())
 }
@@ -258,11 +288,24 @@ pub fn only_tolerated_errors(stderr: &str) -> bool {
     let counted = errors.iter().any(|l| l.contains(TOLERATED_ERRORS[1]));
     set_failures == 1
         && counted
-        && errors.iter().all(|l| TOLERATED_ERRORS.iter().any(|t| l.contains(t)) || l.contains("while PROCESSING TOC") || l.contains("from TOC entry") || l.contains("Command was: SET transaction_timeout"))
+        && errors.iter().all(|l| {
+            TOLERATED_ERRORS.iter().any(|t| l.contains(t))
+                || l.contains("while PROCESSING TOC")
+                || l.contains("from TOC entry")
+                || l.contains("Command was: SET transaction_timeout")
+        })
 }
 
 /// Streams a dump from the bucket into `pg_restore`.
-pub async fn restore(server: &PgServer, database: &str, tools: &Tools, store: &Arc<dyn ObjectStore>, path: &Path, clean: bool, progress: &Progress) -> Result<u64, DatabaseError> {
+pub async fn restore(
+    server: &PgServer,
+    database: &str,
+    tools: &Tools,
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    clean: bool,
+    progress: &Progress,
+) -> Result<u64, DatabaseError> {
     // No --exit-on-error and no --single-transaction: the one SET that an older server
     // refuses must not stop the restore; the error list is judged afterwards.
     let mut cmd = Command::new(&tools.pg_restore);

@@ -60,7 +60,10 @@ fn as_server_user(program: &Path) -> Command {
 fn run(mut cmd: Command, what: &str) -> Result<String, DemoError> {
     let out = cmd.output().map_err(|e| DemoError::Command { what: what.into(), detail: e.to_string() })?;
     if !out.status.success() {
-        return Err(DemoError::Command { what: what.into(), detail: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string() });
+        return Err(DemoError::Command {
+            what: what.into(),
+            detail: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
@@ -110,7 +113,13 @@ impl TempPostgres {
         for _ in 0..5 {
             let port = free_port();
             let mut ctl = as_server_user(&self.bin.join("pg_ctl"));
-            ctl.arg("-D").arg(self.dir.path().join("data")).arg("-l").arg(self.dir.path().join("server.log")).args(["-w", "-t", "30", "-o"]).arg(format!("-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=50", self.dir.path().display())).arg("start");
+            ctl.arg("-D")
+                .arg(self.dir.path().join("data"))
+                .arg("-l")
+                .arg(self.dir.path().join("server.log"))
+                .args(["-w", "-t", "30", "-o"])
+                .arg(format!("-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=50", self.dir.path().display()))
+                .arg("start");
             match run(ctl, "pg_ctl start") {
                 Ok(_) => {
                     self.port = port;
@@ -135,7 +144,12 @@ impl TempPostgres {
     /// `psql` against this server's `database`, stopping at the first error.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, DemoError> {
         let mut c = Command::new(self.bin.join("psql"));
-        c.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-p"]).arg(self.port.to_string()).arg("-d").arg(database).arg("-c").arg(sql);
+        c.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .arg("-d")
+            .arg(database)
+            .arg("-c")
+            .arg(sql);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("PG") {
                 c.env_remove(k);

@@ -10,7 +10,11 @@ use pachyderm_backup::config::{self, LogFormat, RawEnv};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "pachyderm-backup", version, about = "Back up a Pachyderm cluster: pause, dump PostgreSQL, copy the bucket, resume. Configured by environment variables (see `pachyderm-backup variables`).")]
+#[command(
+    name = "pachyderm-backup",
+    version,
+    about = "Back up a Pachyderm cluster: pause, dump PostgreSQL, copy the bucket, resume. Configured by environment variables (see `pachyderm-backup variables`)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -94,7 +98,8 @@ fn init_logging(raw: &RawEnv, default_format: LogFormat) {
     let (format, filter) = config::log_settings(raw);
     let format = if raw.log_format.is_some() { format } else { default_format };
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
         LogFormat::Text => builder.init(),
@@ -127,7 +132,9 @@ fn main() -> ExitCode {
             Command::List { json, all } => commands::list(&raw, json, all).await,
             Command::Resume { if_stale } => commands::resume(&raw, if_stale).await,
             Command::Retention { dry_run } => commands::retention(&raw, dry_run).await,
-            Command::Restore { backup, clean, force, cluster_objects, skip_databases, skip_objects } => commands::restore(&raw, commands::RestoreArgs { backup, clean, force, cluster_objects, skip_databases, skip_objects }).await,
+            Command::Restore { backup, clean, force, cluster_objects, skip_databases, skip_objects } => {
+                commands::restore(&raw, commands::RestoreArgs { backup, clean, force, cluster_objects, skip_databases, skip_objects }).await
+            }
             Command::Verify { backup, all, deep, drill } => commands::verify(&raw, commands::VerifyArgs { backup, all, deep, drill }).await,
             Command::Variables { json } => commands::variables(json),
             Command::Demo { dir, objects } => commands::demo(&raw, &dir, objects, stop).await,

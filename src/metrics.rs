@@ -98,7 +98,9 @@ impl RunReport {
         s.set("last_run_timestamp_seconds", "When the last run ended", &[], self.finished_at);
         s.set("last_run_success", "1 if the last run made a complete backup, 0 if it failed", &[], if self.success { 1.0 } else { 0.0 });
         match &self.failure {
-            Some((phase, reason)) => s.set("failure_info", "1 on a failed run, with the phase that failed and why", &[("phase", phase), ("reason", reason)], 1.0),
+            Some((phase, reason)) => {
+                s.set("failure_info", "1 on a failed run, with the phase that failed and why", &[("phase", phase), ("reason", reason)], 1.0)
+            }
             None => s.set("failure_info", "1 on a failed run, with the phase that failed and why", &[("phase", "none"), ("reason", "none")], 0.0),
         }
         if self.committed {
@@ -176,7 +178,13 @@ impl Pusher {
 
     async fn send(&self, base: &url::Url, sample: &Sample) -> Result<(), String> {
         let mut url = base.clone();
-        url.path_segments_mut().map_err(|()| "PUSHGATEWAY_URL cannot be a base".to_string())?.pop_if_empty().extend(["metrics", "job", JOB, "cluster", &self.cluster]);
+        url.path_segments_mut().map_err(|()| "PUSHGATEWAY_URL cannot be a base".to_string())?.pop_if_empty().extend([
+            "metrics",
+            "job",
+            JOB,
+            "cluster",
+            &self.cluster,
+        ]);
         let connector = hyper_rustls::HttpsConnectorBuilder::new().with_native_roots().map_err(|e| e.to_string())?.https_or_http().enable_http1().build();
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
         let mut request = hyper::Request::post(url.as_str()).header("content-type", "text/plain; version=0.0.4");
@@ -213,9 +221,24 @@ mod tests {
 
     #[test]
     fn a_success_sends_everything() {
-        let ok = RunReport { success: true, committed: true, databases: vec![("pachyderm".into(), 10)], objects_bytes: Some(5), copied: Some(1), reused: Some(2), transferred: Some(3), resumed: true, ..Default::default() };
+        let ok = RunReport {
+            success: true,
+            committed: true,
+            databases: vec![("pachyderm".into(), 10)],
+            objects_bytes: Some(5),
+            copied: Some(1),
+            reused: Some(2),
+            transferred: Some(3),
+            resumed: true,
+            ..Default::default()
+        };
         let text = ok.sample().encode();
-        for needle in ["pachyderm_backup_last_success_timestamp_seconds", "pachyderm_backup_size_bytes{component=\"database\",database=\"pachyderm\"} 10.0", "pachyderm_backup_objects{state=\"reused\"} 2.0", "# TYPE pachyderm_backup_duration_seconds gauge"] {
+        for needle in [
+            "pachyderm_backup_last_success_timestamp_seconds",
+            "pachyderm_backup_size_bytes{component=\"database\",database=\"pachyderm\"} 10.0",
+            "pachyderm_backup_objects{state=\"reused\"} 2.0",
+            "# TYPE pachyderm_backup_duration_seconds gauge",
+        ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
     }

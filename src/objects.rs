@@ -41,7 +41,9 @@ pub enum ObjectsError {
         #[source]
         source: object_store::Error,
     },
-    #[error("source object {key} changed while it was copied (listed {listed} bytes, read {read}): Pachyderm objects are immutable, is something else writing to the bucket?")]
+    #[error(
+        "source object {key} changed while it was copied (listed {listed} bytes, read {read}): Pachyderm objects are immutable, is something else writing to the bucket?"
+    )]
     Changed { key: String, listed: u64, read: u64 },
     #[error("the source listing is not in key order at {0:?}; the store does not list as S3 does")]
     Unordered(String),
@@ -70,11 +72,7 @@ pub fn open(settings: &StoreSettings, create_local: bool) -> Result<Arc<dyn Obje
     }
     let options = settings.options.iter().map(|(k, v)| (k.clone(), v.expose().to_string()));
     let (store, prefix) = object_store::parse_url_opts(&settings.url, options).map_err(|e| open_err(e.to_string()))?;
-    if prefix.as_ref().is_empty() {
-        Ok(Arc::from(store))
-    } else {
-        Ok(Arc::new(PrefixStore::new(store, prefix)))
-    }
+    if prefix.as_ref().is_empty() { Ok(Arc::from(store)) } else { Ok(Arc::new(PrefixStore::new(store, prefix))) }
 }
 
 /// Whether listings of this store come sorted by key (the cloud APIs guarantee it; a
@@ -163,7 +161,16 @@ impl Planner {
 /// the pre-copy whose listing is `reference`.
 /// `vanished_ok`: while Pachyderm runs (pre-copy), its garbage collector may delete an
 /// object between listing and reading; such an object is left out, not an error.
-pub async fn sync(source: &Arc<dyn ObjectStore>, sorted: bool, pool: &Arc<dyn ObjectStore>, reference: ListingReader, backup_id: &str, concurrency: usize, vanished_ok: bool, progress: &Progress) -> Result<(ListingWriter, SyncStats), ObjectsError> {
+pub async fn sync(
+    source: &Arc<dyn ObjectStore>,
+    sorted: bool,
+    pool: &Arc<dyn ObjectStore>,
+    reference: ListingReader,
+    backup_id: &str,
+    concurrency: usize,
+    vanished_ok: bool,
+    progress: &Progress,
+) -> Result<(ListingWriter, SyncStats), ObjectsError> {
     let list_err = |source| ObjectsError::Store { side: "source", what: "listing".into(), source };
     let listing: futures::stream::BoxStream<'_, Result<ObjectMeta, ObjectsError>> = if sorted {
         source.list(None).map_err(list_err).boxed()
@@ -233,12 +240,25 @@ pub async fn sync(source: &Arc<dyn ObjectStore>, sorted: bool, pool: &Arc<dyn Ob
 
 fn transient(e: &ObjectsError) -> bool {
     match e {
-        ObjectsError::Store { source, .. } => !matches!(source, object_store::Error::NotFound { .. } | object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } | object_store::Error::Precondition { .. }),
+        ObjectsError::Store { source, .. } => !matches!(
+            source,
+            object_store::Error::NotFound { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+                | object_store::Error::Precondition { .. }
+        ),
         _ => false,
     }
 }
 
-async fn copy_with_retries(source: &Arc<dyn ObjectStore>, pool: &Arc<dyn ObjectStore>, key: &str, size: u64, blob: &str, progress: &Progress) -> Result<String, ObjectsError> {
+async fn copy_with_retries(
+    source: &Arc<dyn ObjectStore>,
+    pool: &Arc<dyn ObjectStore>,
+    key: &str,
+    size: u64,
+    blob: &str,
+    progress: &Progress,
+) -> Result<String, ObjectsError> {
     let mut attempt = 1;
     loop {
         match copy_object(source, pool, key, size, blob, progress).await {
@@ -254,7 +274,14 @@ async fn copy_with_retries(source: &Arc<dyn ObjectStore>, pool: &Arc<dyn ObjectS
 }
 
 /// Streams one object from the source into the pool, hashing on the way.
-async fn copy_object(source: &Arc<dyn ObjectStore>, pool: &Arc<dyn ObjectStore>, key: &str, size: u64, blob: &str, progress: &Progress) -> Result<String, ObjectsError> {
+async fn copy_object(
+    source: &Arc<dyn ObjectStore>,
+    pool: &Arc<dyn ObjectStore>,
+    key: &str,
+    size: u64,
+    blob: &str,
+    progress: &Progress,
+) -> Result<String, ObjectsError> {
     let src_err = |what: &str| {
         let what = format!("{what} {key}");
         move |source| ObjectsError::Store { side: "source", what: what.clone(), source }
@@ -269,7 +296,13 @@ async fn copy_object(source: &Arc<dyn ObjectStore>, pool: &Arc<dyn ObjectStore>,
 
 /// Uploads a stream of bytes, one PUT when it fits one part, multipart otherwise
 /// (aborted on error), returning its SHA-256 and length.
-pub async fn upload(store: &Arc<dyn ObjectStore>, path: &Path, body: impl futures::Stream<Item = Result<Bytes, ObjectsError>>, size_hint: Option<usize>, progress: &Progress) -> Result<(String, u64), ObjectsError> {
+pub async fn upload(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    body: impl futures::Stream<Item = Result<Bytes, ObjectsError>>,
+    size_hint: Option<usize>,
+    progress: &Progress,
+) -> Result<(String, u64), ObjectsError> {
     let target_err = |what: &'static str| {
         let what = format!("{what} {path}");
         move |source| ObjectsError::Store { side: "target", what, source }
@@ -349,7 +382,15 @@ mod tests {
     fn reference(records: &[(&str, u64, &str)]) -> ListingReader {
         let mut w = ListingWriter::new();
         for (k, size, etag) in records {
-            w.push(&ObjectRecord { key: k.to_string(), size: *size, etag: Some(etag.to_string()), blob: catalog::blob_key(k, Some(etag), t0(), *size), sha256: format!("sha-{k}"), since: "old".into() }).expect("sorted");
+            w.push(&ObjectRecord {
+                key: k.to_string(),
+                size: *size,
+                etag: Some(etag.to_string()),
+                blob: catalog::blob_key(k, Some(etag), t0(), *size),
+                sha256: format!("sha-{k}"),
+                since: "old".into(),
+            })
+            .expect("sorted");
         }
         let (bytes, _) = w.finish().expect("finish");
         ListingReader::new(bytes, "test".into()).expect("decodes")

@@ -66,7 +66,8 @@ pub struct RestoreOptions {
 pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreSummary, RestoreError> {
     let started = Instant::now();
     let mut refusals = Vec::new();
-    let server = if opts.databases && !manifest.databases.is_empty() { Some(cfg.server.as_ref().ok_or(RestoreError::Missing("RESTORE_PGHOST"))?) } else { None };
+    let server =
+        if opts.databases && !manifest.databases.is_empty() { Some(cfg.server.as_ref().ok_or(RestoreError::Missing("RESTORE_PGHOST"))?) } else { None };
     let restore_objects = opts.objects && manifest.objects.listing.is_some();
     let destination = if restore_objects { Some(objects::open(cfg.destination.as_ref().ok_or(RestoreError::Missing("RESTORE_URL"))?, true)?) } else { None };
 
@@ -89,7 +90,8 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
         }
     }
     if let Some(dest) = &destination {
-        let occupied = dest.list(None).next().await.transpose().map_err(|source| ObjectsError::Store { side: "restore", what: "listing (preflight)".into(), source })?;
+        let occupied =
+            dest.list(None).next().await.transpose().map_err(|source| ObjectsError::Store { side: "restore", what: "listing (preflight)".into(), source })?;
         if let Some(meta) = occupied {
             if !opts.force {
                 refusals.push(format!("the restore bucket (RESTORE_URL) is not empty (it holds {} and maybe more): pass --force to restore into it; objects already restored are then skipped", meta.location));
@@ -105,7 +107,9 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
         for db in &manifest.databases {
             let progress = Progress::start("restore-database", std::time::Duration::from_secs(30));
             database::ensure_database(server, &db.name).await?;
-            let bytes = database::restore(server, &db.name, tools, catalog.store(), &catalog::backup_path(&manifest.backup_id, &db.file), opts.clean, &progress).await?;
+            let bytes =
+                database::restore(server, &db.name, tools, catalog.store(), &catalog::backup_path(&manifest.backup_id, &db.file), opts.clean, &progress)
+                    .await?;
             info!(database = %db.name, bytes, "database restored");
             summary.databases.push((db.name.clone(), bytes));
         }
@@ -122,7 +126,13 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
 
 /// Copies every blob of the listing back to its key, checking SHA-256 on the way;
 /// an object already there with the right size and checksum is skipped.
-async fn restore_objects_into(catalog: &Catalog, manifest: &Manifest, dest: &Arc<dyn ObjectStore>, concurrency: usize, interval: std::time::Duration) -> Result<(u64, u64, u64), RestoreError> {
+async fn restore_objects_into(
+    catalog: &Catalog,
+    manifest: &Manifest,
+    dest: &Arc<dyn ObjectStore>,
+    concurrency: usize,
+    interval: std::time::Duration,
+) -> Result<(u64, u64, u64), RestoreError> {
     let mut listing = catalog.read_listing(&manifest.backup_id, manifest).await?;
     let progress = Progress::start("restore-objects", interval);
     progress.add_total(manifest.objects.count, manifest.objects.bytes);
@@ -141,7 +151,12 @@ async fn restore_objects_into(catalog: &Catalog, manifest: &Manifest, dest: &Arc
                     progress.add_done(1, record.size);
                     return Ok::<_, RestoreError>((0u64, 0u64, 1u64, None));
                 }
-                let body = pool.get(&catalog::recorded_path(&record.blob)).await.map_err(|source| ObjectsError::Store { side: "target", what: format!("reading {}", record.blob), source })?.into_stream().map_err(move |source| ObjectsError::Store { side: "target", what: "reading a blob".into(), source });
+                let body = pool
+                    .get(&catalog::recorded_path(&record.blob))
+                    .await
+                    .map_err(|source| ObjectsError::Store { side: "target", what: format!("reading {}", record.blob), source })?
+                    .into_stream()
+                    .map_err(move |source| ObjectsError::Store { side: "target", what: "reading a blob".into(), source });
                 let (sha, size) = objects::upload(&dest, &path, body, Some(record.size as usize), progress).await?;
                 progress.add_done(1, 0);
                 let mismatch = (sha != record.sha256 || size != record.size).then(|| record.key.clone());
@@ -244,7 +259,9 @@ pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurre
                     let progress = &progress;
                     async move {
                         let r = r?;
-                        let problem = check(&store, &catalog::recorded_path(&r.blob), r.size, deep.then_some(r.sha256.as_str())).await.map(|p| format!("object {} (blob {}): {p}", r.key, r.blob));
+                        let problem = check(&store, &catalog::recorded_path(&r.blob), r.size, deep.then_some(r.sha256.as_str()))
+                            .await
+                            .map(|p| format!("object {} (blob {}): {p}", r.key, r.blob));
                         progress.add_done(1, r.size);
                         Ok::<_, CatalogError>((r.size, problem))
                     }
@@ -308,7 +325,9 @@ pub async fn drill(server: &PgServer, bin_dir: Option<&std::path::Path>, catalog
             database::ensure_database(server, &name).await?;
             scratch.push(name.clone());
             let progress = Progress::start("drill", std::time::Duration::from_secs(30));
-            if let Err(e) = database::restore(server, &name, &tools, catalog.store(), &catalog::backup_path(&manifest.backup_id, &db.file), false, &progress).await {
+            if let Err(e) =
+                database::restore(server, &name, &tools, catalog.store(), &catalog::backup_path(&manifest.backup_id, &db.file), false, &progress).await
+            {
                 f.problems.push(format!("database {} does not restore cleanly: {e}", db.name));
             }
         }

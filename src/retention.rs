@@ -192,7 +192,9 @@ pub struct Outcome {
 pub enum RetentionError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    #[error("retention stopped: {what} failed in the backup bucket ({source}); nothing referenced by a kept backup was deleted, run `pachyderm-backup retention` again")]
+    #[error(
+        "retention stopped: {what} failed in the backup bucket ({source}); nothing referenced by a kept backup was deleted, run `pachyderm-backup retention` again"
+    )]
     Store {
         what: String,
         #[source]
@@ -247,13 +249,10 @@ pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: Dat
     // Sweep, batched deletes through object_store's bulk API.
     let store = catalog.store();
     let pool = object_store::path::Path::from(catalog::BLOBS_DIR);
-    let doomed = store
-        .list(Some(&pool))
-        .map_err(|source| RetentionError::Store { what: "listing the blob pool".into(), source })
-        .try_filter_map(|meta| {
-            let delete = sweep_deletes(&referenced, meta.location.as_ref(), meta.last_modified, now, grace);
-            futures::future::ready(Ok(delete.then_some(meta)))
-        });
+    let doomed = store.list(Some(&pool)).map_err(|source| RetentionError::Store { what: "listing the blob pool".into(), source }).try_filter_map(|meta| {
+        let delete = sweep_deletes(&referenced, meta.location.as_ref(), meta.last_modified, now, grace);
+        futures::future::ready(Ok(delete.then_some(meta)))
+    });
     futures::pin_mut!(doomed);
     let mut batch = Vec::new();
     loop {
@@ -310,20 +309,35 @@ mod tests {
     /// --keep-weekly 2 --keep-monthly 3` style assertions.
     fn daily_history(days: i64) -> Vec<(String, DateTime<Utc>)> {
         let start = Utc.with_ymd_and_hms(2026, 1, 1, 11, 0, 0).single().expect("valid");
-        (0..days).map(|d| {
-            let time = start + chrono::Duration::days(d);
-            (time.format("%Y%m%dT%H%M%SZ").to_string(), time)
-        }).collect()
+        (0..days)
+            .map(|d| {
+                let time = start + chrono::Duration::days(d);
+                (time.format("%Y%m%dT%H%M%SZ").to_string(), time)
+            })
+            .collect()
     }
 
     /// restic's documentation (doc/060_forget.rst): one backup every Sunday for 12
     /// weeks; `--keep-daily 4` keeps the last four Sundays.
     #[test]
     fn restic_documented_twelve_sundays_keep_daily_4() {
-        let sundays: Vec<(String, DateTime<Utc>)> = ["2019-09-01", "2019-09-08", "2019-09-15", "2019-09-22", "2019-09-29", "2019-10-06", "2019-10-13", "2019-10-20", "2019-10-27", "2019-11-03", "2019-11-10", "2019-11-17"]
-            .iter()
-            .map(|d| (d.to_string(), t(&format!("{d}T11:00:00Z"))))
-            .collect();
+        let sundays: Vec<(String, DateTime<Utc>)> = [
+            "2019-09-01",
+            "2019-09-08",
+            "2019-09-15",
+            "2019-09-22",
+            "2019-09-29",
+            "2019-10-06",
+            "2019-10-13",
+            "2019-10-20",
+            "2019-10-27",
+            "2019-11-03",
+            "2019-11-10",
+            "2019-11-17",
+        ]
+        .iter()
+        .map(|d| (d.to_string(), t(&format!("{d}T11:00:00Z"))))
+        .collect();
         let d = plan(&sundays, &Policy { daily: 4, ..Default::default() });
         assert_eq!(kept(&d), vec!["2019-10-27", "2019-11-03", "2019-11-10", "2019-11-17"]);
         assert!(d.iter().filter(|x| x.keep()).all(|x| x.reasons.contains(&Reason::Daily)));
@@ -430,16 +444,18 @@ mod tests {
     }
 
     fn arb_policy() -> impl Strategy<Value = Policy> {
-        (0usize..4, 0usize..5, 0usize..10, 0usize..6, 0usize..8, 0usize..3, proptest::option::of(0u64..(90 * 86400)), 0usize..6).prop_map(|(last, hourly, daily, weekly, monthly, yearly, within, min_keep)| Policy {
-            last,
-            hourly,
-            daily,
-            weekly,
-            monthly,
-            yearly,
-            within: within.map(Duration::from_secs),
-            min_keep,
-        })
+        (0usize..4, 0usize..5, 0usize..10, 0usize..6, 0usize..8, 0usize..3, proptest::option::of(0u64..(90 * 86400)), 0usize..6).prop_map(
+            |(last, hourly, daily, weekly, monthly, yearly, within, min_keep)| Policy {
+                last,
+                hourly,
+                daily,
+                weekly,
+                monthly,
+                yearly,
+                within: within.map(Duration::from_secs),
+                min_keep,
+            },
+        )
     }
 
     proptest! {

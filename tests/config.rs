@@ -75,7 +75,12 @@ async fn all_problems_are_reported_together_and_secrets_never_printed() {
     let kube = StandIn::start("pachyderm").await;
     let dir = tempfile::tempdir().expect("dir");
     let mut env = good(&kube, dir.path());
-    env.extend([("PAUSE_MODE".into(), "freeze".into()), ("MAX_DOWNTIME".into(), "forever".into()), ("PGPASSWORD".into(), "pg-very-secret".into()), ("KEEP_LAST".into(), "x".into())]);
+    env.extend([
+        ("PAUSE_MODE".into(), "freeze".into()),
+        ("MAX_DOWNTIME".into(), "forever".into()),
+        ("PGPASSWORD".into(), "pg-very-secret".into()),
+        ("KEEP_LAST".into(), "x".into()),
+    ]);
     let out = run_to_end(binary(&["run"], &env)).await;
     assert_eq!(out.code, Some(2));
     for v in ["PAUSE_MODE", "MAX_DOWNTIME", "KEEP_LAST"] {

@@ -80,7 +80,8 @@ async fn full_cycle(buckets: Buckets, chunks: u64) {
     assert!(m.cluster_objects.iter().any(|f| f == "cluster/deployments/pachd.json"), "{:?}", m.cluster_objects);
     assert!(!m.cluster_objects.iter().any(|f| f.contains("secret")));
     // The pachd object is captured clean of our annotations and of server fields.
-    let pachd: serde_json::Value = serde_json::from_slice(&read(&bed.target, &format!("backups/{}/cluster/deployments/pachd.json", m.backup_id)).await).expect("json");
+    let pachd: serde_json::Value =
+        serde_json::from_slice(&read(&bed.target, &format!("backups/{}/cluster/deployments/pachd.json", m.backup_id)).await).expect("json");
     assert!(pachd["metadata"].get("resourceVersion").is_none());
     assert_eq!(pachd["spec"]["replicas"], 0, "captured while paused");
 
@@ -94,7 +95,8 @@ async fn full_cycle(buckets: Buckets, chunks: u64) {
     assert_pool_identical(&bed, m).await;
 
     // Pause order and waits, as the stand-in saw them.
-    let patches: Vec<String> = bed.kube.mutating_requests().iter().filter(|r| r.method == "PATCH").map(|r| r.path.rsplit('/').next().unwrap_or("").to_string()).collect();
+    let patches: Vec<String> =
+        bed.kube.mutating_requests().iter().filter(|r| r.method == "PATCH").map(|r| r.path.rsplit('/').next().unwrap_or("").to_string()).collect();
     assert_eq!(&patches[..2], ["pachd", "pachw"], "pachd is stopped first: {patches:?}");
     assert_eq!(patches.iter().filter(|p| *p == "pachd").count(), 2, "pachd paused and resumed once each");
 
@@ -170,9 +172,22 @@ async fn pachyderm_pause_mode_flips_the_configmap_and_restarts_pachd() {
     let cm = bed.kube.get("configmaps", "pachd-config").expect("configmap");
     assert_eq!(cm["data"]["MODE"], "full");
     assert!(cm["metadata"]["annotations"]["pachyderm.com/updatedAt"].is_string());
-    let modes: Vec<String> = bed.kube.mutating_requests().iter().filter(|r| r.path.ends_with("/configmaps/pachd-config")).map(|r| r.body["data"]["MODE"].as_str().unwrap_or("").to_string()).collect();
+    let modes: Vec<String> = bed
+        .kube
+        .mutating_requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/configmaps/pachd-config"))
+        .map(|r| r.body["data"]["MODE"].as_str().unwrap_or("").to_string())
+        .collect();
     assert_eq!(modes, vec!["paused", "full"]);
-    let restarts = bed.kube.mutating_requests().iter().filter(|r| r.path.ends_with("/deployments/pachd") && r.body["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string()).count();
+    let restarts = bed
+        .kube
+        .mutating_requests()
+        .iter()
+        .filter(|r| {
+            r.path.ends_with("/deployments/pachd") && r.body["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string()
+        })
+        .count();
     assert_eq!(restarts, 2, "pachd restarted into and out of paused mode");
     assert_eq!(bed.kube.replicas("replicationcontrollers", "default-montage-v1"), Some(2), "workers untouched in this mode");
     assert_eq!(bed.kube.annotations_containing("pachyderm-backup/"), Vec::<String>::new());
@@ -240,7 +255,11 @@ async fn a_run_killed_while_paused_is_resumed_by_the_next_run_and_by_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_if_stale_leaves_a_live_run_alone() {
     let bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
-    bed.kube.operator_patch("deployments", "pachd", serde_json::json!({"metadata": {"annotations": {"pachyderm-backup/replicas": "1", "pachyderm-backup/paused-by": "live"}}, "spec": {"replicas": 0}}));
+    bed.kube.operator_patch(
+        "deployments",
+        "pachd",
+        serde_json::json!({"metadata": {"annotations": {"pachyderm-backup/replicas": "1", "pachyderm-backup/paused-by": "live"}}, "spec": {"replicas": 0}}),
+    );
     bed.kube.hold_lease("pachyderm-backup", "live-run", Duration::from_secs(1), 600);
     bed.run(&["resume", "--if-stale"]).await.expect_code(0);
     assert_eq!(bed.kube.replicas("deployments", "pachd"), Some(0), "a live run's pause is its own business");

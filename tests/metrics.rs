@@ -18,7 +18,10 @@ fn root() -> PathBuf {
 }
 
 fn program(name: &str) -> PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| panic!("{name} is not installed: {INSTALL}"))
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed: {INSTALL}"))
 }
 
 fn http_get(port: u16, path: &str) -> (u16, String) {
@@ -51,7 +54,13 @@ impl Monitoring {
     async fn start() -> Monitoring {
         let dir = tempfile::tempdir().expect("dir");
         let push_port = pachyderm_backup::demo::free_port();
-        let pushgateway = Command::new(program("prometheus-pushgateway")).arg(format!("--web.listen-address=127.0.0.1:{push_port}")).arg("--persistence.file=").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the Pushgateway");
+        let pushgateway = Command::new(program("prometheus-pushgateway"))
+            .arg(format!("--web.listen-address=127.0.0.1:{push_port}"))
+            .arg("--persistence.file=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the Pushgateway");
         let prom_port = pachyderm_backup::demo::free_port();
         let rules = root().join("alerts/pachyderm-backup.rules.yaml");
         let config = format!(
@@ -127,7 +136,13 @@ fn substitute(expr: &str) -> String {
 fn alert_rules() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(root().join("alerts/pachyderm-backup.rules.yaml")).expect("rules");
     let rules: Value = serde_saphyr::from_str(&text).expect("yaml");
-    rules["groups"].as_array().into_iter().flatten().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).filter_map(|r| Some((r["alert"].as_str()?.to_string(), r["expr"].as_str()?.to_string()))).collect()
+    rules["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| Some((r["alert"].as_str()?.to_string(), r["expr"].as_str()?.to_string())))
+        .collect()
 }
 
 /// The metric selectors of an expression (`name{…}` or `name`).
@@ -211,7 +226,12 @@ async fn metrics_dashboard_and_alerts_tell_the_truth() {
     lock.release().await;
     mon.eventually("paused gauge", r#"pachyderm_backup_cluster_paused{cluster="e2e"} == 1"#).await;
     let (_, paused_expr) = alert_rules().into_iter().find(|(a, _)| a == "PachydermClusterPausedTooLong").expect("the paused alert");
-    let zeroed = paused_expr.split('>').enumerate().map(|(i, part)| if i == 0 { part.to_string() } else { part.trim_start().trim_start_matches(|c: char| c.is_ascii_digit()).to_string() }).collect::<Vec<_>>().join("> 0 ");
+    let zeroed = paused_expr
+        .split('>')
+        .enumerate()
+        .map(|(i, part)| if i == 0 { part.to_string() } else { part.trim_start().trim_start_matches(|c: char| c.is_ascii_digit()).to_string() })
+        .collect::<Vec<_>>()
+        .join("> 0 ");
     let selected = mon.eventually("the paused alert's expression", &zeroed).await;
     assert_eq!(selected[0]["metric"]["cluster"], "e2e");
     bed.kube.hold_lease("pachyderm-backup", "dead", Duration::from_secs(100), 15);

@@ -78,7 +78,11 @@ async fn newer_tools_restore_into_older_servers() {
         let version = older.psql("postgres", "SHOW server_version").expect("version");
         let out = restore_cmd(&bed, restore_env(&older, "file:///nonexistent"), &["restore", "--skip-objects"]).await;
         out.expect_code(0);
-        assert!(out.stderr.contains("only the transaction_timeout setting the older server does not know"), "the newer tools' SET was met and tolerated:\n{}", out.stderr);
+        assert!(
+            out.stderr.contains("only the transaction_timeout setting the older server does not know"),
+            "the newer tools' SET was met and tolerated:\n{}",
+            out.stderr
+        );
         assert_eq!(table_checksums(&older, "pachyderm"), want, "restored into server {}", version.trim());
         assert!(!table_checksums(&older, "dex").is_empty());
     }

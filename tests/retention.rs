@@ -52,7 +52,11 @@ async fn fourteen_nights_keep_the_expected_backups_and_sweep_the_rest() {
         }
         let summary = cycle::run_at(config(&bed), never_stopped(), first_night + chrono::Duration::days(night)).await.expect("a nightly run");
         if night > 0 {
-            assert_eq!((summary.manifest.objects.copied, summary.manifest.objects.reused), (3, present.len() as u64 - 3), "night {night} copies only the new chunks");
+            assert_eq!(
+                (summary.manifest.objects.copied, summary.manifest.objects.reused),
+                (3, present.len() as u64 - 3),
+                "night {night} copies only the new chunks"
+            );
         }
         contents.insert(summary.manifest.backup_id.clone(), present.clone());
     }
@@ -73,7 +77,11 @@ async fn fourteen_nights_keep_the_expected_backups_and_sweep_the_rest() {
         let mut keys = BTreeSet::new();
         while let Some(r) = reader.next_record().expect("record") {
             // Every kept backup still restores byte-identical objects.
-            let i: u64 = contents[&m.backup_id].iter().copied().find(|i| chunk_key(*i) == r.key).unwrap_or_else(|| panic!("{} lists an unexpected {}", m.backup_id, r.key));
+            let i: u64 = contents[&m.backup_id]
+                .iter()
+                .copied()
+                .find(|i| chunk_key(*i) == r.key)
+                .unwrap_or_else(|| panic!("{} lists an unexpected {}", m.backup_id, r.key));
             assert!(read(&bed.target, &r.blob).await == chunk_content(i, chunk_size(i)), "{} of {} is not whole", r.key, m.backup_id);
             keys.insert(r.key.clone());
             referenced.insert(r.blob);
@@ -85,7 +93,11 @@ async fn fourteen_nights_keep_the_expected_backups_and_sweep_the_rest() {
     let pool: BTreeSet<String> = everything.keys().filter(|k| k.starts_with("blobs/")).cloned().collect();
     assert_eq!(pool, referenced, "unreferenced blobs were swept, referenced ones kept");
     let stored: u64 = everything.values().sum();
-    eprintln!("14 nights: {} backups kept, {stored} bytes stored for {logical} bytes of kept backups ({:.1}%)", kept.len(), 100.0 * stored as f64 / logical as f64);
+    eprintln!(
+        "14 nights: {} backups kept, {stored} bytes stored for {logical} bytes of kept backups ({:.1}%)",
+        kept.len(),
+        100.0 * stored as f64 / logical as f64
+    );
     assert!(stored < logical, "the pool shares blobs between backups");
 
     // A failed run leaves retention untouched.

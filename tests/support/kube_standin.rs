@@ -181,7 +181,12 @@ impl World {
     fn reconcile(&mut self) {
         let now = Instant::now();
         if !self.pods_never_terminate {
-            let gone: Vec<String> = self.pods.iter().filter(|(_, p)| p.deleting_since.is_some_and(|t| now.duration_since(t) >= self.terminate_after)).map(|(n, _)| n.clone()).collect();
+            let gone: Vec<String> = self
+                .pods
+                .iter()
+                .filter(|(_, p)| p.deleting_since.is_some_and(|t| now.duration_since(t) >= self.terminate_after))
+                .map(|(n, _)| n.clone())
+                .collect();
             for n in gone {
                 self.pods.remove(&n);
             }
@@ -210,7 +215,10 @@ impl World {
                 while live.len() < wanted {
                     self.pod_seq += 1;
                     let pod_name = format!("{name}-{:05}", self.pod_seq);
-                    self.pods.insert(pod_name.clone(), Pod { owner: owner.clone(), labels: labels.clone(), template_hash, ready_at: now + self.ready_after, deleting_since: None });
+                    self.pods.insert(
+                        pod_name.clone(),
+                        Pod { owner: owner.clone(), labels: labels.clone(), template_hash, ready_at: now + self.ready_after, deleting_since: None },
+                    );
                     live.push(pod_name);
                 }
                 let ready = live.iter().filter(|n| self.pods[*n].ready_at <= now).count() as i64;
@@ -338,7 +346,9 @@ impl StandIn {
 
     fn replicas_ready(&self) -> bool {
         let w = self.world.lock().expect("world");
-        ["deployments", "replicationcontrollers"].iter().all(|k| w.objects[k].values().all(|o| o["status"]["readyReplicas"].as_i64().unwrap_or(0) >= o["spec"]["replicas"].as_i64().unwrap_or(1)))
+        ["deployments", "replicationcontrollers"]
+            .iter()
+            .all(|k| w.objects[k].values().all(|o| o["status"]["readyReplicas"].as_i64().unwrap_or(0) >= o["spec"]["replicas"].as_i64().unwrap_or(1)))
     }
 
     pub fn get(&self, collection: &'static str, name: &str) -> Option<Value> {
@@ -502,7 +512,13 @@ async fn handle(State(world): State<Arc<Mutex<World>>>, method: Method, uri: Uri
         (Method::PUT, Some(n)) => {
             let Some(current) = w.objects[key].get(&n).cloned() else { return status(404, "NotFound", format!("{key} \"{n}\" not found")) };
             if body_json["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
-                return status(409, "Conflict", format!("Operation cannot be fulfilled on {key} \"{n}\": the object has been modified; please apply your changes to the latest version and try again"));
+                return status(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {key} \"{n}\": the object has been modified; please apply your changes to the latest version and try again"
+                    ),
+                );
             }
             let rv = w.next_rv();
             let mut obj = body_json.clone();
@@ -514,7 +530,13 @@ async fn handle(State(world): State<Arc<Mutex<World>>>, method: Method, uri: Uri
             let Some(current) = w.objects[key].get(&n).cloned() else { return status(404, "NotFound", format!("{key} \"{n}\" not found")) };
             if let Some(want) = body_json["metadata"]["resourceVersion"].as_str() {
                 if Some(want) != current["metadata"]["resourceVersion"].as_str() {
-                    return status(409, "Conflict", format!("Operation cannot be fulfilled on {key} \"{n}\": the object has been modified; please apply your changes to the latest version and try again"));
+                    return status(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on {key} \"{n}\": the object has been modified; please apply your changes to the latest version and try again"
+                        ),
+                    );
                 }
             }
             let mut obj = current.clone();

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt};
-pub use pachyderm_backup::demo::{TempPostgres, seed_chunks};
 use pachyderm_backup::catalog::{Catalog, Manifest};
+pub use pachyderm_backup::demo::{TempPostgres, seed_chunks};
 
 use kube_standin::StandIn;
 
@@ -36,7 +36,12 @@ impl Moto {
         let program = on_path("moto_server").unwrap_or_else(|| panic!("moto_server is not installed: {INSTALL}"));
         for _ in 0..5 {
             let port = pachyderm_backup::demo::free_port();
-            let child = std::process::Command::new(&program).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn moto_server");
+            let child = std::process::Command::new(&program)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn moto_server");
             let mut moto = Moto { child, port };
             for _ in 0..300 {
                 if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
@@ -165,7 +170,8 @@ impl Bed {
                 let (s, t) = (dir.path().join("source"), dir.path().join("target"));
                 std::fs::create_dir_all(&s).expect("source dir");
                 std::fs::create_dir_all(&t).expect("target dir");
-                let store = |p: &std::path::Path| -> Arc<dyn ObjectStore> { Arc::new(object_store::local::LocalFileSystem::new_with_prefix(p).expect("local store")) };
+                let store =
+                    |p: &std::path::Path| -> Arc<dyn ObjectStore> { Arc::new(object_store::local::LocalFileSystem::new_with_prefix(p).expect("local store")) };
                 (None, store(&s), store(&t), format!("file://{}", s.display()), format!("file://{}", t.display()))
             }
         };
@@ -283,7 +289,10 @@ impl Output {
 
 pub async fn run_to_end(mut cmd: tokio::process::Command) -> Output {
     let child = cmd.spawn().expect("spawn pachyderm-backup");
-    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output()).await.expect("pachyderm-backup did not finish within 5 minutes").expect("wait");
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .expect("pachyderm-backup did not finish within 5 minutes")
+        .expect("wait");
     Output { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
 }
 
@@ -328,7 +337,14 @@ pub struct TableLock {
 impl TableLock {
     pub async fn take(pg: &TempPostgres) -> TableLock {
         use sqlx::{ConnectOptions, Executor};
-        let mut conn = sqlx::postgres::PgConnectOptions::new_without_pgpass().host("127.0.0.1").port(pg.port).username("postgres").database("pachyderm").connect().await.expect("connect for the lock");
+        let mut conn = sqlx::postgres::PgConnectOptions::new_without_pgpass()
+            .host("127.0.0.1")
+            .port(pg.port)
+            .username("postgres")
+            .database("pachyderm")
+            .connect()
+            .await
+            .expect("connect for the lock");
         conn.execute("BEGIN; LOCK TABLE pfs.commits IN ACCESS EXCLUSIVE MODE").await.expect("lock");
         TableLock { conn: Some(conn) }
     }
@@ -343,17 +359,26 @@ impl TableLock {
 
 /// Whether a pg_dump session waits on a lock in `pachyderm`.
 pub fn dump_is_blocked(pg: &TempPostgres) -> bool {
-    pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = 'pachyderm' AND wait_event_type = 'Lock' AND application_name = 'pachyderm-backup'").map(|s| s.trim() != "0").unwrap_or(false)
+    pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'pachyderm' AND wait_event_type = 'Lock' AND application_name = 'pachyderm-backup'",
+    )
+    .map(|s| s.trim() != "0")
+    .unwrap_or(false)
 }
 
 /// Row checksums of every table of `database`, by table.
 pub fn table_checksums(pg: &TempPostgres, database: &str) -> Vec<String> {
-    let tables = pg.psql(database, "SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1").expect("list tables");
+    let tables = pg
+        .psql(database, "SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")
+        .expect("list tables");
     tables
         .lines()
         .filter(|t| !t.is_empty())
         .map(|t| {
-            let sum = pg.psql(database, &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM {t} x")).expect("checksum");
+            let sum = pg
+                .psql(database, &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM {t} x"))
+                .expect("checksum");
             format!("{t} {}", sum.trim())
         })
         .collect()
