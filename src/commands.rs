@@ -62,7 +62,12 @@ pub fn watch_signals() -> Stop {
 pub async fn run(raw: &RawEnv, stop: Stop) -> Result<(), Failure> {
     let cfg = RunConfig::from_env(raw)?;
     let summary = cycle::run(cfg, stop).await?;
-    println!("backup {} complete", summary.manifest.backup_id);
+    match &summary.retention {
+        Some(r) => {
+            println!("backup {} complete; retention kept {}, pruned {}, freed {}", summary.manifest.backup_id, r.retained, r.pruned, human_bytes(r.bytes_freed))
+        }
+        None => println!("backup {} complete", summary.manifest.backup_id),
+    }
     Ok(())
 }
 

@@ -70,7 +70,6 @@ pub struct ServerInfo {
 pub struct Tools {
     pub pg_dump: PathBuf,
     pub pg_restore: PathBuf,
-    pub psql: PathBuf,
     pub version: String,
     pub major: u32,
 }
@@ -102,12 +101,11 @@ impl Tools {
     pub async fn find(bin_dir: Option<&FsPath>) -> Result<Self, DatabaseError> {
         let pg_dump = find_tool(bin_dir, "pg_dump")?;
         let pg_restore = find_tool(bin_dir, "pg_restore")?;
-        let psql = find_tool(bin_dir, "psql").unwrap_or_else(|_| PathBuf::from("psql"));
         let out = Command::new(&pg_dump).arg("--version").output().await.map_err(|source| DatabaseError::Io { tool: pg_dump.display().to_string(), source })?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (major, version) =
             parse_tool_version(&text).ok_or_else(|| DatabaseError::ToolMissing { tool: "pg_dump".into(), detail: format!("unreadable version {text:?}") })?;
-        Ok(Tools { pg_dump, pg_restore, psql, version, major })
+        Ok(Tools { pg_dump, pg_restore, version, major })
     }
 }
 

@@ -44,7 +44,8 @@ impl Sample {
         s
     }
 
-    pub fn names(&self) -> Vec<String> {
+    #[cfg(test)]
+    fn names(&self) -> Vec<String> {
         self.families.keys().map(|k| format!("{PREFIX}_{k}")).collect()
     }
 
