@@ -117,6 +117,9 @@ EOF
   start=$(date +%s.%N)
   env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) a:src b:dst-rclone
   theirs=$(python3 -c "import time;print(f'{time.time()-$start:.1f}')")
-  echo "   pachyderm-backup run (copy + dumps + commit): ${ours}s, peak RSS $((ours_rss / 1024)) MiB"
+  capture=$(python3 -c "import glob,json;m=json.load(open(glob.glob('$work/s3/dst-ours/backups/*/manifest.json')[0]));print(f\"{m['phases']['capture']:.1f}\")")
+  echo "   pachyderm-backup run (whole run):             ${ours}s, peak RSS $((ours_rss / 1024)) MiB"
+  cpu=$(awk -F': ' '/User time|System time/ {printf "%s ", $2}' "$work/copy.log")
+  echo "   pachyderm-backup capture phase (the copy ∥ the dumps): ${capture}s; CPU user/sys: ${cpu}s"
   echo "   rclone copy (two remotes, streamed):          ${theirs}s"
 fi

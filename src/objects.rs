@@ -24,10 +24,11 @@ use crate::catalog::{self, ListingReader, ListingWriter, ObjectRecord};
 use crate::config::StoreSettings;
 use crate::progress::Progress;
 
-/// Objects up to this size are sent in one PUT; larger ones in parts of this size.
-pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Objects up to this size are sent in one PUT; larger ones in parts of this size,
+/// PARTS_IN_FLIGHT at a time (rclone's defaults: measured faster and leaner than 8 MiB × 2).
+pub const PART_SIZE: usize = 5 * 1024 * 1024;
 /// Parts of one object in flight at once.
-const PARTS_IN_FLIGHT: usize = 2;
+const PARTS_IN_FLIGHT: usize = 4;
 const ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
