@@ -67,6 +67,14 @@ pub struct ObjectsEntry {
     /// The listing file, relative to the backup folder; absent with `skip`.
     pub listing: Option<String>,
     pub listing_sha256: Option<String>,
+    #[serde(flatten)]
+    pub counts: ObjectCounts,
+}
+
+/// Objects of a backup and how many bytes crossed: copied by this backup, or reused
+/// from the pool.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectCounts {
     pub count: u64,
     pub bytes: u64,
     pub copied: u64,

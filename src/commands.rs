@@ -108,8 +108,8 @@ pub async fn list(raw: &RawEnv, json: bool, all: bool) -> Result<(), Failure> {
                     "complete",
                     if age.is_empty() { "0m".into() } else { age.split_whitespace().take(2).collect::<Vec<_>>().join("") },
                     human_bytes(m.databases.iter().map(|d| d.size).sum()),
-                    m.objects.count,
-                    human_bytes(m.objects.bytes),
+                    m.objects.counts.count,
+                    human_bytes(m.objects.counts.bytes),
                     m.downtime_seconds,
                     kept
                 );
@@ -256,7 +256,13 @@ pub async fn demo(raw: &RawEnv, dir: &Path, objects_count: u64, stop: Stop) -> R
     for d in &m.databases {
         println!("  database {:<10} {:>10}  sha256 {}…", d.name, human_bytes(d.size), &d.sha256[..16]);
     }
-    println!("  objects: {} ({}), {} copied, {} reused", m.objects.count, human_bytes(m.objects.bytes), m.objects.copied, m.objects.reused);
+    println!(
+        "  objects: {} ({}), {} copied, {} reused",
+        m.objects.counts.count,
+        human_bytes(m.objects.counts.bytes),
+        m.objects.counts.copied,
+        m.objects.counts.reused
+    );
     println!("  the backup is in {}/backups/{}/ (manifest.json written last)", target.display(), m.backup_id);
     println!("  list it:  TARGET_URL=file://{} pachyderm-backup list", target.display());
     drop(pg);

@@ -18,12 +18,13 @@ use object_store::ObjectStore;
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::catalog::ObjectCounts;
 use crate::catalog::{self, Catalog, DatabaseEntry, Manifest, ObjectsEntry};
 use crate::cluster::{Cluster, ClusterError, LeaseGuard, PauseReport};
 use crate::config::{ObjectsMode, PauseMode, RunConfig};
 use crate::database::{self, Tools};
 use crate::metrics::{Pusher, RunReport, Sample};
-use crate::objects::{self, SyncStats};
+use crate::objects;
 use crate::progress::Progress;
 use crate::retention;
 
@@ -292,10 +293,10 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
                 downtime: Some(manifest.downtime_seconds),
                 phases: t.phases.clone(),
                 databases: manifest.databases.iter().map(|d| (d.name.clone(), d.size)).collect(),
-                objects_bytes: Some(manifest.objects.bytes),
+                objects_bytes: Some(manifest.objects.counts.bytes),
                 transferred: Some(written_bytes),
-                copied: Some(manifest.objects.copied),
-                reused: Some(manifest.objects.reused),
+                copied: Some(manifest.objects.counts.copied),
+                reused: Some(manifest.objects.counts.reused),
                 retained: kept.as_ref().map(|r| r.retained),
                 pruned: kept.as_ref().map(|r| r.pruned),
                 freed: kept.as_ref().map(|r| r.bytes_freed),
@@ -309,10 +310,10 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
                 downtime_seconds = manifest.downtime_seconds,
                 databases = manifest.databases.len(),
                 database_bytes = manifest.databases.iter().map(|d| d.size).sum::<u64>(),
-                objects = manifest.objects.count,
-                object_bytes = manifest.objects.bytes,
-                objects_copied = manifest.objects.copied,
-                objects_reused = manifest.objects.reused,
+                objects = manifest.objects.counts.count,
+                object_bytes = manifest.objects.counts.bytes,
+                objects_copied = manifest.objects.counts.copied,
+                objects_reused = manifest.objects.counts.reused,
                 transferred_bytes = written_bytes,
                 retained = ?report.retained,
                 pruned = ?report.pruned,
@@ -543,25 +544,12 @@ async fn capture(
     }));
     let objects = async {
         let Some(src) = source else { return Ok::<_, StepError>((ObjectsEntry { mode: "skip".into(), ..Default::default() }, 0)) };
-        let (listing, stats): (_, SyncStats) =
+        let (listing, stats): (_, ObjectCounts) =
             objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference, backup_id, cfg.copy.concurrency, false, &progress).await?;
         let (bytes, sha) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the listing: {e}") })?;
         let size = bytes.len() as u64;
         catalog.put(&catalog::backup_path(backup_id, catalog::LISTING), bytes).await?;
-        Ok((
-            ObjectsEntry {
-                mode: "copy".into(),
-                listing: Some(catalog::LISTING.into()),
-                listing_sha256: Some(sha),
-                count: stats.count,
-                bytes: stats.bytes,
-                copied: stats.copied,
-                copied_bytes: stats.copied_bytes,
-                reused: stats.reused,
-                reused_bytes: stats.reused_bytes,
-            },
-            size,
-        ))
+        Ok((ObjectsEntry { mode: "copy".into(), listing: Some(catalog::LISTING.into()), listing_sha256: Some(sha), counts: stats }, size))
     };
     let kube_objects = async {
         let Some(c) = cluster else { return Ok::<_, StepError>((Vec::new(), 0)) };
@@ -576,6 +564,6 @@ async fn capture(
         Ok((names, size))
     };
     let (databases, (objects, listing_size), (cluster_objects, cluster_size)) = tokio::try_join!(dumps, objects, kube_objects)?;
-    let written_bytes = databases.iter().map(|d| d.size).sum::<u64>() + objects.copied_bytes + listing_size + cluster_size;
+    let written_bytes = databases.iter().map(|d| d.size).sum::<u64>() + objects.counts.copied_bytes + listing_size + cluster_size;
     Ok(Captured { databases, objects, cluster_objects, written_bytes })
 }

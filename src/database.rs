@@ -253,11 +253,7 @@ pub async fn ensure_database(server: &PgServer, database: &str) -> Result<bool, 
         .await
         .map_err(|source| DatabaseError::Query { database: database.into(), source })?;
     if !exists {
-        let quoted = format!("\"{}\"", database.replace('"', "\"\""));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
-            .execute(&mut conn)
-            .await
-            .map_err(|source| DatabaseError::Query { database: database.into(), source })?;
+        on_database(&mut conn, "CREATE DATABASE", database, "").await?;
     }
     let _ = conn.close().await;
     Ok(exists)
@@ -265,12 +261,19 @@ pub async fn ensure_database(server: &PgServer, database: &str) -> Result<bool, 
 
 pub async fn drop_database(server: &PgServer, database: &str) -> Result<(), DatabaseError> {
     let mut conn = connect(server, "postgres").await?;
+    on_database(&mut conn, "DROP DATABASE IF EXISTS", database, "WITH (FORCE)").await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// `<verb> "<database>" <rest>`: identifiers cannot be bound parameters, so the name is
+/// quoted as PostgreSQL quotes identifiers.
+async fn on_database(conn: &mut sqlx::PgConnection, verb: &str, database: &str, rest: &str) -> Result<(), DatabaseError> {
     let quoted = format!("\"{}\"", database.replace('"', "\"\""));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")))
-        .execute(&mut conn)
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{verb} {quoted} {rest}")))
+        .execute(conn)
         .await
         .map_err(|source| DatabaseError::Query { database: database.into(), source })?;
-    let _ = conn.close().await;
     Ok(())
 }
 

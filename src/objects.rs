@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{debug, warn};
 
-use crate::catalog::{self, ListingReader, ListingWriter, ObjectRecord};
+use crate::catalog::{self, ListingReader, ListingWriter, ObjectCounts, ObjectRecord};
 use crate::config::StoreSettings;
 use crate::progress::Progress;
 
@@ -101,17 +101,6 @@ pub async fn probe_writable(store: &Arc<dyn ObjectStore>, side: &'static str, ru
     Ok(())
 }
 
-/// Counts of one sync.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SyncStats {
-    pub count: u64,
-    pub bytes: u64,
-    pub copied: u64,
-    pub copied_bytes: u64,
-    pub reused: u64,
-    pub reused_bytes: u64,
-}
-
 /// What to do with one source object, decided from the reference listing alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
@@ -171,7 +160,7 @@ pub async fn sync(
     concurrency: usize,
     vanished_ok: bool,
     progress: &Progress,
-) -> Result<(ListingWriter, SyncStats), ObjectsError> {
+) -> Result<(ListingWriter, ObjectCounts), ObjectsError> {
     let list_err = |source| ObjectsError::Store { side: "source", what: "listing".into(), source };
     let listing: futures::stream::BoxStream<'_, Result<ObjectMeta, ObjectsError>> = if sorted {
         source.list(None).map_err(list_err).boxed()
@@ -217,7 +206,7 @@ pub async fn sync(
     let mut waiting: BTreeMap<u64, Option<ObjectRecord>> = BTreeMap::new();
     let mut next = 1u64;
     let mut writer = ListingWriter::new();
-    let mut stats = SyncStats::default();
+    let mut stats = ObjectCounts::default();
     while let Some((seq, record)) = jobs.try_next().await? {
         waiting.insert(seq, record);
         while let Some(record) = waiting.remove(&next) {

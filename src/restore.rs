@@ -135,7 +135,7 @@ async fn restore_objects_into(
 ) -> Result<(u64, u64, u64), RestoreError> {
     let mut listing = catalog.read_listing(&manifest.backup_id, manifest).await?;
     let progress = Progress::start("restore-objects", interval);
-    progress.add_total(manifest.objects.count, manifest.objects.bytes);
+    progress.add_total(manifest.objects.counts.count, manifest.objects.counts.bytes);
     progress.totals_known();
     let records = futures::stream::iter(std::iter::from_fn(move || listing.next_record().transpose()));
     let pool = catalog.store().clone();
@@ -238,7 +238,7 @@ pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurre
         let mut hasher = Sha256::new();
         let mut count = 0u64;
         let progress = Progress::start("verify", interval);
-        progress.add_total(manifest.objects.count, manifest.objects.bytes);
+        progress.add_total(manifest.objects.counts.count, manifest.objects.counts.bytes);
         progress.totals_known();
         {
             let records = std::iter::from_fn(|| match reader.next_record() {
@@ -275,8 +275,8 @@ pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurre
                 f.problems.extend(problem);
             }
         }
-        if count != manifest.objects.count {
-            f.problems.push(format!("{listing_file}: {count} objects, the manifest says {}", manifest.objects.count));
+        if count != manifest.objects.counts.count {
+            f.problems.push(format!("{listing_file}: {count} objects, the manifest says {}", manifest.objects.counts.count));
         }
         if manifest.objects.listing_sha256.as_deref().is_some_and(|s| s != hex::encode(hasher.finalize())) {
             f.problems.push(format!("{listing_file}: its content does not match the manifest's listing_sha256"));

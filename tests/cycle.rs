@@ -72,8 +72,8 @@ async fn full_cycle(buckets: Buckets, chunks: u64) {
     assert!(m.paused_by_us);
     assert!(m.downtime_seconds > 0.0, "downtime recorded");
     assert_eq!(m.pachyderm_version.as_deref(), Some("2.11.4"));
-    assert_eq!(m.objects.count, chunks);
-    assert_eq!(m.objects.copied, chunks);
+    assert_eq!(m.objects.counts.count, chunks);
+    assert_eq!(m.objects.counts.copied, chunks);
     for phase in ["preflight", "precopy", "pause", "capture", "resume"] {
         assert!(m.phases.contains_key(phase), "phase {phase} timed");
     }
@@ -124,9 +124,9 @@ async fn second_cycle_copies_only_new_objects() {
     let manifests = bed.manifests().await;
     assert_eq!(manifests.len(), 2);
     let second = &manifests[1];
-    assert_eq!(second.objects.count, 35);
-    assert_eq!(second.objects.copied, 5, "exactly the 5 new objects are copied");
-    assert_eq!(second.objects.reused, 30);
+    assert_eq!(second.objects.counts.count, 35);
+    assert_eq!(second.objects.counts.copied, 5, "exactly the 5 new objects are copied");
+    assert_eq!(second.objects.counts.reused, 30);
     let records = listing(&bed, second).await;
     assert_eq!(records.iter().filter(|r| r.since == second.backup_id).count(), 5);
     // Without pre-copy the delta is copied while paused: same counts.
@@ -135,7 +135,7 @@ async fn second_cycle_copies_only_new_objects() {
     bed.set("PRECOPY", "false");
     bed.run(&["run"]).await.expect_code(0);
     let third = bed.manifests().await.pop().expect("third");
-    assert_eq!((third.objects.copied, third.objects.reused), (2, 35));
+    assert_eq!((third.objects.counts.copied, third.objects.counts.reused), (2, 35));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +146,7 @@ async fn objects_skip_records_no_objects() {
     let m = bed.manifests().await.pop().expect("backup");
     assert_eq!(m.objects.mode, "skip");
     assert_eq!(m.objects.listing, None);
-    assert_eq!(m.objects.count, 0);
+    assert_eq!(m.objects.counts.count, 0);
     let blobs: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(bed.target.list(Some(&"blobs".into()))).await.expect("list");
     assert!(blobs.is_empty());
 }

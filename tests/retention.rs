@@ -53,7 +53,7 @@ async fn fourteen_nights_keep_the_expected_backups_and_sweep_the_rest() {
         let summary = cycle::run_at(config(&bed), never_stopped(), first_night + chrono::Duration::days(night)).await.expect("a nightly run");
         if night > 0 {
             assert_eq!(
-                (summary.manifest.objects.copied, summary.manifest.objects.reused),
+                (summary.manifest.objects.counts.copied, summary.manifest.objects.counts.reused),
                 (3, present.len() as u64 - 3),
                 "night {night} copies only the new chunks"
             );
@@ -72,7 +72,7 @@ async fn fourteen_nights_keep_the_expected_backups_and_sweep_the_rest() {
     let mut referenced = BTreeSet::new();
     let mut logical = 0u64;
     for m in bed.manifests().await {
-        logical += m.objects.bytes + m.databases.iter().map(|d| d.size).sum::<u64>();
+        logical += m.objects.counts.bytes + m.databases.iter().map(|d| d.size).sum::<u64>();
         let mut reader = bed.catalog().read_listing(&m.backup_id, &m).await.expect("listing");
         let mut keys = BTreeSet::new();
         while let Some(r) = reader.next_record().expect("record") {
