@@ -450,8 +450,16 @@ async fn run_locked(
         let captured = t.time(Phase::Capture, capture(cfg, cluster, source.as_ref(), catalog, backup_id, &servers, &tools, reference)).await?;
         Ok::<_, StepError>(captured)
     };
+    // A panic (a bug) inside the pause or capture must not unwind past the resume.
+    let guarded = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(guarded));
     let captured = tokio::select! {
-        r = guarded => r.map_err(|e| (current.get(), e)),
+        r = guarded => match r {
+            Ok(r) => r.map_err(|e| (current.get(), e)),
+            Err(panic) => {
+                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+                Err((current.get(), StepError { reason: "panic", message: format!("internal error (a bug, please report it): {what}") }))
+            }
+        },
         _ = tokio::time::sleep(cfg.max_downtime) => Err((current.get(), StepError { reason: "max_downtime", message: format!("MAX_DOWNTIME ({}) reached: capture aborted", humantime::format_duration(cfg.max_downtime)) })),
         s = stopped(stop) => Err((current.get(), StepError { reason: "signal", message: format!("interrupted by {s}") })),
         _ = lease_lost(lease) => Err((current.get(), StepError { reason: "lease_lost", message: "the Lease was lost: another run may be starting".into() })),
