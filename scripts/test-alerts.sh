@@ -74,13 +74,13 @@ for path in sorted(glob.glob("dashboards/*.json")):
                 if not m.group(2) or 'cluster="$cluster"' not in m.group(2):
                     errors.append(f"{path}: {title}: {m.group(1)} does not select cluster=\"$cluster\"")
 
-# Every runbook_url anchor: a heading "Alert: <Name>" in docs/ALERTS.md or README.md.
+# Every runbook_url anchor: a heading "Alert: <Name>" in README.md.
 def slug(heading):
     s = heading.strip().lower()
     s = re.sub(r"[^\w\- ]", "", s)
     return s.replace(" ", "-")
 anchors = set()
-for doc in ("docs/ALERTS.md", "README.md"):
+for doc in ("README.md",):
     try:
         for line in open(doc, encoding="utf-8"):
             m = re.match(r"#+\s+(.*)", line)
@@ -97,7 +97,7 @@ for path in sorted(glob.glob("alerts/*.rules.yaml")):
     for url in urls:
         anchor = url.split("#", 1)[-1]
         if anchor not in anchors:
-            errors.append(f"{path}: runbook anchor #{anchor} has no heading in docs/ALERTS.md or README.md")
+            errors.append(f"{path}: runbook anchor #{anchor} has no heading in README.md")
     for a in alerts:
         if f"alert-{a.lower()}" not in anchors:
             errors.append(f"{path}: no runbook section '## Alert: {a}'")
