@@ -381,27 +381,22 @@ impl Cluster {
             PauseMode::Pachyderm => {
                 let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
                 let name = &self.settings.pachd_configmap;
-                for attempt in 0.. {
-                    let cm = cms.get(name).await.map_err(api_err(format!("reading ConfigMap {name}")))?;
+                let cm = cms.get(name).await.map_err(api_err(format!("reading ConfigMap {name}")))?;
+                let (_, written) = patch_guarded(&cms, cm, &format!("setting MODE=paused in ConfigMap {name}"), |cm| {
                     let mode = cm.data.as_ref().and_then(|d| d.get("MODE")).cloned().unwrap_or_else(|| "full".into());
                     let ours = cm.annotations().contains_key(ANNOTATION_MODE);
-                    if mode == "paused" && !ours {
-                        report.operator_paused.push(format!("configmap/{name}"));
-                        info!(configmap = %name, "Pachyderm is already in paused mode by its operator: it will stay paused");
-                        return Ok(report);
-                    }
-                    let patch = json!({
-                        "metadata": {
-                            "resourceVersion": cm.resource_version(),
-                            "annotations": { ANNOTATION_MODE: mode, ANNOTATION_PAUSED_BY: run_id, PACHYDERM_UPDATED_AT: Utc::now().to_rfc3339() }
-                        },
-                        "data": { "MODE": "paused" }
-                    });
-                    match cms.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                        Ok(_) => break,
-                        Err(e) if is_status(&e, 409) && attempt < CONFLICT_RETRIES => continue,
-                        Err(e) => return Err(api_err(format!("setting MODE=paused in ConfigMap {name}"))(e)),
-                    }
+                    Ok((mode != "paused" || ours).then(|| {
+                        json!({
+                            "metadata": { "annotations": { ANNOTATION_MODE: mode, ANNOTATION_PAUSED_BY: run_id, PACHYDERM_UPDATED_AT: Utc::now().to_rfc3339() } },
+                            "data": { "MODE": "paused" }
+                        })
+                    }))
+                })
+                .await?;
+                if !written {
+                    report.operator_paused.push(format!("configmap/{name}"));
+                    info!(configmap = %name, "Pachyderm is already in paused mode by its operator: it will stay paused");
+                    return Ok(report);
                 }
                 report.paused.push(format!("configmap/{name}"));
                 self.restart_pachd().await?;
@@ -414,40 +409,31 @@ impl Cluster {
     async fn scale_down<K: Workload>(
         &self,
         api: &Api<K>,
-        mut obj: K,
+        obj: K,
         run_id: &str,
         report: &mut PauseReport,
         waits: &mut Vec<(String, String)>,
     ) -> Result<(), ClusterError> {
-        let name = obj.name_any();
-        let label = format!("{}/{}", K::KIND, name);
-        for attempt in 0.. {
-            let ours = obj.annotations().contains_key(ANNOTATION_REPLICAS);
-            let replicas = obj.replicas();
-            if replicas == 0 && !ours {
-                info!(object = %label, "already at 0 replicas without our annotation: stopped by its operator, it will stay stopped");
-                report.operator_paused.push(label.clone());
-                break;
+        let label = format!("{}/{}", K::KIND, obj.name_any());
+        let mut original = String::new();
+        let (obj, written) = patch_guarded(api, obj, &format!("scaling {label} to 0"), |obj| {
+            let ours = obj.annotations().get(ANNOTATION_REPLICAS);
+            if obj.replicas() == 0 && ours.is_none() {
+                return Ok(None);
             }
-            let original = if ours { obj.annotations()[ANNOTATION_REPLICAS].clone() } else { replicas.to_string() };
-            let patch = json!({
-                "metadata": {
-                    "resourceVersion": obj.resource_version(),
-                    "annotations": { ANNOTATION_REPLICAS: original, ANNOTATION_PAUSED_BY: run_id }
-                },
+            original = ours.cloned().unwrap_or_else(|| obj.replicas().to_string());
+            Ok(Some(json!({
+                "metadata": { "annotations": { ANNOTATION_REPLICAS: original, ANNOTATION_PAUSED_BY: run_id } },
                 "spec": { "replicas": 0 }
-            });
-            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => {
-                    info!(object = %label, original_replicas = %original, "scaled to 0");
-                    report.paused.push(label.clone());
-                    break;
-                }
-                Err(e) if is_status(&e, 409) && attempt < CONFLICT_RETRIES => {
-                    obj = api.get(&name).await.map_err(api_err(format!("re-reading {label}")))?;
-                }
-                Err(e) => return Err(api_err(format!("scaling {label} to 0"))(e)),
-            }
+            })))
+        })
+        .await?;
+        if written {
+            info!(object = %label, original_replicas = %original, "scaled to 0");
+            report.paused.push(label.clone());
+        } else {
+            info!(object = %label, "already at 0 replicas without our annotation: stopped by its operator, it will stay stopped");
+            report.operator_paused.push(label.clone());
         }
         if let Some(selector) = obj.pod_selector() {
             waits.push((label, selector));
@@ -534,25 +520,20 @@ impl Cluster {
         if self.settings.pause_mode == PauseMode::Pachyderm {
             let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
             let name = &self.settings.pachd_configmap;
-            for attempt in 0.. {
-                let Some(cm) = cms.get_opt(name).await.map_err(api_err(format!("reading ConfigMap {name}")))? else { break };
-                let Some(mode) = cm.annotations().get(ANNOTATION_MODE).cloned() else { break };
-                let patch = json!({
-                    "metadata": {
-                        "resourceVersion": cm.resource_version(),
-                        "annotations": { ANNOTATION_MODE: null, ANNOTATION_PAUSED_BY: null, PACHYDERM_UPDATED_AT: Utc::now().to_rfc3339() }
-                    },
-                    "data": { "MODE": mode }
-                });
-                match cms.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                    Ok(_) => {
-                        resumed.push(format!("configmap/{name}"));
-                        self.restart_pachd().await?;
-                        pachd_changed = true;
-                        break;
-                    }
-                    Err(e) if is_status(&e, 409) && attempt < CONFLICT_RETRIES => continue,
-                    Err(e) => return Err(api_err(format!("restoring MODE in ConfigMap {name}"))(e)),
+            if let Some(cm) = cms.get_opt(name).await.map_err(api_err(format!("reading ConfigMap {name}")))? {
+                let (_, written) = patch_guarded(&cms, cm, &format!("restoring MODE in ConfigMap {name}"), |cm| {
+                    Ok(cm.annotations().get(ANNOTATION_MODE).map(|mode| {
+                        json!({
+                            "metadata": { "annotations": { ANNOTATION_MODE: null, ANNOTATION_PAUSED_BY: null, PACHYDERM_UPDATED_AT: Utc::now().to_rfc3339() } },
+                            "data": { "MODE": mode }
+                        })
+                    }))
+                })
+                .await?;
+                if written {
+                    resumed.push(format!("configmap/{name}"));
+                    self.restart_pachd().await?;
+                    pachd_changed = true;
                 }
             }
         }
@@ -582,31 +563,22 @@ impl Cluster {
     }
 
     /// Restores one object's replicas from its annotation; false if it has none.
-    async fn scale_up<K: Workload>(&self, api: &Api<K>, mut obj: K) -> Result<bool, ClusterError> {
-        let name = obj.name_any();
-        let label = format!("{}/{}", K::KIND, name);
-        for attempt in 0.. {
-            let Some(original) = obj.annotations().get(ANNOTATION_REPLICAS).cloned() else { return Ok(false) };
-            let replicas: i32 = original.trim().parse().map_err(|_| ClusterError::BadAnnotation(label.clone(), original.clone()))?;
-            let patch = json!({
-                "metadata": {
-                    "resourceVersion": obj.resource_version(),
-                    "annotations": { ANNOTATION_REPLICAS: null, ANNOTATION_PAUSED_BY: null }
-                },
+    async fn scale_up<K: Workload>(&self, api: &Api<K>, obj: K) -> Result<bool, ClusterError> {
+        let label = format!("{}/{}", K::KIND, obj.name_any());
+        let mut replicas = 0;
+        let (_, written) = patch_guarded(api, obj, &format!("restoring the replicas of {label}"), |obj| {
+            let Some(original) = obj.annotations().get(ANNOTATION_REPLICAS) else { return Ok(None) };
+            replicas = original.trim().parse().map_err(|_| ClusterError::BadAnnotation(label.clone(), original.clone()))?;
+            Ok(Some(json!({
+                "metadata": { "annotations": { ANNOTATION_REPLICAS: null, ANNOTATION_PAUSED_BY: null } },
                 "spec": { "replicas": replicas }
-            });
-            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => {
-                    info!(object = %label, replicas, "replicas restored");
-                    return Ok(true);
-                }
-                Err(e) if is_status(&e, 409) && attempt < CONFLICT_RETRIES => {
-                    obj = api.get(&name).await.map_err(api_err(format!("re-reading {label}")))?;
-                }
-                Err(e) => return Err(api_err(format!("restoring the replicas of {label}"))(e)),
-            }
+            })))
+        })
+        .await?;
+        if written {
+            info!(object = %label, replicas, "replicas restored");
         }
-        unreachable!("the loop returns")
+        Ok(written)
     }
 
     // ---- capture ----
@@ -671,6 +643,34 @@ impl Cluster {
         let bytes = serde_json::to_vec_pretty(&out).map_err(|e| bad(e.to_string()))?;
         Ok((format!("helm/{release}-values.json"), bytes))
     }
+}
+
+/// Writes a JSON merge patch computed from the object's current state, guarded by its
+/// resourceVersion: on a conflict (409) the object is read again and the patch computed
+/// again, a few times. `make` returns `None` to leave the object as it is. Returns the
+/// state the last patch was computed from, and whether a patch was written.
+async fn patch_guarded<K>(
+    api: &Api<K>,
+    mut obj: K,
+    what: &str,
+    mut make: impl FnMut(&K) -> Result<Option<Value>, ClusterError>,
+) -> Result<(K, bool), ClusterError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let name = obj.name_any();
+    for attempt in 0.. {
+        let Some(mut patch) = make(&obj)? else { return Ok((obj, false)) };
+        patch["metadata"]["resourceVersion"] = json!(obj.resource_version());
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => return Ok((obj, true)),
+            Err(e) if is_status(&e, 409) && attempt < CONFLICT_RETRIES => {
+                obj = api.get(&name).await.map_err(api_err(format!("{what} (re-reading it after a conflict)")))?;
+            }
+            Err(e) => return Err(api_err(what.to_string())(e)),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// A Deployment is ready when the controller has seen its spec and every wanted replica

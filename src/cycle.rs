@@ -141,6 +141,14 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The state a failure before the pause leaves the cluster in.
+const UNTOUCHED: &str = "untouched (never paused)";
+
+/// Turns a phase's error into the run's, saying what state the cluster is in.
+fn fail(phase: Phase, state: &'static str) -> impl Fn(StepError) -> RunError {
+    move |e| RunError::Failed { phase, reason: e.reason, message: e.message, state }
+}
+
 /// SIGTERM / SIGINT, as seen by the run: `Some(name)` once one arrived.
 pub type Stop = watch::Receiver<Option<&'static str>>;
 
@@ -215,8 +223,6 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
     let started_at = clock.now();
     let mut t = Timings { phases: BTreeMap::new() };
     let mode = cfg.cluster.pause_mode;
-    let fail = |phase: Phase, state: &'static str| move |e: StepError| RunError::Failed { phase, reason: e.reason, message: e.message, state };
-    const UNTOUCHED: &str = "untouched (never paused)";
 
     // Buckets first: opening them touches nothing.
     let source: Option<Arc<dyn ObjectStore>> = match cfg.copy.objects {
@@ -354,8 +360,6 @@ async fn run_locked(
     clock: Clock,
 ) -> Result<(Manifest, u64), RunError> {
     let started_at = clock.origin;
-    let fail = |phase: Phase, state: &'static str| move |e: StepError| RunError::Failed { phase, reason: e.reason, message: e.message, state };
-    const UNTOUCHED: &str = "untouched (never paused)";
     let interrupted = |phase: Phase, signal: &'static str, state: &'static str| RunError::Failed {
         phase,
         reason: "signal",

@@ -166,10 +166,6 @@ impl TempPostgres {
         self.psql("dex", DEX_FIXTURE)?;
         Ok(())
     }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
 }
 
 impl Drop for TempPostgres {

@@ -23,7 +23,6 @@ use serde_json::{Value, json};
 pub struct Recorded {
     pub method: String,
     pub path: String,
-    pub query: String,
     pub body: Value,
 }
 
@@ -412,10 +411,6 @@ impl StandIn {
         self.world.lock().expect("world").pods_never_terminate = never;
     }
 
-    pub fn set_terminate_after(&self, d: Duration) {
-        self.world.lock().expect("world").terminate_after = d;
-    }
-
     /// A Lease held by someone else, renewed `renewed_ago`, valid for `duration`.
     pub fn hold_lease(&self, name: &str, holder: &str, renewed_ago: Duration, duration_seconds: i64) {
         let renew = chrono::Utc::now() - chrono::Duration::from_std(renewed_ago).expect("duration");
@@ -437,7 +432,7 @@ async fn handle(State(world): State<Arc<Mutex<World>>>, method: Method, uri: Uri
     let query = uri.query().unwrap_or("").to_string();
     let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut w = world.lock().expect("world");
-    w.requests.push(Recorded { method: method.to_string(), path: path.clone(), query: query.clone(), body: body_json.clone() });
+    w.requests.push(Recorded { method: method.to_string(), path: path.clone(), body: body_json.clone() });
     if let Some(f) = w.faults.iter_mut().find(|f| f.remaining > 0 && f.method == method && path.contains(&f.path_contains)) {
         f.remaining -= 1;
         let code = f.status;
