@@ -30,6 +30,7 @@ const PACHYDERM_UPDATED_AT: &str = "pachyderm.com/updatedAt";
 const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 const POLL: Duration = Duration::from_millis(500);
 const CONFLICT_RETRIES: usize = 5;
+const RESUME_ATTEMPTS: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -51,10 +52,26 @@ pub enum ClusterError {
     LeaseLost(String),
     #[error("Deployment {0} does not exist in namespace {1}")]
     Missing(String, String),
+    #[error(
+        "ConfigMap {0} is still in Pachyderm's paused mode, left by a run with PAUSE_MODE=pachyderm; this PAUSE_MODE may not change it (the chart grants that write only in pachyderm mode): run `PAUSE_MODE=pachyderm pachyderm-backup resume`"
+    )]
+    PausedByOtherMode(String),
     #[error("cannot read the values of Helm release {0}: {1}")]
     HelmRelease(String, String),
     #[error("{0} has a malformed {ANNOTATION_REPLICAS} annotation {1:?}; set its replicas by hand and remove the annotation")]
     BadAnnotation(String, String),
+}
+
+impl ClusterError {
+    /// An error worth another try: the API server's 5xx and 429, or no answer at all
+    /// (kube's own retry layer covers 429, 503 and 504 first).
+    fn transient(&self) -> bool {
+        match self {
+            ClusterError::Api { source: kube::Error::Api(status), .. } => status.code >= 500 || status.code == 429,
+            ClusterError::Api { source: kube::Error::HyperError(_) | kube::Error::Service(_), .. } => true,
+            _ => false,
+        }
+    }
 }
 
 fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ClusterError {
@@ -501,21 +518,44 @@ impl Cluster {
         found.extend(
             rcs.items.iter().filter(|rc| rc.annotations().contains_key(ANNOTATION_REPLICAS)).map(|rc| format!("replicationcontroller/{}", rc.name_any())),
         );
-        if self.settings.pause_mode == PauseMode::Pachyderm {
-            let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-            if let Some(cm) = cms.get_opt(&self.settings.pachd_configmap).await.map_err(api_err("reading the pachd ConfigMap"))? {
-                if cm.annotations().contains_key(ANNOTATION_MODE) {
-                    found.push(format!("configmap/{}", self.settings.pachd_configmap));
-                }
-            }
+        if self.paused_configmap().await?.is_some() {
+            found.push(format!("configmap/{}", self.settings.pachd_configmap));
         }
         Ok(found)
     }
 
+    /// `pachd-config` if it carries our pause annotation, found by listing (allowed in
+    /// every mode) so that a pause left by a run in another mode is never overlooked.
+    async fn paused_configmap(&self) -> Result<Option<ConfigMap>, ClusterError> {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let name = &self.settings.pachd_configmap;
+        let list = cms.list(&ListParams::default().fields(&format!("metadata.name={name}"))).await.map_err(api_err("listing ConfigMaps"))?;
+        Ok(list.items.into_iter().find(|cm| cm.name_any() == *name && cm.annotations().contains_key(ANNOTATION_MODE)))
+    }
+
+    /// Puts back every object carrying our annotations (see `resume_once`), trying again
+    /// after a transient API error: a resume that gives up leaves the cluster paused.
+    pub async fn resume(&self) -> Result<Vec<String>, ClusterError> {
+        let mut attempt = 1;
+        loop {
+            match self.resume_once().await {
+                Err(e) if attempt < RESUME_ATTEMPTS && e.transient() => {
+                    warn!(attempt, error = %e, "resume failed, retrying the resume");
+                    tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// Puts back every object carrying our annotations, pachd first, then waits until
     /// pachd is ready. Idempotent: objects without annotations are not touched.
-    pub async fn resume(&self) -> Result<Vec<String>, ClusterError> {
+    async fn resume_once(&self) -> Result<Vec<String>, ClusterError> {
         let mut resumed = Vec::new();
+        if self.settings.pause_mode != PauseMode::Pachyderm && self.paused_configmap().await?.is_some() {
+            return Err(ClusterError::PausedByOtherMode(self.settings.pachd_configmap.clone()));
+        }
         let mut pachd_changed = false;
         if self.settings.pause_mode == PauseMode::Pachyderm {
             let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);

@@ -323,3 +323,25 @@ async fn retention_command_prints_the_plan_then_applies_it() {
     assert_eq!(left, vec![ids[2].clone()], "only the newest is left");
     assert_eq!(bed.folders().await, left, "pruned folders are gone entirely");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pachyderm_mode_pause_left_behind_is_not_ignored_after_a_mode_change() {
+    // A run with PAUSE_MODE=pachyderm died while paused; then the mode changed to scale.
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.kube.operator_patch(
+        "configmaps",
+        "pachd-config",
+        serde_json::json!({"metadata": {"annotations": {"pachyderm-backup/mode": "full", "pachyderm-backup/paused-by": "dead-run"}}, "data": {"MODE": "paused"}}),
+    );
+    let out = bed.run(&["run"]).await;
+    out.expect_code(4);
+    assert!(out.stderr.contains("configmap/pachd-config") && out.stderr.contains("PAUSE_MODE=pachyderm pachyderm-backup resume"), "{}", out.stderr);
+    assert!(bed.kube.mutating_requests().iter().all(|r| r.path.contains("/leases")), "nothing was paused on top of it");
+    assert!(bed.manifests().await.is_empty());
+    bed.run(&["resume"]).await.expect_code(4);
+    bed.set("PAUSE_MODE", "pachyderm");
+    bed.run(&["resume"]).await.expect_code(0);
+    let cm = bed.kube.get("configmaps", "pachd-config").expect("configmap");
+    assert_eq!(cm["data"]["MODE"], "full");
+    bed.assert_resumed();
+}

@@ -156,3 +156,18 @@ async fn preflight_failures_touch_nothing() {
     assert_failed_cleanly(&bed, &out, "pg_dump not found").await;
     assert_never_paused(&bed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_api_error_during_resume_is_retried() {
+    let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    let lock = TableLock::take(&bed.pg).await;
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    // kube retries 429/503/504 by itself; a 500 is ours to retry.
+    bed.kube.fail(Method::PATCH, "deployments/pachd", 500, 2);
+    running.signal("TERM");
+    let out = running.finish().await;
+    lock.release().await;
+    assert_failed_cleanly(&bed, &out, "interrupted by SIGTERM").await;
+    assert!(out.stderr.contains("retrying the resume"), "{}", out.stderr);
+}
