@@ -66,6 +66,11 @@ pub const VARIABLES: &[Variable] = &[
     ),
     var("LEASE_NAME", "pachyderm-backup", "The coordination.k8s.io Lease that keeps runs exclusive."),
     var("LEASE_DURATION", "60s", "How long the Lease stays valid without renewal (renewed every third of it)."),
+    var(
+        "PREFLIGHT_TIMEOUT",
+        "60s",
+        "Bound on each preflight step (a database check, `pg_dump --version`, a bucket probe, the permission check), for run, restore and the drill.",
+    ),
     var("PGHOST", "required", "PostgreSQL host of Pachyderm (the server itself, not pg-bouncer)."),
     var("PGPORT", "5432", "PostgreSQL port."),
     var("PGUSER", "libpq's default", "PostgreSQL user (needs to read every table)."),
@@ -103,7 +108,11 @@ pub const VARIABLES: &[Variable] = &[
     var("KEEP_YEARLY", "0", "Keep the newest backup of each of the last N years that have one."),
     var("KEEP_WITHIN", "unset", "Keep every backup younger than this duration (e.g. 3d)."),
     var("MIN_KEEP", "3", "Never keep fewer complete backups than this."),
-    var("GC_GRACE", "24h", "Blobs and unfinished backup folders younger than this are never swept."),
+    var(
+        "GC_GRACE",
+        "24h",
+        "Blobs and unfinished backup folders younger than this are never swept. At least MAX_DOWNTIME + PAUSE_TIMEOUT + RESUME_TIMEOUT + 1h (3h15m with the defaults), longer than any run can last.",
+    ),
     var("PUSHGATEWAY_URL", "unset: no push", "Prometheus Pushgateway, e.g. http://pushgateway.monitoring:9091."),
     var("PUSHGATEWAY_USERNAME", "unset", "Basic-auth user for the Pushgateway."),
     var("PUSHGATEWAY_PASSWORD", "unset", "Basic-auth password for the Pushgateway."),
@@ -142,6 +151,7 @@ pub struct RawEnv {
     pub max_downtime: Option<String>,
     pub lease_name: Option<String>,
     pub lease_duration: Option<String>,
+    pub preflight_timeout: Option<String>,
     pub pghost: Option<String>,
     pub pgport: Option<String>,
     pub pguser: Option<String>,
@@ -358,6 +368,8 @@ pub struct RunConfig {
     pub max_downtime: Duration,
     pub retention: Policy,
     pub gc_grace: Duration,
+    /// Bound on each preflight step (PREFLIGHT_TIMEOUT).
+    pub preflight_timeout: Duration,
 }
 
 /// Everything `restore` and `verify --drill` need beside the backup bucket.
@@ -369,7 +381,12 @@ pub struct RestoreConfig {
     pub destination: Option<StoreSettings>,
     pub bin_dir: Option<PathBuf>,
     pub concurrency: usize,
+    /// Bound on each preflight step (PREFLIGHT_TIMEOUT).
+    pub preflight_timeout: Duration,
 }
+
+/// The longest duration any variable takes: 100 years.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Collects problems while parsing, so that all of them are reported at once.
 struct Check {
@@ -409,6 +426,11 @@ impl Check {
         match humantime::parse_duration(&v) {
             Ok(d) if d.is_zero() => {
                 self.fail(variable, format!("{v:?} is zero"), "a positive duration such as 90s, 10m or 2h");
+                Duration::from_secs(1)
+            }
+            // Far beyond any use, and past what clock arithmetic can hold.
+            Ok(d) if d > MAX_DURATION => {
+                self.fail(variable, format!("{v:?} is too long"), "a duration of at most 100 years, such as 90s, 10m or 2h");
                 Duration::from_secs(1)
             }
             Ok(d) => d,
@@ -554,7 +576,8 @@ fn pg_server(
 }
 
 /// Builds one side's bucket settings: URL, then the object_store options from the
-/// unprefixed families overridden by the side's prefixed ones.
+/// unprefixed families overridden by the side's prefixed ones. The options' values are
+/// checked once per variable by [`check_store_keys`], not here.
 fn store(
     check: &mut Check,
     variable: &'static str,
@@ -577,24 +600,17 @@ fn store(
             return None;
         }
     };
-    let mut options = BTreeMap::new();
-    for (name, value) in &raw.store_keys {
-        if STORE_FAMILIES.iter().any(|f| name.starts_with(f)) {
-            options.insert(name.to_ascii_lowercase(), value.clone());
-        }
-    }
-    for (name, value) in &raw.store_keys {
-        if let Some(rest) = name.strip_prefix(side) {
-            options.insert(rest.to_ascii_lowercase(), value.clone());
-        }
-    }
+    let options = store_options(raw, side);
+    let family = StoreFamily::of_scheme(url.scheme());
+    let effective = family.map(|f| effective_options(&options, f)).unwrap_or_default();
     // object_store's timeout covers a whole request, body included: its 30 s default
     // fails a large object on a slow link, or a slow listing page. 5 minutes, unless set.
-    let timeout_keys = ["aws_timeout", "google_timeout", "azure_timeout", "timeout"];
-    if !timeout_keys.iter().any(|k| options.contains_key(*k)) {
+    let mut options = options;
+    if !effective.contains_key("timeout") {
         options.insert("timeout".to_string(), Secret::new("300s"));
     }
-    let has = |keys: &[&str]| keys.iter().any(|k| options.contains_key(*k));
+    let has = |keys: &[&str]| keys.iter().any(|k| effective.contains_key(*k));
+    let truthy = |key: &str| effective.get(key).is_some_and(|v| parse_store_bool(v) == Some(true));
     let no_credentials = |check: &mut Check, what: &str| {
         check.fail(
             variable,
@@ -602,62 +618,68 @@ fn store(
             format!("{what} (shared, or {side}-prefixed for this bucket only), or {side}WORKLOAD_IDENTITY=true / WORKLOAD_IDENTITY=true to use the platform's identity"),
         )
     };
+    let bucket = url.host_str().unwrap_or("");
     match url.scheme() {
         "file" => {
             if url.host_str().is_some_and(|h| !h.is_empty()) || !url.path().starts_with('/') {
                 check.fail(variable, format!("{text:?} is not an absolute local path"), "file:///absolute/dir");
             }
         }
+        "s3" | "s3a" | "gs" if bucket.is_empty() => {
+            check.fail(variable, format!("{text:?} names no bucket"), format!("{}://bucket[/prefix]", url.scheme()));
+        }
+        "s3" | "s3a" | "gs" if !valid_bucket_name(bucket) => {
+            check.fail(
+                variable,
+                format!("{text:?}: {bucket:?} is not a bucket name"),
+                "a bucket name: letters, digits, '-', '_' and '.', at most 255 characters",
+            );
+        }
         "s3" | "s3a" => {
-            if url.host_str().unwrap_or("").is_empty() {
-                check.fail(variable, format!("{text:?} names no bucket"), "s3://bucket[/prefix]");
-            }
             let key = has(&["aws_access_key_id"]);
             let secret = has(&["aws_secret_access_key"]);
             if key != secret {
                 check.fail(variable, "only one of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY is set", "both, or neither");
             } else if !key
                 && !workload_identity
-                && !has(&["aws_web_identity_token_file", "aws_container_credentials_full_uri", "aws_container_credentials_relative_uri", "aws_skip_signature"])
+                && !truthy("aws_skip_signature")
+                && !has(&["aws_web_identity_token_file", "aws_container_credentials_full_uri", "aws_container_credentials_relative_uri"])
             {
                 no_credentials(check, "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
             }
         }
         "gs" => {
-            if url.host_str().unwrap_or("").is_empty() {
-                check.fail(variable, format!("{text:?} names no bucket"), "gs://bucket[/prefix]");
-            }
             if !workload_identity
-                && !has(&[
-                    "google_service_account",
-                    "google_service_account_path",
-                    "google_service_account_key",
-                    "google_application_credentials",
-                    "google_skip_signature",
-                ])
+                && !truthy("google_skip_signature")
+                && !has(&["google_service_account", "google_service_account_key", "google_application_credentials"])
             {
                 no_credentials(check, "GOOGLE_SERVICE_ACCOUNT_KEY or GOOGLE_SERVICE_ACCOUNT (a key file)");
             }
         }
         "az" | "azure" | "abfs" | "abfss" => {
-            if url.host_str().unwrap_or("").is_empty() {
+            let container = if url.username().is_empty() { bucket } else { url.username() };
+            if container.is_empty() {
                 check.fail(variable, format!("{text:?} names no container"), "az://container[/prefix]");
+            } else if container.len() > 63 || !container.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                check.fail(
+                    variable,
+                    format!("{text:?}: {container:?} is not a container name"),
+                    "a container name: letters, digits and '-', at most 63 characters",
+                );
             }
-            let emulator = options.get("azure_storage_use_emulator").is_some_and(|v| v.expose() == "true");
-            if !emulator && !has(&["azure_storage_account_name", "azure_storage_account"]) {
+            let emulator = truthy("azure_storage_use_emulator");
+            if !emulator && url.username().is_empty() && !has(&["azure_storage_account_name"]) {
                 check.fail(variable, "az has no storage account", "AZURE_STORAGE_ACCOUNT_NAME");
             }
             if !workload_identity
                 && !emulator
+                && !truthy("azure_skip_signature")
                 && !has(&[
                     "azure_storage_account_key",
-                    "azure_storage_access_key",
                     "azure_storage_sas_key",
-                    "azure_storage_sas_token",
-                    "azure_client_secret",
+                    "azure_storage_client_secret",
                     "azure_federated_token_file",
                     "azure_storage_token",
-                    "azure_skip_signature",
                 ])
             {
                 no_credentials(check, "AZURE_STORAGE_ACCOUNT_KEY or a SAS token");
@@ -668,6 +690,658 @@ fn store(
         }
     }
     Some(StoreSettings { variable, url, options })
+}
+
+/// S3 and GCS bucket names (and the legacy S3 forms): what can sit in a URL's host and
+/// path unescaped.
+fn valid_bucket_name(b: &str) -> bool {
+    (1..=255).contains(&b.len()) && b.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+}
+
+/// Every variable name of the object_store families object_store 0.14 knows, unprefixed
+/// (each is also read with a SOURCE_, TARGET_ or RESTORE_ prefix). The names of the HTTP
+/// client's options (`*_TIMEOUT`, `*_PROXY_URL`…) exist in every family.
+pub fn store_key_names() -> Vec<String> {
+    const AWS: &[&str] = &[
+        "ACCESS_KEY_ID",
+        "SECRET_ACCESS_KEY",
+        "DEFAULT_REGION",
+        "REGION",
+        "BUCKET",
+        "BUCKET_NAME",
+        "ENDPOINT_URL",
+        "ENDPOINT",
+        "ENDPOINT_URL_S3",
+        "SESSION_TOKEN",
+        "TOKEN",
+        "VIRTUAL_HOSTED_STYLE_REQUEST",
+        "S3_EXPRESS",
+        "IMDSV1_FALLBACK",
+        "METADATA_ENDPOINT",
+        "UNSIGNED_PAYLOAD",
+        "CHECKSUM_ALGORITHM",
+        "CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "CONTAINER_CREDENTIALS_FULL_URI",
+        "CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        "WEB_IDENTITY_TOKEN_FILE",
+        "ROLE_ARN",
+        "ROLE_SESSION_NAME",
+        "ENDPOINT_URL_STS",
+        "SKIP_SIGNATURE",
+        "COPY_IF_NOT_EXISTS",
+        "CONDITIONAL_PUT",
+        "DISABLE_TAGGING",
+        "DISABLE_BULK_DELETE",
+        "REQUEST_PAYER",
+        "SERVER_SIDE_ENCRYPTION",
+        "SSE_KMS_KEY_ID",
+        "SSE_BUCKET_KEY_ENABLED",
+        "SSE_CUSTOMER_KEY_BASE64",
+    ];
+    const AZURE: &[&str] = &[
+        "STORAGE_ACCOUNT_KEY",
+        "STORAGE_ACCESS_KEY",
+        "STORAGE_MASTER_KEY",
+        "STORAGE_ACCOUNT_NAME",
+        "STORAGE_CLIENT_ID",
+        "CLIENT_ID",
+        "STORAGE_CLIENT_SECRET",
+        "CLIENT_SECRET",
+        "STORAGE_TENANT_ID",
+        "STORAGE_AUTHORITY_ID",
+        "TENANT_ID",
+        "AUTHORITY_ID",
+        "STORAGE_AUTHORITY_HOST",
+        "AUTHORITY_HOST",
+        "STORAGE_SAS_KEY",
+        "STORAGE_SAS_TOKEN",
+        "STORAGE_TOKEN",
+        "STORAGE_USE_EMULATOR",
+        "USE_FABRIC_ENDPOINT",
+        "STORAGE_ENDPOINT",
+        "ENDPOINT",
+        "MSI_ENDPOINT",
+        "IDENTITY_ENDPOINT",
+        "OBJECT_ID",
+        "MSI_RESOURCE_ID",
+        "FEDERATED_TOKEN_FILE",
+        "USE_AZURE_CLI",
+        "SKIP_SIGNATURE",
+        "CONTAINER_NAME",
+        "DISABLE_TAGGING",
+        "FABRIC_TOKEN_SERVICE_URL",
+        "FABRIC_WORKLOAD_HOST",
+        "FABRIC_SESSION_TOKEN",
+        "FABRIC_CLUSTER_IDENTIFIER",
+        "CREDENTIAL_TYPE",
+        "STORAGE_ENCRYPTION_KEY",
+    ];
+    const GOOGLE: &[&str] = &[
+        "SERVICE_ACCOUNT",
+        "SERVICE_ACCOUNT_PATH",
+        "SERVICE_ACCOUNT_KEY",
+        "BUCKET",
+        "BUCKET_NAME",
+        "BASE_URL",
+        "APPLICATION_CREDENTIALS",
+        "BEARER_TOKEN",
+        "SKIP_SIGNATURE",
+    ];
+    const CLIENT: &[&str] = &[
+        "ALLOW_HTTP",
+        "ALLOW_INVALID_CERTIFICATES",
+        "DISABLE_SYSTEM_CERTIFICATES",
+        "CONNECT_TIMEOUT",
+        "DEFAULT_CONTENT_TYPE",
+        "HTTP1_ONLY",
+        "HTTP2_ONLY",
+        "HTTP2_KEEP_ALIVE_INTERVAL",
+        "HTTP2_KEEP_ALIVE_TIMEOUT",
+        "HTTP2_KEEP_ALIVE_WHILE_IDLE",
+        "HTTP2_MAX_FRAME_SIZE",
+        "POOL_IDLE_TIMEOUT",
+        "POOL_MAX_IDLE_PER_HOST",
+        "PROXY_URL",
+        "PROXY_CA_CERTIFICATE",
+        "PROXY_EXCLUDES",
+        "RANDOMIZE_ADDRESSES",
+        "READ_TIMEOUT",
+        "TIMEOUT",
+        "USER_AGENT",
+    ];
+    let mut names = Vec::new();
+    for (family, keys) in [("AWS_", AWS), ("AZURE_", AZURE), ("GOOGLE_", GOOGLE)] {
+        for key in keys.iter().chain(CLIENT) {
+            let name = format!("{family}{key}");
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+// ------------------------------------------------------------------ object_store options
+
+/// An object_store key family, by the prefix of its variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum StoreFamily {
+    Aws,
+    Google,
+    Azure,
+}
+
+impl StoreFamily {
+    /// The family of a lower-case, unprefixed key such as `aws_endpoint`.
+    fn of_key(key: &str) -> Option<Self> {
+        if key.starts_with("aws_") {
+            Some(StoreFamily::Aws)
+        } else if key.starts_with("google_") {
+            Some(StoreFamily::Google)
+        } else if key.starts_with("azure_") {
+            Some(StoreFamily::Azure)
+        } else {
+            None
+        }
+    }
+
+    /// The family whose keys a bucket URL's store reads (none for `file://`).
+    fn of_scheme(scheme: &str) -> Option<Self> {
+        match scheme {
+            "s3" | "s3a" => Some(StoreFamily::Aws),
+            "gs" => Some(StoreFamily::Google),
+            "az" | "azure" | "abfs" | "abfss" | "adl" => Some(StoreFamily::Azure),
+            _ => None,
+        }
+    }
+
+    /// The key's canonical name as this family's object_store builder parses it (so
+    /// `aws_endpoint_url` is `aws_endpoint`, `aws_timeout` is `timeout`), or `None` when
+    /// the builder does not know it and would silently ignore it.
+    fn canonical(self, key: &str) -> Option<String> {
+        use std::str::FromStr;
+        match self {
+            StoreFamily::Aws => object_store::aws::AmazonS3ConfigKey::from_str(key).ok().map(|k| k.as_ref().to_string()),
+            StoreFamily::Google => object_store::gcp::GoogleConfigKey::from_str(key).ok().map(|k| k.as_ref().to_string()),
+            StoreFamily::Azure => object_store::azure::AzureConfigKey::from_str(key).ok().map(|k| k.as_ref().to_string()),
+        }
+    }
+}
+
+/// One side's object_store options: the known keys of the shared families, then the
+/// side's own, which replace a shared key under any of its names (`TARGET_AWS_ENDPOINT`
+/// replaces `AWS_ENDPOINT_URL` too). Keys object_store does not know are left out (it
+/// would ignore them; [`check_store_keys`] warns about them).
+fn store_options(raw: &RawEnv, side: &str) -> BTreeMap<String, Secret> {
+    let known = |key: &str| StoreFamily::of_key(key).and_then(|f| Some((f, f.canonical(key)?)));
+    let mut options = BTreeMap::new();
+    for (name, value) in &raw.store_keys {
+        let key = name.to_ascii_lowercase();
+        if known(&key).is_some() {
+            options.insert(key, value.clone());
+        }
+    }
+    for (name, value) in &raw.store_keys {
+        let Some(rest) = name.strip_prefix(side) else { continue };
+        let key = rest.to_ascii_lowercase();
+        let Some(this) = known(&key) else { continue };
+        options.retain(|k, _| known(k).as_ref() != Some(&this));
+        options.insert(key, value.clone());
+    }
+    options
+}
+
+/// What a store of `family` ends up configured with: canonical key → value, the later
+/// key winning as in object_store's own fold over the options (in their map order).
+fn effective_options(options: &BTreeMap<String, Secret>, family: StoreFamily) -> BTreeMap<String, String> {
+    options.iter().filter_map(|(k, v)| Some((family.canonical(k)?, v.expose().to_string()))).collect()
+}
+
+/// object_store's boolean syntax (its `Parse for bool`): no trimming.
+fn parse_store_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "on" | "yes" | "y" => Some(true),
+        "0" | "false" | "off" | "no" | "n" => Some(false),
+        _ => None,
+    }
+}
+
+/// How object_store uses an option's value, hence what it must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OptionKind {
+    /// Free text (a secret, a path, a query parameter): no control characters.
+    Text,
+    /// A PEM certificate: several lines.
+    Multiline,
+    /// Sent in an HTTP header: printable ASCII.
+    Header,
+    /// Part of a host name or a URL path, and of a header: letters, digits, `-_.`.
+    HostLabel,
+    /// An http(s) URL requests are sent to.
+    HttpUrl,
+    /// A proxy URL.
+    ProxyUrl,
+    /// A path appended to the ECS credentials address.
+    RelativeUri,
+    Bool,
+    Duration,
+    Count,
+    /// HTTP/2 frame size: 16 KiB to 16 MiB - 1 (h2 asserts it).
+    FrameSize,
+    Choice(&'static [&'static str]),
+    ChoiceIgnoringCase(&'static [&'static str]),
+    /// Base64, any length.
+    Base64,
+    /// Base64 of a 256-bit key.
+    Base64Key256,
+    CopyIfNotExists,
+    ConditionalPut,
+    /// A GCS service-account key file's JSON.
+    ServiceAccountKey,
+    /// The path of such a file (object_store reads it when building the store).
+    ServiceAccountFile,
+}
+
+/// The kind of an option, by its canonical name (see [`StoreFamily::canonical`]); read
+/// off object_store 0.14's builders and the requests they make. An option not listed is
+/// free text.
+fn option_kind(canonical: &str) -> OptionKind {
+    use OptionKind::*;
+    match canonical {
+        // The HTTP client's options, in every family.
+        "allow_http"
+        | "allow_invalid_certificates"
+        | "disable_system_certificates"
+        | "http1_only"
+        | "http2_only"
+        | "http2_keep_alive_while_idle"
+        | "randomize_addresses" => Bool,
+        "connect_timeout" | "http2_keep_alive_interval" | "http2_keep_alive_timeout" | "pool_idle_timeout" | "read_timeout" | "timeout" => Duration,
+        "pool_max_idle_per_host" => Count,
+        "http2_max_frame_size" => FrameSize,
+        "default_content_type" | "user_agent" => Header,
+        "proxy_url" => ProxyUrl,
+        "proxy_ca_certificate" => Multiline,
+        // S3
+        "aws_access_key_id" | "aws_session_token" | "aws_sse_kms_key_id" => Header,
+        "aws_region" | "aws_default_region" => HostLabel,
+        "aws_endpoint" | "aws_endpoint_url_s3" | "aws_metadata_endpoint" | "aws_container_credentials_full_uri" | "aws_endpoint_url_sts" => HttpUrl,
+        "aws_container_credentials_relative_uri" => RelativeUri,
+        "aws_imdsv1_fallback"
+        | "aws_virtual_hosted_style_request"
+        | "aws_s3_express"
+        | "aws_unsigned_payload"
+        | "aws_skip_signature"
+        | "aws_disable_tagging"
+        | "aws_disable_bulk_delete"
+        | "aws_request_payer"
+        | "aws_sse_bucket_key_enabled" => Bool,
+        "aws_checksum_algorithm" => ChoiceIgnoringCase(&["sha256", "crc64nvme"]),
+        "aws_server_side_encryption" => Choice(&["AES256", "aws:kms", "aws:kms:dsse", "sse-c"]),
+        "aws_sse_customer_key_base64" => Base64Key256,
+        "aws_copy_if_not_exists" => CopyIfNotExists,
+        "aws_conditional_put" => ConditionalPut,
+        // Azure
+        "azure_storage_account_name" | "azure_storage_tenant_id" => HostLabel,
+        "azure_storage_account_key" => Base64,
+        "azure_storage_token" => Header,
+        "azure_storage_authority_host" | "azure_storage_endpoint" | "azure_msi_endpoint" | "azure_fabric_token_service_url" => HttpUrl,
+        "azure_storage_use_emulator" | "azure_use_fabric_endpoint" | "azure_use_azure_cli" | "azure_skip_signature" | "azure_disable_tagging" => Bool,
+        "azure_credential_type" => {
+            Choice(&["auto", "bearer_token", "access_key", "client_secret", "workload_identity", "sas_token", "azure_cli", "managed_identity"])
+        }
+        "azure_storage_encryption_key" => Base64Key256,
+        // GCS
+        "google_service_account_key" => ServiceAccountKey,
+        "google_service_account" => ServiceAccountFile,
+        "google_base_url" => HttpUrl,
+        "google_bearer_token" => Header,
+        "google_skip_signature" => Bool,
+        _ => Text,
+    }
+}
+
+/// Checks one option's value as object_store will use it: what it would refuse when
+/// building the store, and what would make it panic later (a request it cannot build,
+/// a header it cannot carry). `Err((problem, expected))`; values are never echoed
+/// (they may be secrets).
+fn check_store_value(kind: OptionKind, v: &str) -> Result<(), (String, String)> {
+    use OptionKind::*;
+    let err = |problem: &str, expected: &str| Err((problem.to_string(), expected.to_string()));
+    if kind != Multiline && kind != ServiceAccountKey && v.chars().any(char::is_control) {
+        return err("contains a control character (a line break at the end of a Secret's value?)", "the value on one line, without control characters");
+    }
+    let header_safe = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b));
+    match kind {
+        Text | Multiline => Ok(()),
+        Header if header_safe(v) => Ok(()),
+        Header => err("contains characters an HTTP header cannot carry", "printable ASCII (the value is sent in an HTTP header)"),
+        HostLabel if !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) => Ok(()),
+        HostLabel => err("is not a name that can be part of a host name", "letters, digits, '-', '_' or '.', such as us-east-1"),
+        HttpUrl => check_http_url(v).map_err(|p| (p, "an http(s) URL such as https://host:9000, with nothing after the path".to_string())),
+        ProxyUrl => check_proxy_url(v).map_err(|p| (p, "a proxy URL such as http://proxy:3128".to_string())),
+        RelativeUri => {
+            let full = format!("http://169.254.170.2{v}");
+            if v.starts_with('/') && check_request_uri(&full).is_ok() { Ok(()) } else { err("is not a URL path", "a path such as /v2/credentials/id") }
+        }
+        Bool if parse_store_bool(v).is_some() => Ok(()),
+        Bool => err("is not a boolean", "true or false (or 1/0, yes/no, on/off)"),
+        Duration => match humantime::parse_duration(v) {
+            Ok(_) => Ok(()),
+            Err(e) => Err((format!("is not a duration ({e})"), "a duration such as 30s, 5m or 1h".to_string())),
+        },
+        Count if v.parse::<usize>().is_ok() => Ok(()),
+        Count => err("is not a whole number", "a whole number such as 16"),
+        FrameSize if v.parse::<u32>().is_ok_and(|n| (16_384..=16_777_215).contains(&n)) => Ok(()),
+        FrameSize => err("is not an HTTP/2 frame size", "a whole number from 16384 to 16777215"),
+        Choice(names) if names.contains(&v) => Ok(()),
+        ChoiceIgnoringCase(names) if names.contains(&v.to_lowercase().as_str()) => Ok(()),
+        Choice(names) | ChoiceIgnoringCase(names) => Err(("is not a known value".to_string(), format!("one of {}", names.join(", ")))),
+        Base64 | Base64Key256 => {
+            use base64::Engine;
+            match base64::engine::general_purpose::STANDARD.decode(v) {
+                Ok(key) if kind == Base64Key256 && key.len() != 32 => {
+                    Err((format!("decodes to {} bytes", key.len()), "the base64 encoding of a 256-bit (32-byte) key".to_string()))
+                }
+                Ok(_) if header_safe(v) => Ok(()),
+                _ => err("is not base64", "standard base64, as the provider gives it"),
+            }
+        }
+        ConditionalPut if matches!(v.trim(), "etag" | "disabled") => Ok(()),
+        ConditionalPut => err("is not a known value", "etag or disabled"),
+        CopyIfNotExists => {
+            check_copy_if_not_exists(v).map_err(|p| (p, "multipart, header:<name>:<value> or header-with-status:<name>:<value>:<status>".to_string()))
+        }
+        ServiceAccountKey => {
+            check_service_account_key(v).map_err(|p| (p, "a service-account key file's JSON, with private_key, private_key_id and client_email".to_string()))
+        }
+        ServiceAccountFile => match std::fs::read_to_string(v) {
+            Ok(key) => check_service_account_key(&key)
+                .map_err(|p| (format!("names a file that {p}"), "a service-account key file, with private_key, private_key_id and client_email".to_string())),
+            Err(e) => Err((format!("cannot be read ({e})"), "the path of a readable service-account key file".to_string())),
+        },
+    }
+}
+
+/// A URL object_store can both build requests to and sign: the `url` crate and the
+/// `http` crate must both accept it (the S3 signer re-parses a request's URI with
+/// `url` and panics when that fails; a request whose URI `http` refuses panics when
+/// sent), once a bucket and a key are appended too.
+fn check_http_url(v: &str) -> Result<(), String> {
+    let url = Url::parse(v).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("has scheme {:?}, not http or https", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("carries a user name or password".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("has a query or a fragment".into());
+    }
+    check_request_uri(v)?;
+    check_request_uri(&format!("{}/bucket/key", v.trim_end_matches('/')))
+}
+
+/// A request URI the `http` crate accepts, whose text the `url` crate reads back, and
+/// whose authority can be a Host header.
+fn check_request_uri(v: &str) -> Result<(), String> {
+    let uri: hyper::Uri = v.parse().map_err(|e| format!("is not a valid HTTP request URI ({e})"))?;
+    let authority = uri.authority().ok_or("has no host")?;
+    if authority.host().is_empty() {
+        return Err("has no host".into());
+    }
+    hyper::header::HeaderValue::from_str(authority.as_str()).map_err(|_| "has a host that cannot be sent as a Host header")?;
+    Url::parse(&uri.to_string()).map_err(|e| format!("is read differently by the URL parser ({e})"))?;
+    Ok(())
+}
+
+fn check_proxy_url(v: &str) -> Result<(), String> {
+    let url = Url::parse(v).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") {
+        return Err(format!("has scheme {:?}, not http, https, socks5 or socks5h", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    let uri: hyper::Uri = v.parse().map_err(|e| format!("is not a valid URI ({e})"))?;
+    if uri.authority().is_none() {
+        return Err("has no host".into());
+    }
+    Ok(())
+}
+
+/// `S3CopyIfNotExists`'s syntax, and a header name and value a request can carry.
+fn check_copy_if_not_exists(v: &str) -> Result<(), String> {
+    if v.trim() == "multipart" {
+        return Ok(());
+    }
+    let (variant, rest) = v.split_once(':').ok_or("is not a known form")?;
+    let (name, value) = match variant.trim() {
+        "header" => rest.split_once(':').ok_or("names no header value")?,
+        "header-with-status" => {
+            let parts: Vec<&str> = rest.split(':').collect();
+            let [name, value, status] = parts[..] else { return Err("is not header-with-status:<name>:<value>:<status>".into()) };
+            status.trim().parse::<hyper::StatusCode>().map_err(|_| "has an invalid status code")?;
+            (name, value)
+        }
+        _ => return Err("is not a known form".into()),
+    };
+    name.trim().parse::<hyper::header::HeaderName>().map_err(|_| "has an invalid header name")?;
+    hyper::header::HeaderValue::from_str(value.trim()).map_err(|_| "has a header value an HTTP request cannot carry")?;
+    Ok(())
+}
+
+/// What object_store's `ServiceAccountCredentials` deserializes, and a usable base URL.
+fn check_service_account_key(v: &str) -> Result<(), String> {
+    let json: serde_json::Value = serde_json::from_str(v).map_err(|e| format!("is not JSON ({e})"))?;
+    let object = json.as_object().ok_or("is not a JSON object")?;
+    for field in ["private_key", "private_key_id", "client_email"] {
+        if !object.get(field).is_some_and(serde_json::Value::is_string) {
+            return Err(format!("has no string {field:?}"));
+        }
+    }
+    if object.get("disable_oauth").is_some_and(|d| !d.is_boolean()) {
+        return Err("has a \"disable_oauth\" that is not a boolean".into());
+    }
+    match object.get("gcs_base_url") {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(serde_json::Value::String(url)) => check_http_url(url).map_err(|p| format!("has a \"gcs_base_url\" that {p}")),
+        Some(_) => Err("has a \"gcs_base_url\" that is not a string".into()),
+    }
+}
+
+/// Checks every object_store variable the command uses (the shared families and those
+/// of `sides`), once each: a value object_store would refuse, or could panic on, is a
+/// problem naming the variable; a key object_store does not know is warned about (it
+/// would be ignored); two names of one option with different values are a problem.
+fn check_store_keys(check: &mut Check, raw: &RawEnv, sides: &[&str]) {
+    let mut seen: BTreeMap<(&str, StoreFamily, String), (&str, &Secret)> = BTreeMap::new();
+    for (name, value) in &raw.store_keys {
+        let side = SIDES.iter().copied().find(|s| name.starts_with(s)).unwrap_or("");
+        if !side.is_empty() && !sides.contains(&side) {
+            continue;
+        }
+        let key = name[side.len()..].to_ascii_lowercase();
+        let Some(family) = StoreFamily::of_key(&key) else { continue };
+        let Some(canonical) = family.canonical(&key) else {
+            tracing::warn!(variable = %name, "{name} is not an object_store option: it is ignored");
+            continue;
+        };
+        if let Err((problem, expected)) = check_store_value(option_kind(&canonical), value.expose()) {
+            check.fail(name, problem, expected);
+        }
+        match seen.entry((side, family, canonical)) {
+            std::collections::btree_map::Entry::Occupied(first) => {
+                let (first_name, first_value) = *first.get();
+                if first_value != value {
+                    check.fail(name, format!("sets the same option as {first_name}, to another value"), format!("only one of {first_name} and {name}"));
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert((name, value));
+            }
+        }
+    }
+}
+
+// --------------------------------------------------------------- where a bucket points
+
+/// Where a bucket URL points, normalised so that two can be compared: the same place
+/// under different spellings (a trailing or doubled slash, `s3a://`, `..` or a symlink
+/// in a local path) normalises to the same location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// `s3`, `gs`, `az` or `file`.
+    pub scheme: &'static str,
+    /// The service: the effective endpoint (and for Azure the storage account); `None`
+    /// is the provider's default.
+    pub service: Option<String>,
+    /// The bucket or container; empty for `file://`.
+    pub bucket: String,
+    /// The prefix (or the local path) by segments, empty segments dropped.
+    pub segments: Vec<String>,
+}
+
+impl Location {
+    /// Whether `other` is this location or lies under it (segment-wise: `data2` is not
+    /// under `data`).
+    pub fn contains(&self, other: &Location) -> bool {
+        self.scheme == other.scheme && self.service == other.service && self.bucket == other.bucket && other.segments.starts_with(&self.segments)
+    }
+
+    pub fn overlaps(&self, other: &Location) -> bool {
+        self.contains(other) || other.contains(self)
+    }
+}
+
+/// Normalises a bucket URL with its options (for the endpoint). `None` for a URL that
+/// is not a usable bucket URL (reported elsewhere).
+pub fn location(url: &Url, options: &BTreeMap<String, Secret>) -> Option<Location> {
+    let segments = || url.path().split('/').filter(|s| !s.is_empty()).map(percent_decode).collect::<Vec<_>>();
+    let host = url.host_str().unwrap_or("").to_string();
+    let endpoint = |v: Option<&String>| v.map(|e| normalise_endpoint(e));
+    match url.scheme() {
+        "file" => {
+            let path = url.to_file_path().ok()?;
+            let resolved = std::fs::canonicalize(&path).unwrap_or_else(|_| resolve_path(&path, 0));
+            let segments = resolved
+                .components()
+                .filter_map(|c| match c {
+                    std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                    _ => None,
+                })
+                .collect();
+            Some(Location { scheme: "file", service: None, bucket: String::new(), segments })
+        }
+        "s3" | "s3a" => {
+            let o = effective_options(options, StoreFamily::Aws);
+            let service = endpoint(o.get("aws_endpoint_url_s3").or_else(|| o.get("aws_endpoint")));
+            Some(Location { scheme: "s3", service, bucket: host, segments: segments() })
+        }
+        "gs" => {
+            let o = effective_options(options, StoreFamily::Google);
+            let from_key = o
+                .get("google_service_account_key")
+                .and_then(|k| serde_json::from_str::<serde_json::Value>(k).ok())
+                .and_then(|k| k.get("gcs_base_url")?.as_str().map(str::to_string));
+            let service = endpoint(o.get("google_base_url").or(from_key.as_ref()));
+            Some(Location { scheme: "gs", service, bucket: host, segments: segments() })
+        }
+        "az" | "azure" | "abfs" | "abfss" | "adl" => {
+            let o = effective_options(options, StoreFamily::Azure);
+            let (container, account) = if url.username().is_empty() {
+                (host, o.get("azure_storage_account_name").cloned())
+            } else {
+                (url.username().to_string(), host.split('.').next().map(str::to_string))
+            };
+            let account = account.unwrap_or_default().to_ascii_lowercase();
+            let emulator = o.get("azure_storage_use_emulator").and_then(|v| parse_store_bool(v)) == Some(true);
+            let service =
+                if emulator { format!("emulator/{account}") } else { format!("{}/{account}", endpoint(o.get("azure_storage_endpoint")).unwrap_or_default()) };
+            Some(Location { scheme: "az", service: Some(service), bucket: container, segments: segments() })
+        }
+        _ => None,
+    }
+}
+
+/// An endpoint in one spelling: lower-case scheme and host, the port even when it is the
+/// default, no trailing slash.
+fn normalise_endpoint(e: &str) -> String {
+    match Url::parse(e.trim()) {
+        Ok(u) => format!(
+            "{}://{}:{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().map(|p| p.to_string()).unwrap_or_default(),
+            u.path().trim_end_matches('/')
+        ),
+        Err(_) => e.trim().trim_end_matches('/').to_ascii_lowercase(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b)))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A local path made absolute and physical without requiring it to exist: `.` and `..`
+/// applied, every symbolic link on the way resolved (even one whose target does not
+/// exist yet), component by component as the kernel would.
+fn resolve_path(path: &std::path::Path, depth: u32) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::Prefix(_) => out = PathBuf::from("/"),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => {
+                out.push(name);
+                if depth < 40
+                    && let Ok(target) = std::fs::read_link(&out)
+                {
+                    let parent = out.parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+                    out = resolve_path(&parent.join(target), depth + 1);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Refuses `variable`'s bucket overlapping `other`'s (one inside the other, or the same).
+fn check_apart(check: &mut Check, this: &StoreSettings, other: &StoreSettings) {
+    let (Some(a), Some(b)) = (location(&this.url, &this.options), location(&other.url, &other.options)) else { return };
+    let (variable, other_variable) = (this.variable, other.variable);
+    let problem = if a == b || (a.contains(&b) && b.contains(&a)) {
+        format!("is the same as {other_variable}")
+    } else if b.contains(&a) {
+        format!("is inside {other_variable}")
+    } else if a.contains(&b) {
+        format!("contains {other_variable}")
+    } else {
+        return;
+    };
+    check.fail(variable, problem, format!("a bucket or prefix outside {other_variable}, and {other_variable} outside it"));
 }
 
 fn common(check: &mut Check, raw: &RawEnv) -> Common {
@@ -719,9 +1393,34 @@ pub fn parse_schedule(s: &str) -> Result<cron::Schedule, String> {
     cron::Schedule::from_str(&expression).map_err(|e| e.to_string())
 }
 
-fn workload_identity(check: &mut Check, raw: &RawEnv, side: &Option<String>, side_var: &str) -> bool {
-    let all = check.boolean("WORKLOAD_IDENTITY", &raw.workload_identity, false);
-    check.boolean(side_var, side, all)
+/// WORKLOAD_IDENTITY, read once per command (whatever the number of buckets).
+fn shared_workload_identity(check: &mut Check, raw: &RawEnv) -> bool {
+    check.boolean("WORKLOAD_IDENTITY", &raw.workload_identity, false)
+}
+
+/// The GC_GRACE floor: longer than any run can last, so that a blob a run copied (not
+/// yet referenced by a manifest) is never swept by a concurrent or later retention.
+fn check_gc_grace_floor(check: &mut Check, gc_grace: Duration, cluster: &ClusterSettings, max_downtime: Duration) {
+    let involved = ["GC_GRACE", "MAX_DOWNTIME", "PAUSE_TIMEOUT", "RESUME_TIMEOUT"];
+    if check.problems.iter().any(|p| involved.contains(&p.variable.as_str())) {
+        return;
+    }
+    let floor = max_downtime.saturating_add(cluster.pause_timeout).saturating_add(cluster.resume_timeout).saturating_add(Duration::from_secs(3600));
+    if gc_grace < floor {
+        let h = |d: Duration| humantime::format_duration(d).to_string();
+        check.fail(
+            "GC_GRACE",
+            format!(
+                "{} is below its floor of {} = MAX_DOWNTIME ({}) + PAUSE_TIMEOUT ({}) + RESUME_TIMEOUT ({}) + 1h",
+                h(gc_grace),
+                h(floor),
+                h(max_downtime),
+                h(cluster.pause_timeout),
+                h(cluster.resume_timeout)
+            ),
+            format!("at least {}: longer than any run can last, so that a blob copied by a run still in progress is never swept", h(floor)),
+        );
+    }
 }
 
 fn bin_dir(check: &mut Check, raw: &RawEnv) -> Option<PathBuf> {
@@ -770,8 +1469,10 @@ impl RunConfig {
         let server = pg_server(&mut check, "", &raw.pghost, &raw.pgport, &raw.pguser, &raw.pgpassword, &raw.pgsslmode, &raw.pgsslrootcert);
         let databases = database_names(&mut check, raw);
         let bin_dir = bin_dir(&mut check, raw);
-        let source_wi = workload_identity(&mut check, raw, &raw.source_workload_identity, "SOURCE_WORKLOAD_IDENTITY");
-        let target_wi = workload_identity(&mut check, raw, &raw.target_workload_identity, "TARGET_WORKLOAD_IDENTITY");
+        let shared_wi = shared_workload_identity(&mut check, raw);
+        let source_wi = check.boolean("SOURCE_WORKLOAD_IDENTITY", &raw.source_workload_identity, shared_wi);
+        let target_wi = check.boolean("TARGET_WORKLOAD_IDENTITY", &raw.target_workload_identity, shared_wi);
+        check_store_keys(&mut check, raw, &["SOURCE_", "TARGET_"]);
         let objects = check.choice("OBJECTS", &raw.objects, ObjectsMode::Copy, &[("copy", ObjectsMode::Copy), ("skip", ObjectsMode::Skip)]);
         let source = store(&mut check, "SOURCE_URL", "SOURCE_", &raw.source_url, raw, source_wi, objects == ObjectsMode::Copy);
         let target = store(&mut check, "TARGET_URL", "TARGET_", &raw.target_url, raw, target_wi, true);
@@ -783,10 +1484,10 @@ impl RunConfig {
         let max_downtime = check.duration("MAX_DOWNTIME", &raw.max_downtime, "2h");
         let retention = retention(&mut check, raw);
         let gc_grace = check.duration("GC_GRACE", &raw.gc_grace, "24h");
+        check_gc_grace_floor(&mut check, gc_grace, &cluster, max_downtime);
+        let preflight_timeout = check.duration("PREFLIGHT_TIMEOUT", &raw.preflight_timeout, "60s");
         if let (Some(s), Some(t)) = (&source, &target) {
-            if s.url == t.url {
-                check.fail("TARGET_URL", "is the same as SOURCE_URL", "a different bucket or prefix for the backups");
-            }
+            check_apart(&mut check, t, s);
         }
         // An unset SOURCE_URL is fine with OBJECTS=skip; then nothing is read from it.
         let source = source.unwrap_or_else(|| StoreSettings {
@@ -805,6 +1506,7 @@ impl RunConfig {
                 max_downtime,
                 retention,
                 gc_grace,
+                preflight_timeout,
             }),
             _ => Err(ConfigError(check.problems)),
         }
@@ -861,11 +1563,15 @@ impl CatalogConfig {
     pub fn from_env(raw: &RawEnv) -> Result<Self, ConfigError> {
         let mut check = Check::new();
         let common = common(&mut check, raw);
-        let target_wi = workload_identity(&mut check, raw, &raw.target_workload_identity, "TARGET_WORKLOAD_IDENTITY");
+        let shared_wi = shared_workload_identity(&mut check, raw);
+        let target_wi = check.boolean("TARGET_WORKLOAD_IDENTITY", &raw.target_workload_identity, shared_wi);
+        check_store_keys(&mut check, raw, &["TARGET_"]);
         let target = store(&mut check, "TARGET_URL", "TARGET_", &raw.target_url, raw, target_wi, true);
         let retention = retention(&mut check, raw);
-        let gc_grace = check.duration("GC_GRACE", &raw.gc_grace, "24h");
         let cluster = ClusterSettings::from_env_checked(&mut check, raw);
+        let max_downtime = check.duration("MAX_DOWNTIME", &raw.max_downtime, "2h");
+        let gc_grace = check.duration("GC_GRACE", &raw.gc_grace, "24h");
+        check_gc_grace_floor(&mut check, gc_grace, &cluster, max_downtime);
         match target {
             Some(target) => check.finish(CatalogConfig { common, target, retention, gc_grace, cluster }),
             None => Err(ConfigError(check.problems)),
@@ -878,10 +1584,15 @@ impl RestoreConfig {
     pub fn from_env(raw: &RawEnv, need_server: bool, need_bucket: bool) -> Result<Self, ConfigError> {
         let mut check = Check::new();
         let common = common(&mut check, raw);
-        let target_wi = workload_identity(&mut check, raw, &raw.target_workload_identity, "TARGET_WORKLOAD_IDENTITY");
-        let restore_wi = workload_identity(&mut check, raw, &raw.restore_workload_identity, "RESTORE_WORKLOAD_IDENTITY");
+        let shared_wi = shared_workload_identity(&mut check, raw);
+        let target_wi = check.boolean("TARGET_WORKLOAD_IDENTITY", &raw.target_workload_identity, shared_wi);
+        let restore_wi = check.boolean("RESTORE_WORKLOAD_IDENTITY", &raw.restore_workload_identity, shared_wi);
+        check_store_keys(&mut check, raw, &["TARGET_", "RESTORE_"]);
         let target = store(&mut check, "TARGET_URL", "TARGET_", &raw.target_url, raw, target_wi, true);
         let destination = store(&mut check, "RESTORE_URL", "RESTORE_", &raw.restore_url, raw, restore_wi, need_bucket);
+        if let (Some(d), Some(t)) = (&destination, &target) {
+            check_apart(&mut check, d, t);
+        }
         let server = if need_server || raw.restore_pghost.is_some() {
             pg_server(
                 &mut check,
@@ -898,8 +1609,9 @@ impl RestoreConfig {
         };
         let bin_dir = bin_dir(&mut check, raw);
         let concurrency = check.number("COPY_CONCURRENCY", &raw.copy_concurrency, 32, 1..=1024) as usize;
+        let preflight_timeout = check.duration("PREFLIGHT_TIMEOUT", &raw.preflight_timeout, "60s");
         match target {
-            Some(target) => check.finish(RestoreConfig { common, target, server, destination, bin_dir, concurrency }),
+            Some(target) => check.finish(RestoreConfig { common, target, server, destination, bin_dir, concurrency, preflight_timeout }),
             None => Err(ConfigError(check.problems)),
         }
     }
@@ -1086,5 +1798,422 @@ mod tests {
             let unprefixed = SIDES.iter().find_map(|s| stem.strip_prefix(s)).unwrap_or(stem);
             assert!(STORE_FAMILIES.contains(&unprefixed), "{family} is not a family the code reads");
         }
+    }
+
+    fn loc(url: &str, options: &[(&str, &str)]) -> Location {
+        let options = options.iter().map(|(k, v)| (k.to_string(), Secret::new(*v))).collect();
+        location(&Url::parse(url).expect("a URL"), &options).unwrap_or_else(|| panic!("{url} has a location"))
+    }
+
+    #[test]
+    fn locations_normalise_spellings_and_compare_by_segment() {
+        let none: &[(&str, &str)] = &[];
+        let minio: &[(&str, &str)] = &[("aws_endpoint", "http://minio:9000")];
+        // (a, a's options, b, b's options, overlap?)
+        let cases: &[(&str, &[(&str, &str)], &str, &[(&str, &str)], bool)] = &[
+            ("s3://data", none, "s3://data/", none, true),
+            ("s3://data", none, "s3://data/backups", none, true),
+            ("s3://data/backups/blobs", none, "s3://data/backups", none, true),
+            ("s3://b//x//y/", none, "s3://b/x/y", none, true),
+            ("s3a://b/x", none, "s3://b/x", none, true),
+            ("s3://b/a%20b", none, "s3://b/a b/c", none, true),
+            ("s3://b/data", none, "s3://b/data2", none, false),
+            ("s3://b/data2", none, "s3://b/data", none, false),
+            ("s3://b", none, "s3://c", none, false),
+            ("s3://b", minio, "s3://b", none, false),
+            ("s3://b", minio, "s3://b/x", &[("aws_endpoint_url", "http://MINIO:9000/")], true),
+            ("s3://b", &[("aws_endpoint", "http://minio:9000")], "s3://b", &[("aws_endpoint", "http://minio:9001")], false),
+            ("s3://b", &[("aws_endpoint", "https://s3.example.com")], "s3://b", &[("aws_endpoint", "https://s3.example.com:443")], true),
+            ("s3://b", &[("aws_endpoint", "http://a:1"), ("aws_endpoint_url_s3", "http://s3:1")], "s3://b", &[("aws_endpoint", "http://s3:1")], true),
+            ("s3://b", &[("google_base_url", "http://gcs:1")], "s3://b", none, true),
+            ("gs://b", none, "s3://b", none, false),
+            ("gs://b/x", &[("google_base_url", "http://gcs:4443")], "gs://b/x/y", none, false),
+            ("az://c", &[("azure_storage_account_name", "acct")], "abfss://c@acct.dfs.core.windows.net/x", none, true),
+            ("azure://c/p", &[("azure_storage_account_name", "acct")], "az://c/p/q", &[("azure_storage_account_name", "ACCT")], true),
+            ("az://c", &[("azure_storage_account_name", "one")], "az://c", &[("azure_storage_account_name", "two")], false),
+            ("file:///srv/data", none, "file:///srv/data/", none, true),
+            ("file:///srv/data", none, "file:///srv/data/../data/backups", none, true),
+            ("file:///srv/data", none, "file:///srv/./data2", none, false),
+            ("file:///srv/x/../data/b", none, "file:///srv/data", none, true),
+            ("file:///srv/data", none, "s3://srv/data", none, false),
+        ];
+        for (a, ao, b, bo, overlap) in cases {
+            let (la, lb) = (loc(a, ao), loc(b, bo));
+            assert_eq!(la.overlaps(&lb), *overlap, "{a} {ao:?} vs {b} {bo:?}: {la:?} / {lb:?}");
+            assert_eq!(lb.overlaps(&la), *overlap, "overlap is symmetric: {b} vs {a}");
+        }
+        assert_eq!(loc("s3://b//x//y/", none).segments, vec!["x", "y"]);
+        assert!(loc("s3://data", none).contains(&loc("s3://data/backups", none)));
+        assert!(!loc("s3://data/backups", none).contains(&loc("s3://data", none)));
+    }
+
+    #[test]
+    fn local_locations_resolve_symlinks_even_dangling_ones() {
+        let dir = tempfile::tempdir().expect("dir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("source/backups")).expect("mkdir");
+        std::fs::create_dir_all(root.join("elsewhere")).expect("mkdir");
+        std::os::unix::fs::symlink(root.join("source/backups"), root.join("into-source")).expect("symlink");
+        std::os::unix::fs::symlink(root.join("source/not-yet"), root.join("dangling-into-source")).expect("symlink");
+        std::os::unix::fs::symlink("source", root.join("relative-link")).expect("symlink");
+        let url = |p: &str| format!("file://{}/{p}", root.display());
+        let source = loc(&url("source"), &[]);
+        for inside in ["into-source", "into-source/new/deeper", "dangling-into-source", "relative-link/x", "elsewhere/../source/y"] {
+            assert!(source.contains(&loc(&url(inside), &[])), "{inside} is inside the source");
+        }
+        // `..` is applied to the URL's path before any link is followed (by the URL
+        // parser, as object_store sees it too): `into-source/../z` is `z`.
+        for apart in ["elsewhere", "elsewhere/source", "new-dir/../elsewhere", "into-source/../z"] {
+            assert!(!source.overlaps(&loc(&url(apart), &[])), "{apart} is apart from the source");
+        }
+        // The source reached through a link, the target a real directory inside it.
+        assert!(loc(&url("relative-link"), &[]).contains(&loc(&url("source/backups"), &[])));
+    }
+
+    #[test]
+    fn overlapping_buckets_are_refused_naming_both_variables() {
+        let refused: &[(&[(&str, &str)], &str)] = &[
+            (&[("SOURCE_URL", "s3://data"), ("TARGET_URL", "s3://data/")], "is the same as SOURCE_URL"),
+            (&[("SOURCE_URL", "s3://data"), ("TARGET_URL", "s3://data/backups")], "is inside SOURCE_URL"),
+            (&[("SOURCE_URL", "s3a://data/pach"), ("TARGET_URL", "s3://data//pach/backups")], "is inside SOURCE_URL"),
+            (&[("SOURCE_URL", "s3://backups/nightly/blobs"), ("TARGET_URL", "s3://backups/nightly")], "contains SOURCE_URL"),
+            (
+                &[
+                    ("SOURCE_URL", "s3://data"),
+                    ("TARGET_URL", "s3://data/b"),
+                    ("AWS_ENDPOINT", "http://minio:9000"),
+                    ("TARGET_AWS_ENDPOINT_URL", "http://minio:9000/"),
+                ],
+                "is inside SOURCE_URL",
+            ),
+        ];
+        for (overrides, fragment) in refused {
+            let e = RunConfig::from_env(&env(&with(overrides))).expect_err(&format!("{overrides:?} must be refused"));
+            let p = e.0.iter().find(|p| p.variable == "TARGET_URL").unwrap_or_else(|| panic!("{overrides:?}: no problem names TARGET_URL: {e}"));
+            assert!(p.problem.contains(fragment), "{overrides:?}: {p}");
+            assert_eq!(p.expected, "a bucket or prefix outside SOURCE_URL, and SOURCE_URL outside it");
+        }
+        let allowed: &[&[(&str, &str)]] = &[
+            &[("SOURCE_URL", "s3://b/data"), ("TARGET_URL", "s3://b/data2")],
+            &[("SOURCE_URL", "s3://data"), ("TARGET_URL", "s3://data"), ("TARGET_AWS_ENDPOINT", "http://minio:9000")],
+            &[("SOURCE_URL", "gs://data"), ("TARGET_URL", "s3://data"), ("WORKLOAD_IDENTITY", "true")],
+        ];
+        for overrides in allowed {
+            RunConfig::from_env(&env(&with(overrides))).unwrap_or_else(|e| panic!("{overrides:?} must be accepted: {e}"));
+        }
+        // Restoring into the backup bucket.
+        let restore = |url: &str| {
+            RestoreConfig::from_env(
+                &env(&[("TARGET_URL", "s3://backups/nightly"), ("RESTORE_URL", url), ("AWS_ACCESS_KEY_ID", "A"), ("AWS_SECRET_ACCESS_KEY", "S")]),
+                false,
+                true,
+            )
+        };
+        for url in ["s3://backups", "s3://backups/nightly/", "s3://backups/nightly/blobs"] {
+            let e = restore(url).expect_err(url);
+            let p = e.0.iter().find(|p| p.variable == "RESTORE_URL").unwrap_or_else(|| panic!("{url}: {e}"));
+            assert!(p.to_string().contains("TARGET_URL"), "{p}");
+        }
+        restore("s3://backups/restored").expect("a sibling prefix");
+        restore("s3://pach-restored").expect("another bucket");
+    }
+
+    #[test]
+    fn gc_grace_has_a_floor_longer_than_any_run() {
+        let c = RunConfig::from_env(&env(&with(&[("GC_GRACE", "3h15m")]))).expect("the floor itself, with the default timeouts");
+        assert_eq!(c.gc_grace, Duration::from_secs(3 * 3600 + 15 * 60));
+        let e = RunConfig::from_env(&env(&with(&[("GC_GRACE", "3h14m")]))).unwrap_err();
+        let p = e.0.iter().find(|p| p.variable == "GC_GRACE").expect("GC_GRACE named");
+        assert!(p.problem.contains("floor of 3h 15m"), "{p}");
+        assert!(p.problem.contains("MAX_DOWNTIME (2h) + PAUSE_TIMEOUT (5m) + RESUME_TIMEOUT (10m) + 1h"), "{p}");
+        let e = RunConfig::from_env(&env(&with(&[("GC_GRACE", "4h"), ("MAX_DOWNTIME", "3h")]))).unwrap_err();
+        assert!(e.0.iter().any(|p| p.variable == "GC_GRACE" && p.problem.contains("floor of 4h 15m")), "{e}");
+        RunConfig::from_env(&env(&with(&[("GC_GRACE", "1h"), ("MAX_DOWNTIME", "10m"), ("PAUSE_TIMEOUT", "1m"), ("RESUME_TIMEOUT", "1m")])))
+            .expect_err("1h is below even the smallest floor");
+        RunConfig::from_env(&env(&with(&[("GC_GRACE", "2h"), ("MAX_DOWNTIME", "10m"), ("PAUSE_TIMEOUT", "1m"), ("RESUME_TIMEOUT", "1m")])))
+            .expect("1h12m floor");
+        // Also where only the catalog is read (the retention command).
+        let e = CatalogConfig::from_env(&env(&with(&[("GC_GRACE", "1h")]))).unwrap_err();
+        assert_eq!(e.0.iter().map(|p| p.variable.as_str()).collect::<Vec<_>>(), vec!["GC_GRACE"], "{e}");
+        CatalogConfig::from_env(&env(&with(&[("GC_GRACE", "4h")]))).expect("4h is above the default floor");
+        // An invalid component is reported alone, not as a floor too.
+        let e = RunConfig::from_env(&env(&with(&[("MAX_DOWNTIME", "long")]))).unwrap_err();
+        assert_eq!(e.0.iter().map(|p| p.variable.as_str()).collect::<Vec<_>>(), vec!["MAX_DOWNTIME"], "{e}");
+    }
+
+    #[test]
+    fn preflight_timeout_defaults_to_a_minute() {
+        assert_eq!(RunConfig::from_env(&env(GOOD)).expect("valid").preflight_timeout, Duration::from_secs(60));
+        assert_eq!(RunConfig::from_env(&env(&with(&[("PREFLIGHT_TIMEOUT", "2m")]))).expect("valid").preflight_timeout, Duration::from_secs(120));
+        let r = RestoreConfig::from_env(&env(&with(&[("PREFLIGHT_TIMEOUT", "15s")])), false, false).expect("valid");
+        assert_eq!(r.preflight_timeout, Duration::from_secs(15));
+        for bad in ["0s", "soon", "200y"] {
+            let e = RunConfig::from_env(&env(&with(&[("PREFLIGHT_TIMEOUT", bad)]))).unwrap_err();
+            assert_eq!(e.0[0].variable, "PREFLIGHT_TIMEOUT", "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn workload_identity_is_reported_once() {
+        let e = RestoreConfig::from_env(&env(&with(&[("WORKLOAD_IDENTITY", "sure"), ("RESTORE_URL", "s3://restored")])), false, true).unwrap_err();
+        assert_eq!(e.0.iter().filter(|p| p.variable == "WORKLOAD_IDENTITY").count(), 1, "{e}");
+        let e = RunConfig::from_env(&env(&with(&[("WORKLOAD_IDENTITY", "sure")]))).unwrap_err();
+        assert_eq!(e.0.iter().filter(|p| p.variable == "WORKLOAD_IDENTITY").count(), 1, "{e}");
+    }
+
+    #[test]
+    fn store_key_names_are_object_stores_own() {
+        let names = store_key_names();
+        assert!(names.len() > 120, "{}", names.len());
+        for name in &names {
+            let key = name.to_ascii_lowercase();
+            let family = StoreFamily::of_key(&key).expect("a family");
+            assert!(family.canonical(&key).is_some(), "object_store does not know {name}");
+        }
+        for unknown in ["aws_ca_bundle", "aws_profile", "azure_storage_account", "google_project"] {
+            let family = StoreFamily::of_key(unknown).expect("a family");
+            assert!(family.canonical(unknown).is_none(), "{unknown} is not an object_store key");
+        }
+    }
+
+    #[test]
+    fn object_store_options_are_checked_by_kind() {
+        // (variable, value, fragment of the problem); None: accepted.
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("AWS_ENDPOINT", "http://exa mple:9000", Some("not a URL")),
+            ("AWS_ENDPOINT", "http://host^:9000", Some("not a URL")),
+            ("TARGET_AWS_ENDPOINT", "not a url", Some("not a URL")),
+            ("SOURCE_AWS_ENDPOINT_URL", "ftp://host", Some("not http or https")),
+            ("AWS_ENDPOINT", "http://h\u{e4}st:9000", Some("not a valid HTTP request URI")),
+            ("AWS_ENDPOINT", "http://host:9000?x=1", Some("query")),
+            ("AWS_ENDPOINT", "http://user:pw@host:9000", Some("user name or password")),
+            ("AWS_ENDPOINT", "http://host:9000 ", Some("not a valid HTTP request URI")),
+            ("AWS_ENDPOINT", "http://host:9000\n", Some("control character")),
+            ("AWS_ENDPOINT", "http://127.0.0.1:9000", None),
+            ("AWS_ENDPOINT", "https://s3.eu-central-1.amazonaws.com/", None),
+            ("AWS_ENDPOINT", "http://[::1]:9000", None),
+            ("AWS_ENDPOINT_URL_S3", "http://minio.pachyderm.svc:9000/base", None),
+            ("AWS_ALLOW_HTTP", "yes please", Some("not a boolean")),
+            ("AWS_ALLOW_HTTP", " true", Some("not a boolean")),
+            ("AWS_ALLOW_HTTP", "Y", None),
+            ("TARGET_AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "-1", Some("not a boolean")),
+            ("AZURE_STORAGE_USE_EMULATOR", "maybe", Some("not a boolean")),
+            ("AWS_TIMEOUT", "99999999999999999999", Some("not a duration")),
+            ("AWS_TIMEOUT", "20m", None),
+            ("AWS_CONNECT_TIMEOUT", "5 parsecs", Some("not a duration")),
+            ("GOOGLE_POOL_MAX_IDLE_PER_HOST", "-1", Some("not a whole number")),
+            ("AWS_HTTP2_MAX_FRAME_SIZE", "1", Some("frame size")),
+            ("AWS_HTTP2_MAX_FRAME_SIZE", "65536", None),
+            ("AWS_REGION", "us east 1", Some("host name")),
+            ("AWS_REGION", "eu-central-1", None),
+            ("AWS_ACCESS_KEY_ID", "AKIA\u{e9}", Some("HTTP header")),
+            ("AWS_SESSION_TOKEN", "token\r\n", Some("control character")),
+            ("AWS_SECRET_ACCESS_KEY", "secret\n", Some("control character")),
+            ("AWS_CHECKSUM_ALGORITHM", "SHA256", None),
+            ("AWS_CHECKSUM_ALGORITHM", "md5", Some("one of sha256, crc64nvme")),
+            ("AWS_SERVER_SIDE_ENCRYPTION", "aes256", Some("one of AES256")),
+            ("AWS_SSE_CUSTOMER_KEY_BASE64", "c2hvcnQ=", Some("32-byte")),
+            ("AWS_COPY_IF_NOT_EXISTS", "multipart", None),
+            ("AWS_COPY_IF_NOT_EXISTS", "header: cf-copy-destination-if-none-match: *", None),
+            ("AWS_COPY_IF_NOT_EXISTS", "header-with-status: k: v: 412", None),
+            ("AWS_COPY_IF_NOT_EXISTS", "header: bad name: v", Some("header name")),
+            ("AWS_COPY_IF_NOT_EXISTS", "header-with-status: k: v: 9999", Some("status")),
+            ("AWS_CONDITIONAL_PUT", "etag", None),
+            ("AWS_CONDITIONAL_PUT", "always", Some("etag or disabled")),
+            ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "v2/creds", Some("not a URL path")),
+            ("AWS_USER_AGENT", "agent\u{7f}", Some("control character")),
+            ("AZURE_STORAGE_ACCOUNT_KEY", "%zz", Some("not base64")),
+            ("AZURE_STORAGE_ACCOUNT_NAME", "acc^", Some("host name")),
+            ("AZURE_STORAGE_ENCRYPTION_KEY", "AAAA", Some("32-byte")),
+            ("AZURE_CREDENTIAL_TYPE", "magic", Some("one of auto")),
+            ("AZURE_STORAGE_TOKEN", "t\u{e9}", Some("HTTP header")),
+            ("GOOGLE_SERVICE_ACCOUNT_KEY", "{}", Some("private_key")),
+            ("GOOGLE_SERVICE_ACCOUNT_KEY", "not json", Some("not JSON")),
+            (
+                "GOOGLE_SERVICE_ACCOUNT_KEY",
+                "{\"private_key\":\"\",\"private_key_id\":\"\",\"client_email\":\"\",\"gcs_base_url\":\"http://exa mple\"}",
+                Some("gcs_base_url"),
+            ),
+            ("GOOGLE_SERVICE_ACCOUNT_KEY", "{\n \"private_key\": \"k\",\n \"private_key_id\": \"i\",\n \"client_email\": \"e\"\n}\n", None),
+            ("GOOGLE_BASE_URL", "%zz", Some("not a URL")),
+            ("GOOGLE_SERVICE_ACCOUNT", "/nonexistent/key.json", Some("cannot be read")),
+            ("GOOGLE_SERVICE_ACCOUNT_PATH", "/etc/hostname", Some("names a file that is not JSON")),
+            ("AWS_PROXY_URL", "squid:3128", Some("not http")),
+            ("AWS_PROXY_URL", "http://proxy:3128", None),
+            ("RESTORE_AWS_ENDPOINT", "^", None), // run does not read the restore bucket's keys
+        ];
+        for (variable, value, fragment) in cases {
+            let result = RunConfig::from_env(&env(&with(&[(variable, value)])));
+            match (fragment, result) {
+                (None, Ok(_)) => {}
+                (None, Err(e)) => panic!("{variable}={value:?} must be accepted: {e}"),
+                (Some(_), Ok(_)) => panic!("{variable}={value:?} must be refused"),
+                (Some(fragment), Err(e)) => {
+                    let p = e.0.iter().find(|p| p.variable == *variable).unwrap_or_else(|| panic!("{variable}={value:?}: not named: {e}"));
+                    assert!(p.to_string().contains(fragment), "{variable}={value:?}: {p} does not say {fragment:?}");
+                    assert_eq!(e.0.len(), 1, "{variable}={value:?}: only that problem: {e}");
+                    if value.len() > 6 {
+                        assert!(!e.to_string().contains(value), "{variable}: the value (maybe a secret) is echoed: {e}");
+                    }
+                }
+            }
+        }
+        let e = RestoreConfig::from_env(&env(&with(&[("RESTORE_AWS_ENDPOINT", "^"), ("RESTORE_URL", "s3://restored")])), false, true).unwrap_err();
+        assert_eq!(e.0[0].variable, "RESTORE_AWS_ENDPOINT", "{e}");
+    }
+
+    #[test]
+    fn aliases_of_one_option_resolve_like_object_store() {
+        // The side's key wins over the shared one under any of its names.
+        let c = RunConfig::from_env(&env(&with(&[("AWS_ENDPOINT_URL", "http://shared:9000"), ("TARGET_AWS_ENDPOINT", "http://target:9000")]))).expect("valid");
+        assert_eq!(effective_options(&c.target.options, StoreFamily::Aws)["aws_endpoint"], "http://target:9000");
+        assert_eq!(effective_options(&c.source.options, StoreFamily::Aws)["aws_endpoint"], "http://shared:9000");
+        // Two names of one option with different values are ambiguous.
+        let e = RunConfig::from_env(&env(&with(&[("AWS_ENDPOINT", "http://a:9000"), ("AWS_ENDPOINT_URL", "http://b:9000")]))).unwrap_err();
+        assert!(e.0[0].to_string().contains("same option as AWS_ENDPOINT"), "{e}");
+        RunConfig::from_env(&env(&with(&[("AWS_ENDPOINT", "http://a:9000"), ("AWS_ENDPOINT_URL", "http://a:9000")]))).expect("same value: fine");
+        // Keys object_store does not know are left out (and warned about).
+        let c = RunConfig::from_env(&env(&with(&[("AWS_CA_BUNDLE", "/etc/ssl/ca.pem"), ("TARGET_AWS_PROFILE", "x")]))).expect("valid");
+        assert!(!c.target.options.contains_key("aws_ca_bundle") && !c.target.options.contains_key("aws_profile"));
+        // A family's own timeout keeps the default off; another family's does not.
+        let c = RunConfig::from_env(&env(&with(&[("GOOGLE_TIMEOUT", "20m")]))).expect("valid");
+        assert_eq!(c.target.options["timeout"].expose(), "300s");
+    }
+
+    /// Every object_store option the configuration accepts, built into a store and used
+    /// for a request (against a local server answering 403): nothing panics. Values the
+    /// configuration refuses are the ones that would fail or panic in object_store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn accepted_object_store_options_never_panic() {
+        use futures::StreamExt;
+        use object_store::ObjectStoreExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let _ = tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await;
+                    let _ = socket.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                });
+            }
+        });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let account_key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+        let gcs_key = r#"{"disable_oauth":true,"client_email":"","private_key":"","private_key_id":""}"#;
+        let bases: Vec<(&str, Vec<(String, String)>)> = vec![
+            (
+                "AWS_",
+                vec![
+                    ("TARGET_URL".into(), "s3://backups/nightly".into()),
+                    ("TARGET_AWS_ENDPOINT".into(), endpoint.clone()),
+                    ("TARGET_AWS_ALLOW_HTTP".into(), "true".into()),
+                    ("TARGET_AWS_REGION".into(), "us-east-1".into()),
+                    ("TARGET_AWS_ACCESS_KEY_ID".into(), "AKID".into()),
+                    ("TARGET_AWS_SECRET_ACCESS_KEY".into(), "secret".into()),
+                ],
+            ),
+            (
+                "AZURE_",
+                vec![
+                    ("TARGET_URL".into(), "az://backups/nightly".into()),
+                    ("TARGET_AZURE_STORAGE_ENDPOINT".into(), format!("{endpoint}/devstoreaccount1")),
+                    ("TARGET_AZURE_ALLOW_HTTP".into(), "true".into()),
+                    ("TARGET_AZURE_STORAGE_ACCOUNT_NAME".into(), "devstoreaccount1".into()),
+                    ("TARGET_AZURE_STORAGE_ACCOUNT_KEY".into(), account_key.into()),
+                ],
+            ),
+            (
+                "GOOGLE_",
+                vec![
+                    ("TARGET_URL".into(), "gs://backups/nightly".into()),
+                    ("TARGET_GOOGLE_BASE_URL".into(), endpoint.clone()),
+                    ("TARGET_GOOGLE_ALLOW_HTTP".into(), "true".into()),
+                    ("TARGET_GOOGLE_SERVICE_ACCOUNT_KEY".into(), gcs_key.into()),
+                ],
+            ),
+        ];
+        let mut values: Vec<String> = [
+            "^",
+            "http://exa mple",
+            "http://exa mple:9000",
+            "http://host^:9000",
+            "not a url",
+            "-1",
+            "0",
+            "1",
+            "y",
+            "99999999999999999999",
+            "5000000000y",
+            "yes please",
+            "%zz",
+            "line\nbreak",
+            "trailing\n",
+            "\u{e9}",
+            "http://h\u{e4}st:9000",
+            "/",
+            "/x y",
+            "a:b:c",
+            "header:k:v",
+            "header-with-status:k:v:412",
+            "AES256",
+            "sse-c",
+            "aws:kms",
+            "sha256",
+            "etag",
+            "disabled",
+            "multipart",
+            "1000000",
+            "AAAA",
+            "{}",
+            "http:",
+            "http://",
+            "https://[::1",
+            "http://host:99999",
+            "http://host:9000/p?q",
+            "socks5://h:1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        values.push("x".repeat(5 * 1024));
+        let names = store_key_names();
+        let mut attempts = Vec::new();
+        for (family, base) in &bases {
+            for name in names.iter().filter(|n| n.starts_with(family)) {
+                for value in &values {
+                    let variable = format!("TARGET_{name}");
+                    let mut vars = base.clone();
+                    vars.retain(|(k, _)| *k != variable);
+                    vars.push((variable.clone(), value.clone()));
+                    let Ok(raw) = RawEnv::from_iter(vars) else { continue };
+                    let Ok(cfg) = CatalogConfig::from_env(&raw) else { continue };
+                    let options: Vec<(String, String)> = cfg.target.options.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect();
+                    attempts.push((variable, value.clone(), cfg.target.url.clone(), options));
+                }
+            }
+        }
+        let built = attempts.len();
+        assert!(built > 1000, "only {built} accepted combinations were exercised");
+        // Many at once: some values (a zero timeout, HTTP/2 only) make requests that are
+        // retried until the bound below.
+        let panics: Vec<String> = futures::stream::iter(attempts)
+            .map(|(variable, value, url, options)| async move {
+                let attempt = tokio::spawn(async move {
+                    let Ok((store, _)) = object_store::parse_url_opts(&url, options) else { return };
+                    let request = async {
+                        let _ = store.list(None).next().await;
+                        let _ = store.put(&"probe".into(), "probe".into()).await;
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), request).await;
+                });
+                attempt.await.err().map(|e| format!("{variable}={value:?}: {e}"))
+            })
+            .buffer_unordered(64)
+            .filter_map(|p| async move { p })
+            .collect()
+            .await;
+        assert!(panics.is_empty(), "accepted by the configuration, yet object_store panics:\n{}", panics.join("\n"));
     }
 }

@@ -50,6 +50,16 @@ async fn bad_configurations_exit_2_name_the_variable_and_touch_nothing() {
         (&[("DATABASES", "pachyderm;drop")], "DATABASES", "not a list of database names"),
         (&[("LEASE_DURATION", "soon")], "LEASE_DURATION", "not a duration"),
         (&[("PG_BIN_DIR", "/nonexistent/bin")], "PG_BIN_DIR", "not a directory"),
+        // These three exited 101 (a panic inside object_store's signer) at the first request.
+        (&[("TARGET_AWS_ENDPOINT", "http://exa mple:9000")], "TARGET_AWS_ENDPOINT", "not a URL"),
+        (&[("AWS_ENDPOINT", "http://host^:9000")], "AWS_ENDPOINT", "not a URL"),
+        (&[("AWS_SESSION_TOKEN", "token-from-a-secret-file\n")], "AWS_SESSION_TOKEN", "control character"),
+        (&[("AWS_ALLOW_HTTP", "yes please")], "AWS_ALLOW_HTTP", "not a boolean"),
+        (&[("TARGET_AWS_TIMEOUT", "5 parsecs")], "TARGET_AWS_TIMEOUT", "not a duration"),
+        (&[("TARGET_URL", "s3://backups/nightly/"), ("SOURCE_URL", "s3://backups//nightly")], "TARGET_URL", "same as SOURCE_URL"),
+        (&[("TARGET_URL", "s3a://pach-data/backups"), ("SOURCE_URL", "s3://pach-data")], "TARGET_URL", "inside SOURCE_URL"),
+        (&[("GC_GRACE", "1h")], "GC_GRACE", "below its floor of 3h 15m"),
+        (&[("PREFLIGHT_TIMEOUT", "a minute")], "PREFLIGHT_TIMEOUT", "not a duration"),
     ];
     assert!(cases.len() >= 15);
     for (overrides, variable, fragment) in cases {
@@ -101,4 +111,185 @@ fn variables_lists_every_variable_and_the_readme_documents_them() {
         let name = v["name"].as_str().expect("name");
         assert!(readme.contains(&format!("`{name}`")), "README.md does not document {name}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_overlapping_the_source_is_refused_however_spelled() {
+    let dir = tempfile::tempdir().expect("dir");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("source/backups")).expect("mkdir");
+    std::fs::create_dir_all(root.join("elsewhere")).expect("mkdir");
+    std::os::unix::fs::symlink(root.join("source/backups"), root.join("link-into-source")).expect("symlink");
+    let source = format!("file://{}/source", root.display());
+    let cases = [
+        (format!("{source}/"), "is the same as SOURCE_URL"),
+        (format!("file://{}//source/./", root.display()), "is the same as SOURCE_URL"),
+        (format!("{source}/backups"), "is inside SOURCE_URL"),
+        (format!("file://{}/elsewhere/../source/new", root.display()), "is inside SOURCE_URL"),
+        (format!("file://{}/link-into-source", root.display()), "is inside SOURCE_URL"),
+        (format!("file://{}/link-into-source/nightly", root.display()), "is inside SOURCE_URL"),
+        (format!("file://{}", root.display()), "contains SOURCE_URL"),
+    ];
+    for (target, fragment) in &cases {
+        let env: Vec<(String, String)> = vec![
+            ("PAUSE_MODE".into(), "none".into()),
+            ("PGHOST".into(), "127.0.0.1".into()),
+            ("SOURCE_URL".into(), source.clone()),
+            ("TARGET_URL".into(), target.clone()),
+        ];
+        let out = run_to_end(binary(&["run"], &env)).await;
+        assert_eq!(out.code, Some(2), "TARGET_URL={target} should exit 2:\n{}", out.stderr);
+        let line = out.stderr.lines().find(|l| l.contains("TARGET_URL") && l.contains(fragment));
+        assert!(line.is_some_and(|l| l.contains("a bucket or prefix outside SOURCE_URL, and SOURCE_URL outside it")), "TARGET_URL={target}:\n{}", out.stderr);
+    }
+    assert!(std::fs::read_dir(root.join("source/backups")).expect("dir").next().is_none(), "nothing was written into the source");
+    // Restoring into the backup bucket.
+    let env: Vec<(String, String)> = vec![
+        ("TARGET_URL".into(), format!("file://{}/elsewhere", root.display())),
+        ("RESTORE_URL".into(), format!("file://{}/elsewhere/restored", root.display())),
+        ("RESTORE_PGHOST".into(), "127.0.0.1".into()),
+    ];
+    let out = run_to_end(binary(&["restore"], &env)).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.lines().any(|l| l.contains("RESTORE_URL") && l.contains("inside TARGET_URL")), "{}", out.stderr);
+}
+
+/// Junk that a typo, a copy-paste or a Secret file can put in a variable.
+fn garbage() -> Vec<String> {
+    let mut values: Vec<String> = [
+        " ",
+        "^",
+        "http://exa mple:9000",
+        "http://host^:9000",
+        "not a url",
+        "-1",
+        "99999999999999999999",
+        "5000000000y",
+        "yes please",
+        "%zz",
+        "value-from-a-secret-file\n",
+        "\u{e9}t\u{e9}",
+        "http://h\u{e4}st:9000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    values.push("x".repeat(5 * 1024));
+    values
+}
+
+/// A stand-in S3 endpoint that refuses every request at once (403, not retried): the
+/// run's first bucket request fails cleanly, after object_store has built and signed it.
+async fn refusing_endpoint() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(500), socket.read(&mut buf)).await;
+                let _ = socket.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            });
+        }
+    });
+    port
+}
+
+/// Every variable of `pachyderm-backup variables` (each object_store family by every key
+/// name object_store knows), given garbage one at a time on top of a valid `run`: a clear
+/// configuration error naming the variable (exit 2), or, the value being usable, a
+/// failure before anything is touched (exit 1: the database is down, or the backup
+/// bucket refuses); never a panic (exit 101), never success.
+///
+/// The plain variables run with file:// buckets (so that the database variables reach
+/// the database preflight); the object_store keys with an S3 backup bucket at a local
+/// endpoint (so that object_store builds and signs a request with them), one value
+/// each: the unit test `accepted_object_store_options_never_panic` builds stores from
+/// every key × value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_any_variable_is_an_error_never_a_panic() {
+    use futures::StreamExt;
+    use pachyderm_backup::config::{VARIABLES, store_key_names};
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir_all(dir.path().join("source")).expect("source dir");
+    let closed_port = pachyderm_backup::demo::free_port();
+    let s3_port = refusing_endpoint().await;
+    let values = garbage();
+    let keys = store_key_names();
+    // (variable, value, with the S3 backup bucket)
+    let mut runs: Vec<(String, String, bool)> = Vec::new();
+    for v in VARIABLES {
+        match v.name.strip_suffix('*') {
+            None => runs.extend(values.iter().map(|value| (v.name.to_string(), value.clone(), false))),
+            Some(stem) => {
+                let (side, family) = ["SOURCE_", "TARGET_", "RESTORE_"].iter().find_map(|s| Some((*s, stem.strip_prefix(s)?))).unwrap_or(("", stem));
+                for key in keys.iter().filter(|k| k.starts_with(family)) {
+                    let value = values[runs.len() % values.len()].clone();
+                    runs.push((format!("{side}{key}"), value, true));
+                }
+            }
+        }
+    }
+    assert!(runs.len() > 1200, "{} runs", runs.len());
+    let started = std::time::Instant::now();
+    let base = |i: usize, s3: bool| -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("PAUSE_MODE".into(), "none".into()),
+            ("PGHOST".into(), "127.0.0.1".into()),
+            ("PGPORT".into(), closed_port.to_string()),
+            ("PGSSLMODE".into(), "disable".into()),
+            ("SOURCE_URL".into(), format!("file://{}/source", dir.path().display())),
+            ("TARGET_URL".into(), format!("file://{}/target-{i}", dir.path().display())),
+            ("LOG_FORMAT".into(), "text".into()),
+        ];
+        if s3 {
+            env.extend([
+                ("TARGET_URL".into(), "s3://backups/nightly".into()),
+                ("AWS_ENDPOINT".into(), format!("http://127.0.0.1:{s3_port}")),
+                ("AWS_ALLOW_HTTP".into(), "true".into()),
+                ("AWS_REGION".into(), "us-east-1".into()),
+                ("AWS_ACCESS_KEY_ID".into(), "AKIDEXAMPLE".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "secret".into()),
+            ]);
+        }
+        env
+    };
+    let outcomes: Vec<(String, String, support::Output)> = futures::stream::iter(runs.into_iter().enumerate())
+        .map(|(i, (variable, value, s3))| {
+            let mut env = base(i, s3);
+            // The variable under test replaces the base's (the later TARGET_URL too).
+            env.retain(|(k, _)| *k != variable);
+            let mut seen = std::collections::BTreeSet::new();
+            env.reverse();
+            env.retain(|(k, _)| seen.insert(k.clone()));
+            env.push((variable.clone(), value.clone()));
+            async move { (variable, value, run_to_end(binary(&["run"], &env)).await) }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut failures = Vec::new();
+    let mut counts = std::collections::BTreeMap::new();
+    for (variable, value, out) in &outcomes {
+        *counts.entry(out.code).or_insert(0) += 1;
+        let shown = if value.len() > 40 { format!("{}… ({} bytes)", &value[..20], value.len()) } else { format!("{value:?}") };
+        let ok = match out.code {
+            Some(2) => out.stderr.contains(variable.as_str()),
+            Some(1) => out.stderr.contains("the cluster is untouched"),
+            _ => false,
+        };
+        if !ok || out.stderr.contains("panicked") {
+            failures.push(format!("{variable}={shown}: exit {:?}\n{}", out.code, out.stderr.lines().take(6).collect::<Vec<_>>().join("\n")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} runs failed:\n{}",
+        failures.len(),
+        outcomes.len(),
+        failures.iter().take(30).cloned().collect::<Vec<_>>().join("\n\n")
+    );
+    assert!(counts.get(&Some(2)).copied().unwrap_or(0) > 600 && counts.get(&Some(1)).copied().unwrap_or(0) > 300, "{counts:?}");
+    eprintln!("{} runs in {:.1}s: {counts:?}", outcomes.len(), started.elapsed().as_secs_f64());
 }

@@ -205,6 +205,7 @@ VALUES_SETS: dict[str, dict] = {
         },
         "pause": {"mode": "pachyderm", "timeout": "10m", "resumeTimeout": "15m", "maxDowntime": "1h30m"},
         "lease": {"name": "pachyderm-backup-prod", "duration": "90s"},
+        "preflight": {"timeout": "2m"},
         "postgresql": {
             "host": "postgres.pachyderm.svc",
             "port": 5433,
@@ -308,6 +309,7 @@ BAD_VALUES: dict[str, tuple[dict, str]] = {
     "duration-words": ({"pause": {"timeout": "5 minutes"}}, "/pause/timeout"),
     "duration-no-unit": ({"pause": {"maxDowntime": "7200"}}, "/pause/maxDowntime"),
     "duration-gc-grace": ({"retention": {"gcGrace": "1 day"}}, "/retention/gcGrace"),
+    "duration-preflight-timeout": ({"preflight": {"timeout": "1 minute"}}, "/preflight/timeout"),
     "negative-retention": ({"retention": {"keepDaily": -1}}, "/retention/keepDaily"),
     "negative-min-keep": ({"retention": {"minKeep": -3}}, "/retention/minKeep"),
     "retention-not-number": ({"retention": {"keepWeekly": "four"}}, "/retention/keepWeekly"),
@@ -354,6 +356,10 @@ BAD_TEMPLATE_VALUES: dict[str, tuple[dict, str]] = {
     "grace-below-resume-timeout": (
         {"cronjob": {"terminationGracePeriodSeconds": 30}},
         "cronjob.terminationGracePeriodSeconds",
+    ),
+    "gc-grace-below-floor": (
+        {"retention": {"gcGrace": "3h"}},
+        "retention.gcGrace",
     ),
     "guard-deadline-below-resume-timeout": (
         {"resumeGuard": {"activeDeadlineSeconds": 60}},
@@ -544,7 +550,7 @@ NOT_FIRST_CLASS: dict[str, str] = {}
 DEFAULTS_MIRRORED = [
     "PACHD_DEPLOYMENT", "PACHW_DEPLOYMENT", "WORKER_SELECTOR", "PACHD_CONFIGMAP",
     "PAUSE_MODE", "PAUSE_TIMEOUT", "RESUME_TIMEOUT", "MAX_DOWNTIME", "LEASE_NAME",
-    "LEASE_DURATION", "DATABASES", "OBJECTS", "PRECOPY", "COPY_CONCURRENCY",
+    "LEASE_DURATION", "PREFLIGHT_TIMEOUT", "DATABASES", "OBJECTS", "PRECOPY", "COPY_CONCURRENCY",
     "KEEP_LAST", "KEEP_HOURLY", "KEEP_DAILY", "KEEP_WEEKLY", "KEEP_MONTHLY",
     "KEEP_YEARLY", "MIN_KEEP", "GC_GRACE", "PUSHGATEWAY_TIMEOUT", "PROGRESS_INTERVAL",
     "LOG_FORMAT",

@@ -95,6 +95,10 @@ after SIGTERM (RESUME_TIMEOUT + 60 s unless set).
 {{- if le (int .Values.cronjob.activeDeadlineSeconds) $floor -}}
 {{- fail (printf "cronjob.activeDeadlineSeconds (%d) must be larger than pause.timeout + pause.maxDowntime + pause.resumeTimeout (%d s), or Kubernetes kills a run before it could resume" (int .Values.cronjob.activeDeadlineSeconds) $floor) -}}
 {{- end -}}
+{{- $grace := include "pachyderm-backup.seconds" .Values.retention.gcGrace | atoi -}}
+{{- if lt $grace (add $floor 3600) -}}
+{{- fail (printf "retention.gcGrace (%s = %d s) must be at least pause.maxDowntime + pause.timeout + pause.resumeTimeout + 1h (%d s): longer than any run can last, or retention may sweep a blob a run in progress has copied (the program refuses it too)" .Values.retention.gcGrace $grace (add $floor 3600)) -}}
+{{- end -}}
 {{- $guard := .Values.resumeGuard.activeDeadlineSeconds -}}
 {{- if and .Values.resumeGuard.enabled (not (kindIs "invalid" $guard)) -}}
 {{- if le (int $guard) $resume -}}
@@ -194,6 +198,7 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- include "pachyderm-backup.envVar" (list "MAX_DOWNTIME" $v.pause.maxDowntime) }}
 {{- include "pachyderm-backup.envVar" (list "LEASE_NAME" $v.lease.name) }}
 {{- include "pachyderm-backup.envVar" (list "LEASE_DURATION" $v.lease.duration) }}
+{{- include "pachyderm-backup.envVar" (list "PREFLIGHT_TIMEOUT" $v.preflight.timeout) }}
 {{- /* PostgreSQL (libpq's variables) */}}
 {{- include "pachyderm-backup.envVar" (list "PGHOST" $v.postgresql.host) }}
 {{- include "pachyderm-backup.envVar" (list "PGPORT" (int $v.postgresql.port)) }}
