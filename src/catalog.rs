@@ -16,6 +16,8 @@ pub const BACKUPS_DIR: &str = "backups";
 pub const BLOBS_DIR: &str = "blobs";
 pub const MANIFEST: &str = "manifest.json";
 pub const LISTING: &str = "objects.jsonl.zst";
+/// Written first, with a create-if-absent put: whoever writes it owns the backup id.
+pub const CLAIM: &str = "claim.json";
 /// Between a blob's source key and its tag: a character object_store never
 /// percent-encodes (`~` it does), so the key in the bucket is the key in the listing.
 pub const BLOB_TAG_SEPARATOR: char = '@';
@@ -41,6 +43,20 @@ pub enum CatalogError {
     NotFound(String),
     #[error("backup {id} was written in format {found}, newer than this program reads ({FORMAT_VERSION}): use a newer pachyderm-backup")]
     TooNew { id: String, found: u32 },
+    #[error("{what} is missing from the target bucket: the backup is damaged")]
+    Missing { what: String },
+    #[error("backup id {id} was claimed by another run ({holder}) while this one ran: two runs share one target bucket")]
+    ClaimLost { id: String, holder: String },
+    #[error("backup {id} is not whole: {detail}; it was not committed")]
+    Incomplete { id: String, detail: String },
+}
+
+impl CatalogError {
+    /// Whether the error is damage in the bucket (to skip and report) rather than a
+    /// failure to reach it (to retry later).
+    pub fn is_damage(&self) -> bool {
+        matches!(self, CatalogError::Corrupt { .. } | CatalogError::TooNew { .. } | CatalogError::Missing { .. })
+    }
 }
 
 fn store_err(what: impl Into<String>) -> impl FnOnce(object_store::Error) -> CatalogError {
@@ -119,14 +135,27 @@ pub struct ObjectRecord {
     pub since: String,
 }
 
-/// A folder under `backups/`, complete (with a manifest) or not.
+/// A folder under `backups/`: complete (a manifest), damaged (a manifest that cannot be
+/// read), or partial (no manifest: a run in progress, or one that died).
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub id: String,
     pub manifest: Option<Manifest>,
+    /// Why the manifest cannot be used. A damaged folder is never deleted automatically.
+    pub damaged: Option<String>,
     /// For folders without a manifest: the newest object's time (dead-run collection).
     pub newest_modified: Option<DateTime<Utc>>,
 }
+
+impl Entry {
+    pub fn is_partial(&self) -> bool {
+        self.manifest.is_none() && self.damaged.is_none()
+    }
+}
+
+/// What a damaged folder's log line and `list` say to do about it.
+pub const DAMAGED_ADVICE: &str = "it is skipped by run, list, retention and restore and never deleted automatically; \
+     restore the file from the bucket's versioning if you have it, or move the folder away by hand (README: Damaged backups)";
 
 /// The pool key of a source object. The tag changes whenever the object's identity does
 /// (etag, or last-modified where a store lists no etag, and size), so an object
@@ -161,7 +190,11 @@ pub struct ListingWriter {
 impl ListingWriter {
     pub fn new() -> Self {
         use sha2::Digest;
-        ListingWriter { encoder: zstd::Encoder::new(Vec::new(), 3).expect("zstd level 3 is valid"), last_key: None, hasher: sha2::Sha256::new() }
+        let mut encoder = zstd::Encoder::new(Vec::new(), 3).expect("zstd level 3 is valid");
+        // The frame's content checksum: a flipped bit in the stored listing fails the
+        // decode instead of naming another blob.
+        encoder.include_checksum(true).expect("the checksum flag is valid");
+        ListingWriter { encoder, last_key: None, hasher: sha2::Sha256::new() }
     }
 
     pub fn push(&mut self, record: &ObjectRecord) -> std::io::Result<()> {
@@ -191,17 +224,21 @@ impl Default for ListingWriter {
     }
 }
 
-/// Reads a listing record by record from its compressed bytes.
+/// Reads a listing record by record from its compressed bytes, hashing the lines as
+/// read (not as re-serialised), so that `verify_whole` checks exactly what is stored.
 pub struct ListingReader {
     lines: std::io::BufReader<zstd::Decoder<'static, std::io::BufReader<std::io::Cursor<Bytes>>>>,
     what: String,
     buf: String,
+    hasher: sha2::Sha256,
+    count: u64,
 }
 
 impl ListingReader {
     pub fn new(compressed: Bytes, what: String) -> Result<Self, CatalogError> {
+        use sha2::Digest;
         let decoder = zstd::Decoder::new(std::io::Cursor::new(compressed)).map_err(|e| CatalogError::Corrupt { what: what.clone(), detail: e.to_string() })?;
-        Ok(ListingReader { lines: std::io::BufReader::new(decoder), what, buf: String::new() })
+        Ok(ListingReader { lines: std::io::BufReader::new(decoder), what, buf: String::new(), hasher: sha2::Sha256::new(), count: 0 })
     }
 
     /// An empty listing, for a backup without objects.
@@ -211,12 +248,37 @@ impl ListingReader {
     }
 
     pub fn next_record(&mut self) -> Result<Option<ObjectRecord>, CatalogError> {
+        use sha2::Digest;
         self.buf.clear();
         let n = self.lines.read_line(&mut self.buf).map_err(|e| CatalogError::Corrupt { what: self.what.clone(), detail: e.to_string() })?;
         if n == 0 {
             return Ok(None);
         }
+        self.hasher.update(self.buf.as_bytes());
+        self.count += 1;
         serde_json::from_str(self.buf.trim_end()).map(Some).map_err(|e| CatalogError::Corrupt { what: self.what.clone(), detail: e.to_string() })
+    }
+
+    /// After the last record: the lines read are the ones the manifest describes.
+    pub fn verify_whole(self, objects: &ObjectsEntry) -> Result<(), CatalogError> {
+        use sha2::Digest;
+        let corrupt = |detail: String| CatalogError::Corrupt { what: self.what.clone(), detail };
+        if self.count != objects.counts.count {
+            return Err(corrupt(format!("{} records, the manifest says {}", self.count, objects.counts.count)));
+        }
+        let sha = hex::encode(self.hasher.clone().finalize());
+        match &objects.listing_sha256 {
+            Some(want) if *want != sha => Err(corrupt(format!("SHA-256 {sha}, the manifest says {want}"))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Iterator for ListingReader {
+    type Item = Result<ObjectRecord, CatalogError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record().transpose()
     }
 }
 
@@ -235,14 +297,16 @@ impl Catalog {
         &self.store
     }
 
-    /// Every folder under `backups/`, sorted by id (= by time), manifests read.
+    /// Every folder under `backups/`, sorted by id (= by time), manifests read. A
+    /// manifest that cannot be read makes its folder damaged, reported, never fatal:
+    /// one bad folder must not stop every run, list, retention and restore.
     pub async fn entries(&self) -> Result<Vec<Entry>, CatalogError> {
         let listing = self.store.list_with_delimiter(Some(&Path::from(BACKUPS_DIR))).await.map_err(store_err("listing backups/"))?;
         let mut ids: Vec<String> = listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
         ids.sort();
         let entries: Vec<Entry> = futures::stream::iter(ids.into_iter().map(|id| async move {
             match self.manifest(&id).await {
-                Ok(m) => Ok(Entry { id, manifest: Some(m), newest_modified: None }),
+                Ok(m) => Ok(Entry { id, manifest: Some(m), damaged: None, newest_modified: None }),
                 Err(CatalogError::NotFound(_)) => {
                     let prefix = Path::from(format!("{BACKUPS_DIR}/{id}"));
                     let newest = self
@@ -252,7 +316,11 @@ impl Catalog {
                         .try_fold(None, |acc: Option<DateTime<Utc>>, t| async move { Ok(Some(acc.map_or(t, |a| a.max(t)))) })
                         .await
                         .map_err(store_err(format!("listing backups/{id}")))?;
-                    Ok(Entry { id, manifest: None, newest_modified: newest })
+                    Ok(Entry { id, manifest: None, damaged: None, newest_modified: newest })
+                }
+                Err(e) if e.is_damage() => {
+                    tracing::warn!(folder = %format!("{BACKUPS_DIR}/{id}/"), problem = %e, "damaged backup: {DAMAGED_ADVICE}");
+                    Ok(Entry { id, manifest: None, damaged: Some(e.to_string()), newest_modified: None })
                 }
                 Err(e) => Err(e),
             }
@@ -270,36 +338,95 @@ impl Catalog {
             Err(object_store::Error::NotFound { .. }) => return Err(CatalogError::NotFound(id.to_string())),
             Err(e) => return Err(store_err(format!("reading {path}"))(e)),
         };
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| CatalogError::Corrupt { what: path.to_string(), detail: e.to_string() })?;
-        if manifest.format_version > FORMAT_VERSION {
-            return Err(CatalogError::TooNew { id: id.to_string(), found: manifest.format_version });
+        // The version first: a newer format may not parse as this one.
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let corrupt = |detail: String| CatalogError::Corrupt { what: path.to_string(), detail };
+        let version: Version = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if version.format_version > FORMAT_VERSION {
+            return Err(CatalogError::TooNew { id: id.to_string(), found: version.format_version });
+        }
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if manifest.backup_id != id {
+            return Err(corrupt(format!("it names backup {}, not its folder's", manifest.backup_id)));
         }
         Ok(manifest)
     }
 
-    /// The complete backups, oldest first.
+    /// The complete backups, oldest first (damaged folders skipped, and logged).
     pub async fn complete(&self) -> Result<Vec<Manifest>, CatalogError> {
         Ok(self.entries().await?.into_iter().filter_map(|e| e.manifest).collect())
     }
 
-    /// A free id for a backup starting at `time`.
-    pub async fn new_backup_id(&self, time: DateTime<Utc>) -> Result<String, CatalogError> {
+    /// Claims a free id for a backup starting at `time`: the first id whose folder is
+    /// empty and whose claim this run creates (create-if-absent), so two runs started
+    /// in the same second never share one.
+    pub async fn claim_backup_id(&self, time: DateTime<Utc>, holder: &str) -> Result<String, CatalogError> {
+        let body = Bytes::from(serde_json::json!({ "holder": holder, "claimed_at": Utc::now() }).to_string());
         for attempt in 1.. {
             let id = backup_id(time, attempt);
             let prefix = Path::from(format!("{BACKUPS_DIR}/{id}"));
             let taken = self.store.list(Some(&prefix)).next().await.transpose().map_err(store_err(format!("checking backups/{id}")))?.is_some();
-            if !taken {
-                return Ok(id);
+            if taken {
+                continue;
+            }
+            let path = backup_path(&id, CLAIM);
+            let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+            match self.store.put_opts(&path, PutPayload::from_bytes(body.clone()), opts).await {
+                Ok(_) => return Ok(id),
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                // A store without conditional writes: the listing above decided; the
+                // commit checks the claim is still this run's.
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    self.put(&path, body.clone()).await?;
+                    return Ok(id);
+                }
+                Err(e) => return Err(store_err(format!("claiming backups/{id}"))(e)),
             }
         }
         unreachable!("the attempts are unbounded")
     }
 
-    pub async fn read_listing(&self, id: &str, manifest: &Manifest) -> Result<ListingReader, CatalogError> {
-        let Some(file) = &manifest.objects.listing else { return Ok(ListingReader::empty()) };
+    /// A listing's compressed bytes and its path (None: a backup without objects).
+    async fn listing_bytes(&self, id: &str, manifest: &Manifest) -> Result<Option<(String, Bytes)>, CatalogError> {
+        let Some(file) = &manifest.objects.listing else { return Ok(None) };
         let path = backup_path(id, file);
-        let bytes = self.store.get(&path).await.map_err(store_err(format!("reading {path}")))?.bytes().await.map_err(store_err(format!("reading {path}")))?;
-        ListingReader::new(bytes, path.to_string())
+        let bytes = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await.map_err(store_err(format!("reading {path}")))?,
+            Err(object_store::Error::NotFound { .. }) => return Err(CatalogError::Missing { what: path.to_string() }),
+            Err(e) => return Err(store_err(format!("reading {path}"))(e)),
+        };
+        Ok(Some((path.to_string(), bytes)))
+    }
+
+    pub async fn read_listing(&self, id: &str, manifest: &Manifest) -> Result<ListingReader, CatalogError> {
+        match self.listing_bytes(id, manifest).await? {
+            Some((what, bytes)) => ListingReader::new(bytes, what),
+            None => Ok(ListingReader::empty()),
+        }
+    }
+
+    /// A backup's listing, compressed as stored, once read whole and checked against
+    /// its manifest: the reference a run plans from.
+    pub async fn verified_listing(&self, manifest: &Manifest) -> Result<Option<Bytes>, CatalogError> {
+        let Some((what, bytes)) = self.listing_bytes(&manifest.backup_id, manifest).await? else { return Ok(None) };
+        let mut reader = ListingReader::new(bytes.clone(), what)?;
+        while reader.next_record()?.is_some() {}
+        reader.verify_whole(&manifest.objects)?;
+        Ok(Some(bytes))
+    }
+
+    /// Reads a backup's whole listing, handing each record to `each`, and checks it
+    /// against the manifest (count and SHA-256): an error means `each` saw a listing
+    /// that is not the one committed.
+    pub async fn read_verified_listing(&self, manifest: &Manifest, mut each: impl FnMut(&ObjectRecord)) -> Result<(), CatalogError> {
+        let mut reader = self.read_listing(&manifest.backup_id, manifest).await?;
+        while let Some(record) = reader.next_record()? {
+            each(&record);
+        }
+        reader.verify_whole(&manifest.objects)
     }
 
     pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<(), CatalogError> {
@@ -307,10 +434,62 @@ impl Catalog {
         Ok(())
     }
 
-    /// Commits a backup. Everything else of it must be written before.
-    pub async fn commit(&self, manifest: &Manifest) -> Result<(), CatalogError> {
+    /// Commits a backup: checks that its folder holds this run's claim and every part
+    /// the manifest names with its size (a concurrent retention, or a run that took the
+    /// same id, may have removed something), then writes the manifest, last.
+    pub async fn commit(&self, manifest: &Manifest, holder: &str, parts: &[(String, u64)]) -> Result<(), CatalogError> {
+        let id = &manifest.backup_id;
+        let prefix = Path::from(format!("{BACKUPS_DIR}/{id}"));
+        let present: std::collections::HashMap<String, u64> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| (m.location.as_ref().strip_prefix(&format!("{prefix}/")).unwrap_or(m.location.as_ref()).to_string(), m.size))
+            .try_collect()
+            .await
+            .map_err(store_err(format!("listing backups/{id} before the commit")))?;
+        let Some(claimed_by) = self.claim_holder(id).await? else {
+            return Err(CatalogError::Incomplete { id: id.clone(), detail: format!("its {CLAIM} is gone (removed by a retention run?)") });
+        };
+        if claimed_by != holder {
+            return Err(CatalogError::ClaimLost { id: id.clone(), holder: claimed_by });
+        }
+        for (file, size) in parts {
+            match present.get(file) {
+                Some(s) if s == size => {}
+                Some(s) => return Err(CatalogError::Incomplete { id: id.clone(), detail: format!("{file} holds {s} bytes, {size} were written") }),
+                None => return Err(CatalogError::Incomplete { id: id.clone(), detail: format!("{file} is missing") }),
+            }
+        }
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| CatalogError::Corrupt { what: "the manifest".into(), detail: e.to_string() })?;
-        self.put(&backup_path(&manifest.backup_id, MANIFEST), Bytes::from(json)).await
+        self.put(&backup_path(id, MANIFEST), Bytes::from(json)).await
+    }
+
+    /// Who claimed a backup id (None: no claim; an unreadable claim names nobody).
+    async fn claim_holder(&self, id: &str) -> Result<Option<String>, CatalogError> {
+        match self.store.get(&backup_path(id, CLAIM)).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(store_err(format!("reading the claim of {id}")))?;
+                let holder = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["holder"].as_str().map(str::to_string));
+                Ok(Some(holder.unwrap_or_default()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_err(format!("reading the claim of {id}"))(e)),
+        }
+    }
+
+    /// Removes the folder of a run that failed before its commit, if the claim in it is
+    /// still `holder`'s (never another run's, never a committed backup). What cannot be
+    /// removed now is collected by retention after GC_GRACE.
+    pub async fn abandon(&self, id: &str, holder: &str) {
+        let ours = matches!(self.claim_holder(id).await, Ok(Some(h)) if h == holder);
+        let committed = self.store.head(&backup_path(id, MANIFEST)).await.is_ok();
+        if !ours || committed {
+            return;
+        }
+        match self.delete_backup(id).await {
+            Ok(()) => tracing::info!(backup_id = id, "the failed run's partial folder was removed"),
+            Err(e) => tracing::warn!(backup_id = id, error = %e, "could not remove the failed run's partial folder; retention collects it after GC_GRACE"),
+        }
     }
 
     /// Deletes a backup folder, manifest first: a half-deleted backup is never complete.
@@ -358,6 +537,48 @@ mod tests {
         // What object_store stores is what the listing records: no encoding on the way.
         let odd = blob_key("dir/we%ird~key", Some("e"), t, 1);
         assert_eq!(recorded_path(&odd).as_ref(), odd);
+    }
+
+    #[test]
+    fn a_listing_verifies_over_the_bytes_read_whatever_their_spacing() {
+        use sha2::Digest;
+        // Written by another tool to FORMAT.md's spec, with spaces serde would not write.
+        let text = "{\"key\": \"a\", \"size\": 1, \"etag\": null, \"blob\": \"blobs/a@0\", \"sha256\": \"00\", \"since\": \"b1\"}\n";
+        let objects = |count, sha: &str| ObjectsEntry {
+            mode: "copy".into(),
+            listing: Some(LISTING.into()),
+            listing_sha256: Some(sha.into()),
+            counts: ObjectCounts { count, ..Default::default() },
+        };
+        let sha = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+        let read = |bytes: &[u8]| {
+            let mut r = ListingReader::new(Bytes::from(zstd::encode_all(bytes, 3).expect("zstd")), "t".into()).expect("decodes");
+            while r.next_record().expect("record").is_some() {}
+            r
+        };
+        read(text.as_bytes()).verify_whole(&objects(1, &sha)).expect("verifies");
+        assert!(read(text.as_bytes()).verify_whole(&objects(2, &sha)).is_err(), "count");
+        assert!(read(text.as_bytes()).verify_whole(&objects(1, "00")).is_err(), "sha");
+        // A written listing carries the frame checksum: a flipped bit fails the decode.
+        let mut w = ListingWriter::new();
+        w.push(&ObjectRecord { key: "a".into(), size: 1, etag: None, blob: "blobs/a@0".into(), sha256: "00".into(), since: "b1".into() }).expect("push");
+        let (bytes, _) = w.finish().expect("finish");
+        let mut flipped = bytes.to_vec();
+        let at = flipped.len() - 6;
+        flipped[at] ^= 1;
+        let mut r = ListingReader::new(Bytes::from(flipped), "t".into()).expect("header");
+        let mut failed = false;
+        loop {
+            match r.next_record() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "a flipped bit in a checksummed frame is found");
     }
 
     #[test]

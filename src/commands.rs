@@ -80,10 +80,10 @@ pub async fn list(raw: &RawEnv, json: bool, all: bool) -> Result<(), Failure> {
     if json {
         let rows: Vec<serde_json::Value> = entries
             .iter()
-            .filter(|e| all || e.manifest.is_some())
+            .filter(|e| all || !e.is_partial())
             .map(|e| {
                 let reasons = decisions.iter().find(|d| d.id == e.id).map(|d| d.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>());
-                serde_json::json!({ "id": e.id, "complete": e.manifest.is_some(), "manifest": e.manifest, "kept_by": reasons })
+                serde_json::json!({ "id": e.id, "complete": e.manifest.is_some(), "damaged": e.damaged, "manifest": e.manifest, "kept_by": reasons })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
@@ -114,8 +114,11 @@ pub async fn list(raw: &RawEnv, json: bool, all: bool) -> Result<(), Failure> {
                     kept
                 );
             }
-            None if all => println!("{:<22} {:<9}", e.id, "partial"),
-            None => {}
+            None => match &e.damaged {
+                Some(why) => println!("{:<22} {:<9} {why}; {}", e.id, "DAMAGED", crate::catalog::DAMAGED_ADVICE),
+                None if all => println!("{:<22} {:<9}", e.id, "partial"),
+                None => {}
+            },
         }
     }
     Ok(())
@@ -178,19 +181,26 @@ pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
     if let Some(l) = lease {
         l.release().await;
     }
-    let outcome = outcome.map_err(failed)?;
+    let outcome = outcome.map_err(|e| match e {
+        retention::RetentionError::SharedPrefix(_) => Failure { code: 2, message: e.to_string() },
+        e => failed(e),
+    })?;
+    for (id, why) in &outcome.damaged {
+        println!("{id:<22} DAMAGED {why}");
+    }
     for d in &outcome.decisions {
         let reasons: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
         println!("{:<22} {:<6} {}", d.id, if d.keep() { "keep" } else { "delete" }, reasons.join(","));
     }
     println!(
-        "{}{} kept, {} pruned, {} unreferenced blobs ({}), {} unfinished folders",
+        "{}{} kept, {} pruned, {} unreferenced blobs ({}), {} unfinished folders{}",
         if dry_run { "dry run: " } else { "" },
         outcome.retained,
         outcome.pruned,
         outcome.blobs_deleted,
         human_bytes(outcome.bytes_freed),
-        outcome.leftovers_removed
+        outcome.leftovers_removed,
+        if outcome.swept { String::new() } else { format!(", pool not swept: {} damaged backup(s)", outcome.damaged.len()) }
     );
     Ok(())
 }
@@ -241,7 +251,7 @@ pub async fn demo(raw: &RawEnv, dir: &Path, objects_count: u64, stop: Stop) -> R
         ("SOURCE_URL", format!("file://{}", source.display())),
         ("TARGET_URL", format!("file://{}", target.display())),
         ("CLUSTER_NAME", "demo".to_string()),
-        ("GC_GRACE", "1h".to_string()),
+        ("GC_GRACE", "4h".to_string()),
     ];
     // The demo's own settings, plus a Pushgateway if one is given, to watch its metrics.
     let push = raw.pushgateway_url.iter().map(|u| ("PUSHGATEWAY_URL".to_string(), u.clone()));
@@ -312,32 +322,50 @@ pub struct VerifyArgs {
 
 pub async fn verify(raw: &RawEnv, args: VerifyArgs) -> Result<(), Failure> {
     let cfg = RestoreConfig::from_env(raw, args.drill, false)?;
-    let catalog = Catalog::new(objects::open(&cfg.target, false).map_err(failed)?);
-    let manifests =
-        if args.all { catalog.complete().await.map_err(failed)? } else { vec![restore::choose(&catalog, args.backup.as_deref()).await.map_err(failed)?] };
-    let mut problems = Vec::new();
     let mut cluster = cfg.common.cluster_name.clone();
+    let outcome = verify_backups(&cfg, &args, &mut cluster).await;
+    // Every outcome reaches the Pushgateway: a verify that cannot even read the
+    // backup is the failure the verify alert exists for.
+    let label = cluster.or_else(|| raw.pachyderm_namespace.clone()).unwrap_or_else(|| "unknown".into());
+    Pusher::new(cfg.common.push.clone(), label).push(&verify_sample(Utc::now().timestamp() as f64, outcome.is_ok())).await;
+    outcome
+}
+
+async fn verify_backups(cfg: &RestoreConfig, args: &VerifyArgs, cluster: &mut Option<String>) -> Result<(), Failure> {
+    let catalog = Catalog::new(objects::open(&cfg.target, false).map_err(failed)?);
+    let mut problems = Vec::new();
+    let manifests = if args.all {
+        let entries = catalog.entries().await.map_err(failed)?;
+        for e in &entries {
+            if let Some(why) = &e.damaged {
+                println!("{} DAMAGED: {why}", e.id);
+                problems.push(format!("{}: {why}", e.id));
+            }
+        }
+        entries.into_iter().filter_map(|e| e.manifest).collect()
+    } else {
+        vec![restore::choose(&catalog, args.backup.as_deref()).await.map_err(failed)?]
+    };
+    // The drill restores the dumps: their bytes are checked first.
+    let deep = args.deep || args.drill;
     for m in &manifests {
-        let mut f = restore::verify(&catalog, m, args.deep, cfg.concurrency, cfg.common.progress_interval).await.map_err(failed)?;
+        cluster.get_or_insert_with(|| m.cluster.clone());
+        let mut f = restore::verify(&catalog, m, deep, cfg.concurrency, cfg.common.progress_interval).await.map_err(failed)?;
         if args.drill {
             let server = cfg.server.as_ref().ok_or_else(|| Failure { code: 2, message: "RESTORE_PGHOST is needed for --drill".into() })?;
             restore::drill(server, cfg.bin_dir.as_deref(), &catalog, m, &mut f).await.map_err(failed)?;
         }
-        cluster.get_or_insert_with(|| m.cluster.clone());
         let verdict = if f.problems.is_empty() { "ok" } else { "PROBLEMS" };
         println!(
             "{} {verdict}: {} files checked{}",
             m.backup_id,
             f.checked_files,
-            if args.deep { format!(", {} re-read", human_bytes(f.checked_bytes)) } else { String::new() }
+            if deep { format!(", {} re-read", human_bytes(f.checked_bytes)) } else { String::new() }
         );
         for p in &f.problems {
             println!("  - {p}");
         }
         problems.extend(f.problems.into_iter().map(|p| format!("{}: {p}", m.backup_id)));
-    }
-    if let Some(cluster) = cluster {
-        Pusher::new(cfg.common.push.clone(), cluster).push(&verify_sample(Utc::now().timestamp() as f64, problems.is_empty())).await;
     }
     if problems.is_empty() {
         Ok(())

@@ -141,6 +141,17 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// One preflight step, bounded by PREFLIGHT_TIMEOUT.
+async fn bounded<T, E: Into<StepError>>(limit: std::time::Duration, what: &str, step: impl Future<Output = Result<T, E>>) -> Result<T, StepError> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(StepError {
+            reason: "timeout",
+            message: format!("{what} did not finish within PREFLIGHT_TIMEOUT ({}); nothing was paused", humantime::format_duration(limit)),
+        }),
+    }
+}
+
 /// The state a failure before the pause leaves the cluster in.
 const UNTOUCHED: &str = "untouched (never paused)";
 
@@ -196,6 +207,8 @@ struct Captured {
     objects: ObjectsEntry,
     cluster_objects: Vec<String>,
     written_bytes: u64,
+    /// Every file written to the backup folder, with its size: checked at the commit.
+    parts: Vec<(String, u64)>,
 }
 
 /// The run's notion of now: wall time, or a start time injected by a caller (the
@@ -252,16 +265,28 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
         ..Default::default()
     };
 
-    let backup_id = catalog.new_backup_id(started_at).await.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
-    let holder = format!("{}/{backup_id}", std::env::var("HOSTNAME").unwrap_or_else(|_| "pachyderm-backup".into()));
+    // The backup bucket: complete backups of this cluster only (another cluster's would
+    // be pruned and swept by this one), then a backup id claimed for this run alone.
+    let entries = catalog.entries().await.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
+    if let Some(other) = entries.iter().filter_map(|e| e.manifest.as_ref()).find(|m| m.cluster != cluster_name) {
+        return Err(RunError::Config(foreign_cluster(&other.cluster, &other.backup_id, &cluster_name)));
+    }
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pachyderm-backup".into());
+    let run_token = format!("{host}/{}-{}", std::process::id(), clock.real.elapsed().as_nanos() ^ u128::from(started_at.timestamp_subsec_nanos()));
+    let backup_id = catalog.claim_backup_id(started_at, &run_token).await.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
+    let holder = format!("{host}/{backup_id}");
     info!(backup_id = %backup_id, cluster = %cluster_name, pause_mode = ?mode, "run starting");
 
     let mut lease = None;
     if let Some(c) = &cluster {
         match t.time(Phase::Lock, c.acquire_lease(&holder)).await {
             Ok(l) => lease = Some(l),
-            Err(e @ ClusterError::LeaseHeld { .. }) => return Err(RunError::LeaseHeld(e)),
+            Err(e @ ClusterError::LeaseHeld { .. }) => {
+                catalog.abandon(&backup_id, &run_token).await;
+                return Err(RunError::LeaseHeld(e));
+            }
             Err(e) => {
+                catalog.abandon(&backup_id, &run_token).await;
                 let err = fail(Phase::Lock, UNTOUCHED)(e.into());
                 pusher.push(&report_failure(&t.phases, Phase::Lock, "kubernetes", None, true).sample()).await;
                 return Err(err);
@@ -269,7 +294,9 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
         }
     }
 
-    let outcome = run_locked(&cfg, &mut t, &mut stop, &mut lease, cluster.as_ref(), source, &catalog, &backup_id, &cluster_name, clock).await;
+    let previous: Vec<Manifest> = entries.into_iter().filter_map(|e| e.manifest).filter(|m| m.objects.listing.is_some()).collect();
+    let outcome =
+        run_locked(&cfg, &mut t, &mut stop, &mut lease, cluster.as_ref(), source, &catalog, &backup_id, &run_token, previous, &cluster_name, clock).await;
     // Retention only after a committed backup, still under the Lease.
     let retention = match &outcome {
         Ok(_) => {
@@ -306,6 +333,7 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
                 retained: kept.as_ref().map(|r| r.retained),
                 pruned: kept.as_ref().map(|r| r.pruned),
                 freed: kept.as_ref().map(|r| r.bytes_freed),
+                damaged: kept.as_ref().map(|r| r.damaged.len()),
                 next_due,
                 resumed: true,
             };
@@ -340,6 +368,7 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
             };
             let downtime = t.phases.get("pause").map(|p| p + t.phases.get("capture").unwrap_or(&0.0) + t.phases.get("resume").unwrap_or(&0.0));
             error!(phase = %phase, reason, error = %e, "run failed");
+            catalog.abandon(&backup_id, &run_token).await;
             pusher.push(&report_failure(&t.phases, phase, reason, downtime, resumed).sample()).await;
             Err(e)
         }
@@ -356,6 +385,8 @@ async fn run_locked(
     source: Option<Arc<dyn ObjectStore>>,
     catalog: &Catalog,
     backup_id: &str,
+    run_token: &str,
+    previous: Vec<Manifest>,
     cluster_name: &str,
     clock: Clock,
 ) -> Result<(Manifest, u64), RunError> {
@@ -377,21 +408,24 @@ async fn run_locked(
     }
 
     // Preflight: nothing is paused until every check has passed.
+    // Each step bounded: a server that accepts and never answers must not hold the
+    // run until the Job's deadline.
+    let limit = cfg.preflight_timeout;
     let preflight = async {
-        let tools = Tools::find(cfg.database.bin_dir.as_deref()).await?;
+        let tools = bounded(limit, "finding pg_dump and its version", Tools::find(cfg.database.bin_dir.as_deref())).await?;
         let mut servers = Vec::new();
         for db in &cfg.database.databases {
-            servers.push(database::preflight(&cfg.database.server, db, &tools).await?);
+            servers.push(bounded(limit, &format!("checking database {db}"), database::preflight(&cfg.database.server, db, &tools)).await?);
         }
         if let Some(c) = cluster {
-            c.check_permissions().await?;
+            bounded(limit, "checking Kubernetes permissions", c.check_permissions()).await?;
         }
         if let Some(s) = &source {
-            objects::probe_listable(s, "source").await?;
+            bounded(limit, "listing the source bucket", objects::probe_listable(s, "source")).await?;
         }
-        objects::probe_writable(catalog.store(), "target", backup_id).await?;
+        bounded(limit, "writing a probe to the target bucket", objects::probe_writable(catalog.store(), "target", backup_id)).await?;
         let version = match cluster {
-            Some(c) => c.pachyderm_version().await?,
+            Some(c) => bounded(limit, "reading Pachyderm's version", c.pachyderm_version()).await?,
             None => None,
         };
         Ok::<_, StepError>((tools, servers, version))
@@ -402,14 +436,24 @@ async fn run_locked(
     };
     info!(databases = servers.len(), tools = %tools.version, "preflight passed");
 
-    // The previous complete backup's listing: what the pool already holds.
-    let previous = match catalog.complete().await {
-        Ok(all) => all.into_iter().rev().find(|m| m.objects.listing.is_some()),
-        Err(e) => return Err(fail(Phase::Preflight, UNTOUCHED)(e.into())),
-    };
+    // What the pool already holds: the newest complete backup whose listing verifies
+    // (a damaged one is skipped and reported; its objects are then copied again).
+    let mut reference_listing: Option<(String, Bytes)> = None;
+    for m in previous.iter().rev() {
+        match catalog.verified_listing(m).await {
+            Ok(bytes) => {
+                reference_listing = bytes.map(|b| (m.backup_id.clone(), b));
+                break;
+            }
+            Err(e) if e.is_damage() => {
+                warn!(folder = %format!("{}/{}/", catalog::BACKUPS_DIR, m.backup_id), problem = %e, "damaged backup, not used as the reference for this run: {}", catalog::DAMAGED_ADVICE)
+            }
+            Err(e) => return Err(fail(Phase::Preflight, UNTOUCHED)(e.into())),
+        }
+    }
     let reference = || async {
-        match &previous {
-            Some(m) => catalog.read_listing(&m.backup_id, m).await,
+        match &reference_listing {
+            Some((id, bytes)) => catalog::ListingReader::new(bytes.clone(), format!("the listing of {id}")),
             None => Ok(catalog::ListingReader::empty()),
         }
     };
@@ -515,9 +559,19 @@ async fn run_locked(
         objects: captured.objects,
         cluster_objects: captured.cluster_objects,
     };
-    t.time(Phase::Commit, catalog.commit(&manifest)).await.map_err(|e| fail(Phase::Commit, "resumed")(e.into()))?;
+    t.time(Phase::Commit, catalog.commit(&manifest, run_token, &captured.parts)).await.map_err(|e| fail(Phase::Commit, "resumed")(e.into()))?;
     info!(backup_id, "manifest written: the backup is complete");
     Ok((manifest, captured.written_bytes))
+}
+
+/// The refusal to back up into a prefix that holds another cluster's backups: its
+/// retention would prune them and its sweep delete their blobs.
+fn foreign_cluster(other: &str, backup_id: &str, ours: &str) -> crate::config::ConfigError {
+    crate::config::ConfigError(vec![crate::config::Problem {
+        variable: "TARGET_URL".into(),
+        problem: format!("holds backups of cluster {other:?} (backup {backup_id}), and this run is cluster {ours:?} (CLUSTER_NAME, or the namespace)"),
+        expected: "a prefix of its own for each cluster (e.g. s3://backups/<cluster>), or the same CLUSTER_NAME as the backups already there".into(),
+    }])
 }
 
 fn resume_failed(e: ClusterError, still_paused: Vec<String>) -> RunError {
@@ -568,14 +622,21 @@ async fn capture(
         let mut names = Vec::new();
         let mut size = 0;
         for (name, json) in c.capture().await? {
-            size += json.len() as u64;
             let file = format!("cluster/{name}");
+            let len = json.len() as u64;
             catalog.put(&catalog::backup_path(backup_id, &file), Bytes::from(json)).await?;
-            names.push(file);
+            size += len;
+            names.push((file, len));
         }
         Ok((names, size))
     };
     let (databases, (objects, listing_size), (cluster_objects, cluster_size)) = tokio::try_join!(dumps, objects, kube_objects)?;
     let written_bytes = databases.iter().map(|d| d.size).sum::<u64>() + objects.counts.copied_bytes + listing_size + cluster_size;
-    Ok(Captured { databases, objects, cluster_objects, written_bytes })
+    let mut parts: Vec<(String, u64)> = databases.iter().map(|d| (d.file.clone(), d.size)).collect();
+    if let Some(listing) = &objects.listing {
+        parts.push((listing.clone(), listing_size));
+    }
+    parts.extend(cluster_objects.iter().cloned());
+    let cluster_objects = cluster_objects.into_iter().map(|(file, _)| file).collect();
+    Ok(Captured { databases, objects, cluster_objects, written_bytes, parts })
 }

@@ -45,6 +45,10 @@ pub enum DatabaseError {
     DumpFailed { database: String, status: String, stderr: String },
     #[error("pg_restore into {database} failed ({status}): {stderr}")]
     RestoreFailed { database: String, status: String, stderr: String },
+    #[error(
+        "the dump of {database} read from the bucket has SHA-256 {read}, the manifest says {recorded}: the dump is damaged, so database {database} as restored cannot be trusted; drop it and restore another backup (`pachyderm-backup list`)"
+    )]
+    DumpDamaged { database: String, read: String, recorded: String },
     #[error("database {database} on the restore server is not empty ({tables} tables): pass --clean to replace its content")]
     NotEmpty { database: String, tables: i64 },
     #[error("running {tool}: {source}")]
@@ -101,7 +105,14 @@ impl Tools {
     pub async fn find(bin_dir: Option<&FsPath>) -> Result<Self, DatabaseError> {
         let pg_dump = find_tool(bin_dir, "pg_dump")?;
         let pg_restore = find_tool(bin_dir, "pg_restore")?;
-        let out = Command::new(&pg_dump).arg("--version").output().await.map_err(|source| DatabaseError::Io { tool: pg_dump.display().to_string(), source })?;
+        // kill_on_drop: a `pg_dump --version` that hangs is killed with the bounded
+        // preflight that gave up on it.
+        let out = Command::new(&pg_dump)
+            .arg("--version")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| DatabaseError::Io { tool: pg_dump.display().to_string(), source })?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (major, version) =
             parse_tool_version(&text).ok_or_else(|| DatabaseError::ToolMissing { tool: "pg_dump".into(), detail: format!("unreadable version {text:?}") })?;
@@ -215,7 +226,7 @@ pub async fn dump(
     let stdout = child.stdout.take().ok_or_else(|| DatabaseError::Io { tool: "pg_dump".into(), source: std::io::Error::other("no stdout") })?;
     let stderr = child.stderr.take().ok_or_else(|| DatabaseError::Io { tool: "pg_dump".into(), source: std::io::Error::other("no stderr") })?;
     let stderr = tokio::spawn(tail_stderr(stderr));
-    let uploaded = objects::upload(store, path, objects::read_chunks(stdout, format!("pg_dump of {database}")), None, progress).await;
+    let uploaded = objects::upload(store, path, objects::read_chunks(stdout, format!("pg_dump of {database}")), &objects::Expect::default(), progress).await;
     if let Err(e) = uploaded {
         // pg_dump dies of SIGPIPE once nobody reads it: the upload is the cause.
         let _ = child.kill().await;
@@ -297,16 +308,20 @@ pub fn only_tolerated_errors(stderr: &str) -> bool {
         })
 }
 
-/// Streams a dump from the bucket into `pg_restore`.
+/// Streams a dump from the bucket into `pg_restore`, checking its SHA-256 against the
+/// manifest's on the way (`pg_restore -Fc` from a pipe cannot wait for the check, so a
+/// damaged dump is reported as soon as its last byte is read).
 pub async fn restore(
     server: &PgServer,
     database: &str,
     tools: &Tools,
     store: &Arc<dyn ObjectStore>,
+    entry: &DatabaseEntry,
     path: &Path,
     clean: bool,
     progress: &Progress,
 ) -> Result<u64, DatabaseError> {
+    use sha2::Digest;
     // No --exit-on-error and no --single-transaction: the one SET that an older server
     // refuses must not stop the restore; the error list is judged afterwards.
     let mut cmd = Command::new(&tools.pg_restore);
@@ -323,12 +338,22 @@ pub async fn restore(
     let body = store.get(path).await.map_err(|source| ObjectsError::Store { side: "target", what: format!("reading {path}"), source })?;
     let mut stream = body.into_stream();
     let mut written = 0u64;
+    let mut read = 0u64;
+    let mut hasher = sha2::Sha256::new();
     let mut feed_error = None;
+    let mut pg_restore_stopped = false;
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(bytes) => {
+                hasher.update(&bytes);
+                read += bytes.len() as u64;
+                if pg_restore_stopped {
+                    continue; // read on, for the checksum
+                }
                 if stdin.write_all(&bytes).await.is_err() {
-                    break; // pg_restore stopped reading: its exit status says why.
+                    // pg_restore stopped reading: its exit status says why.
+                    pg_restore_stopped = true;
+                    continue;
                 }
                 written += bytes.len() as u64;
                 progress.add_done(0, bytes.len() as u64);
@@ -344,6 +369,10 @@ pub async fn restore(
     let stderr = stderr.await.unwrap_or_default();
     if let Some(e) = feed_error {
         return Err(e.into());
+    }
+    let sha = hex::encode(hasher.finalize());
+    if sha != entry.sha256 || read != entry.size {
+        return Err(DatabaseError::DumpDamaged { database: database.into(), read: sha, recorded: entry.sha256.clone() });
     }
     if !status.success() && !only_tolerated_errors(&stderr) {
         return Err(DatabaseError::RestoreFailed { database: database.into(), status: status.to_string(), stderr });

@@ -107,6 +107,12 @@ fn init_logging(raw: &RawEnv, default_format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Files this process creates (a file:// backup bucket, restored objects) hold
+    // dumps with Pachyderm's chunk keys: owner-only, whatever umask the pod has.
+    // SAFETY: umask only swaps the process's creation mask; no memory is involved.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     let raw = match RawEnv::from_process() {
         Ok(raw) => raw,

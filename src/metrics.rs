@@ -88,6 +88,8 @@ pub struct RunReport {
     pub retained: Option<usize>,
     pub pruned: Option<usize>,
     pub freed: Option<u64>,
+    /// Backup folders retention found damaged (kept, reported, pool not swept).
+    pub damaged: Option<usize>,
     pub next_due: Option<f64>,
     /// Whether the cluster is known to be resumed (or was never paused).
     pub resumed: bool,
@@ -138,6 +140,14 @@ impl RunReport {
         if let Some(f) = self.freed {
             s.set("freed_bytes", "Bytes of unreferenced blobs deleted by the last retention", &[], f as f64);
         }
+        if let Some(d) = self.damaged {
+            s.set(
+                "damaged_backups",
+                "Backup folders whose manifest or listing cannot be trusted (skipped, never deleted; the pool is not swept while any exists)",
+                &[],
+                d as f64,
+            );
+        }
         if let Some(n) = self.next_due {
             s.set("next_due_timestamp_seconds", "When the next backup is due, from SCHEDULE", &[], n);
         }
@@ -170,10 +180,11 @@ impl Pusher {
     /// Pushes with POST; logs a warning on any failure, never returns one.
     pub async fn push(&self, sample: &Sample) {
         let Some(base) = &self.settings.url else { return };
+        let shown = redacted(base);
         match tokio::time::timeout(self.settings.timeout, self.send(base, sample)).await {
             Ok(Ok(())) => info!(metrics = sample.families.len(), "metrics pushed"),
-            Ok(Err(e)) => warn!(error = %e, pushgateway = %base, "could not push metrics; the backup itself is not affected"),
-            Err(_) => warn!(timeout = ?self.settings.timeout, pushgateway = %base, "pushing metrics timed out; the backup itself is not affected"),
+            Ok(Err(e)) => warn!(error = %e.replace(base.as_str(), &shown), pushgateway = %shown, "could not push metrics; the backup itself is not affected"),
+            Err(_) => warn!(timeout = ?self.settings.timeout, pushgateway = %shown, "pushing metrics timed out; the backup itself is not affected"),
         }
     }
 
@@ -188,9 +199,14 @@ impl Pusher {
         ]);
         let connector = hyper_rustls::HttpsConnectorBuilder::new().with_native_roots().map_err(|e| e.to_string())?.https_or_http().enable_http1().build();
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+        // Credentials in the URL's userinfo go in the header, never in the request line.
+        let (url_user, url_password) = (url.username().to_string(), url.password().map(str::to_string));
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
         let mut request = hyper::Request::post(url.as_str()).header("content-type", "text/plain; version=0.0.4");
-        if let Some(user) = &self.settings.username {
-            let password = self.settings.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        let user = self.settings.username.clone().or_else(|| (!url_user.is_empty()).then_some(url_user));
+        if let Some(user) = &user {
+            let password = self.settings.password.as_ref().map(|p| p.expose().to_string()).or(url_password).unwrap_or_default();
             let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             request = request.header("authorization", format!("Basic {token}"));
         }
@@ -205,9 +221,27 @@ impl Pusher {
     }
 }
 
+/// A URL as it may be logged: userinfo replaced by `***`.
+fn redacted(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if !shown.username().is_empty() || shown.password().is_some() {
+        let _ = shown.set_username("***");
+        let _ = shown.set_password(None);
+    }
+    shown.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_never_reaches_a_log_line() {
+        let url = url::Url::parse("https://backup:s3cr3t@push.example:9091/base").expect("url");
+        let shown = redacted(&url);
+        assert!(!shown.contains("s3cr3t") && !shown.contains("backup:"), "{shown}");
+        assert_eq!(redacted(&url::Url::parse("http://push:9091").expect("url")), "http://push:9091/");
+    }
 
     #[test]
     fn a_failed_run_never_sends_last_success() {

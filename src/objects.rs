@@ -43,9 +43,9 @@ pub enum ObjectsError {
         source: object_store::Error,
     },
     #[error(
-        "source object {key} changed while it was copied (listed {listed} bytes, read {read}): Pachyderm objects are immutable, is something else writing to the bucket?"
+        "object {key} as read does not match what its store says it holds ({detail}): damaged on the way, or changed at the source (Pachyderm objects are immutable: is something else writing to the bucket?); it was not stored"
     )]
-    Changed { key: String, listed: u64, read: u64 },
+    Mismatch { key: String, detail: String, read_sha256: String },
     #[error("the source listing is not in key order at {0:?}; the store does not list as S3 does")]
     Unordered(String),
     #[error(transparent)]
@@ -99,6 +99,73 @@ pub async fn probe_writable(store: &Arc<dyn ObjectStore>, side: &'static str, ru
     store.head(&path).await.map_err(err("reading the probe object back (preflight)"))?;
     store.delete(&path).await.map_err(err("deleting the probe object (preflight)"))?;
     Ok(())
+}
+
+/// Listing pages fetched again after a failure, from the last key received.
+const LIST_ATTEMPTS: u32 = 5;
+
+/// Lists `prefix`, resuming after the last key received when a page fails (a reset
+/// or a cut body on page 4,000 of a large bucket must not fail the run). Only stores
+/// that list in key order can resume from a key; the others are listed once.
+pub fn list_resuming(
+    store: Arc<dyn ObjectStore>,
+    prefix: Option<Path>,
+    sorted: bool,
+) -> futures::stream::BoxStream<'static, Result<ObjectMeta, object_store::Error>> {
+    struct State {
+        store: Arc<dyn ObjectStore>,
+        prefix: Option<Path>,
+        pages: futures::stream::BoxStream<'static, Result<ObjectMeta, object_store::Error>>,
+        last: Option<Path>,
+        failures: u32,
+        sorted: bool,
+        done: bool,
+    }
+    let pages = store.list(prefix.as_ref());
+    let state = State { store, prefix, pages, last: None, failures: 0, sorted, done: false };
+    futures::stream::unfold(state, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        loop {
+            match s.pages.next().await {
+                Some(Ok(meta)) => {
+                    s.last = Some(meta.location.clone());
+                    s.failures = 0;
+                    return Some((Ok(meta), s));
+                }
+                Some(Err(e)) if s.sorted && s.failures + 1 < LIST_ATTEMPTS && retriable(&e) => {
+                    s.failures += 1;
+                    warn!(error = %e, after = ?s.last.as_ref().map(|p| p.to_string()), attempt = s.failures, "a listing page failed: listing again from the last key received");
+                    tokio::time::sleep(Duration::from_millis(200 << s.failures)).await;
+                    s.pages = match &s.last {
+                        Some(last) => s.store.list_with_offset(s.prefix.as_ref(), last),
+                        None => s.store.list(s.prefix.as_ref()),
+                    };
+                }
+                Some(Err(e)) => {
+                    s.done = true;
+                    return Some((Err(e), s));
+                }
+                None => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Whether a store error may pass on retry (not a refusal or an absence).
+fn retriable(e: &object_store::Error) -> bool {
+    !matches!(
+        e,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::NotImplemented { .. }
+            | object_store::Error::NotSupported { .. }
+    )
 }
 
 /// What to do with one source object, decided from the reference listing alone.
@@ -163,7 +230,7 @@ pub async fn sync(
 ) -> Result<(ListingWriter, ObjectCounts), ObjectsError> {
     let list_err = |source| ObjectsError::Store { side: "source", what: "listing".into(), source };
     let listing: futures::stream::BoxStream<'_, Result<ObjectMeta, ObjectsError>> = if sorted {
-        source.list(None).map_err(list_err).boxed()
+        list_resuming(source.clone(), None, true).map_err(list_err).boxed()
     } else {
         let mut all: Vec<ObjectMeta> = source.list(None).try_collect().await.map_err(list_err)?;
         all.sort_by(|a, b| a.location.cmp(&b.location));
@@ -186,17 +253,19 @@ pub async fn sync(
                     progress.add_done(1, 0);
                     Ok((seq, Some(record)))
                 }
-                Plan::Copy { key, size, etag, blob } => match copy_with_retries(source, pool, &key, size, &blob, progress).await {
-                    Ok(sha256) => {
-                        progress.add_done(1, 0);
-                        Ok((seq, Some(ObjectRecord { key, size, etag, blob, sha256, since: backup_id.to_string() })))
+                Plan::Copy { key, size, etag, blob } => {
+                    match copy_verified(source, "source", &key, pool, &blob, Expect::listed(size, etag.as_deref()), progress).await {
+                        Ok(sha256) => {
+                            progress.add_done(1, 0);
+                            Ok((seq, Some(ObjectRecord { key, size, etag, blob, sha256, since: backup_id.to_string() })))
+                        }
+                        Err(ObjectsError::Store { side: "source", source: object_store::Error::NotFound { .. }, .. }) if vanished_ok => {
+                            debug!(key, "object vanished before it was copied (Pachyderm's garbage collector)");
+                            Ok((seq, None))
+                        }
+                        Err(e) => Err(e),
                     }
-                    Err(ObjectsError::Store { side: "source", source: object_store::Error::NotFound { .. }, .. }) if vanished_ok => {
-                        debug!(key, "object vanished before it was copied (Pachyderm's garbage collector)");
-                        Ok((seq, None))
-                    }
-                    Err(e) => Err(e),
-                },
+                }
             }
         })
         .try_buffer_unordered(concurrency);
@@ -230,31 +299,120 @@ pub async fn sync(
 
 fn transient(e: &ObjectsError) -> bool {
     match e {
-        ObjectsError::Store { source, .. } => !matches!(
-            source,
-            object_store::Error::NotFound { .. }
-                | object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. }
-                | object_store::Error::Precondition { .. }
-        ),
+        ObjectsError::Store { source, .. } => retriable(source),
+        // Bytes that differ from what the store says it holds: damaged on the way.
+        ObjectsError::Mismatch { .. } => true,
         _ => false,
     }
 }
 
-async fn copy_with_retries(
-    source: &Arc<dyn ObjectStore>,
-    pool: &Arc<dyn ObjectStore>,
-    key: &str,
-    size: u64,
-    blob: &str,
+/// What the bytes read must match before they are written: anything else was damaged
+/// on the way (or changed at the source) and is never stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expect {
+    pub size: Option<u64>,
+    /// The store's MD5 of the content: a single-part upload's ETag on S3 and GCS.
+    pub md5: Option<[u8; 16]>,
+    pub sha256: Option<String>,
+}
+
+impl Expect {
+    /// A source object as listed: its size, and its ETag when it has the shape of an
+    /// MD5 (32 hex digits; multipart ETags carry a `-N`, Azure's and local ones other
+    /// shapes). An ETag of that shape that is not the content's MD5 (S3 with SSE-KMS
+    /// or SSE-C) is recognised by `copy_verified` and falls back to a double read.
+    pub fn listed(size: u64, etag: Option<&str>) -> Self {
+        let md5 = etag.map(|e| e.trim_matches('"')).filter(|e| e.len() == 32).and_then(|e| hex::decode(e).ok()).and_then(|b| <[u8; 16]>::try_from(b).ok());
+        Expect { size: Some(size), md5, sha256: None }
+    }
+
+    /// A blob as recorded in a listing: size and SHA-256.
+    pub fn recorded(size: u64, sha256: &str) -> Self {
+        Expect { size: Some(size), md5: None, sha256: Some(sha256.to_string()) }
+    }
+
+    /// What differs between the bytes read and this expectation, if anything.
+    fn check(&self, length: u64, md5: &[u8], sha256: &str) -> Option<String> {
+        if let Some(size) = self.size.filter(|s| *s != length) {
+            return Some(format!("{length} bytes read, {size} expected"));
+        }
+        if let Some(want) = self.md5.filter(|m| m.as_slice() != md5) {
+            return Some(format!("MD5 {} read, the store's ETag says {}", hex::encode(md5), hex::encode(want)));
+        }
+        match &self.sha256 {
+            Some(want) if want != sha256 => Some(format!("SHA-256 {sha256} read, {want} expected")),
+            _ => None,
+        }
+    }
+}
+
+/// The digests of a stream as it passes: SHA-256 always, MD5 when there is one to
+/// compare with.
+struct Digests {
+    sha256: Sha256,
+    md5: Option<md5::Md5>,
+    length: u64,
+}
+
+impl Digests {
+    fn new(md5: bool) -> Self {
+        Digests { sha256: Sha256::new(), md5: md5.then(<md5::Md5 as md5::Digest>::new), length: 0 }
+    }
+
+    fn update(&mut self, chunk: &Bytes, progress: &Progress) {
+        self.sha256.update(chunk);
+        if let Some(m) = self.md5.as_mut() {
+            md5::Digest::update(m, chunk);
+        }
+        self.length += chunk.len() as u64;
+        progress.add_done(0, chunk.len() as u64);
+    }
+
+    /// Length, MD5 (empty when not computed), SHA-256 in hex.
+    fn finish(self) -> (u64, Vec<u8>, String) {
+        let md5 = self.md5.map(|m| md5::Digest::finalize(m).to_vec()).unwrap_or_default();
+        (self.length, md5, hex::encode(self.sha256.finalize()))
+    }
+}
+
+/// Logged once a run: the source's ETags are not content MD5s.
+static ETAG_NOT_MD5_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Copies `from_key` of `from` to `to_key` of `to`, streamed, checked against `expect`
+/// before the write completes, retried (ATTEMPTS) on transient failures and damaged
+/// bytes. Returns the SHA-256 of what was written.
+pub async fn copy_verified(
+    from: &Arc<dyn ObjectStore>,
+    from_side: &'static str,
+    from_key: &str,
+    to: &Arc<dyn ObjectStore>,
+    to_key: &str,
+    mut expect: Expect,
     progress: &Progress,
 ) -> Result<String, ObjectsError> {
     let mut attempt = 1;
+    let mut mismatched_read: Option<String> = None;
     loop {
-        match copy_object(source, pool, key, size, blob, progress).await {
+        match copy_object(from, from_side, from_key, to, to_key, &expect, progress).await {
             Ok(sha) => return Ok(sha),
+            // Twice the same bytes, twice not the ETag's MD5: the ETag is no content
+            // MD5 (S3 SSE-KMS/SSE-C). Those bytes are what the store holds; a third
+            // read must give them again.
+            Err(ObjectsError::Mismatch { read_sha256, .. }) if expect.md5.is_some() && mismatched_read.as_ref() == Some(&read_sha256) => {
+                if !ETAG_NOT_MD5_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    warn!(
+                        key = from_key,
+                        "the {from_side} store's ETags are not MD5 digests of the content (SSE-KMS or SSE-C?): such objects are checked by reading them twice"
+                    );
+                }
+                expect.md5 = None;
+                expect.sha256 = Some(read_sha256);
+            }
             Err(e) if attempt < ATTEMPTS && transient(&e) => {
-                warn!(key, attempt, error = %e, "copy failed, retrying");
+                if let ObjectsError::Mismatch { read_sha256, .. } = &e {
+                    mismatched_read = Some(read_sha256.clone());
+                }
+                warn!(key = from_key, attempt, error = %e, "copy failed, retrying");
                 tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
                 attempt += 1;
             }
@@ -263,34 +421,37 @@ async fn copy_with_retries(
     }
 }
 
-/// Streams one object from the source into the pool, hashing on the way.
+/// Streams one object into another store, hashing on the way.
 async fn copy_object(
-    source: &Arc<dyn ObjectStore>,
-    pool: &Arc<dyn ObjectStore>,
-    key: &str,
-    size: u64,
-    blob: &str,
+    from: &Arc<dyn ObjectStore>,
+    from_side: &'static str,
+    from_key: &str,
+    to: &Arc<dyn ObjectStore>,
+    to_key: &str,
+    expect: &Expect,
     progress: &Progress,
 ) -> Result<String, ObjectsError> {
     let src_err = |what: &str| {
-        let what = format!("{what} {key}");
-        move |source| ObjectsError::Store { side: "source", what: what.clone(), source }
+        let what = format!("{what} {from_key}");
+        move |source| ObjectsError::Store { side: from_side, what: what.clone(), source }
     };
-    let body = source.get(&catalog::recorded_path(key)).await.map_err(src_err("reading"))?.into_stream().map_err(src_err("reading"));
-    let (sha256, read) = upload(pool, &catalog::recorded_path(blob), body, Some(size as usize), progress).await?;
-    if read != size {
-        return Err(ObjectsError::Changed { key: key.to_string(), listed: size, read });
-    }
+    let body = from.get(&catalog::recorded_path(from_key)).await.map_err(src_err("reading"))?.into_stream().map_err(src_err("reading"));
+    let (sha256, _) = upload(to, &catalog::recorded_path(to_key), body, expect, progress).await.map_err(|e| match e {
+        ObjectsError::Mismatch { detail, read_sha256, .. } => ObjectsError::Mismatch { key: from_key.to_string(), detail, read_sha256 },
+        e => e,
+    })?;
     Ok(sha256)
 }
 
-/// Uploads a stream of bytes, one PUT when it fits one part, multipart otherwise
-/// (aborted on error), returning its SHA-256 and length.
+/// Uploads a stream of bytes, one PUT when it fits one part, multipart otherwise,
+/// returning its SHA-256 and length. The bytes are checked against `expect` before
+/// the PUT is sent or the multipart upload completed (aborted otherwise), so what
+/// does not match is never stored.
 pub async fn upload(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
     body: impl futures::Stream<Item = Result<Bytes, ObjectsError>>,
-    size_hint: Option<usize>,
+    expect: &Expect,
     progress: &Progress,
 ) -> Result<(String, u64), ObjectsError> {
     let target_err = |what: &'static str| {
@@ -298,36 +459,39 @@ pub async fn upload(
         move |source| ObjectsError::Store { side: "target", what, source }
     };
     futures::pin_mut!(body);
-    let mut hasher = Sha256::new();
-    let mut length = 0u64;
-    if size_hint.is_some_and(|s| s <= PART_SIZE) {
+    let mut digest = Digests::new(expect.md5.is_some());
+    let verdict = |digest: Digests| {
+        let (length, md5, sha) = digest.finish();
+        match expect.check(length, &md5, &sha) {
+            None => Ok((sha, length)),
+            Some(detail) => Err(ObjectsError::Mismatch { key: path.to_string(), detail, read_sha256: sha }),
+        }
+    };
+    if expect.size.is_some_and(|s| s <= PART_SIZE as u64) {
         let mut parts = Vec::new();
         while let Some(chunk) = body.try_next().await? {
-            hasher.update(&chunk);
-            length += chunk.len() as u64;
-            progress.add_done(0, chunk.len() as u64);
+            digest.update(&chunk, progress);
             parts.push(chunk);
         }
+        let checked = verdict(digest)?;
         store.put(path, parts.into_iter().collect::<PutPayload>()).await.map_err(target_err("writing"))?;
-        return Ok((hex::encode(hasher.finalize()), length));
+        return Ok(checked);
     }
     let upload = store.put_multipart(path).await.map_err(target_err("starting the upload of"))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-    let streamed: Result<(), ObjectsError> = async {
+    let streamed: Result<(String, u64), ObjectsError> = async {
         while let Some(chunk) = body.try_next().await? {
-            hasher.update(&chunk);
-            length += chunk.len() as u64;
-            progress.add_done(0, chunk.len() as u64);
+            digest.update(&chunk, progress);
             writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(target_err("uploading"))?;
             writer.put(chunk);
         }
-        Ok(())
+        verdict(digest)
     }
     .await;
     match streamed {
-        Ok(()) => {
+        Ok(checked) => {
             writer.finish().await.map_err(target_err("completing the upload of"))?;
-            Ok((hex::encode(hasher.finalize()), length))
+            Ok(checked)
         }
         Err(e) => {
             if let Err(abort) = writer.abort().await {
@@ -395,6 +559,23 @@ mod tests {
         assert!(matches!(p.plan("f", 6, Some("e"), t0()).expect("ok"), Plan::Reuse(_)));
         assert!(matches!(p.plan("g", 7, Some("e"), t0()).expect("ok"), Plan::Copy { .. }));
         assert!(matches!(p.plan("a", 1, Some("e"), t0()), Err(ObjectsError::Unordered(_))));
+    }
+
+    #[test]
+    fn only_an_md5_shaped_etag_is_compared_and_every_difference_is_named() {
+        let md5 = hex::decode("9e107d9d372bb6826bd81d3542a419d6").expect("hex");
+        assert_eq!(Expect::listed(3, Some("\"9e107d9d372bb6826bd81d3542a419d6\"")).md5.map(|m| m.to_vec()), Some(md5.clone()));
+        // Multipart, Azure and local ETags are no content MD5.
+        for etag in ["\"9e107d9d372bb6826bd81d3542a419d6-3\"", "0x8DC4E2B1A2F3C4D", "1a2b-3c4d-5e", "not-hex-not-hex-not-hex-not-hex!"] {
+            assert_eq!(Expect::listed(3, Some(etag)).md5, None, "{etag}");
+        }
+        let e = Expect::listed(3, Some("9e107d9d372bb6826bd81d3542a419d6"));
+        assert_eq!(e.check(3, &md5, "any"), None);
+        assert!(e.check(2, &md5, "any").is_some_and(|d| d.contains("2 bytes read, 3 expected")));
+        assert!(e.check(3, &[0u8; 16], "any").is_some_and(|d| d.contains("the store's ETag says")));
+        let r = Expect::recorded(3, "abc");
+        assert_eq!(r.check(3, &[], "abc"), None);
+        assert!(r.check(3, &[], "abd").is_some_and(|d| d.contains("abc expected")));
     }
 
     proptest! {

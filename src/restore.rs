@@ -32,8 +32,6 @@ pub enum RestoreError {
     Refused(Vec<String>),
     #[error("{0} is needed for this command")]
     Missing(&'static str),
-    #[error("{count} object(s) did not match their recorded checksum after the restore, first: {first}")]
-    Mismatch { count: usize, first: String },
 }
 
 /// Picks a backup: the given id, or the newest complete one.
@@ -108,7 +106,7 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
             let progress = Progress::start("restore-database", std::time::Duration::from_secs(30));
             database::ensure_database(server, &db.name).await?;
             let bytes =
-                database::restore(server, &db.name, tools, catalog.store(), &catalog::backup_path(&manifest.backup_id, &db.file), opts.clean, &progress)
+                database::restore(server, &db.name, tools, catalog.store(), db, &catalog::backup_path(&manifest.backup_id, &db.file), opts.clean, &progress)
                     .await?;
             info!(database = %db.name, bytes, "database restored");
             summary.databases.push((db.name.clone(), bytes));
@@ -124,8 +122,10 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
     Ok(summary)
 }
 
-/// Copies every blob of the listing back to its key, checking SHA-256 on the way;
-/// an object already there with the right size and checksum is skipped.
+/// Copies every blob of the listing back to its key, checked against its recorded
+/// size and SHA-256 before each write completes (a damaged blob is never restored);
+/// an object already there with the right size and checksum is skipped. The listing
+/// itself is checked against the manifest once read whole.
 async fn restore_objects_into(
     catalog: &Catalog,
     manifest: &Manifest,
@@ -137,44 +137,37 @@ async fn restore_objects_into(
     let progress = Progress::start("restore-objects", interval);
     progress.add_total(manifest.objects.counts.count, manifest.objects.counts.bytes);
     progress.totals_known();
-    let records = futures::stream::iter(std::iter::from_fn(move || listing.next_record().transpose()));
     let pool = catalog.store().clone();
-    let results = records
-        .map_err(RestoreError::from)
-        .map_ok(|record: ObjectRecord| {
-            let pool = pool.clone();
-            let dest = dest.clone();
-            let progress = &progress;
-            async move {
-                let path = catalog::recorded_path(&record.key);
-                if already_restored(&dest, &path, &record).await {
-                    progress.add_done(1, record.size);
-                    return Ok::<_, RestoreError>((0u64, 0u64, 1u64, None));
+    let (mut restored, mut bytes, mut skipped) = (0, 0, 0);
+    {
+        let records = futures::stream::iter(listing.by_ref());
+        let results = records
+            .map_err(RestoreError::from)
+            .map_ok(|record: ObjectRecord| {
+                let pool = pool.clone();
+                let dest = dest.clone();
+                let progress = &progress;
+                async move {
+                    let path = catalog::recorded_path(&record.key);
+                    if already_restored(&dest, &path, &record).await {
+                        progress.add_done(1, record.size);
+                        return Ok::<_, RestoreError>((0u64, 0u64, 1u64));
+                    }
+                    let expect = objects::Expect::recorded(record.size, &record.sha256);
+                    objects::copy_verified(&pool, "target", &record.blob, &dest, &record.key, expect, progress).await?;
+                    progress.add_done(1, 0);
+                    Ok((1, record.size, 0))
                 }
-                let body = pool
-                    .get(&catalog::recorded_path(&record.blob))
-                    .await
-                    .map_err(|source| ObjectsError::Store { side: "target", what: format!("reading {}", record.blob), source })?
-                    .into_stream()
-                    .map_err(move |source| ObjectsError::Store { side: "target", what: "reading a blob".into(), source });
-                let (sha, size) = objects::upload(&dest, &path, body, Some(record.size as usize), progress).await?;
-                progress.add_done(1, 0);
-                let mismatch = (sha != record.sha256 || size != record.size).then(|| record.key.clone());
-                Ok((1, size, 0, mismatch))
-            }
-        })
-        .try_buffer_unordered(concurrency);
-    futures::pin_mut!(results);
-    let (mut restored, mut bytes, mut skipped, mut mismatches) = (0, 0, 0, Vec::new());
-    while let Some((r, b, s, m)) = results.try_next().await? {
-        restored += r;
-        bytes += b;
-        skipped += s;
-        mismatches.extend(m);
+            })
+            .try_buffer_unordered(concurrency);
+        futures::pin_mut!(results);
+        while let Some((r, b, s)) = results.try_next().await? {
+            restored += r;
+            bytes += b;
+            skipped += s;
+        }
     }
-    if let Some(first) = mismatches.first() {
-        return Err(RestoreError::Mismatch { count: mismatches.len(), first: first.clone() });
-    }
+    listing.verify_whole(&manifest.objects)?;
     Ok((restored, bytes, skipped))
 }
 
@@ -227,33 +220,21 @@ pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurre
         }
     }
     if let Some(listing_file) = &manifest.objects.listing {
-        // The listing itself: present, and its content matches the manifest.
+        // The listing itself: present, and its content what the manifest describes.
         let mut reader = match catalog.read_listing(id, manifest).await {
             Ok(r) => r,
-            Err(e) => {
+            Err(e) if e.is_damage() => {
                 f.problems.push(format!("{listing_file}: {e}"));
                 return Ok(f);
             }
+            Err(e) => return Err(e.into()),
         };
-        let mut hasher = Sha256::new();
-        let mut count = 0u64;
         let progress = Progress::start("verify", interval);
         progress.add_total(manifest.objects.counts.count, manifest.objects.counts.bytes);
         progress.totals_known();
+        let mut unreadable = None;
         {
-            let records = std::iter::from_fn(|| match reader.next_record() {
-                Ok(Some(r)) => {
-                    // The manifest's listing_sha256 is over the uncompressed lines, as written.
-                    let mut line = serde_json::to_vec(&r).unwrap_or_default();
-                    line.push(b'\n');
-                    hasher.update(&line);
-                    count += 1;
-                    Some(Ok(r))
-                }
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
-            });
-            let checks = futures::stream::iter(records)
+            let checks = futures::stream::iter(reader.by_ref())
                 .map(|r| {
                     let store = store.clone();
                     let progress = &progress;
@@ -269,17 +250,26 @@ pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurre
                 .buffer_unordered(concurrency);
             futures::pin_mut!(checks);
             while let Some(result) = checks.next().await {
-                let (size, problem) = result?;
-                f.checked_files += 1;
-                f.checked_bytes += if deep { size } else { 0 };
-                f.problems.extend(problem);
+                match result {
+                    Ok((size, problem)) => {
+                        f.checked_files += 1;
+                        f.checked_bytes += if deep { size } else { 0 };
+                        f.problems.extend(problem);
+                    }
+                    Err(e) => {
+                        unreadable = Some(e);
+                        break;
+                    }
+                }
             }
         }
-        if count != manifest.objects.counts.count {
-            f.problems.push(format!("{listing_file}: {count} objects, the manifest says {}", manifest.objects.counts.count));
-        }
-        if manifest.objects.listing_sha256.as_deref().is_some_and(|s| s != hex::encode(hasher.finalize())) {
-            f.problems.push(format!("{listing_file}: its content does not match the manifest's listing_sha256"));
+        match unreadable {
+            Some(e) => f.problems.push(format!("{listing_file}: {e}")),
+            None => {
+                if let Err(e) = reader.verify_whole(&manifest.objects) {
+                    f.problems.push(format!("{listing_file}: {e}"));
+                }
+            }
         }
     }
     Ok(f)
@@ -326,7 +316,7 @@ pub async fn drill(server: &PgServer, bin_dir: Option<&std::path::Path>, catalog
             scratch.push(name.clone());
             let progress = Progress::start("drill", std::time::Duration::from_secs(30));
             if let Err(e) =
-                database::restore(server, &name, &tools, catalog.store(), &catalog::backup_path(&manifest.backup_id, &db.file), false, &progress).await
+                database::restore(server, &name, &tools, catalog.store(), db, &catalog::backup_path(&manifest.backup_id, &db.file), false, &progress).await
             {
                 f.problems.push(format!("database {} does not restore cleanly: {e}", db.name));
             }

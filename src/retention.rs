@@ -1,8 +1,10 @@
 //! Retention policy (restic's semantics) and garbage collection of the blob pool.
 //!
 //! The decisions are pure functions, tested exhaustively; `apply` does the I/O under
-//! the run's Lease: delete dropped backups (manifest first), sweep unreferenced blobs,
-//! remove the folders of runs that died before their manifest.
+//! the run's Lease: read and verify every kept listing first, then delete dropped
+//! backups (manifest first), remove the folders of runs that died before their
+//! manifest, and sweep unreferenced blobs. Damaged folders are never deleted, and
+//! while one exists nothing is swept.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -186,12 +188,22 @@ pub struct Outcome {
     pub bytes_freed: u64,
     pub leftovers_removed: usize,
     pub decisions: Vec<Decision>,
+    /// Folders whose manifest or listing cannot be trusted: kept, reported, and while
+    /// any exists the pool is not swept (what they reference is unknown).
+    pub damaged: Vec<(String, String)>,
+    /// Whether the sweep ran (false while a backup is damaged).
+    pub swept: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(
+        "TARGET_URL holds backups of more than one cluster ({}): retention would prune each other's backups and sweep their blobs; nothing was deleted. Give each cluster a prefix of its own",
+        .0.join(", ")
+    )]
+    SharedPrefix(Vec<String>),
     #[error(
         "retention stopped: {what} failed in the backup bucket ({source}); nothing referenced by a kept backup was deleted, run `pachyderm-backup retention` again"
     )]
@@ -202,16 +214,66 @@ pub enum RetentionError {
     },
 }
 
-/// Applies the policy: steps 1–4 (decide, delete dropped backups manifest first, sweep
-/// unreferenced blobs, remove dead runs' folders). `dry_run` decides and counts only.
+/// The kept set, every kept listing read and verified, and the damaged folders.
+struct Marked {
+    decisions: Vec<Decision>,
+    referenced: HashSet<u128>,
+    damaged: Vec<(String, String)>,
+}
+
+/// Decides and marks before anything is deleted. A kept backup whose listing does not
+/// verify is damaged: it leaves the plan (kept, never deleted) and the plan is made
+/// again over the rest, so the newest backup that verifies is always kept.
+async fn mark(catalog: &Catalog, entries: &[catalog::Entry], policy: &Policy) -> Result<Marked, RetentionError> {
+    let mut damaged: Vec<(String, String)> = entries.iter().filter_map(|e| e.damaged.clone().map(|why| (e.id.clone(), why))).collect();
+    let mut referenced = HashSet::new();
+    let mut verified: HashSet<String> = HashSet::new();
+    loop {
+        let complete: Vec<(String, DateTime<Utc>)> = entries
+            .iter()
+            .filter(|e| !damaged.iter().any(|(id, _)| *id == e.id))
+            .filter_map(|e| e.manifest.as_ref().map(|m| (e.id.clone(), m.started_at)))
+            .collect();
+        let decisions = plan(&complete, policy);
+        let mut newly_damaged = false;
+        let unverified: Vec<&Decision> = decisions.iter().filter(|d| d.keep() && !verified.contains(&d.id)).collect();
+        for d in unverified {
+            let Some(manifest) = entries.iter().find(|e| e.id == d.id).and_then(|e| e.manifest.as_ref()) else { continue };
+            let mut blobs = Vec::new();
+            match catalog.read_verified_listing(manifest, |r| blobs.push(blob_fingerprint(&r.blob))).await {
+                Ok(()) => {
+                    referenced.extend(blobs);
+                    verified.insert(d.id.clone());
+                }
+                Err(e) if e.is_damage() => {
+                    warn!(folder = %format!("{}/{}/", catalog::BACKUPS_DIR, d.id), problem = %e, "damaged backup: {}", catalog::DAMAGED_ADVICE);
+                    damaged.push((d.id.clone(), e.to_string()));
+                    newly_damaged = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !newly_damaged {
+            return Ok(Marked { decisions, referenced, damaged });
+        }
+    }
+}
+
+/// Applies the policy: decide and mark (every kept listing read and verified), then
+/// delete dropped backups (manifest first), remove dead runs' folders, and sweep
+/// unreferenced blobs. Nothing is deleted before everything kept has been read, and
+/// nothing is swept while any folder is damaged. `dry_run` decides and counts only.
 pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: DateTime<Utc>, dry_run: bool) -> Result<Outcome, RetentionError> {
     let entries = catalog.entries().await?;
-    let complete: Vec<(String, DateTime<Utc>)> = entries.iter().filter_map(|e| e.manifest.as_ref().map(|m| (e.id.clone(), m.started_at))).collect();
+    let clusters: std::collections::BTreeSet<&str> = entries.iter().filter_map(|e| e.manifest.as_ref()).map(|m| m.cluster.as_str()).collect();
+    if clusters.len() > 1 {
+        return Err(RetentionError::SharedPrefix(clusters.into_iter().map(str::to_string).collect()));
+    }
     if policy.keeps_everything() {
         info!("retention: no KEEP_* rule is set, every backup is kept");
     }
-    let decisions = plan(&complete, policy);
-    let mut outcome = Outcome { retained: decisions.iter().filter(|d| d.keep()).count(), ..Default::default() };
+    let Marked { decisions, referenced, damaged } = mark(catalog, &entries, policy).await?;
+    let mut outcome = Outcome { retained: decisions.iter().filter(|d| d.keep()).count(), damaged, ..Default::default() };
     for d in &decisions {
         let reasons: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
         info!(backup = %d.id, keep = d.keep(), reasons = %reasons.join(","), "retention decision");
@@ -225,7 +287,7 @@ pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: Dat
         }
     }
     // Folders without a manifest: dead runs. Young ones may belong to a run in progress.
-    for e in entries.iter().filter(|e| e.manifest.is_none()) {
+    for e in entries.iter().filter(|e| e.is_partial()) {
         let young = e.newest_modified.is_some_and(|t| now.signed_duration_since(t) < grace_chrono);
         if young {
             continue;
@@ -236,23 +298,22 @@ pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: Dat
         }
     }
 
-    // Mark: every blob a kept manifest references.
-    let mut referenced = HashSet::new();
-    for d in decisions.iter().filter(|d| d.keep()) {
-        let Some(entry) = entries.iter().find(|e| e.id == d.id) else { continue };
-        let Some(manifest) = &entry.manifest else { continue };
-        let mut listing = catalog.read_listing(&entry.id, manifest).await?;
-        while let Some(record) = listing.next_record()? {
-            referenced.insert(blob_fingerprint(&record.blob));
-        }
+    if !outcome.damaged.is_empty() {
+        let folders: Vec<&str> = outcome.damaged.iter().map(|(id, _)| id.as_str()).collect();
+        warn!(damaged = %folders.join(","), "the blob pool is not swept while a backup is damaged: what it references is unknown");
+        outcome.decisions = decisions;
+        return Ok(outcome);
     }
+    outcome.swept = true;
     // Sweep, batched deletes through object_store's bulk API.
     let store = catalog.store();
     let pool = object_store::path::Path::from(catalog::BLOBS_DIR);
-    let doomed = store.list(Some(&pool)).map_err(|source| RetentionError::Store { what: "listing the blob pool".into(), source }).try_filter_map(|meta| {
-        let delete = sweep_deletes(&referenced, meta.location.as_ref(), meta.last_modified, now, grace);
-        futures::future::ready(Ok(delete.then_some(meta)))
-    });
+    let doomed = crate::objects::list_resuming(store.clone(), Some(pool), true)
+        .map_err(|source| RetentionError::Store { what: "listing the blob pool".into(), source })
+        .try_filter_map(|meta| {
+            let delete = sweep_deletes(&referenced, meta.location.as_ref(), meta.last_modified, now, grace);
+            futures::future::ready(Ok(delete.then_some(meta)))
+        });
     futures::pin_mut!(doomed);
     let mut batch = Vec::new();
     loop {

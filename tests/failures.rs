@@ -45,6 +45,12 @@ async fn target_bucket_failing_during_the_copy() {
     bed.kube.pods_never_terminate(true);
     let running = Running::start(bed.command(&["run"]));
     wait_until("the cluster paused", Duration::from_secs(60), || bed.kube.replicas("deployments", "pachd") == Some(0)).await;
+    // The run's claim is already in it: S3 deletes only an empty bucket.
+    let claimed: Vec<object_store::path::Path> =
+        futures::TryStreamExt::try_collect(futures::TryStreamExt::map_ok(bed.target.list(None), |m| m.location)).await.expect("list");
+    for path in &claimed {
+        object_store::ObjectStoreExt::delete(&*bed.target, path).await.expect("empty the target bucket");
+    }
     let answer = bed.moto.as_ref().expect("moto").delete_bucket("backups");
     assert!(answer.starts_with("HTTP/1.1 204"), "delete the target bucket: {answer}");
     bed.kube.pods_never_terminate(false);
@@ -170,4 +176,44 @@ async fn a_transient_api_error_during_resume_is_retried() {
     lock.release().await;
     assert_failed_cleanly(&bed, &out, "interrupted by SIGTERM").await;
     assert!(out.stderr.contains("retrying the resume"), "{}", out.stderr);
+}
+
+/// A listener that accepts connections and never answers: a PostgreSQL (or any server)
+/// that hangs.
+fn hanging_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preflight_step_that_hangs_is_bounded() {
+    // A database server that accepts and never answers.
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.set("PGPORT", &hanging_port().to_string());
+    bed.set("PREFLIGHT_TIMEOUT", "2s");
+    let out = bed.run(&["run"]).await;
+    assert_failed_cleanly(&bed, &out, "checking database pachyderm did not finish within PREFLIGHT_TIMEOUT (2s)").await;
+    assert_never_paused(&bed);
+
+    // A pg_dump whose `--version` never returns.
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    let bin = bed.dir.path().join("hanging-bin");
+    std::fs::create_dir_all(&bin).expect("dir");
+    for tool in ["pg_dump", "pg_restore"] {
+        let path = bin.join(tool);
+        std::fs::write(&path, "#!/bin/sh\nexec sleep 600\n").expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    bed.set("PG_BIN_DIR", &bin.display().to_string());
+    bed.set("PREFLIGHT_TIMEOUT", "2s");
+    let out = bed.run(&["run"]).await;
+    assert_failed_cleanly(&bed, &out, "finding pg_dump and its version did not finish within PREFLIGHT_TIMEOUT (2s)").await;
+    assert_never_paused(&bed);
 }

@@ -251,10 +251,12 @@ async fn metrics_dashboard_and_alerts_tell_the_truth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pushgateway_down_or_hanging_never_fails_the_backup() {
     let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
-    bed.set("PUSHGATEWAY_URL", &format!("http://127.0.0.1:{}", pachyderm_backup::demo::free_port()));
+    // Credentials in the URL never reach the logs.
+    bed.set("PUSHGATEWAY_URL", &format!("http://backup:hunter2pw@127.0.0.1:{}", pachyderm_backup::demo::free_port()));
     let out = bed.run(&["run"]).await;
     out.expect_code(0);
     assert!(out.stderr.contains("could not push metrics"), "{}", out.stderr);
+    assert!(!out.stderr.contains("hunter2pw") && !out.stdout.contains("hunter2pw"), "the password was logged:\n{}", out.stderr);
 
     // A gateway that accepts connections and never answers.
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -271,4 +273,34 @@ async fn a_pushgateway_down_or_hanging_never_fails_the_backup() {
     out.expect_code(0);
     assert!(out.stderr.contains("pushing metrics timed out"), "{}", out.stderr);
     assert_eq!(bed.manifests().await.len(), 2);
+}
+
+/// The verify alert hears every failure: a verify that stops on a damaged manifest or
+/// listing pushes `last_verify_success 0` like one that finds a bad blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_verify_failure_reaches_the_pushgateway() {
+    let mon = Monitoring::start().await;
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 5, ..Default::default() }).await;
+    bed.set("PAUSE_MODE", "none");
+    bed.set("CLUSTER_NAME", "e2e");
+    bed.set("PUSHGATEWAY_URL", &format!("http://127.0.0.1:{}", mon.push_port));
+    bed.run(&["run"]).await.expect_code(0);
+    let m = bed.manifests().await.pop().expect("backup");
+    let pushed = || http_get(mon.push_port, "/metrics").1.lines().find(|l| l.starts_with("pachyderm_backup_last_verify_success{")).map(str::to_string);
+    bed.run(&["verify"]).await.expect_code(0);
+    assert!(pushed().is_some_and(|l| l.ends_with(" 1")), "{:?}", pushed());
+
+    use object_store::ObjectStoreExt;
+    let listing = pachyderm_backup::catalog::backup_path(&m.backup_id, pachyderm_backup::catalog::LISTING);
+    let bytes = read(&bed.target, listing.as_ref()).await;
+    bed.target.put(&listing, bytes.slice(..bytes.len() / 2).into()).await.expect("truncate the listing");
+    bed.run(&["verify"]).await.expect_code(1);
+    assert!(pushed().is_some_and(|l| l.ends_with(" 0")), "a truncated listing: {:?}", pushed());
+
+    bed.target.put(&listing, bytes.into()).await.expect("repair");
+    bed.run(&["verify"]).await.expect_code(0);
+    let manifest = pachyderm_backup::catalog::backup_path(&m.backup_id, pachyderm_backup::catalog::MANIFEST);
+    bed.target.put(&manifest, bytes::Bytes::from_static(b"{ truncated").into()).await.expect("damage the manifest");
+    bed.run(&["verify", "--backup", &m.backup_id]).await.expect_code(1);
+    assert!(pushed().is_some_and(|l| l.ends_with(" 0") && l.contains("cluster=\"e2e\"")), "a damaged manifest: {:?}", pushed());
 }

@@ -15,7 +15,7 @@ use support::*;
 
 fn config(bed: &Bed) -> RunConfig {
     let mut env = bed.env();
-    env.extend([("PAUSE_MODE".to_string(), "none".to_string()), ("GC_GRACE".to_string(), "1h".to_string())]);
+    env.extend([("PAUSE_MODE".to_string(), "none".to_string()), ("GC_GRACE".to_string(), "4h".to_string())]);
     RunConfig::from_env(&RawEnv::from_iter(env).expect("env")).expect("valid configuration")
 }
 

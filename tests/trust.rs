@@ -1,0 +1,299 @@
+//! Damaged or foreign metadata in the backup bucket, bytes damaged on the way, parts
+//! removed under a run: nothing is deleted that a kept backup needs, nothing broken is
+//! reported whole, and one bad folder never stops the rest. On the real test bed.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use object_store::{ObjectStore, ObjectStoreExt};
+use pachyderm_backup::catalog::{self, Manifest, ObjectRecord};
+use pachyderm_backup::retention::{self, Policy};
+use support::*;
+
+fn quiet(bed: &mut Bed) {
+    bed.set("PAUSE_MODE", "none");
+}
+
+/// Every record of a backup's listing (read without any check).
+async fn records(bed: &Bed, m: &Manifest) -> Vec<ObjectRecord> {
+    bed.catalog().read_listing(&m.backup_id, m).await.expect("listing").map(|r| r.expect("record")).collect()
+}
+
+async fn exists(store: &std::sync::Arc<dyn ObjectStore>, key: &str) -> bool {
+    store.head(&catalog::recorded_path(key)).await.is_ok()
+}
+
+fn listing_path(m: &Manifest) -> object_store::path::Path {
+    catalog::backup_path(&m.backup_id, catalog::LISTING)
+}
+
+/// A listing as an older writer stored it: plain zstd, no frame checksum.
+fn zstd_without_checksum(lines: &[u8]) -> Bytes {
+    Bytes::from(zstd::encode_all(lines, 3).expect("zstd"))
+}
+
+fn lines_of(records: &[ObjectRecord]) -> Vec<u8> {
+    records.iter().flat_map(|r| [serde_json::to_vec(r).expect("json"), b"\n".to_vec()].concat()).collect()
+}
+
+/// Retention as the nightly run applies it, a month from now (every blob past grace).
+async fn retention_later(bed: &Bed, policy: &Policy) -> retention::Outcome {
+    retention::apply(&bed.catalog(), policy, Duration::from_secs(3600), Utc::now() + chrono::Duration::days(30), false).await.expect("retention")
+}
+
+/// 14.1: a kept listing that does not match its manifest (one flipped character that
+/// still decodes, half of it in a valid frame, a flipped bit in a checksummed frame)
+/// marks nothing and sweeps nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_sweeps_from_a_listing_that_does_not_verify() {
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 40, ..Default::default() }).await;
+    quiet(&mut bed);
+    bed.run(&["run"]).await.expect_code(0);
+    let newest = bed.manifests().await.pop().expect("a backup");
+    let original = records(&bed, &newest).await;
+    let stored = read(&bed.target, listing_path(&newest).as_ref()).await;
+
+    let mut renamed = original.clone();
+    renamed[3].blob.push('x');
+    let half = &original[..original.len() / 2];
+    let mut flipped = stored.to_vec();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    let cases: [(&str, Bytes); 3] = [
+        ("a blob key altered", zstd_without_checksum(&lines_of(&renamed))),
+        ("its first half", zstd_without_checksum(&lines_of(half))),
+        ("a flipped bit", Bytes::from(flipped)),
+    ];
+    for (what, damaged) in cases {
+        bed.target.put(&listing_path(&newest), damaged.into()).await.expect("damage the listing");
+        let outcome = retention_later(&bed, &Policy { daily: 7, min_keep: 3, ..Default::default() }).await;
+        assert_eq!(outcome.damaged.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), vec![newest.backup_id.as_str()], "{what}: reported damaged");
+        assert!(!outcome.swept && outcome.blobs_deleted == 0, "{what}: nothing swept");
+        for r in &original {
+            assert!(exists(&bed.target, &r.blob).await, "{what}: blob {} of the newest backup was deleted", r.blob);
+        }
+        let out = bed.run(&["verify"]).await;
+        out.expect_code(1);
+        assert!(out.stdout.contains("objects.jsonl.zst"), "{what}: verify names the listing:\n{}", out.stdout);
+    }
+    // Repaired, the same retention sweeps again.
+    bed.target.put(&listing_path(&newest), stored.into()).await.expect("repair");
+    let outcome = retention_later(&bed, &Policy { daily: 7, min_keep: 3, ..Default::default() }).await;
+    assert!(outcome.swept && outcome.damaged.is_empty());
+    bed.run(&["verify", "--deep"]).await.expect_code(0);
+}
+
+/// 14.2: with KEEP_LAST=1 and the newest listing truncated, garbage or missing,
+/// retention keeps the newest backup that verifies (and the damaged one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_newest_backup_that_verifies() {
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 20, ..Default::default() }).await;
+    quiet(&mut bed);
+    // The runs' own retention keeps everything; the one under test is applied below.
+    bed.set("KEEP_LAST", "100");
+    let policy = Policy { last: 1, min_keep: 1, ..Default::default() };
+    for (n, damage) in ["truncated", "garbage", "missing"].into_iter().enumerate() {
+        bed.add_chunks(100 + n as u64..=100 + n as u64).await;
+        bed.run(&["run"]).await.expect_code(0);
+        bed.add_chunks(200 + n as u64..=200 + n as u64).await;
+        bed.run(&["run"]).await.expect_code(0);
+        let all = bed.manifests().await;
+        let (good, bad) = (all[all.len() - 2].clone(), all[all.len() - 1].clone());
+        let path = listing_path(&bad);
+        match damage {
+            "truncated" => {
+                let bytes = read(&bed.target, path.as_ref()).await;
+                bed.target.put(&path, bytes.slice(..bytes.len() / 2).into()).await.expect("truncate");
+            }
+            "garbage" => {
+                bed.target.put(&path, Bytes::from_static(b"not a zstd frame at all").into()).await.expect("garbage");
+            }
+            _ => bed.target.delete(&path).await.expect("delete"),
+        }
+        let outcome = retention_later(&bed, &policy).await;
+        let kept: Vec<&str> = outcome.decisions.iter().filter(|d| d.keep()).map(|d| d.id.as_str()).collect();
+        assert_eq!(kept, vec![good.backup_id.as_str()], "{damage}: the newest backup that verifies is the one kept (damaged: {:?})", outcome.damaged);
+        let folders = bed.folders().await;
+        assert!(folders.contains(&good.backup_id) && folders.contains(&bad.backup_id), "{damage}: {folders:?}");
+        bed.catalog().read_verified_listing(&good, |_| {}).await.expect("the kept backup verifies");
+        for r in records(&bed, &good).await {
+            assert!(exists(&bed.target, &r.blob).await, "{damage}: blob {} of the kept backup was deleted", r.blob);
+        }
+        let out = bed.run(&["verify", "--backup", &good.backup_id, "--deep"]).await;
+        out.expect_code(0);
+        // An operator removes the damaged folder; the next round starts clean.
+        bed.catalog().delete_backup(&bad.backup_id).await.expect("remove the damaged folder");
+    }
+}
+
+/// 14.3: a damaged manifest (even the oldest) is skipped and reported by every command
+/// and never deleted; the rest keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_manifest_is_skipped_and_reported_never_fatal() {
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 10, ..Default::default() }).await;
+    quiet(&mut bed);
+    bed.set("KEEP_LAST", "100");
+    for _ in 0..4 {
+        bed.run(&["run"]).await.expect_code(0);
+    }
+    let all = bed.manifests().await;
+    let manifest_path = |m: &Manifest| catalog::backup_path(&m.backup_id, catalog::MANIFEST);
+    let text = serde_json::to_string_pretty(&all[1]).expect("json");
+    let too_new = text.replacen("\"format_version\": 1", "\"format_version\": 99", 1);
+    let other_id = text.replacen(&all[1].backup_id, "19990101T000000Z", 1);
+    let damages: [(usize, Bytes); 4] = [
+        (0, Bytes::from(text[..text.len() / 2].to_string())),
+        (1, Bytes::from_static(b"{\"format_version\": 1, \"backup_id\": 7}")),
+        (2, Bytes::from(too_new)),
+        (3, Bytes::from(other_id)),
+    ];
+    for (i, bytes) in &damages {
+        bed.target.put(&manifest_path(&all[*i]), bytes.clone().into()).await.expect("damage");
+    }
+    let damaged: BTreeSet<String> = all.iter().map(|m| m.backup_id.clone()).collect();
+
+    let out = bed.run(&["list"]).await;
+    out.expect_code(0);
+    assert_eq!(out.stdout.matches("DAMAGED").count(), 4, "list shows every damaged folder:\n{}", out.stdout);
+    let out = bed.run(&["retention"]).await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("pool not swept: 4 damaged"), "{}", out.stdout);
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    assert!(out.logs().iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("damaged backup")) && l["folder"].as_str().is_some()), "{}", out.stderr);
+    bed.run(&["verify"]).await.expect_code(0);
+    let out = bed.run(&["verify", "--all"]).await;
+    out.expect_code(1);
+    for id in &damaged {
+        assert!(out.stdout.contains(&format!("{id} DAMAGED")), "verify --all names {id}:\n{}", out.stdout);
+    }
+    bed.run(&["restore", "--cluster-objects"]).await.expect_code(0);
+    let folders: BTreeSet<String> = bed.folders().await.into_iter().collect();
+    assert!(damaged.is_subset(&folders), "a damaged folder was deleted: {folders:?}");
+}
+
+/// 14.4: two clusters never share a prefix, and two runs started in the same second
+/// never share a backup id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_prefix_one_cluster_one_run_per_id() {
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 10, ..Default::default() }).await;
+    quiet(&mut bed);
+    bed.set("CLUSTER_NAME", "alpha");
+    bed.run(&["run"]).await.expect_code(0);
+    bed.set("CLUSTER_NAME", "beta");
+    let before = bed.folders().await;
+    let out = bed.run(&["run"]).await;
+    out.expect_code(2);
+    assert!(out.stderr.contains("TARGET_URL") && out.stderr.contains("\"alpha\"") && out.stderr.contains("\"beta\""), "{}", out.stderr);
+    assert_eq!(bed.folders().await, before, "nothing written");
+
+    // A prefix that already mixes two clusters (written by an older version): retention
+    // refuses and deletes nothing.
+    let m = bed.manifests().await.pop().expect("alpha's backup");
+    let mut foreign = m.clone();
+    foreign.backup_id = "20000101T000000Z".into();
+    foreign.cluster = "beta".into();
+    bed.target.put(&catalog::backup_path(&foreign.backup_id, catalog::MANIFEST), serde_json::to_vec(&foreign).expect("json").into()).await.expect("put");
+    bed.set("CLUSTER_NAME", "alpha");
+    bed.set("KEEP_LAST", "1");
+    bed.set("KEEP_DAILY", "0");
+    bed.set("KEEP_WEEKLY", "0");
+    bed.set("KEEP_MONTHLY", "0");
+    bed.set("MIN_KEEP", "1");
+    let out = bed.run(&["retention"]).await;
+    out.expect_code(2);
+    assert!(out.stderr.contains("more than one cluster (alpha, beta)"), "{}", out.stderr);
+    assert_eq!(bed.manifests().await.len(), 2, "nothing deleted");
+    bed.catalog().delete_backup(&foreign.backup_id).await.expect("clean up");
+
+    // Two runs in the same second: two backups, two ids.
+    bed.set("KEEP_LAST", "100");
+    let config = || {
+        let raw = pachyderm_backup::config::RawEnv::from_iter(bed.env()).expect("env");
+        pachyderm_backup::config::RunConfig::from_env(&raw).expect("valid")
+    };
+    let stop = || tokio::sync::watch::channel(None).1;
+    let start = Utc::now();
+    let (a, b) = tokio::join!(pachyderm_backup::cycle::run_at(config(), stop(), start), pachyderm_backup::cycle::run_at(config(), stop(), start));
+    let (a, b) = (a.expect("first run"), b.expect("second run"));
+    assert_ne!(a.manifest.backup_id, b.manifest.backup_id, "two runs reported one backup");
+    let ids: Vec<String> = bed.manifests().await.iter().map(|m| m.backup_id.clone()).collect();
+    assert!(ids.contains(&a.manifest.backup_id) && ids.contains(&b.manifest.backup_id), "{ids:?}");
+    bed.run(&["verify", "--all", "--deep"]).await.expect_code(0);
+}
+
+/// 14.5: a part removed under a running backup (a concurrent retention) stops the
+/// commit: no manifest names what is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_checks_every_part_it_names() {
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 10, ..Default::default() }).await;
+    quiet(&mut bed);
+    let lock = TableLock::take(&bed.pg).await;
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    let target = bed.dir.path().join("target/backups");
+    let listing = || std::fs::read_dir(&target).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.path().join(catalog::LISTING));
+    wait_until("the listing written", Duration::from_secs(60), || listing().is_some_and(|p| p.is_file())).await;
+    std::fs::remove_file(listing().expect("listing")).expect("remove the listing");
+    lock.release().await;
+    let out = running.finish().await;
+    out.expect_code(1);
+    assert!(out.stderr.contains("objects.jsonl.zst is missing") && out.stderr.contains("not committed"), "{}", out.stderr);
+    assert!(bed.manifests().await.is_empty(), "a manifest names a removed part");
+}
+
+/// 14.7: a dump damaged in the bucket is caught while it streams into pg_restore, and
+/// the drill reads every byte before restoring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_dump_never_restores_silently() {
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 5, ..Default::default() }).await;
+    quiet(&mut bed);
+    bed.run(&["run"]).await.expect_code(0);
+    let m = bed.manifests().await.pop().expect("backup");
+    let dump = catalog::backup_path(&m.backup_id, &m.databases[0].file);
+    let mut bytes = read(&bed.target, dump.as_ref()).await.to_vec();
+    // Inside the table of contents, near the start of the custom format.
+    bytes[200] ^= 0x20;
+    bed.target.put(&dump, Bytes::from(bytes).into()).await.expect("damage the dump");
+
+    let fresh = tokio::task::spawn_blocking(|| TempPostgres::start().expect("start")).await.expect("join");
+    let mut env = bed.env();
+    env.extend([
+        ("RESTORE_PGHOST".to_string(), "127.0.0.1".to_string()),
+        ("RESTORE_PGPORT".to_string(), fresh.port.to_string()),
+        ("RESTORE_PGUSER".to_string(), "postgres".to_string()),
+        ("RESTORE_PGSSLMODE".to_string(), "disable".to_string()),
+    ]);
+    let out = run_to_end(binary(&["restore", "--skip-objects"], &env)).await;
+    out.expect_code(1);
+    assert!(out.stderr.contains(&format!("the dump of {} read from the bucket has SHA-256", m.databases[0].name)), "{}", out.stderr);
+    let out = run_to_end(binary(&["verify", "--drill"], &env)).await;
+    out.expect_code(1);
+    assert!(out.stdout.contains(&format!("database {}: checksum", m.databases[0].name)), "the drill checks the dump's bytes first:\n{}", out.stdout);
+}
+
+/// 14.10: a file:// backup bucket holds dumps with Pachyderm's chunk keys: owner-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_backup_bucket_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 5, ..Default::default() }).await;
+    quiet(&mut bed);
+    let target = bed.dir.path().join("target");
+    std::fs::remove_dir(&target).expect("let the run create it");
+    bed.run(&["run"]).await.expect_code(0);
+    let mut seen = 0;
+    let mut stack = vec![target];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::metadata(&path).expect("meta");
+        assert_eq!(meta.permissions().mode() & 0o077, 0, "{} is {:o}", path.display(), meta.permissions().mode());
+        seen += 1;
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).expect("dir").map(|e| e.expect("entry").path()));
+        }
+    }
+    assert!(seen > 10, "walked {seen} entries");
+}
