@@ -4,6 +4,7 @@
 //! install it, never a skip.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod kube_standin;
 
 use std::path::PathBuf;
