@@ -18,6 +18,8 @@ pub const MANIFEST: &str = "manifest.json";
 pub const LISTING: &str = "objects.jsonl.zst";
 /// Written first, with a create-if-absent put: whoever writes it owns the backup id.
 pub const CLAIM: &str = "claim.json";
+/// At the prefix's root: the writer (run, retention, restore) that holds the bucket.
+pub const LOCK: &str = "lock.json";
 /// Between a blob's source key and its tag: a character object_store never
 /// percent-encodes (`~` it does), so the key in the bucket is the key in the listing.
 pub const BLOB_TAG_SEPARATOR: char = '@';
@@ -49,6 +51,10 @@ pub enum CatalogError {
     ClaimLost { id: String, holder: String },
     #[error("backup {id} is not whole: {detail}; it was not committed")]
     Incomplete { id: String, detail: String },
+    #[error(
+        "the backup bucket is locked by {holder} ({command}) until {expires_at}: another run, retention or restore is writing to it; try again later (a dead holder's lock expires by itself)"
+    )]
+    Locked { holder: String, command: String, expires_at: DateTime<Utc> },
 }
 
 impl CatalogError {
@@ -73,6 +79,19 @@ pub struct DatabaseEntry {
     pub sha256: String,
     pub server_version: String,
     pub pg_dump_version: String,
+    /// How the file is encrypted; null: plaintext (and every manifest written before
+    /// encryption existed). `size` and `sha256` are of the stored bytes either way.
+    #[serde(default)]
+    pub encryption: Option<DumpEncryption>,
+}
+
+/// A dump encrypted client-side (docs/FORMAT.md, Dumps).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DumpEncryption {
+    /// `age` (age-encryption.org/v1).
+    pub format: String,
+    /// The public keys (`age1…`) it is encrypted to: the identity of any one decrypts it.
+    pub recipients: Vec<String>,
 }
 
 /// The object side of a manifest.
@@ -282,6 +301,65 @@ impl Iterator for ListingReader {
     }
 }
 
+/// `lock.json`: who holds the backup bucket, until when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LockRecord {
+    holder: String,
+    command: String,
+    acquired_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+/// The bucket lock, held and renewed (every third of its TTL) until released. Every
+/// writer of the backup bucket takes it, so a sweep never races a run that reuses
+/// blobs, whatever the pause mode (PAUSE_MODE=none has no Lease) or the command.
+pub struct BucketLock {
+    store: Arc<dyn ObjectStore>,
+    holder: String,
+    renewer: tokio::task::JoinHandle<()>,
+    lost: tokio::sync::watch::Receiver<bool>,
+}
+
+impl BucketLock {
+    /// Resolves if the lock was lost (renewals failed past its expiry, or another
+    /// holder took it over): the holder must stop writing.
+    pub async fn lost(&mut self) {
+        while !*self.lost.borrow() {
+            if self.lost.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Stops renewing and deletes the lock if it is still this holder's.
+    pub async fn release(self) {
+        self.renewer.abort();
+        let path = Path::from(LOCK);
+        if read_lock(&self.store).await.ok().flatten().is_some_and(|l| l.holder == self.holder) {
+            if let Err(e) = self.store.delete(&path).await {
+                tracing::warn!(error = %e, "could not release the bucket lock; it expires by itself");
+            }
+        }
+    }
+}
+
+async fn read_lock(store: &Arc<dyn ObjectStore>) -> Result<Option<LockRecord>, CatalogError> {
+    match store.get(&Path::from(LOCK)).await {
+        Ok(r) => {
+            let bytes = r.bytes().await.map_err(store_err("reading the bucket lock"))?;
+            // A lock that cannot be read is treated as expired: it cannot block forever.
+            Ok(Some(serde_json::from_slice(&bytes).unwrap_or(LockRecord {
+                holder: "unreadable lock.json".into(),
+                command: "?".into(),
+                acquired_at: DateTime::<Utc>::MIN_UTC,
+                expires_at: DateTime::<Utc>::MIN_UTC,
+            })))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(store_err("reading the bucket lock")(e)),
+    }
+}
+
 /// The backup bucket, under its prefix.
 #[derive(Clone)]
 pub struct Catalog {
@@ -295,6 +373,83 @@ impl Catalog {
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// Takes the bucket lock for `command` (create-if-absent; an expired lock is taken
+    /// over) and renews it in the background until released.
+    pub async fn lock(&self, holder: &str, command: &str, ttl: std::time::Duration) -> Result<BucketLock, CatalogError> {
+        let path = Path::from(LOCK);
+        let ttl_chrono = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let record = |now: DateTime<Utc>| LockRecord { holder: holder.into(), command: command.into(), acquired_at: now, expires_at: now + ttl_chrono };
+        let body = |r: &LockRecord| PutPayload::from_bytes(Bytes::from(serde_json::to_vec(r).unwrap_or_default()));
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let now = Utc::now();
+            let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+            let created = match self.store.put_opts(&path, body(&record(now)), opts).await {
+                Ok(_) => true,
+                Err(object_store::Error::AlreadyExists { .. }) => false,
+                // No conditional writes: check, write, read back.
+                Err(object_store::Error::NotImplemented { .. }) => match read_lock(&self.store).await? {
+                    Some(l) if l.expires_at > now && l.holder != holder => false,
+                    _ => {
+                        self.put(&path, Bytes::from(serde_json::to_vec(&record(now)).unwrap_or_default())).await?;
+                        read_lock(&self.store).await?.is_some_and(|l| l.holder == holder)
+                    }
+                },
+                Err(e) => return Err(store_err("taking the bucket lock")(e)),
+            };
+            if created {
+                break;
+            }
+            match read_lock(&self.store).await? {
+                Some(l) if l.expires_at > Utc::now() || attempts > 3 => {
+                    return Err(CatalogError::Locked { holder: l.holder, command: l.command, expires_at: l.expires_at });
+                }
+                Some(l) => {
+                    tracing::warn!(holder = %l.holder, command = %l.command, expired_at = %l.expires_at, "taking over an expired bucket lock (its holder died)");
+                    match self.store.delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(store_err("removing an expired bucket lock")(e)),
+                    }
+                }
+                None => {}
+            }
+        }
+        let (tx, lost) = tokio::sync::watch::channel(false);
+        let store = self.store.clone();
+        let me = holder.to_string();
+        let command = command.to_string();
+        let renewer = tokio::spawn(async move {
+            let mut valid_until = Utc::now() + ttl_chrono;
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let now = Utc::now();
+                let renewed = match read_lock(&store).await {
+                    Ok(Some(l)) if l.holder == me => {
+                        let r = LockRecord { holder: me.clone(), command: command.clone(), acquired_at: l.acquired_at, expires_at: now + ttl_chrono };
+                        store.put(&Path::from(LOCK), PutPayload::from_bytes(Bytes::from(serde_json::to_vec(&r).unwrap_or_default()))).await.is_ok()
+                    }
+                    Ok(_) => {
+                        tracing::error!("the bucket lock was taken over by another holder");
+                        let _ = tx.send(true);
+                        return;
+                    }
+                    Err(_) => false,
+                };
+                if renewed {
+                    valid_until = now + ttl_chrono;
+                } else if Utc::now() >= valid_until {
+                    tracing::error!("the bucket lock could not be renewed before it expired");
+                    let _ = tx.send(true);
+                    return;
+                } else {
+                    tracing::warn!("renewing the bucket lock failed; retrying until it expires");
+                }
+            }
+        });
+        Ok(BucketLock { store: self.store.clone(), holder: holder.to_string(), renewer, lost })
     }
 
     /// Every folder under `backups/`, sorted by id (= by time), manifests read. A

@@ -38,6 +38,22 @@ fn failed(e: impl std::error::Error) -> Failure {
     Failure { code: 1, message: error_chain(&e) }
 }
 
+/// A bucket lock that could not be taken: exit 3 when another writer holds it.
+fn locked(e: crate::catalog::CatalogError) -> Failure {
+    match e {
+        crate::catalog::CatalogError::Locked { .. } => Failure { code: 3, message: e.to_string() },
+        e => failed(e),
+    }
+}
+
+/// Who holds a lock: this pod (or host) and process.
+fn holder(command: &str) -> String {
+    format!("{}/{command}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "pachyderm-backup".into()), std::process::id())
+}
+
+/// How long the bucket lock of a command without LEASE_DURATION stays valid unrenewed.
+const RESTORE_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// SIGTERM and SIGINT, delivered to whoever holds the receiver.
 pub fn watch_signals() -> Stop {
     let (tx, rx) = watch::channel(None);
@@ -177,7 +193,12 @@ pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
         })?),
         _ => None,
     };
+    // And under the bucket lock, which every writer takes whatever the pause mode.
+    let bucket_lock = if dry_run { None } else { Some(catalog.lock(&holder("retention"), "retention", cfg.cluster.lease_duration).await.map_err(locked)?) };
     let outcome = retention::apply(&catalog, &cfg.retention, cfg.gc_grace, Utc::now(), dry_run).await;
+    if let Some(l) = bucket_lock {
+        l.release().await;
+    }
     if let Some(l) = lease {
         l.release().await;
     }
@@ -303,7 +324,11 @@ pub async fn restore(raw: &RawEnv, args: RestoreArgs) -> Result<(), Failure> {
     }
     info!(backup_id = %manifest.backup_id, "restoring");
     let opts = RestoreOptions { clean: args.clean, force: args.force, databases: !args.skip_databases, objects: !args.skip_objects };
-    let s = restore::restore(&cfg, &catalog, &manifest, &opts).await.map_err(failed)?;
+    // Under the bucket lock: no retention may sweep the blobs being restored.
+    let bucket_lock = catalog.lock(&holder("restore"), "restore", RESTORE_LOCK_TTL).await.map_err(locked)?;
+    let restored = restore::restore(&cfg, &catalog, &manifest, &opts).await;
+    bucket_lock.release().await;
+    let s = restored.map_err(|e| Failure { code: e.exit_code(), ..failed(&e) })?;
     info!(backup_id = %s.backup_id, databases = s.databases.len(), objects = s.objects, object_bytes = s.objects_bytes, skipped = s.skipped, mismatches = 0, seconds = s.seconds, "restore complete");
     println!("restored backup {} in {:.1}s", s.backup_id, s.seconds);
     for (db, bytes) in &s.databases {
@@ -353,7 +378,9 @@ async fn verify_backups(cfg: &RestoreConfig, args: &VerifyArgs, cluster: &mut Op
         let mut f = restore::verify(&catalog, m, deep, cfg.concurrency, cfg.common.progress_interval).await.map_err(failed)?;
         if args.drill {
             let server = cfg.server.as_ref().ok_or_else(|| Failure { code: 2, message: "RESTORE_PGHOST is needed for --drill".into() })?;
-            restore::drill(server, cfg.bin_dir.as_deref(), &catalog, m, &mut f).await.map_err(failed)?;
+            restore::drill(server, cfg.bin_dir.as_deref(), cfg.identity.as_ref(), &catalog, m, &mut f)
+                .await
+                .map_err(|e| Failure { code: e.exit_code(), ..failed(&e) })?;
         }
         let verdict = if f.problems.is_empty() { "ok" } else { "PROBLEMS" };
         println!(

@@ -69,8 +69,9 @@ impl std::fmt::Display for Phase {
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// Another run (or retention, or restore) holds the Lease or the bucket lock.
     #[error("{0}")]
-    LeaseHeld(ClusterError),
+    Locked(String),
     #[error("backup failed in phase {phase} ({reason}): {message}\nthe cluster is {state}; no backup was recorded")]
     Failed { phase: Phase, reason: &'static str, message: String, state: &'static str },
     #[error("backup {backup_id} is complete, but retention failed: {message}")]
@@ -88,7 +89,7 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Config(_) => 2,
-            RunError::LeaseHeld(_) => 3,
+            RunError::Locked(_) => 3,
             RunError::Failed { .. } | RunError::RetentionFailed { .. } => 1,
             RunError::ResumeFailed { .. } => 4,
         }
@@ -273,7 +274,19 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
     }
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pachyderm-backup".into());
     let run_token = format!("{host}/{}-{}", std::process::id(), clock.real.elapsed().as_nanos() ^ u128::from(started_at.timestamp_subsec_nanos()));
-    let backup_id = catalog.claim_backup_id(started_at, &run_token).await.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
+    // The bucket lock: one writer of the backup bucket at a time, in every pause mode.
+    let mut bucket_lock = match t.time(Phase::Lock, catalog.lock(&run_token, "run", cfg.cluster.lease_duration)).await {
+        Ok(l) => l,
+        Err(e @ catalog::CatalogError::Locked { .. }) => return Err(RunError::Locked(e.to_string())),
+        Err(e) => return Err(fail(Phase::Lock, UNTOUCHED)(e.into())),
+    };
+    let backup_id = match catalog.claim_backup_id(started_at, &run_token).await {
+        Ok(id) => id,
+        Err(e) => {
+            bucket_lock.release().await;
+            return Err(fail(Phase::Preflight, UNTOUCHED)(e.into()));
+        }
+    };
     let holder = format!("{host}/{backup_id}");
     info!(backup_id = %backup_id, cluster = %cluster_name, pause_mode = ?mode, "run starting");
 
@@ -283,10 +296,12 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
             Ok(l) => lease = Some(l),
             Err(e @ ClusterError::LeaseHeld { .. }) => {
                 catalog.abandon(&backup_id, &run_token).await;
-                return Err(RunError::LeaseHeld(e));
+                bucket_lock.release().await;
+                return Err(RunError::Locked(e.to_string()));
             }
             Err(e) => {
                 catalog.abandon(&backup_id, &run_token).await;
+                bucket_lock.release().await;
                 let err = fail(Phase::Lock, UNTOUCHED)(e.into());
                 pusher.push(&report_failure(&t.phases, Phase::Lock, "kubernetes", None, true).sample()).await;
                 return Err(err);
@@ -296,7 +311,7 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
 
     let previous: Vec<Manifest> = entries.into_iter().filter_map(|e| e.manifest).filter(|m| m.objects.listing.is_some()).collect();
     let outcome =
-        run_locked(&cfg, &mut t, &mut stop, &mut lease, cluster.as_ref(), source, &catalog, &backup_id, &run_token, previous, &cluster_name, clock).await;
+        run_locked(&cfg, &mut t, &mut stop, &mut lease, &mut bucket_lock, cluster.as_ref(), source, &catalog, &backup_id, &run_token, previous, &cluster_name, clock).await;
     // Retention only after a committed backup, still under the Lease.
     let retention = match &outcome {
         Ok(_) => {
@@ -310,6 +325,7 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
     if let Some(l) = lease {
         l.release().await;
     }
+    bucket_lock.release().await;
     match outcome {
         Ok((manifest, written_bytes)) => {
             let (kept, retention_error) = match retention {
@@ -381,6 +397,7 @@ async fn run_locked(
     t: &mut Timings,
     stop: &mut Stop,
     lease: &mut Option<LeaseGuard>,
+    bucket_lock: &mut catalog::BucketLock,
     cluster: Option<&Cluster>,
     source: Option<Arc<dyn ObjectStore>>,
     catalog: &Catalog,
@@ -511,6 +528,7 @@ async fn run_locked(
         _ = tokio::time::sleep(cfg.max_downtime) => Err((current.get(), StepError { reason: "max_downtime", message: format!("MAX_DOWNTIME ({}) reached: capture aborted", humantime::format_duration(cfg.max_downtime)) })),
         s = stopped(stop) => Err((current.get(), StepError { reason: "signal", message: format!("interrupted by {s}") })),
         _ = lease_lost(lease) => Err((current.get(), StepError { reason: "lease_lost", message: "the Lease was lost: another run may be starting".into() })),
+        _ = bucket_lock.lost() => Err((current.get(), StepError { reason: "lock_lost", message: "the bucket lock was lost: another writer may be starting".into() })),
     };
     if let Err((phase, e)) = &captured {
         error!(phase = %phase, error = %e, "capture aborted; resuming the cluster");
@@ -606,7 +624,7 @@ async fn capture(
         let file = format!("databases/{}.pgdump", info.database);
         let path = catalog::backup_path(backup_id, &file);
         let progress = &progress;
-        async move { database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, progress).await.map_err(StepError::from) }
+        async move { database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, &cfg.database.recipients, progress).await.map_err(StepError::from) }
     }));
     let objects = async {
         let Some(src) = source else { return Ok::<_, StepError>((ObjectsEntry { mode: "skip".into(), ..Default::default() }, 0)) };

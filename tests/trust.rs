@@ -210,19 +210,59 @@ async fn one_prefix_one_cluster_one_run_per_id() {
     assert_eq!(bed.manifests().await.len(), 2, "nothing deleted");
     bed.catalog().delete_backup(&foreign.backup_id).await.expect("clean up");
 
-    // Two runs in the same second: two backups, two ids.
-    bed.set("KEEP_LAST", "100");
-    let config = || {
-        let raw = pachyderm_backup::config::RawEnv::from_iter(bed.env()).expect("env");
-        pachyderm_backup::config::RunConfig::from_env(&raw).expect("valid")
-    };
-    let stop = || tokio::sync::watch::channel(None).1;
+    // Two claims in the same second: two ids (create-if-absent), never one shared.
     let start = Utc::now();
-    let (a, b) = tokio::join!(pachyderm_backup::cycle::run_at(config(), stop(), start), pachyderm_backup::cycle::run_at(config(), stop(), start));
-    let (a, b) = (a.expect("first run"), b.expect("second run"));
-    assert_ne!(a.manifest.backup_id, b.manifest.backup_id, "two runs reported one backup");
-    let ids: Vec<String> = bed.manifests().await.iter().map(|m| m.backup_id.clone()).collect();
-    assert!(ids.contains(&a.manifest.backup_id) && ids.contains(&b.manifest.backup_id), "{ids:?}");
+    let catalog = bed.catalog();
+    let (a, b) = tokio::join!(catalog.claim_backup_id(start, "run-a"), catalog.claim_backup_id(start, "run-b"));
+    let (a, b) = (a.expect("claim a"), b.expect("claim b"));
+    assert_ne!(a, b, "two runs share one backup id");
+}
+
+/// 9.6: every writer of the backup bucket is exclusive, in every pause mode: a
+/// retention started while a run holds the bucket is refused (exit 3) and sweeps
+/// nothing; a dead holder's lock expires and is taken over; two runs at once, one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_and_retention_never_overlap() {
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 10, ..Default::default() }).await;
+    quiet(&mut bed);
+    bed.set("KEEP_LAST", "100");
+    bed.run(&["run"]).await.expect_code(0);
+
+    // A run holding the bucket (its dump held by a table lock) and a retention racing it.
+    let lock = TableLock::take(&bed.pg).await;
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    let out = bed.run(&["retention"]).await;
+    out.expect_code(3);
+    assert!(out.stderr.contains("the backup bucket is locked by") && out.stderr.contains("(run)"), "{}", out.stderr);
+    let out = bed.run(&["run"]).await;
+    out.expect_code(3);
+    lock.release().await;
+    running.finish().await.expect_code(0);
+    bed.run(&["retention"]).await.expect_code(0);
+    assert!(!exists(&bed.target, catalog::LOCK).await, "released");
+
+    // A dead holder's lock: live, it refuses; expired, it is taken over.
+    let lock_at = |expires: chrono::DateTime<Utc>| {
+        serde_json::json!({"holder": "dead-pod/123", "command": "run", "acquired_at": Utc::now(), "expires_at": expires}).to_string()
+    };
+    let path = object_store::path::Path::from(catalog::LOCK);
+    bed.target.put(&path, lock_at(Utc::now() + chrono::Duration::hours(1)).into()).await.expect("put");
+    let out = bed.run(&["run"]).await;
+    out.expect_code(3);
+    assert!(out.stderr.contains("dead-pod/123"), "{}", out.stderr);
+    bed.target.put(&path, lock_at(Utc::now() - chrono::Duration::seconds(1)).into()).await.expect("put");
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    assert!(out.stderr.contains("taking over an expired bucket lock"), "{}", out.stderr);
+
+    // Two runs started together: one backs up, the other is refused, never both at once.
+    let before = bed.manifests().await.len();
+    let (a, b) = tokio::join!(bed.run(&["run"]), bed.run(&["run"]));
+    let mut codes = [a.code, b.code];
+    codes.sort();
+    assert!(codes == [Some(0), Some(0)] || codes == [Some(0), Some(3)], "{codes:?}\n{}\n{}", a.stderr, b.stderr);
+    assert_eq!(bed.manifests().await.len(), before + codes.iter().filter(|c| **c == Some(0)).count());
     bed.run(&["verify", "--all", "--deep"]).await.expect_code(0);
 }
 
