@@ -20,6 +20,9 @@ pub const LISTING: &str = "objects.jsonl.zst";
 pub const CLAIM: &str = "claim.json";
 /// At the prefix's root: the writer (run, retention, restore) that holds the bucket.
 pub const LOCK: &str = "lock.json";
+/// Pool blobs that `verify` found missing or wrong, one record each: the next run
+/// copies their objects again under fresh keys instead of reusing them.
+pub const DAMAGE_DIR: &str = "damage";
 /// Between a blob's source key and its tag: a character object_store never
 /// percent-encodes (`~` it does), so the key in the bucket is the key in the listing.
 pub const BLOB_TAG_SEPARATOR: char = '@';
@@ -187,6 +190,21 @@ pub fn blob_key(key: &str, etag: Option<&str>, last_modified: DateTime<Utc>, siz
     };
     let tag = hex::encode(&Sha256::digest(identity.as_bytes())[..8]);
     format!("{BLOBS_DIR}/{key}{BLOB_TAG_SEPARATOR}{tag}")
+}
+
+/// A fresh pool key for a blob copied again (healing, `run --full`): never the key of
+/// a blob an older backup references, so nothing is overwritten.
+pub fn fresh_blob_key(blob: &str, backup_id: &str) -> String {
+    format!("{blob}.{backup_id}")
+}
+
+/// A pool blob `verify` found damaged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DamageRecord {
+    pub blob: String,
+    pub problem: String,
+    pub found_at: DateTime<Utc>,
+    pub backup_id: String,
 }
 
 /// Backup ids sort by time: `20261121T020000Z`, `-2`, `-3`… when taken.
@@ -629,6 +647,42 @@ impl Catalog {
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(store_err(format!("reading the claim of {id}"))(e)),
+        }
+    }
+
+    /// Records a damaged pool blob (idempotent: one record per blob).
+    pub async fn record_damage(&self, record: &DamageRecord) -> Result<(), CatalogError> {
+        use sha2::Digest;
+        let name = hex::encode(&sha2::Sha256::digest(record.blob.as_bytes())[..16]);
+        let json = serde_json::to_vec(record).map_err(|e| CatalogError::Corrupt { what: "a damage record".into(), detail: e.to_string() })?;
+        self.put(&Path::from(format!("{DAMAGE_DIR}/{name}.json")), Bytes::from(json)).await
+    }
+
+    /// Every damage record, with its path (to clear it once healed). An unreadable
+    /// record is skipped: it can only cost a reuse, never a copy.
+    pub async fn damage_records(&self) -> Result<Vec<(Path, DamageRecord)>, CatalogError> {
+        let paths: Vec<Path> =
+            self.store.list(Some(&Path::from(DAMAGE_DIR))).map_ok(|m| m.location).try_collect().await.map_err(store_err("listing damage records"))?;
+        let mut records = Vec::new();
+        for path in paths {
+            let bytes = match self.store.get(&path).await {
+                Ok(r) => r.bytes().await.map_err(store_err(format!("reading {path}")))?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(store_err(format!("reading {path}"))(e)),
+            };
+            if let Ok(record) = serde_json::from_slice(&bytes) {
+                records.push((path, record));
+            }
+        }
+        Ok(records)
+    }
+
+    /// Deletes damage records a committed backup has healed.
+    pub async fn clear_damage(&self, paths: &[Path]) {
+        for path in paths {
+            if let Err(e) = self.store.delete(path).await {
+                tracing::warn!(record = %path, error = %e, "could not clear a damage record; the next run copies that object again");
+            }
         }
     }
 

@@ -75,8 +75,9 @@ pub fn watch_signals() -> Stop {
     rx
 }
 
-pub async fn run(raw: &RawEnv, stop: Stop) -> Result<(), Failure> {
-    let cfg = RunConfig::from_env(raw)?;
+pub async fn run(raw: &RawEnv, stop: Stop, full: bool) -> Result<(), Failure> {
+    let mut cfg = RunConfig::from_env(raw)?;
+    cfg.copy.full = full;
     let summary = cycle::run(cfg, stop).await?;
     match &summary.retention {
         Some(r) => {

@@ -79,6 +79,11 @@ pub const VARIABLES: &[Variable] = &[
     var("PGSSLROOTCERT", "unset", "CA certificate file for verify-ca / verify-full."),
     var("DATABASES", "pachyderm,dex", "Databases to dump, comma separated."),
     var("PG_BIN_DIR", "PATH", "Directory holding pg_dump and pg_restore (they must be as new as the server)."),
+    var(
+        "DUMP_RECIPIENTS",
+        "unset: dumps unencrypted (warned on every run)",
+        "age public keys (age1…, comma separated) every dump is encrypted to as it streams; the backup holds no key that decrypts it.",
+    ),
     var("SOURCE_URL", "required", "Pachyderm's bucket: s3://bucket[/prefix], gs://…, az://container[/prefix], file:///dir."),
     var("TARGET_URL", "required", "The backup bucket and prefix, same schemes."),
     var("AWS_*", "unset", "object_store's S3 keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP…) for every bucket."),
@@ -128,6 +133,11 @@ pub const VARIABLES: &[Variable] = &[
     var("RESTORE_PGPASSWORD", "unset", "Its password."),
     var("RESTORE_PGSSLMODE", "prefer", "Its sslmode."),
     var("RESTORE_PGSSLROOTCERT", "unset", "Its CA certificate file."),
+    var(
+        "RESTORE_IDENTITY_FILE",
+        "required to restore or drill encrypted dumps",
+        "age identity file (AGE-SECRET-KEY-1… lines) of one of the dumps' recipients; only restore and verify --drill read it.",
+    ),
     var("RESTORE_URL", "required for restore", "The bucket (and prefix) to restore the objects into."),
     var("RESTORE_AWS_*", "unset", "S3 keys for the restore bucket only."),
     var("RESTORE_GOOGLE_*", "unset", "GCS keys for the restore bucket only."),
@@ -160,6 +170,7 @@ pub struct RawEnv {
     pub pgsslrootcert: Option<String>,
     pub databases: Option<String>,
     pub pg_bin_dir: Option<String>,
+    pub dump_recipients: Option<String>,
     pub source_url: Option<String>,
     pub target_url: Option<String>,
     pub workload_identity: Option<String>,
@@ -192,6 +203,7 @@ pub struct RawEnv {
     pub restore_pgpassword: Option<Secret>,
     pub restore_pgsslmode: Option<String>,
     pub restore_pgsslrootcert: Option<String>,
+    pub restore_identity_file: Option<String>,
     pub restore_url: Option<String>,
     pub restore_workload_identity: Option<String>,
     /// Object-store keys: `AWS_*`, `GOOGLE_*`, `AZURE_*` and their side-prefixed forms.
@@ -312,6 +324,29 @@ pub struct DatabaseSettings {
     pub server: PgServer,
     pub databases: Vec<String>,
     pub bin_dir: Option<PathBuf>,
+    /// DUMP_RECIPIENTS: every dump is encrypted to these (empty: stored in plaintext).
+    pub recipients: Vec<age::x25519::Recipient>,
+}
+
+/// RESTORE_IDENTITY_FILE's age identities, which decrypt the dumps: never in a log line
+/// or `Debug` output (their public keys may be shown).
+#[derive(Clone)]
+pub struct DumpIdentity {
+    pub file: PathBuf,
+    pub identities: Vec<age::x25519::Identity>,
+}
+
+impl DumpIdentity {
+    /// The public keys (`age1…`) of the identities.
+    pub fn recipients(&self) -> Vec<String> {
+        self.identities.iter().map(|i| i.to_public().to_string()).collect()
+    }
+}
+
+impl fmt::Debug for DumpIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DumpIdentity").field("file", &self.file).field("recipients", &self.recipients()).finish()
+    }
 }
 
 /// A bucket: its URL and the object_store options for it (credentials included).
@@ -337,6 +372,9 @@ pub struct CopySettings {
     pub objects: ObjectsMode,
     pub precopy: bool,
     pub concurrency: usize,
+    /// `run --full`: copy every object again under fresh blob keys, trusting nothing
+    /// in the pool (set by the command line, not the environment).
+    pub full: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -383,6 +421,8 @@ pub struct RestoreConfig {
     pub concurrency: usize,
     /// Bound on each preflight step (PREFLIGHT_TIMEOUT).
     pub preflight_timeout: Duration,
+    /// RESTORE_IDENTITY_FILE, for encrypted dumps.
+    pub identity: Option<DumpIdentity>,
 }
 
 /// The longest duration any variable takes: 100 years.
@@ -1431,6 +1471,82 @@ fn bin_dir(check: &mut Check, raw: &RawEnv) -> Option<PathBuf> {
     Some(dir)
 }
 
+/// DUMP_RECIPIENTS: age X25519 public keys. Only values shaped like a public key are
+/// echoed in a problem: an identity given by mistake must not reach the logs.
+fn dump_recipients(check: &mut Check, raw: &RawEnv) -> Vec<age::x25519::Recipient> {
+    const VARIABLE: &str = "DUMP_RECIPIENTS";
+    const EXPECTED: &str =
+        "comma-separated age X25519 public keys, age1… (as printed by `age-keygen -y key.txt`), or the variable unset to store the dumps unencrypted";
+    let Some(text) = &raw.dump_recipients else { return Vec::new() };
+    let items: Vec<&str> = text.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
+    if items.is_empty() {
+        check.fail(VARIABLE, "names no recipient", EXPECTED);
+    }
+    let mut recipients = Vec::new();
+    for (n, item) in items.iter().enumerate().map(|(i, item)| (i + 1, item)) {
+        if item.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+            check.fail(
+                VARIABLE,
+                format!(
+                    "item {n} is an age identity (a secret key, not printed here), not a recipient: the backup must never hold it; rotate it if it was exposed"
+                ),
+                EXPECTED,
+            );
+            continue;
+        }
+        match item.parse::<age::x25519::Recipient>() {
+            Ok(r) if recipients.contains(&r) => check.fail(VARIABLE, format!("{item:?} is listed twice"), "each recipient once"),
+            Ok(r) => recipients.push(r),
+            Err(e) => {
+                let public = item.len() <= 100 && item.to_ascii_lowercase().starts_with("age1") && item.bytes().all(|b| b.is_ascii_alphanumeric());
+                let what = if public { format!("{item:?}") } else { format!("item {n}") };
+                check.fail(VARIABLE, format!("{what} is not an age X25519 recipient ({e})"), EXPECTED);
+            }
+        }
+    }
+    recipients
+}
+
+/// RESTORE_IDENTITY_FILE: read and parsed now, so that a restore never starts without a
+/// usable key. Problems name the file and the line, never its content.
+fn restore_identity(check: &mut Check, raw: &RawEnv) -> Option<DumpIdentity> {
+    const VARIABLE: &str = "RESTORE_IDENTITY_FILE";
+    const EXPECTED: &str = "an age identity file: one AGE-SECRET-KEY-1… per line (as written by `age-keygen -o key.txt`), # comments allowed";
+    let file = raw.restore_identity_file.as_ref().map(|f| PathBuf::from(f.trim()))?;
+    let fail = |check: &mut Check, problem: String| {
+        check.fail(VARIABLE, problem, EXPECTED);
+        None
+    };
+    match std::fs::metadata(&file) {
+        Ok(m) if !m.is_file() => return fail(check, format!("{} is not a file", file.display())),
+        Ok(m) if m.len() > 1024 * 1024 => return fail(check, format!("{} is too large for an identity file ({} bytes)", file.display(), m.len())),
+        Ok(_) => {}
+        Err(e) => return fail(check, format!("{} cannot be read ({e})", file.display())),
+    }
+    let text = match std::fs::read(&file).map(String::from_utf8) {
+        Ok(Ok(text)) => text,
+        Ok(Err(_)) => return fail(check, format!("{} is not a text file", file.display())),
+        Err(e) => return fail(check, format!("{} cannot be read ({e})", file.display())),
+    };
+    let mut identities = Vec::new();
+    for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.parse::<age::x25519::Identity>() {
+            Ok(identity) => identities.push(identity),
+            Err(_) if line.to_ascii_lowercase().starts_with("age1") => {
+                return fail(check, format!("{}: line {n} is a recipient (a public key), not an identity", file.display()));
+            }
+            Err(_) => return fail(check, format!("{}: line {n} is not an age X25519 identity", file.display())),
+        }
+    }
+    if identities.is_empty() {
+        return fail(check, format!("{} holds no identity", file.display()));
+    }
+    Some(DumpIdentity { file, identities })
+}
+
 fn database_names(check: &mut Check, raw: &RawEnv) -> Vec<String> {
     let text = check.text("DATABASES", &raw.databases, "pachyderm,dex");
     let names: Vec<String> = text.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect();
@@ -1469,6 +1585,7 @@ impl RunConfig {
         let server = pg_server(&mut check, "", &raw.pghost, &raw.pgport, &raw.pguser, &raw.pgpassword, &raw.pgsslmode, &raw.pgsslrootcert);
         let databases = database_names(&mut check, raw);
         let bin_dir = bin_dir(&mut check, raw);
+        let recipients = dump_recipients(&mut check, raw);
         let shared_wi = shared_workload_identity(&mut check, raw);
         let source_wi = check.boolean("SOURCE_WORKLOAD_IDENTITY", &raw.source_workload_identity, shared_wi);
         let target_wi = check.boolean("TARGET_WORKLOAD_IDENTITY", &raw.target_workload_identity, shared_wi);
@@ -1480,6 +1597,7 @@ impl RunConfig {
             objects,
             precopy: check.boolean("PRECOPY", &raw.precopy, true),
             concurrency: check.number("COPY_CONCURRENCY", &raw.copy_concurrency, 32, 1..=1024) as usize,
+            full: false,
         };
         let max_downtime = check.duration("MAX_DOWNTIME", &raw.max_downtime, "2h");
         let retention = retention(&mut check, raw);
@@ -1499,7 +1617,7 @@ impl RunConfig {
             (Some(server), Some(target)) => check.finish(RunConfig {
                 common,
                 cluster,
-                database: DatabaseSettings { server, databases, bin_dir },
+                database: DatabaseSettings { server, databases, bin_dir, recipients },
                 source,
                 target,
                 copy,
@@ -1610,8 +1728,9 @@ impl RestoreConfig {
         let bin_dir = bin_dir(&mut check, raw);
         let concurrency = check.number("COPY_CONCURRENCY", &raw.copy_concurrency, 32, 1..=1024) as usize;
         let preflight_timeout = check.duration("PREFLIGHT_TIMEOUT", &raw.preflight_timeout, "60s");
+        let identity = restore_identity(&mut check, raw);
         match target {
-            Some(target) => check.finish(RestoreConfig { common, target, server, destination, bin_dir, concurrency, preflight_timeout }),
+            Some(target) => check.finish(RestoreConfig { common, target, server, destination, bin_dir, concurrency, preflight_timeout, identity }),
             None => Err(ConfigError(check.problems)),
         }
     }
@@ -1939,6 +2058,62 @@ mod tests {
         // An invalid component is reported alone, not as a floor too.
         let e = RunConfig::from_env(&env(&with(&[("MAX_DOWNTIME", "long")]))).unwrap_err();
         assert_eq!(e.0.iter().map(|p| p.variable.as_str()).collect::<Vec<_>>(), vec!["MAX_DOWNTIME"], "{e}");
+    }
+
+    #[test]
+    fn dump_recipients_and_the_identity_file_are_checked() {
+        use age::secrecy::ExposeSecret;
+        let (ours, theirs) = (age::x25519::Identity::generate(), age::x25519::Identity::generate());
+        let (public, secret) = (ours.to_public().to_string(), ours.to_string().expose_secret().to_string());
+        let run = |value: &str| {
+            let mut vars: Vec<(&str, &str)> = GOOD.to_vec();
+            vars.push(("DUMP_RECIPIENTS", value));
+            RunConfig::from_env(&env(&vars))
+        };
+        assert!(RunConfig::from_env(&env(GOOD)).expect("valid").database.recipients.is_empty(), "unset: unencrypted");
+        let both = format!(" {public} ,{}", theirs.to_public());
+        assert_eq!(run(&both).expect("valid").database.recipients, vec![ours.to_public(), theirs.to_public()]);
+        for (value, fragment) in [
+            ("age1notakey", "\"age1notakey\" is not an age X25519 recipient"),
+            ("ssh-ed25519 AAAA", "item 1 is not an age X25519 recipient"),
+            (",", "names no recipient"),
+            (secret.as_str(), "item 1 is an age identity"),
+            (&format!("{public},{public}"), "listed twice"),
+        ] {
+            let e = run(value).unwrap_err();
+            assert!(e.0.len() == 1 && e.0[0].variable == "DUMP_RECIPIENTS" && e.0[0].to_string().contains(fragment), "{value}: {e}");
+            assert!(!e.to_string().contains(&secret), "the secret key is echoed: {e}");
+        }
+
+        let dir = tempfile::tempdir().expect("dir");
+        let restore = |contents: Option<&str>| {
+            let path = dir.path().join("key.txt");
+            let _ = std::fs::remove_file(&path);
+            if let Some(c) = contents {
+                std::fs::write(&path, c).expect("write");
+            }
+            let path = path.display().to_string();
+            let mut vars: Vec<(&str, &str)> = GOOD.to_vec();
+            vars.push(("RESTORE_IDENTITY_FILE", &path));
+            RestoreConfig::from_env(&env(&vars), false, false)
+        };
+        assert!(RestoreConfig::from_env(&env(GOOD), false, false).expect("valid").identity.is_none());
+        let file = format!("# created: 2026-01-01T00:00:00Z\n# public key: {public}\n{secret}\n\n");
+        let identity = restore(Some(&file)).expect("valid").identity.expect("read");
+        assert_eq!(identity.recipients(), vec![public.clone()]);
+        assert!(!format!("{identity:?}").contains(&secret), "Debug shows the secret");
+        // One character changed: the Bech32 checksum fails.
+        let garbled = format!("{}{}\n", &secret[..secret.len() - 1], if secret.ends_with('X') { 'Y' } else { 'X' });
+        for (contents, fragment) in [
+            (None, "cannot be read"),
+            (Some(""), "holds no identity"),
+            (Some(garbled.as_str()), "line 1 is not an age X25519 identity"),
+            (Some(public.as_str()), "line 1 is a recipient"),
+        ] {
+            let e = restore(contents).unwrap_err();
+            assert!(e.0.len() == 1 && e.0[0].variable == "RESTORE_IDENTITY_FILE" && e.0[0].to_string().contains(fragment), "{contents:?}: {e}");
+            assert!(!e.to_string().contains(&secret[20..]), "the file's content is echoed: {e}");
+        }
     }
 
     #[test]

@@ -310,8 +310,22 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
     }
 
     let previous: Vec<Manifest> = entries.into_iter().filter_map(|e| e.manifest).filter(|m| m.objects.listing.is_some()).collect();
-    let outcome =
-        run_locked(&cfg, &mut t, &mut stop, &mut lease, &mut bucket_lock, cluster.as_ref(), source, &catalog, &backup_id, &run_token, previous, &cluster_name, clock).await;
+    let outcome = run_locked(
+        &cfg,
+        &mut t,
+        &mut stop,
+        &mut lease,
+        &mut bucket_lock,
+        cluster.as_ref(),
+        source,
+        &catalog,
+        &backup_id,
+        &run_token,
+        previous,
+        &cluster_name,
+        clock,
+    )
+    .await;
     // Retention only after a committed backup, still under the Lease.
     let retention = match &outcome {
         Ok(_) => {
@@ -468,6 +482,17 @@ async fn run_locked(
             Err(e) => return Err(fail(Phase::Preflight, UNTOUCHED)(e.into())),
         }
     }
+    // Blobs `verify` found damaged are copied again under fresh keys, never reused;
+    // `--full` trusts nothing in the pool.
+    let damage = catalog.damage_records().await.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
+    if !damage.is_empty() {
+        info!(blobs = damage.len(), "verify recorded damaged blobs: their objects are copied again");
+    }
+    if cfg.copy.full {
+        info!("--full: every object is copied again under a fresh key; nothing in the pool is reused");
+        reference_listing = None;
+    }
+    let heal = objects::Heal { damaged: damage.iter().map(|(_, r)| r.blob.clone()).collect(), full: cfg.copy.full, backup_id: backup_id.to_string() };
     let reference = || async {
         match &reference_listing {
             Some((id, bytes)) => catalog::ListingReader::new(bytes.clone(), format!("the listing of {id}")),
@@ -481,7 +506,7 @@ async fn run_locked(
         let work = async {
             let progress = Progress::start("precopy", cfg.common.progress_interval);
             let (listing, stats) =
-                objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference().await?, backup_id, cfg.copy.concurrency, true, &progress)
+                objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference().await?, &heal, cfg.copy.concurrency, true, &progress)
                     .await?;
             info!(objects = stats.count, copied = stats.copied, copied_bytes = stats.copied_bytes, reused = stats.reused, "pre-copy done");
             let (bytes, _) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the pre-copy listing: {e}") })?;
@@ -512,7 +537,7 @@ async fn run_locked(
             Some(bytes) => catalog::ListingReader::new(bytes.clone(), "the pre-copy listing".into())?,
             None => reference().await?,
         };
-        let captured = t.time(Phase::Capture, capture(cfg, cluster, source.as_ref(), catalog, backup_id, &servers, &tools, reference)).await?;
+        let captured = t.time(Phase::Capture, capture(cfg, cluster, source.as_ref(), catalog, &heal, &servers, &tools, reference)).await?;
         Ok::<_, StepError>(captured)
     };
     // A panic (a bug) inside the pause or capture must not unwind past the resume.
@@ -579,6 +604,8 @@ async fn run_locked(
     };
     t.time(Phase::Commit, catalog.commit(&manifest, run_token, &captured.parts)).await.map_err(|e| fail(Phase::Commit, "resumed")(e.into()))?;
     info!(backup_id, "manifest written: the backup is complete");
+    // What the new backup copied again is whole now; its records are done with.
+    catalog.clear_damage(&damage.into_iter().map(|(path, _)| path).collect::<Vec<_>>()).await;
     Ok((manifest, captured.written_bytes))
 }
 
@@ -614,22 +641,25 @@ async fn capture(
     cluster: Option<&Cluster>,
     source: Option<&Arc<dyn ObjectStore>>,
     catalog: &Catalog,
-    backup_id: &str,
+    heal: &objects::Heal,
     servers: &[database::ServerInfo],
     tools: &Tools,
     reference: catalog::ListingReader,
 ) -> Result<Captured, StepError> {
+    let backup_id = heal.backup_id.as_str();
     let progress = Progress::start("capture", cfg.common.progress_interval);
     let dumps = futures::future::try_join_all(servers.iter().map(|info| {
         let file = format!("databases/{}.pgdump", info.database);
         let path = catalog::backup_path(backup_id, &file);
         let progress = &progress;
-        async move { database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, &cfg.database.recipients, progress).await.map_err(StepError::from) }
+        async move {
+            database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, &cfg.database.recipients, progress).await.map_err(StepError::from)
+        }
     }));
     let objects = async {
         let Some(src) = source else { return Ok::<_, StepError>((ObjectsEntry { mode: "skip".into(), ..Default::default() }, 0)) };
         let (listing, stats): (_, ObjectCounts) =
-            objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference, backup_id, cfg.copy.concurrency, false, &progress).await?;
+            objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
         let (bytes, sha) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the listing: {e}") })?;
         let size = bytes.len() as u64;
         catalog.put(&catalog::backup_path(backup_id, catalog::LISTING), bytes).await?;

@@ -1,11 +1,13 @@
 //! PostgreSQL: preflight with `sqlx`, and `pg_dump` / `pg_restore` streamed to and
-//! from the bucket (no local disk, bounded memory).
+//! from the bucket (no local disk, bounded memory), with the dumps encrypted with age
+//! on the way when DUMP_RECIPIENTS is set.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
@@ -14,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tracing::{info, warn};
 
-use crate::catalog::DatabaseEntry;
-use crate::config::PgServer;
+use crate::catalog::{DatabaseEntry, DumpEncryption};
+use crate::config::{DumpIdentity, PgServer};
 use crate::objects::{self, ObjectsError};
 use crate::progress::Progress;
 
@@ -49,6 +51,23 @@ pub enum DatabaseError {
         "the dump of {database} read from the bucket has SHA-256 {read}, the manifest says {recorded}: the dump is damaged, so database {database} as restored cannot be trusted; drop it and restore another backup (`pachyderm-backup list`)"
     )]
     DumpDamaged { database: String, read: String, recorded: String },
+    #[error(
+        "the dump of {database} is encrypted with age to {}: set RESTORE_IDENTITY_FILE to an age identity file holding the secret key of one of them",
+        .recipients.join(", ")
+    )]
+    IdentityMissing { database: String, recipients: Vec<String> },
+    #[error(
+        "the dump of {database} is encrypted to {} and the identity given (RESTORE_IDENTITY_FILE, the key of {}) matches none of them: give the identity file of one of those recipients",
+        .recipients.join(", "),
+        .given.join(", ")
+    )]
+    WrongIdentity { database: String, recipients: Vec<String>, given: Vec<String> },
+    #[error("the dump of {database} is encrypted with {format:?}, which this version does not read: use a newer pachyderm-backup")]
+    UnknownEncryption { database: String, format: String },
+    #[error("decrypting the dump of {database} failed: {detail}")]
+    DecryptFailed { database: String, detail: String },
+    #[error("encrypting the dump of {database} failed: {detail}")]
+    EncryptFailed { database: String, detail: String },
     #[error("database {database} on the restore server is not empty ({tables} tables): pass --clean to replace its content")]
     NotEmpty { database: String, tables: i64 },
     #[error("running {tool}: {source}")]
@@ -207,7 +226,69 @@ async fn tail_stderr(mut stderr: tokio::process::ChildStderr) -> String {
     String::from_utf8_lossy(&all).trim().to_string()
 }
 
-/// Streams `pg_dump -Fc` of one database into `path`, hashing on the way.
+/// The `format` of an age-encrypted dump in the manifest.
+pub const AGE_FORMAT: &str = "age";
+/// Appended to the name of an encrypted dump: `databases/<db>.pgdump.age`.
+pub const AGE_SUFFIX: &str = ".age";
+
+/// Where the encryptor writes: the ciphertext waits here until the upload takes it.
+#[derive(Clone, Default)]
+struct Ciphertext(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Ciphertext {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Ciphertext {
+    fn take(&self) -> Bytes {
+        Bytes::from(std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner())))
+    }
+}
+
+/// Encrypts a stream with age to `recipients` as it flows: the header, then age's
+/// STREAM (64 KiB chunks, each authenticated), so about one buffer is held at a time.
+/// The stream fails if `plain` does; a stream that ends is a complete age file.
+pub fn encrypt_stream(
+    plain: impl Stream<Item = Result<Bytes, ObjectsError>> + Send + 'static,
+    recipients: &[age::x25519::Recipient],
+    what: String,
+) -> Result<impl Stream<Item = Result<Bytes, ObjectsError>> + Send + 'static, age::EncryptError> {
+    let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))?;
+    let sink = Ciphertext::default();
+    let writer = encryptor.wrap_output(sink.clone())?;
+    let state = (plain.boxed(), Some(writer), sink, what);
+    Ok(futures::stream::try_unfold(state, |(mut plain, mut writer, sink, what)| async move {
+        use std::io::Write;
+        let failed = |what: &String| {
+            let what = what.clone();
+            move |source| ObjectsError::Read { what, source }
+        };
+        loop {
+            let Some(w) = writer.as_mut() else { return Ok(None) };
+            match plain.try_next().await? {
+                Some(chunk) => w.write_all(&chunk).map_err(failed(&what))?,
+                // The last chunk, marked as such: a file cut short never decrypts.
+                None => drop(writer.take().map(|w| w.finish()).transpose().map_err(failed(&what))?),
+            }
+            let out = sink.take();
+            if !out.is_empty() {
+                return Ok(Some((out, (plain, writer, sink, what))));
+            }
+        }
+    }))
+}
+
+/// Streams `pg_dump -Fc` of one database into `path`, hashing on the way. With
+/// `recipients` (DUMP_RECIPIENTS) the dump is encrypted to them with age as it streams,
+/// and stored as `path` and `file` with `.age` appended; the size and SHA-256 recorded
+/// are of the stored (encrypted) bytes.
+#[allow(clippy::too_many_arguments)]
 pub async fn dump(
     server: &PgServer,
     info: &ServerInfo,
@@ -215,9 +296,21 @@ pub async fn dump(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
     file: String,
+    recipients: &[age::x25519::Recipient],
     progress: &Progress,
 ) -> Result<DatabaseEntry, DatabaseError> {
     let database = &info.database;
+    let (path, file, encryption) = if recipients.is_empty() {
+        warn!(
+            database = %database,
+            "DUMP_RECIPIENTS is unset: the dump of {database} is stored UNENCRYPTED in the backup bucket; the pachyderm database holds Pachyderm's chunk-encryption keys, so whoever can read the bucket can read all of Pachyderm's data. Set DUMP_RECIPIENTS to an age public key (age-keygen) to encrypt the dumps"
+        );
+        (path.clone(), file, None)
+    } else {
+        let encryption = DumpEncryption { format: AGE_FORMAT.into(), recipients: recipients.iter().map(|r| r.to_string()).collect() };
+        (crate::catalog::recorded_path(&format!("{path}{AGE_SUFFIX}")), format!("{file}{AGE_SUFFIX}"), Some(encryption))
+    };
+    let path = &path;
     let mut cmd = Command::new(&tools.pg_dump);
     libpq_env(&mut cmd, server);
     cmd.arg("--format=custom").arg("--no-password").arg(format!("--dbname={database}"));
@@ -226,7 +319,15 @@ pub async fn dump(
     let stdout = child.stdout.take().ok_or_else(|| DatabaseError::Io { tool: "pg_dump".into(), source: std::io::Error::other("no stdout") })?;
     let stderr = child.stderr.take().ok_or_else(|| DatabaseError::Io { tool: "pg_dump".into(), source: std::io::Error::other("no stderr") })?;
     let stderr = tokio::spawn(tail_stderr(stderr));
-    let uploaded = objects::upload(store, path, objects::read_chunks(stdout, format!("pg_dump of {database}")), &objects::Expect::default(), progress).await;
+    let what = format!("pg_dump of {database}");
+    let plain = objects::read_chunks(stdout, what.clone());
+    let body = match encryption {
+        None => plain.boxed(),
+        Some(_) => {
+            encrypt_stream(plain, recipients, what).map_err(|e| DatabaseError::EncryptFailed { database: database.clone(), detail: e.to_string() })?.boxed()
+        }
+    };
+    let uploaded = objects::upload(store, path, body, &objects::Expect::default(), progress).await;
     if let Err(e) = uploaded {
         // pg_dump dies of SIGPIPE once nobody reads it: the upload is the cause.
         let _ = child.kill().await;
@@ -243,8 +344,8 @@ pub async fn dump(
     if !stderr.is_empty() {
         warn!(database = %database, stderr = %stderr, "pg_dump wrote warnings");
     }
-    info!(database = %database, size, "database dumped");
-    Ok(DatabaseEntry { name: database.clone(), file, size, sha256, server_version: info.version.clone(), pg_dump_version: tools.version.clone() })
+    info!(database = %database, size, encrypted = encryption.is_some(), "database dumped");
+    Ok(DatabaseEntry { name: database.clone(), file, size, sha256, server_version: info.version.clone(), pg_dump_version: tools.version.clone(), encryption })
 }
 
 /// Number of user tables in a database (0: empty, safe to restore into).
@@ -308,9 +409,110 @@ pub fn only_tolerated_errors(stderr: &str) -> bool {
         })
 }
 
+/// The identities a dump needs: None for a dump stored in plaintext. Checked against the
+/// manifest alone (no I/O): a dump encrypted to none of the identity's keys is refused
+/// before anything starts.
+pub fn identities_for<'a>(
+    database: &str,
+    entry: &DatabaseEntry,
+    identity: Option<&'a DumpIdentity>,
+) -> Result<Option<&'a [age::x25519::Identity]>, DatabaseError> {
+    let Some(encryption) = &entry.encryption else { return Ok(None) };
+    if encryption.format != AGE_FORMAT {
+        return Err(DatabaseError::UnknownEncryption { database: database.into(), format: encryption.format.clone() });
+    }
+    let Some(identity) = identity else {
+        return Err(DatabaseError::IdentityMissing { database: database.into(), recipients: encryption.recipients.clone() });
+    };
+    let given = identity.recipients();
+    if !given.iter().any(|g| encryption.recipients.contains(g)) {
+        return Err(DatabaseError::WrongIdentity { database: database.into(), recipients: encryption.recipients.clone(), given });
+    }
+    Ok(Some(&identity.identities))
+}
+
+/// What went wrong opening an age file: the identity, or the file.
+fn decrypt_error(database: &str, entry: &DatabaseEntry, identity: Option<&DumpIdentity>, e: age::DecryptError) -> DatabaseError {
+    match e {
+        age::DecryptError::NoMatchingKeys => DatabaseError::WrongIdentity {
+            database: database.into(),
+            recipients: entry.encryption.as_ref().map(|e| e.recipients.clone()).unwrap_or_default(),
+            given: identity.map(DumpIdentity::recipients).unwrap_or_default(),
+        },
+        e => DatabaseError::DecryptFailed { database: database.into(), detail: e.to_string() },
+    }
+}
+
+/// Checks, before anything is written, that an encrypted dump opens with `identity`:
+/// its header (a few hundred bytes) is read from the bucket and its file key unwrapped.
+/// A dump stored in plaintext needs nothing.
+pub async fn check_decryptable(
+    store: &Arc<dyn ObjectStore>,
+    database: &str,
+    entry: &DatabaseEntry,
+    path: &Path,
+    identity: Option<&DumpIdentity>,
+) -> Result<(), DatabaseError> {
+    let Some(identities) = identities_for(database, entry, identity)? else { return Ok(()) };
+    // The header and nonce: about 100 bytes a recipient.
+    let head = store.get_range(path, 0..entry.size.min(1024 * 1024)).await.map_err(|source| ObjectsError::Store {
+        side: "target",
+        what: format!("reading {path}"),
+        source,
+    })?;
+    let decryptor = age::Decryptor::new_buffered(&head[..]).map_err(|e| decrypt_error(database, entry, identity, e))?;
+    decryptor.decrypt(identities.iter().map(|i| i as &dyn age::Identity)).map_err(|e| decrypt_error(database, entry, identity, e))?;
+    Ok(())
+}
+
+/// Why feeding `pg_restore` stopped early.
+enum FeedError {
+    Open(age::DecryptError),
+    Decrypt(std::io::Error),
+}
+
+/// Feeds `pg_restore`'s stdin from the bytes read from the bucket, decrypting them with
+/// `identities` when given. Returns the bytes written; stops early (dropping `stored`,
+/// so the reader reads on only to hash) when pg_restore stops reading or a decryption
+/// fails.
+async fn feed_pg_restore(
+    stored: futures::channel::mpsc::Receiver<std::io::Result<Bytes>>,
+    mut stdin: tokio::process::ChildStdin,
+    identities: Option<&[age::x25519::Identity]>,
+    progress: &Progress,
+) -> Result<u64, FeedError> {
+    use futures::AsyncReadExt as _;
+    let stored = stored.into_async_read();
+    let mut plain: std::pin::Pin<Box<dyn futures::AsyncRead + Send + '_>> = match identities {
+        None => Box::pin(stored),
+        Some(identities) => {
+            let decryptor = age::Decryptor::new_async_buffered(stored).await.map_err(FeedError::Open)?;
+            Box::pin(decryptor.decrypt_async(identities.iter().map(|i| i as &dyn age::Identity)).map_err(FeedError::Open)?)
+        }
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut written = 0u64;
+    loop {
+        let n = plain.read(&mut buf).await.map_err(FeedError::Decrypt)?;
+        if n == 0 {
+            break;
+        }
+        if stdin.write_all(&buf[..n]).await.is_err() {
+            // pg_restore stopped reading: its exit status says why.
+            break;
+        }
+        written += n as u64;
+        progress.add_done(0, n as u64);
+    }
+    Ok(written)
+}
+
 /// Streams a dump from the bucket into `pg_restore`, checking its SHA-256 against the
 /// manifest's on the way (`pg_restore -Fc` from a pipe cannot wait for the check, so a
-/// damaged dump is reported as soon as its last byte is read).
+/// damaged dump is reported as soon as its last byte is read). An encrypted dump is
+/// decrypted with `identity` between the two: the checksum is of the stored bytes, and
+/// age authenticates every 64 KiB of the plaintext besides.
+#[allow(clippy::too_many_arguments)]
 pub async fn restore(
     server: &PgServer,
     database: &str,
@@ -318,10 +520,12 @@ pub async fn restore(
     store: &Arc<dyn ObjectStore>,
     entry: &DatabaseEntry,
     path: &Path,
+    identity: Option<&DumpIdentity>,
     clean: bool,
     progress: &Progress,
 ) -> Result<u64, DatabaseError> {
     use sha2::Digest;
+    let identities = identities_for(database, entry, identity)?;
     // No --exit-on-error and no --single-transaction: the one SET that an older server
     // refuses must not stop the restore; the error list is judged afterwards.
     let mut cmd = Command::new(&tools.pg_restore);
@@ -332,48 +536,46 @@ pub async fn restore(
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|source| DatabaseError::Io { tool: tools.pg_restore.display().to_string(), source })?;
-    let mut stdin = child.stdin.take().ok_or_else(|| DatabaseError::Io { tool: "pg_restore".into(), source: std::io::Error::other("no stdin") })?;
+    let stdin = child.stdin.take().ok_or_else(|| DatabaseError::Io { tool: "pg_restore".into(), source: std::io::Error::other("no stdin") })?;
     let stderr = child.stderr.take().ok_or_else(|| DatabaseError::Io { tool: "pg_restore".into(), source: std::io::Error::other("no stderr") })?;
     let stderr = tokio::spawn(tail_stderr(stderr));
     let body = store.get(path).await.map_err(|source| ObjectsError::Store { side: "target", what: format!("reading {path}"), source })?;
-    let mut stream = body.into_stream();
-    let mut written = 0u64;
-    let mut read = 0u64;
-    let mut hasher = sha2::Sha256::new();
-    let mut feed_error = None;
-    let mut pg_restore_stopped = false;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(bytes) => {
-                hasher.update(&bytes);
-                read += bytes.len() as u64;
-                if pg_restore_stopped {
-                    continue; // read on, for the checksum
+    // The reader hashes every stored byte and hands it on while the feeder takes it
+    // (a few chunks in flight); once the feeder has stopped, it reads on for the checksum.
+    let (tx, rx) = futures::channel::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let read = async move {
+        let mut stream = body.into_stream();
+        let mut tx = Some(tx);
+        let mut hasher = sha2::Sha256::new();
+        let mut read = 0u64;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    hasher.update(&bytes);
+                    read += bytes.len() as u64;
+                    if let Some(t) = tx.as_mut()
+                        && futures::SinkExt::send(t, Ok(bytes)).await.is_err()
+                    {
+                        tx = None; // the feeder has stopped: read on for the checksum
+                    }
                 }
-                if stdin.write_all(&bytes).await.is_err() {
-                    // pg_restore stopped reading: its exit status says why.
-                    pg_restore_stopped = true;
-                    continue;
-                }
-                written += bytes.len() as u64;
-                progress.add_done(0, bytes.len() as u64);
-            }
-            Err(source) => {
-                feed_error = Some(ObjectsError::Store { side: "target", what: format!("reading {path}"), source });
-                break;
+                Err(source) => return Err(ObjectsError::Store { side: "target", what: format!("reading {path}"), source }),
             }
         }
-    }
-    drop(stdin);
+        Ok((hex::encode(hasher.finalize()), read))
+    };
+    let (read, fed) = tokio::join!(read, feed_pg_restore(rx, stdin, identities, progress));
     let status = child.wait().await.map_err(|source| DatabaseError::Io { tool: "pg_restore".into(), source })?;
     let stderr = stderr.await.unwrap_or_default();
-    if let Some(e) = feed_error {
-        return Err(e.into());
-    }
-    let sha = hex::encode(hasher.finalize());
+    let (sha, read) = read?;
     if sha != entry.sha256 || read != entry.size {
         return Err(DatabaseError::DumpDamaged { database: database.into(), read: sha, recorded: entry.sha256.clone() });
     }
+    let written = match fed {
+        Ok(written) => written,
+        Err(FeedError::Open(e)) => return Err(decrypt_error(database, entry, identity, e)),
+        Err(FeedError::Decrypt(e)) => return Err(DatabaseError::DecryptFailed { database: database.into(), detail: e.to_string() }),
+    };
     if !status.success() && !only_tolerated_errors(&stderr) {
         return Err(DatabaseError::RestoreFailed { database: database.into(), status: status.to_string(), stderr });
     }
@@ -402,5 +604,77 @@ mod tests {
         let real = format!("{tolerated}pg_restore: error: could not execute query: ERROR:  relation \"x\" already exists\n");
         assert!(!only_tolerated_errors(&real));
         assert!(!only_tolerated_errors("pg_restore: error: connection to server failed"));
+    }
+
+    fn decrypt(stored: &[u8], identity: &age::x25519::Identity) -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut plain = Vec::new();
+        let decryptor = age::Decryptor::new(stored).map_err(std::io::Error::other)?;
+        decryptor.decrypt(std::iter::once(identity as &dyn age::Identity)).map_err(std::io::Error::other)?.read_to_end(&mut plain)?;
+        Ok(plain)
+    }
+
+    #[tokio::test]
+    async fn dumps_are_encrypted_as_they_stream() {
+        let (ours, theirs, stranger) = (age::x25519::Identity::generate(), age::x25519::Identity::generate(), age::x25519::Identity::generate());
+        let recipients = [ours.to_public(), theirs.to_public()];
+        // Several of age's 64 KiB chunks and a partial last one, arriving unevenly.
+        let plain: Vec<u8> = (0..3 * 1024 * 1024 + 12_345u32).map(|i| (i * 7 % 251) as u8).collect();
+        let chunks: Vec<Result<Bytes, ObjectsError>> = plain.chunks(700_001).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let pieces: Vec<Bytes> =
+            encrypt_stream(futures::stream::iter(chunks), &recipients, "test".into()).expect("encryptor").try_collect().await.expect("encrypted");
+        assert!(
+            pieces.len() >= 5 && pieces.iter().all(|p| p.len() < 1024 * 1024),
+            "the ciphertext flows out as the plaintext comes in: {} pieces",
+            pieces.len()
+        );
+        let stored = pieces.concat();
+        assert!(stored.starts_with(b"age-encryption.org/v1\n"));
+        assert_eq!(decrypt(&stored, &ours).expect("ours opens it"), plain);
+        assert_eq!(decrypt(&stored, &theirs).expect("theirs too"), plain);
+        let refused = age::Decryptor::new(&stored[..]).expect("header").decrypt(std::iter::once(&stranger as &dyn age::Identity)).err();
+        assert!(matches!(refused, Some(age::DecryptError::NoMatchingKeys)));
+        let cut = decrypt(&stored[..stored.len() - 100], &ours).expect_err("a file cut short never decrypts");
+        assert!(!cut.to_string().is_empty() && !age::DecryptError::InvalidMac.to_string().is_empty(), "age's messages are readable");
+        // An empty dump is a valid (empty) age file; a failed read fails the stream.
+        let empty: Vec<Bytes> = encrypt_stream(futures::stream::empty(), &recipients, "t".into()).expect("encryptor").try_collect().await.expect("empty");
+        assert_eq!(decrypt(&empty.concat(), &ours).expect("opens"), Vec::<u8>::new());
+        let broken =
+            futures::stream::iter([Ok(Bytes::from_static(b"PGDMP")), Err(ObjectsError::Read { what: "t".into(), source: std::io::Error::other("cut") })]);
+        let result: Result<Vec<Bytes>, _> = encrypt_stream(broken, &recipients, "t".into()).expect("encryptor").try_collect().await;
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn the_identity_is_checked_against_the_manifest() {
+        let ours = age::x25519::Identity::generate();
+        let identity = |i: &age::x25519::Identity| DumpIdentity { file: "key.txt".into(), identities: vec![i.clone()] };
+        let entry = |encryption: Option<DumpEncryption>| DatabaseEntry {
+            name: "pachyderm".into(),
+            file: "databases/pachyderm.pgdump.age".into(),
+            size: 1,
+            sha256: "00".into(),
+            server_version: "17".into(),
+            pg_dump_version: "17".into(),
+            encryption,
+        };
+        let age_to = |r: &age::x25519::Identity| Some(DumpEncryption { format: AGE_FORMAT.into(), recipients: vec![r.to_public().to_string()] });
+        assert!(identities_for("pachyderm", &entry(None), None).expect("plaintext").is_none());
+        assert!(identities_for("pachyderm", &entry(age_to(&ours)), Some(&identity(&ours))).expect("ours").is_some());
+        let e = identities_for("pachyderm", &entry(age_to(&ours)), None).err().expect("refused");
+        assert!(matches!(e, DatabaseError::IdentityMissing { .. }) && e.to_string().contains("RESTORE_IDENTITY_FILE"), "{e}");
+        let other = age::x25519::Identity::generate();
+        let e = identities_for("pachyderm", &entry(age_to(&ours)), Some(&identity(&other))).err().expect("refused");
+        let text = e.to_string();
+        assert!(text.contains(&ours.to_public().to_string()) && text.contains(&other.to_public().to_string()) && text.contains("matches none"), "{text}");
+        let unknown = Some(DumpEncryption { format: "gpg".into(), recipients: vec![] });
+        assert!(matches!(identities_for("pachyderm", &entry(unknown), Some(&identity(&ours))), Err(DatabaseError::UnknownEncryption { .. })));
+        // Manifests written before encryption existed: no field, plaintext.
+        let old = r#"{"name":"dex","file":"databases/dex.pgdump","size":1,"sha256":"00","server_version":"17","pg_dump_version":"17"}"#;
+        assert_eq!(serde_json::from_str::<DatabaseEntry>(old).expect("parses").encryption, None);
+        let json = serde_json::to_value(entry(age_to(&ours))).expect("json");
+        assert_eq!(json["encryption"]["format"], "age");
+        assert_eq!(json["encryption"]["recipients"][0], ours.to_public().to_string());
+        assert!(serde_json::to_value(entry(None)).expect("json")["encryption"].is_null());
     }
 }

@@ -23,7 +23,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// One full pause → backup → resume cycle, then retention (the CronJob's command).
-    Run,
+    Run {
+        /// Copy every object again under fresh blob keys, trusting nothing in the pool
+        /// (after damage that `verify` could not pin down; costs one full copy).
+        #[arg(long)]
+        full: bool,
+    },
     /// The backups in the target bucket: id, age, sizes, downtime, and the retention rule keeping each.
     List {
         /// Machine-readable output.
@@ -121,7 +126,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let command = cli.command.unwrap_or(Command::Run);
+    let command = cli.command.unwrap_or(Command::Run { full: false });
     let interactive = matches!(command, Command::Demo { .. } | Command::List { .. } | Command::Variables { .. });
     init_logging(&raw, if interactive { LogFormat::Text } else { LogFormat::Json });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -134,7 +139,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let stop = commands::watch_signals();
         match command {
-            Command::Run => commands::run(&raw, stop).await,
+            Command::Run { full } => commands::run(&raw, stop, full).await,
             Command::List { json, all } => commands::list(&raw, json, all).await,
             Command::Resume { if_stale } => commands::resume(&raw, if_stale).await,
             Command::Retention { dry_run } => commands::retention(&raw, dry_run).await,

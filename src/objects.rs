@@ -176,16 +176,34 @@ pub enum Plan {
 }
 
 /// Merge-joins the source listing (in key order) with a reference listing (in key
-/// order): an object whose key and blob tag are already recorded is reused.
+/// order): an object whose key and blob tag are already recorded is reused, unless
+/// its blob is known damaged; then, and for every copy of a `--full` run, it is copied
+/// under a fresh key (`catalog::fresh_blob_key`), so no blob is ever overwritten.
 pub struct Planner {
     reference: ListingReader,
     pending: Option<ObjectRecord>,
     last_key: Option<String>,
+    heal: Heal,
+}
+
+/// What the pool is not trusted with, for one run.
+#[derive(Debug, Clone, Default)]
+pub struct Heal {
+    /// Blobs `verify` found missing or wrong.
+    pub damaged: std::collections::HashSet<String>,
+    /// `run --full`: every copy under a fresh key.
+    pub full: bool,
+    /// The run's backup id: the fresh keys' suffix.
+    pub backup_id: String,
 }
 
 impl Planner {
     pub fn new(reference: ListingReader) -> Self {
-        Planner { reference, pending: None, last_key: None }
+        Planner::healing(reference, Heal::default())
+    }
+
+    pub fn healing(reference: ListingReader, heal: Heal) -> Self {
+        Planner { reference, pending: None, last_key: None, heal }
     }
 
     pub fn plan(&mut self, key: &str, size: u64, etag: Option<&str>, last_modified: DateTime<Utc>) -> Result<Plan, ObjectsError> {
@@ -198,15 +216,27 @@ impl Planner {
             if self.pending.is_none() {
                 self.pending = self.reference.next_record()?;
             }
+            // The same object, pooled under its key or a fresh variant of it.
+            let same =
+                |r: &ObjectRecord| r.key == key && r.size == size && (r.blob == blob || r.blob.strip_prefix(blob.as_str()).is_some_and(|s| s.starts_with('.')));
             match &self.pending {
                 Some(r) if r.key.as_str() < key => self.pending = None,
-                Some(r) if r.key == key && r.blob == blob && r.size == size => {
+                Some(r) if same(r) && !self.heal.damaged.contains(&r.blob) => {
                     let mut reused = r.clone();
                     reused.etag = etag.map(str::to_string);
                     self.pending = None;
                     return Ok(Plan::Reuse(reused));
                 }
-                _ => return Ok(Plan::Copy { key: key.to_string(), size, etag: etag.map(str::to_string), blob }),
+                Some(r) if same(r) => {
+                    warn!(key, blob = %r.blob, "the pooled copy is damaged: copying the object again under a fresh key");
+                    let blob = catalog::fresh_blob_key(&blob, &self.heal.backup_id);
+                    self.pending = None;
+                    return Ok(Plan::Copy { key: key.to_string(), size, etag: etag.map(str::to_string), blob });
+                }
+                _ => {
+                    let blob = if self.heal.full { catalog::fresh_blob_key(&blob, &self.heal.backup_id) } else { blob };
+                    return Ok(Plan::Copy { key: key.to_string(), size, etag: etag.map(str::to_string), blob });
+                }
             }
         }
     }
@@ -223,7 +253,7 @@ pub async fn sync(
     sorted: bool,
     pool: &Arc<dyn ObjectStore>,
     reference: ListingReader,
-    backup_id: &str,
+    heal: &Heal,
     concurrency: usize,
     vanished_ok: bool,
     progress: &Progress,
@@ -237,7 +267,8 @@ pub async fn sync(
         futures::stream::iter(all.into_iter().map(Ok)).boxed()
     };
 
-    let mut planner = Planner::new(reference);
+    let backup_id = heal.backup_id.as_str();
+    let mut planner = Planner::healing(reference, heal.clone());
     let mut seq = 0u64;
     let jobs = listing
         .map(|meta| {
@@ -559,6 +590,25 @@ mod tests {
         assert!(matches!(p.plan("f", 6, Some("e"), t0()).expect("ok"), Plan::Reuse(_)));
         assert!(matches!(p.plan("g", 7, Some("e"), t0()).expect("ok"), Plan::Copy { .. }));
         assert!(matches!(p.plan("a", 1, Some("e"), t0()), Err(ObjectsError::Unordered(_))));
+    }
+
+    #[test]
+    fn damaged_and_full_copies_go_to_fresh_keys_and_are_reused_after() {
+        let blob = |k: &str, size| catalog::blob_key(k, Some("e"), t0(), size);
+        let damaged = Heal { damaged: [blob("b", 2)].into(), full: false, backup_id: "B2".into() };
+        let mut p = Planner::healing(reference(&[("a", 1, "e"), ("b", 2, "e")]), damaged);
+        assert!(matches!(p.plan("a", 1, Some("e"), t0()).expect("ok"), Plan::Reuse(_)));
+        let healed = catalog::fresh_blob_key(&blob("b", 2), "B2");
+        assert!(matches!(p.plan("b", 2, Some("e"), t0()).expect("ok"), Plan::Copy { blob, .. } if blob == healed));
+        // A later run reuses the fresh key: it is the same object.
+        let mut w = ListingWriter::new();
+        w.push(&ObjectRecord { key: "b".into(), size: 2, etag: Some("e".into()), blob: healed.clone(), sha256: "s".into(), since: "B2".into() }).expect("push");
+        let (bytes, _) = w.finish().expect("finish");
+        let mut later = Planner::new(ListingReader::new(bytes, "t".into()).expect("decodes"));
+        assert!(matches!(later.plan("b", 2, Some("e"), t0()).expect("ok"), Plan::Reuse(r) if r.blob == healed));
+        let full = Heal { damaged: Default::default(), full: true, backup_id: "B3".into() };
+        let mut p = Planner::healing(ListingReader::empty(), full);
+        assert!(matches!(p.plan("a", 1, Some("e"), t0()).expect("ok"), Plan::Copy { blob: b, .. } if b == catalog::fresh_blob_key(&blob("a", 1), "B3")));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::catalog::{self, Catalog, CatalogError, Manifest, ObjectRecord};
-use crate::config::{PgServer, RestoreConfig};
+use crate::config::{DumpIdentity, PgServer, RestoreConfig};
 use crate::database::{self, DatabaseError, Tools};
 use crate::objects::{self, ObjectsError};
 use crate::progress::Progress;
@@ -32,6 +32,17 @@ pub enum RestoreError {
     Refused(Vec<String>),
     #[error("{0} is needed for this command")]
     Missing(&'static str),
+}
+
+impl RestoreError {
+    /// 2 for what the configuration lacks (an encrypted backup without
+    /// RESTORE_IDENTITY_FILE), else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RestoreError::Database(DatabaseError::IdentityMissing { .. }) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Picks a backup: the given id, or the newest complete one.
@@ -74,6 +85,12 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
         Some(_) => Some(Tools::find(cfg.bin_dir.as_deref()).await?),
         None => None,
     };
+    // Encrypted dumps: the identity opens each one's header.
+    if server.is_some() {
+        for db in &manifest.databases {
+            database::check_decryptable(catalog.store(), &db.name, db, &catalog::backup_path(&manifest.backup_id, &db.file), cfg.identity.as_ref()).await?;
+        }
+    }
     if let Some(server) = server {
         for db in &manifest.databases {
             if let Ok(mut conn) = database::connect(server, &db.name).await {
@@ -105,9 +122,8 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
         for db in &manifest.databases {
             let progress = Progress::start("restore-database", std::time::Duration::from_secs(30));
             database::ensure_database(server, &db.name).await?;
-            let bytes =
-                database::restore(server, &db.name, tools, catalog.store(), db, &catalog::backup_path(&manifest.backup_id, &db.file), opts.clean, &progress)
-                    .await?;
+            let path = catalog::backup_path(&manifest.backup_id, &db.file);
+            let bytes = database::restore(server, &db.name, tools, catalog.store(), db, &path, cfg.identity.as_ref(), opts.clean, &progress).await?;
             info!(database = %db.name, bytes, "database restored");
             summary.databases.push((db.name.clone(), bytes));
         }
@@ -240,9 +256,17 @@ pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurre
                     let progress = &progress;
                     async move {
                         let r = r?;
-                        let problem = check(&store, &catalog::recorded_path(&r.blob), r.size, deep.then_some(r.sha256.as_str()))
-                            .await
-                            .map(|p| format!("object {} (blob {}): {p}", r.key, r.blob));
+                        let problem = check(&store, &catalog::recorded_path(&r.blob), r.size, deep.then_some(r.sha256.as_str())).await;
+                        if let Some(p) = &problem {
+                            // Recorded in the bucket: the next run copies this object
+                            // again instead of reusing the damaged blob.
+                            let record =
+                                catalog::DamageRecord { blob: r.blob.clone(), problem: p.clone(), found_at: chrono::Utc::now(), backup_id: id.clone() };
+                            if let Err(e) = catalog.record_damage(&record).await {
+                                warn!(blob = %r.blob, error = %e, "could not record the damaged blob; the next run will not know to copy it again");
+                            }
+                        }
+                        let problem = problem.map(|p| format!("object {} (blob {}): {p}", r.key, r.blob));
                         progress.add_done(1, r.size);
                         Ok::<_, CatalogError>((r.size, problem))
                     }
@@ -303,9 +327,20 @@ async fn check(store: &Arc<dyn ObjectStore>, path: &Path, size: u64, sha256: Opt
 
 /// The restore drill: the dumps restored into scratch databases (dropped afterwards),
 /// then Pachyderm's own consistency: every live chunk of `storage.chunk_objects` is in
-/// the backup's object listing.
-pub async fn drill(server: &PgServer, bin_dir: Option<&std::path::Path>, catalog: &Catalog, manifest: &Manifest, f: &mut Findings) -> Result<(), RestoreError> {
+/// the backup's object listing. Encrypted dumps are decrypted with `identity`
+/// (RESTORE_IDENTITY_FILE), checked before any scratch database is made.
+pub async fn drill(
+    server: &PgServer,
+    bin_dir: Option<&std::path::Path>,
+    identity: Option<&DumpIdentity>,
+    catalog: &Catalog,
+    manifest: &Manifest,
+    f: &mut Findings,
+) -> Result<(), RestoreError> {
     let tools = Tools::find(bin_dir).await?;
+    for db in &manifest.databases {
+        database::check_decryptable(catalog.store(), &db.name, db, &catalog::backup_path(&manifest.backup_id, &db.file), identity).await?;
+    }
     let suffix = manifest.backup_id.to_ascii_lowercase().replace('-', "_");
     let mut scratch = Vec::new();
     let result = async {
@@ -315,9 +350,8 @@ pub async fn drill(server: &PgServer, bin_dir: Option<&std::path::Path>, catalog
             database::ensure_database(server, &name).await?;
             scratch.push(name.clone());
             let progress = Progress::start("drill", std::time::Duration::from_secs(30));
-            if let Err(e) =
-                database::restore(server, &name, &tools, catalog.store(), db, &catalog::backup_path(&manifest.backup_id, &db.file), false, &progress).await
-            {
+            let path = catalog::backup_path(&manifest.backup_id, &db.file);
+            if let Err(e) = database::restore(server, &name, &tools, catalog.store(), db, &path, identity, false, &progress).await {
                 f.problems.push(format!("database {} does not restore cleanly: {e}", db.name));
             }
         }

@@ -337,3 +337,51 @@ async fn a_local_backup_bucket_is_owner_only() {
     }
     assert!(seen > 10, "walked {seen} entries");
 }
+
+/// 9.1: damage `verify` finds in the pool heals: the next run copies exactly those
+/// objects again under fresh keys (never overwriting a blob an older backup
+/// references), and `run --full` re-copies everything without trusting the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_pool_heals() {
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 20, ..Default::default() }).await;
+    quiet(&mut bed);
+    bed.set("KEEP_LAST", "100");
+    bed.run(&["run"]).await.expect_code(0);
+    let first = bed.manifests().await.pop().expect("backup");
+    let listed = records(&bed, &first).await;
+    let (gone, flipped) = (&listed[0], &listed[1]);
+    bed.target.delete(&catalog::recorded_path(&gone.blob)).await.expect("delete a blob");
+    let bad = vec![0x5au8; flipped.size as usize];
+    bed.target.put(&catalog::recorded_path(&flipped.blob), bad.clone().into()).await.expect("damage a blob");
+
+    let out = bed.run(&["verify", "--deep"]).await;
+    out.expect_code(1);
+    let damage_dir = bed.dir.path().join("target").join(catalog::DAMAGE_DIR);
+    assert_eq!(std::fs::read_dir(&damage_dir).expect("damage records").count(), 2, "verify recorded both blobs");
+
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    let healed = bed.manifests().await.pop().expect("backup");
+    assert_eq!((healed.objects.counts.copied, healed.objects.counts.reused), (2, 18), "exactly the damaged objects copied again");
+    for r in records(&bed, &healed).await {
+        if r.key == gone.key || r.key == flipped.key {
+            assert_eq!(r.blob, catalog::fresh_blob_key(if r.key == gone.key { &gone.blob } else { &flipped.blob }, &healed.backup_id), "a fresh key");
+        }
+    }
+    assert!(!exists(&bed.target, &gone.blob).await, "the old key is never rewritten");
+    assert!(read(&bed.target, &flipped.blob).await == bad, "the old key is never rewritten");
+    assert_eq!(std::fs::read_dir(&damage_dir).map(|d| d.count()).unwrap_or(0), 0, "records cleared once healed");
+    bed.run(&["verify", "--backup", &healed.backup_id, "--deep"]).await.expect_code(0);
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    let next = bed.manifests().await.pop().expect("backup");
+    assert_eq!(next.objects.counts.copied, 0, "healed blobs are reused afterwards");
+
+    // --full: nothing in the pool is trusted.
+    let out = bed.run(&["run", "--full"]).await;
+    out.expect_code(0);
+    let full = bed.manifests().await.pop().expect("backup");
+    assert_eq!((full.objects.counts.copied, full.objects.counts.reused), (20, 0));
+    assert!(records(&bed, &full).await.iter().all(|r| r.blob.ends_with(&format!(".{}", full.backup_id))), "every blob under a fresh key");
+    bed.run(&["verify", "--backup", &full.backup_id, "--deep"]).await.expect_code(0);
+}

@@ -91,6 +91,11 @@ def chart(helm):
 # ---------------------------------------------------------------------- values sets
 
 TARGET = {"url": "s3://backups/pachyderm", "secretName": "backup-bucket"}
+# age public keys (age1…): the first is age's own documentation example.
+RECIPIENTS = [
+    "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+    "age18x9xfmt8ghuya9q9q89707n5qz58ckcsj4fz7vh4qps628gduktqmt92zs",
+]
 
 VALUES_SETS: dict[str, dict] = {
     "defaults": {},
@@ -215,6 +220,7 @@ VALUES_SETS: dict[str, dict] = {
             "databases": ["pachyderm", "dex", "extra"],
             "binDir": "/usr/lib/postgresql/17/bin",
         },
+        "encryption": {"recipients": RECIPIENTS},
         "source": {"backend": "minio", "endpoint": "https://minio.pachyderm.svc:9000", "region": "eu-central-1"},
         "target": {
             "url": "s3://backups/pachyderm",
@@ -260,6 +266,7 @@ VALUES_SETS: dict[str, dict] = {
                 "sslRootCert": "/etc/postgres-ca/ca.crt",
                 "password": {"secretName": "scratch-postgres", "secretKey": "password"},
                 "url": "s3://scratch/pachyderm",
+                "identity": {"secretName": "pachyderm-backup-age", "secretKey": "key.txt"},
                 "region": "eu-central-1",
                 "endpoint": "http://minio-scratch.backup.svc:9000",
                 "secretName": "scratch-bucket",
@@ -344,6 +351,11 @@ BAD_VALUES: dict[str, tuple[dict, str]] = {
         "/target/workloadIdentity",
     ),
     "source-workload-identity-string": ({"source": {"workloadIdentity": "true"}}, "/source/workloadIdentity"),
+    "recipient-not-a-public-key": (
+        {"encryption": {"recipients": ["AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ"]}},
+        "/encryption/recipients/0",
+    ),
+    "recipients-not-a-list": ({"encryption": {"recipients": RECIPIENTS[0]}}, "/encryption/recipients"),
 }
 
 # Values that pass the schema but that the templates refuse (checks JSON schema
@@ -368,6 +380,10 @@ BAD_TEMPLATE_VALUES: dict[str, tuple[dict, str]] = {
     "source-bucket-key-removed": (
         {"source": {"secretKeys": {"amazon": {"SOURCE_AWS_BUCKET": None}}}},
         "source.url",
+    ),
+    "drill-of-encrypted-dumps-without-identity": (
+        {"encryption": {"recipients": RECIPIENTS}, "drill": {"enabled": True, "restore": {"pghost": "scratch"}}},
+        "drill.restore.identity.secretName",
     ),
 }
 
@@ -703,6 +719,42 @@ def test_resume_guard_and_drill(render, chart, name):
         assert cronjob(docs, "-resume-guard")["spec"]["schedule"] == values["resumeGuard"]["schedule"]
     # RESTORE_* never reach the backup itself
     assert not [n for n in env_of(backup_container(docs)) if n.startswith("RESTORE_")]
+
+
+def test_encryption_keys_reach_only_where_they_are_needed(render):
+    """The recipients go to every CronJob (only the backup uses them); the identity is
+    mounted into the drill's pod only, where RESTORE_IDENTITY_FILE names it."""
+    docs = render("everything-on")
+    for suffix in ("", "-resume-guard", "-drill"):
+        env = env_of(backup_container(docs, suffix))
+        assert env["DUMP_RECIPIENTS"]["value"] == ",".join(RECIPIENTS)
+        pod = cronjob(docs, suffix)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        secrets = [v["secret"] for v in pod["volumes"] if "secret" in v]
+        mounts = {m["name"]: m for m in backup_container(docs, suffix).get("volumeMounts", [])}
+        if suffix != "-drill":
+            assert "RESTORE_IDENTITY_FILE" not in env and "age-identity" not in mounts
+            assert not [s for s in secrets if s["secretName"] == "pachyderm-backup-age"], f"{suffix or 'backup'} mounts the identity"
+            continue
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "age-identity"]
+        assert volume["secret"] == {
+            "secretName": "pachyderm-backup-age",
+            "defaultMode": 0o440,
+            "items": [{"key": "key.txt", "path": "identity.txt"}],
+        }
+        mount = mounts["age-identity"]
+        assert mount["readOnly"] is True
+        assert env["RESTORE_IDENTITY_FILE"]["value"] == mount["mountPath"] + "/identity.txt"
+    # Unencrypted by default: no variable, no volume, and the release notes warn.
+    defaults = render("defaults")
+    assert "DUMP_RECIPIENTS" not in env_of(backup_container(defaults))
+
+
+def test_notes_warn_about_unencrypted_dumps(chart):
+    notes = lambda values: next(  # noqa: E731
+        text for path, text in chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE).items() if path.endswith("NOTES.txt")
+    )
+    assert "UNENCRYPTED" in notes(VALUES_SETS["defaults"])
+    assert "UNENCRYPTED" not in notes(VALUES_SETS["everything-on"])
 
 
 def test_resume_guard_default_schedule(render):

@@ -108,7 +108,14 @@ after SIGTERM (RESUME_TIMEOUT + 60 s unless set).
 {{- if and (eq .Values.source.backend "none") (not .Values.source.url) -}}
 {{- fail "source.url is required when source.backend is none" -}}
 {{- end -}}
+{{- if and .Values.drill.enabled .Values.encryption.recipients (not .Values.drill.restore.identity.secretName) -}}
+{{- fail "drill.restore.identity.secretName is required when encryption.recipients is set and the drill is enabled: the drill restores the encrypted dumps, and only an identity of one of the recipients decrypts them" -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Where the drill reads its age identity (RESTORE_IDENTITY_FILE). */}}
+{{- define "pachyderm-backup.identityDir" -}}/etc/pachyderm-backup/age{{- end -}}
+{{- define "pachyderm-backup.identityFile" -}}{{ include "pachyderm-backup.identityDir" . }}/identity.txt{{- end -}}
 
 {{/* A plain variable, emitted only when the value is set. */}}
 {{- define "pachyderm-backup.envVar" -}}
@@ -210,6 +217,7 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- include "pachyderm-backup.envVar" (list "PGSSLROOTCERT" $v.postgresql.sslRootCert) }}
 {{- include "pachyderm-backup.envVar" (list "DATABASES" (join "," $v.postgresql.databases)) }}
 {{- include "pachyderm-backup.envVar" (list "PG_BIN_DIR" $v.postgresql.binDir) }}
+{{- include "pachyderm-backup.envVar" (list "DUMP_RECIPIENTS" (join "," $v.encryption.recipients)) }}
 {{- /* Source bucket: Pachyderm's storage Secret, then plain values */}}
 {{- $src := $v.source }}
 {{- if ne $src.backend "none" }}
@@ -289,6 +297,9 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- end }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_PGSSLMODE" $r.sslMode) }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_PGSSLROOTCERT" $r.sslRootCert) }}
+{{- if $r.identity.secretName }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_IDENTITY_FILE" (include "pachyderm-backup.identityFile" .)) }}
+{{- end }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_URL" $r.url) }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_AWS_REGION" $r.region) }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_AWS_ENDPOINT" $r.endpoint) }}
@@ -381,6 +392,11 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- if and .restore $v.drill.restore.identity.secretName }}
+            - name: age-identity
+              mountPath: {{ include "pachyderm-backup.identityDir" $root }}
+              readOnly: true
+            {{- end }}
             {{- with $v.extraVolumeMounts }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -388,6 +404,16 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: {{ $v.tmpSizeLimit | quote }}
+        {{- if and .restore $v.drill.restore.identity.secretName }}
+        # The age identity: the drill's pod only, readable by the pod's group (fsGroup).
+        - name: age-identity
+          secret:
+            secretName: {{ $v.drill.restore.identity.secretName | quote }}
+            defaultMode: 288 # 0440
+            items:
+              - key: {{ $v.drill.restore.identity.secretKey | quote }}
+                path: identity.txt
+        {{- end }}
         {{- with $v.extraVolumes }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
