@@ -234,6 +234,7 @@ async fn a_run_killed_while_paused_is_resumed_by_the_next_run_and_by_resume() {
         assert!(!bed.kube.annotations_containing("pachyderm-backup/replicas").is_empty(), "the original replicas are on the objects");
         // The dead run's Lease expires (LEASE_DURATION 15s in the bed); shorten the wait.
         bed.kube.hold_lease("pachyderm-backup", "dead", Duration::from_secs(100), 15);
+        bed.expire_bucket_lock().await;
         match recover_with {
             "run" => {
                 let out = bed.run(&["run"]).await;

@@ -251,6 +251,16 @@ impl Bed {
         assert_eq!(self.kube.annotations_containing("pachyderm-backup/"), Vec::<String>::new(), "pause annotations left behind");
     }
 
+    /// What a dead run's bucket lock looks like once its LEASE_DURATION has passed:
+    /// `lock.json` (if any) rewritten with an expiry in the past.
+    pub async fn expire_bucket_lock(&self) {
+        let path = object_store::path::Path::from(pachyderm_backup::catalog::LOCK);
+        let Ok(found) = self.target.get(&path).await else { return };
+        let mut lock: serde_json::Value = serde_json::from_slice(&found.bytes().await.expect("read the lock")).expect("a lock record");
+        lock["expires_at"] = serde_json::json!(chrono::Utc::now() - chrono::Duration::seconds(1));
+        self.target.put(&path, serde_json::to_vec(&lock).expect("json").into()).await.expect("expire the lock");
+    }
+
     /// Adds chunks `range` to the source bucket (and nothing to the database).
     pub async fn add_chunks(&self, range: std::ops::RangeInclusive<u64>) {
         seed_chunks(&self.source, range).await.expect("seed more chunks");
