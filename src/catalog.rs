@@ -18,6 +18,9 @@ pub const MANIFEST: &str = "manifest.json";
 pub const LISTING: &str = "objects.jsonl.zst";
 /// Written first, with a create-if-absent put: whoever writes it owns the backup id.
 pub const CLAIM: &str = "claim.json";
+/// Written and deleted by the preflight, inside the claimed folder: a run killed
+/// before deleting it leaves it where retention collects dead runs' leftovers.
+pub const PROBE: &str = "preflight-probe";
 /// At the prefix's root: the writer (run, retention, restore) that holds the bucket.
 pub const LOCK: &str = "lock.json";
 /// Pool blobs that `verify` found missing or wrong, one record each: the next run

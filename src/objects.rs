@@ -88,9 +88,8 @@ pub async fn probe_listable(store: &Arc<dyn ObjectStore>, side: &'static str) ->
     Ok(())
 }
 
-/// Preflight: a probe object can be written, read back and deleted.
-pub async fn probe_writable(store: &Arc<dyn ObjectStore>, side: &'static str, run_id: &str) -> Result<(), ObjectsError> {
-    let path = Path::from(format!(".pachyderm-backup-probe-{run_id}"));
+/// Preflight: a probe object (at `path`) can be written, read back and deleted.
+pub async fn probe_writable(store: &Arc<dyn ObjectStore>, side: &'static str, path: &Path) -> Result<(), ObjectsError> {
     let err = |what: &str| {
         let what = what.to_string();
         move |source| ObjectsError::Store { side, what, source }
