@@ -273,7 +273,9 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
         return Err(RunError::Config(foreign_cluster(&other.cluster, &other.backup_id, &cluster_name)));
     }
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pachyderm-backup".into());
-    let run_token = format!("{host}/{}-{}", std::process::id(), clock.real.elapsed().as_nanos() ^ u128::from(started_at.timestamp_subsec_nanos()));
+    // Unique to this run, also among runs of one process (the tests run several).
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run_token = format!("{host}/{}-{}", std::process::id(), RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     // The bucket lock: one writer of the backup bucket at a time, in every pause mode.
     let mut bucket_lock = match t.time(Phase::Lock, catalog.lock(&run_token, "run", cfg.cluster.lease_duration)).await {
         Ok(l) => l,
