@@ -456,7 +456,12 @@ async fn run_locked(
         if let Some(s) = &source {
             bounded(limit, "listing the source bucket", objects::probe_listable(s, "source")).await?;
         }
-        bounded(limit, "writing a probe to the target bucket", objects::probe_writable(catalog.store(), "target", &catalog::backup_path(backup_id, catalog::PROBE))).await?;
+        bounded(
+            limit,
+            "writing a probe to the target bucket",
+            objects::probe_writable(catalog.store(), "target", &catalog::backup_path(backup_id, catalog::PROBE)),
+        )
+        .await?;
         let version = match cluster {
             Some(c) => bounded(limit, "reading Pachyderm's version", c.pachyderm_version()).await?,
             None => None,

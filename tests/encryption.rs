@@ -13,22 +13,6 @@ use pachyderm_backup::catalog::DumpEncryption;
 use sha2::Digest;
 use support::*;
 
-fn restore_env(pg: &TempPostgres, url: &str) -> Vec<(String, String)> {
-    vec![
-        ("RESTORE_PGHOST".into(), "127.0.0.1".into()),
-        ("RESTORE_PGPORT".into(), pg.port.to_string()),
-        ("RESTORE_PGUSER".into(), "postgres".into()),
-        ("RESTORE_PGSSLMODE".into(), "disable".into()),
-        ("RESTORE_URL".into(), url.into()),
-    ]
-}
-
-async fn with_env(bed: &Bed, extra: Vec<(String, String)>, args: &[&str]) -> Output {
-    let mut env = bed.env();
-    env.extend(extra);
-    run_to_end(binary(args, &env)).await
-}
-
 /// An identity file as `age-keygen -o` writes it.
 fn identity_file(dir: &std::path::Path, name: &str, identity: &Identity) -> (String, String) {
     let path = dir.join(name);
@@ -107,7 +91,7 @@ async fn encrypted_dumps_hold_no_plaintext_and_restore_only_with_the_identity() 
     let restore = restore_env(&bed.pg, "file:///nonexistent");
 
     // No identity: exit 2, naming the variable and the recipients; nothing created.
-    let out = with_env(&bed, restore.clone(), &["restore", "--skip-objects"]).await;
+    let out = run_with(&bed, restore.clone(), &["restore", "--skip-objects"]).await;
     out.expect_code(2);
     assert!(out.stderr.contains("RESTORE_IDENTITY_FILE") && out.stderr.contains(&recipients[0]), "{}", out.stderr);
     assert_eq!(databases_on(&bed.pg), "0", "nothing was written");
@@ -115,7 +99,7 @@ async fn encrypted_dumps_hold_no_plaintext_and_restore_only_with_the_identity() 
     // A stranger's identity: exit 1, saying whose the dump is and whose the key is.
     let mut env = restore.clone();
     env.push(identity_file(dir.path(), "stranger.txt", &stranger));
-    let out = with_env(&bed, env, &["restore", "--skip-objects"]).await;
+    let out = run_with(&bed, env, &["restore", "--skip-objects"]).await;
     out.expect_code(1);
     assert!(
         out.stderr.contains("matches none") && out.stderr.contains(&recipients[1]) && out.stderr.contains(&stranger.to_public().to_string()),
@@ -128,7 +112,7 @@ async fn encrypted_dumps_hold_no_plaintext_and_restore_only_with_the_identity() 
     // The identity of either recipient: every row back.
     let mut env = restore.clone();
     env.push(identity_file(dir.path(), "theirs.txt", &theirs));
-    let out = with_env(&bed, env.clone(), &["restore", "--skip-objects"]).await;
+    let out = run_with(&bed, env.clone(), &["restore", "--skip-objects"]).await;
     out.expect_code(0);
     assert_eq!((table_checksums(&bed.pg, "pachyderm"), table_checksums(&bed.pg, "dex")), before, "every table's rows are back");
 
@@ -141,7 +125,7 @@ async fn encrypted_dumps_hold_no_plaintext_and_restore_only_with_the_identity() 
     let at = damaged.len() / 2;
     damaged[at] ^= 0x20;
     bed.target.put(&key.as_str().into(), damaged.into()).await.expect("damage");
-    let out = with_env(&bed, env, &["restore", "--skip-objects", "--clean"]).await;
+    let out = run_with(&bed, env, &["restore", "--skip-objects", "--clean"]).await;
     out.expect_code(1);
     assert!(out.stderr.contains("the dump is damaged") && out.stderr.contains(&pachyderm.sha256), "{}", out.stderr);
     bed.target.put(&key.as_str().into(), original.into()).await.expect("repair");
@@ -149,10 +133,10 @@ async fn encrypted_dumps_hold_no_plaintext_and_restore_only_with_the_identity() 
     // The drill decrypts too, and without the identity it is a configuration error.
     let mut drill = restore_env(&bed.pg, "");
     drill.push(identity_file(dir.path(), "ours.txt", &ours));
-    let out = with_env(&bed, drill, &["verify", "--drill"]).await;
+    let out = run_with(&bed, drill, &["verify", "--drill"]).await;
     out.expect_code(0);
     assert!(out.logs().iter().any(|l| l["message"] == "drill: metadata and objects compared" && l["chunks"] == 8 && l["missing"] == 0), "{}", out.stderr);
-    let out = with_env(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await;
+    let out = run_with(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await;
     out.expect_code(2);
     assert!(out.stderr.contains("RESTORE_IDENTITY_FILE"), "{}", out.stderr);
     assert_eq!(bed.pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'pbdrill%'").expect("q").trim(), "0");
@@ -181,7 +165,7 @@ async fn unencrypted_dumps_are_warned_about_and_bad_keys_exit_2() {
     let dir = tempfile::tempdir().expect("dir");
     let mut env = restore_env(&bed.pg, "file:///nonexistent");
     env.push(identity_file(dir.path(), "key.txt", &Identity::generate()));
-    with_env(&bed, env, &["restore", "--skip-objects", "--clean"]).await.expect_code(0);
+    run_with(&bed, env, &["restore", "--skip-objects", "--clean"]).await.expect_code(0);
 
     // Bad keys: exit 2, named, nothing touched, no secret echoed.
     let folders = bed.folders().await;
@@ -208,7 +192,7 @@ async fn unencrypted_dumps_are_warned_about_and_bad_keys_exit_2() {
     for (file, fragment) in [("missing.txt", "cannot be read"), ("public.txt", "is a recipient"), ("garbled.txt", "not an age X25519 identity")] {
         let mut env = restore_env(&bed.pg, "");
         env.push(("RESTORE_IDENTITY_FILE".into(), dir.path().join(file).display().to_string()));
-        let out = with_env(&bed, env, &["verify", "--drill"]).await;
+        let out = run_with(&bed, env, &["verify", "--drill"]).await;
         out.expect_code(2);
         assert!(out.stderr.lines().any(|l| l.contains("RESTORE_IDENTITY_FILE") && l.contains(fragment)), "{file}:\n{}", out.stderr);
         assert!(!out.stderr.contains(&secret[16..]), "the file's content is printed");

@@ -16,22 +16,6 @@ fn pg_tools(major: u32) -> PathBuf {
     dir
 }
 
-fn restore_env(pg: &TempPostgres, url: &str) -> Vec<(String, String)> {
-    vec![
-        ("RESTORE_PGHOST".into(), "127.0.0.1".into()),
-        ("RESTORE_PGPORT".into(), pg.port.to_string()),
-        ("RESTORE_PGUSER".into(), "postgres".into()),
-        ("RESTORE_PGSSLMODE".into(), "disable".into()),
-        ("RESTORE_URL".into(), url.into()),
-    ]
-}
-
-async fn restore_cmd(bed: &Bed, extra: Vec<(String, String)>, args: &[&str]) -> Output {
-    let mut env = bed.env();
-    env.extend(extra);
-    run_to_end(binary(args, &env)).await
-}
-
 async fn keys(store: &std::sync::Arc<dyn ObjectStore>) -> Vec<String> {
     let mut k: Vec<String> = store.list(None).map_ok(|m| m.location.to_string()).try_collect().await.expect("list");
     k.sort();
@@ -53,7 +37,7 @@ async fn round_trip_after_destroying_the_source() {
     }
     assert!(keys(&bed.source).await.is_empty());
 
-    let out = restore_cmd(&bed, restore_env(&bed.pg, &bed.source_url), &["restore"]).await;
+    let out = run_with(&bed, restore_env(&bed.pg, &bed.source_url), &["restore"]).await;
     out.expect_code(0);
     assert!(out.stdout.contains("60 restored") && out.stdout.contains("0 mismatches"), "{}", out.stdout);
     assert_eq!((table_checksums(&bed.pg, "pachyderm"), table_checksums(&bed.pg, "dex")), before, "every table's rows are back");
@@ -76,7 +60,7 @@ async fn newer_tools_restore_into_older_servers() {
     for server in [bed.pg.bin.clone(), pg_tools(14)] {
         let older = tokio::task::spawn_blocking(move || TempPostgres::start_with(server).expect("start the older server")).await.expect("join");
         let version = older.psql("postgres", "SHOW server_version").expect("version");
-        let out = restore_cmd(&bed, restore_env(&older, "file:///nonexistent"), &["restore", "--skip-objects"]).await;
+        let out = run_with(&bed, restore_env(&older, "file:///nonexistent"), &["restore", "--skip-objects"]).await;
         out.expect_code(0);
         assert!(
             out.stderr.contains("only the transaction_timeout setting the older server does not know"),
@@ -101,10 +85,10 @@ async fn an_interrupted_object_restore_resumes_without_recopying() {
     }
     dest.put(&chunk_key(16).into(), vec![0u8; chunk_size(16)].into()).await.expect("put");
     let url = format!("file://{}", dest_dir.display());
-    let refused = restore_cmd(&bed, restore_env(&bed.pg, &url), &["restore", "--skip-databases"]).await;
+    let refused = run_with(&bed, restore_env(&bed.pg, &url), &["restore", "--skip-databases"]).await;
     refused.expect_code(1);
     assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
-    let out = restore_cmd(&bed, restore_env(&bed.pg, &url), &["restore", "--skip-databases", "--force"]).await;
+    let out = run_with(&bed, restore_env(&bed.pg, &url), &["restore", "--skip-databases", "--force"]).await;
     out.expect_code(0);
     assert!(out.stdout.contains("25 restored") && out.stdout.contains("15 already there"), "{}", out.stdout);
     for i in 1..=40 {
@@ -121,32 +105,32 @@ async fn refusals_write_nothing() {
     let empty_url = format!("file://{}", empty_dir.display());
 
     // Non-empty databases without --clean (the source server still has them).
-    let out = restore_cmd(&bed, restore_env(&bed.pg, &empty_url), &["restore"]).await;
+    let out = run_with(&bed, restore_env(&bed.pg, &empty_url), &["restore"]).await;
     out.expect_code(1);
     assert!(out.stderr.contains("database pachyderm on the restore server is not empty") && out.stderr.contains("--clean"), "{}", out.stderr);
     assert_eq!(std::fs::read_dir(&empty_dir).expect("dir").count(), 0, "no object written");
 
     // A non-empty bucket without --force, into a fresh server: no database created.
     let fresh = tokio::task::spawn_blocking(|| TempPostgres::start().expect("start")).await.expect("join");
-    let out = restore_cmd(&bed, restore_env(&fresh, &bed.source_url), &["restore"]).await;
+    let out = run_with(&bed, restore_env(&fresh, &bed.source_url), &["restore"]).await;
     out.expect_code(1);
     assert!(out.stderr.contains("is not empty") && out.stderr.contains("--force"), "{}", out.stderr);
     assert_eq!(fresh.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname IN ('pachyderm', 'dex')").expect("q").trim(), "0");
 
     // An unknown backup id.
-    let out = restore_cmd(&bed, restore_env(&fresh, &empty_url), &["restore", "--backup", "19990101T000000Z"]).await;
+    let out = run_with(&bed, restore_env(&fresh, &empty_url), &["restore", "--backup", "19990101T000000Z"]).await;
     out.expect_code(1);
     assert!(out.stderr.contains("19990101T000000Z has no manifest"), "{}", out.stderr);
     assert_eq!(std::fs::read_dir(&empty_dir).expect("dir").count(), 0);
 
     // --clean replaces the content.
     bed.pg.psql("pachyderm", "DELETE FROM auth.role_bindings").expect("change");
-    let out = restore_cmd(&bed, restore_env(&bed.pg, &empty_url), &["restore", "--clean"]).await;
+    let out = run_with(&bed, restore_env(&bed.pg, &empty_url), &["restore", "--clean"]).await;
     out.expect_code(0);
     assert_eq!(bed.pg.psql("pachyderm", "SELECT count(*) FROM auth.role_bindings").expect("q").trim(), "200");
 
     // The captured Kubernetes objects are printed, not applied.
-    let out = restore_cmd(&bed, vec![], &["restore", "--cluster-objects"]).await;
+    let out = run_with(&bed, vec![], &["restore", "--cluster-objects"]).await;
     out.expect_code(0);
     assert!(out.stdout.contains("# cluster/deployments/pachd.json") && out.stdout.contains("\"kind\": \"Deployment\""), "{}", out.stdout);
 }
@@ -179,7 +163,7 @@ async fn verify_deep_catches_altered_and_deleted_blobs() {
 async fn verify_drill_checks_metadata_against_objects() {
     let bed = Bed::new(BedOptions { chunks: 12, ..Default::default() }).await;
     bed.run(&["run"]).await.expect_code(0);
-    let out = restore_cmd(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await;
+    let out = run_with(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await;
     out.expect_code(0);
     assert!(out.logs().iter().any(|l| l["message"] == "drill: metadata and objects compared" && l["chunks"] == 12 && l["missing"] == 0), "{}", out.stderr);
     assert_eq!(bed.pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'pbdrill%'").expect("q").trim(), "0", "scratch databases dropped");
@@ -187,7 +171,7 @@ async fn verify_drill_checks_metadata_against_objects() {
     // A chunk the metadata references but the bucket lost before the backup.
     bed.source.delete(&chunk_key(7).into()).await.expect("delete");
     bed.run(&["run"]).await.expect_code(0);
-    let out = restore_cmd(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await;
+    let out = run_with(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await;
     out.expect_code(1);
     assert!(out.stdout.contains("1 live chunk(s) referenced by storage.chunk_objects are missing") && out.stdout.contains(&chunk_key(7)), "{}", out.stdout);
     assert_eq!(bed.pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'pbdrill%'").expect("q").trim(), "0");

@@ -301,17 +301,10 @@ async fn a_damaged_dump_never_restores_silently() {
     bed.target.put(&dump, Bytes::from(bytes).into()).await.expect("damage the dump");
 
     let fresh = tokio::task::spawn_blocking(|| TempPostgres::start().expect("start")).await.expect("join");
-    let mut env = bed.env();
-    env.extend([
-        ("RESTORE_PGHOST".to_string(), "127.0.0.1".to_string()),
-        ("RESTORE_PGPORT".to_string(), fresh.port.to_string()),
-        ("RESTORE_PGUSER".to_string(), "postgres".to_string()),
-        ("RESTORE_PGSSLMODE".to_string(), "disable".to_string()),
-    ]);
-    let out = run_to_end(binary(&["restore", "--skip-objects"], &env)).await;
+    let out = run_with(&bed, restore_env(&fresh, "file:///nonexistent"), &["restore", "--skip-objects"]).await;
     out.expect_code(1);
     assert!(out.stderr.contains(&format!("the dump of {} read from the bucket has SHA-256", m.databases[0].name)), "{}", out.stderr);
-    let out = run_to_end(binary(&["verify", "--drill"], &env)).await;
+    let out = run_with(&bed, restore_env(&fresh, "file:///nonexistent"), &["verify", "--drill"]).await;
     out.expect_code(1);
     assert!(out.stdout.contains(&format!("database {}: checksum", m.databases[0].name)), "the drill checks the dump's bytes first:\n{}", out.stdout);
 }

@@ -267,6 +267,24 @@ impl Bed {
     }
 }
 
+/// The restore server (`RESTORE_PG*`) and bucket (`RESTORE_URL`) variables.
+pub fn restore_env(pg: &TempPostgres, url: &str) -> Vec<(String, String)> {
+    vec![
+        ("RESTORE_PGHOST".into(), "127.0.0.1".into()),
+        ("RESTORE_PGPORT".into(), pg.port.to_string()),
+        ("RESTORE_PGUSER".into(), "postgres".into()),
+        ("RESTORE_PGSSLMODE".into(), "disable".into()),
+        ("RESTORE_URL".into(), url.into()),
+    ]
+}
+
+/// Runs the binary with the bed's variables plus `extra`.
+pub async fn run_with(bed: &Bed, extra: Vec<(String, String)>, args: &[&str]) -> Output {
+    let mut env = bed.env();
+    env.extend(extra);
+    run_to_end(binary(args, &env)).await
+}
+
 /// The real binary with exactly `env` (the machine's own variables are not inherited,
 /// so a stray AWS_* cannot change a test).
 pub fn binary(args: &[&str], env: &[(String, String)]) -> tokio::process::Command {
