@@ -308,6 +308,9 @@ pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: Dat
     // Sweep, batched deletes through object_store's bulk API.
     let store = catalog.store();
     let pool = object_store::path::Path::from(catalog::BLOBS_DIR);
+    // Resumed from the last key after a failed page. A store that does not list in key
+    // order (a local directory) may then skip some blobs: they are swept next time; a
+    // skipped blob is only never deleted, so nothing referenced is at risk.
     let doomed = crate::objects::list_resuming(store.clone(), Some(pool), true)
         .map_err(|source| RetentionError::Store { what: "listing the blob pool".into(), source })
         .try_filter_map(|meta| {

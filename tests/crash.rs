@@ -18,8 +18,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -84,59 +83,6 @@ fn proxied(phase: Phase) -> Option<&'static str> {
 /// The proxy path of a file of backup `id` (path-style: /bucket/prefix/key).
 fn target_path(id: &str, file: &str) -> String {
     format!("/backups/nightly/backups/{id}/{file}")
-}
-
-/// A listener that accepts connections, holds them and never answers, counting them.
-fn hanging_port() -> (u16, Arc<AtomicUsize>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in listener.incoming().flatten() {
-            counter.fetch_add(1, Ordering::SeqCst);
-            held.push(conn);
-        }
-    });
-    (port, accepted)
-}
-
-/// `TableLock`'s counterpart in `dex`: an ACCESS EXCLUSIVE lock on its `client` table,
-/// so that pg_dump of `dex` blocks.
-struct DexLock {
-    conn: sqlx::PgConnection,
-}
-
-impl DexLock {
-    async fn take(pg: &TempPostgres) -> DexLock {
-        use sqlx::{ConnectOptions, Executor};
-        let mut conn = sqlx::postgres::PgConnectOptions::new_without_pgpass()
-            .host("127.0.0.1")
-            .port(pg.port)
-            .username("postgres")
-            .database("dex")
-            .connect()
-            .await
-            .expect("connect for the lock");
-        conn.execute("BEGIN; LOCK TABLE client IN ACCESS EXCLUSIVE MODE").await.expect("lock");
-        DexLock { conn }
-    }
-
-    async fn release(mut self) {
-        use sqlx::Executor;
-        self.conn.execute("ROLLBACK").await.expect("release the lock");
-    }
-}
-
-/// Whether a pg_dump of pachyderm-backup waits on a lock in `database`.
-fn dump_blocked_in(pg: &TempPostgres, database: &str) -> bool {
-    pg.psql(
-        "postgres",
-        &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' AND wait_event_type = 'Lock' AND application_name = 'pachyderm-backup'"),
-    )
-    .map(|s| s.trim() != "0")
-    .unwrap_or(false)
 }
 
 /// Sessions of pachyderm-backup (its pg_dumps, orphaned by the kill, included).
@@ -268,7 +214,7 @@ async fn kill_at(phase: Phase) {
             });
         }
         Pause => bed.kube.pods_never_terminate(true),
-        DumpDex => dex_lock = Some(DexLock::take(&bed.pg).await),
+        DumpDex => dex_lock = Some(TableLock::take_on(&bed.pg, "dex", "client").await),
         // The run is held at its pachyderm dump while the proxy's rules are set for the
         // backup id it claimed.
         DumpPachyderm | Commit | RetentionMark | RetentionPrune | RetentionSweep => lock = Some(TableLock::take(&bed.pg).await),

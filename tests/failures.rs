@@ -178,25 +178,11 @@ async fn a_transient_api_error_during_resume_is_retried() {
     assert!(out.stderr.contains("retrying the resume"), "{}", out.stderr);
 }
 
-/// A listener that accepts connections and never answers: a PostgreSQL (or any server)
-/// that hangs.
-fn hanging_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in listener.incoming().flatten() {
-            held.push(conn);
-        }
-    });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preflight_step_that_hangs_is_bounded() {
     // A database server that accepts and never answers.
     let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
-    bed.set("PGPORT", &hanging_port().to_string());
+    bed.set("PGPORT", &hanging_port().0.to_string());
     bed.set("PREFLIGHT_TIMEOUT", "2s");
     let out = bed.run(&["run"]).await;
     assert_failed_cleanly(&bed, &out, "checking database pachyderm did not finish within PREFLIGHT_TIMEOUT (2s)").await;

@@ -259,14 +259,7 @@ async fn a_pushgateway_down_or_hanging_never_fails_the_backup() {
     assert!(!out.stderr.contains("hunter2pw") && !out.stdout.contains("hunter2pw"), "the password was logged:\n{}", out.stderr);
 
     // A gateway that accepts connections and never answers.
-    let hanging = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = hanging.local_addr().expect("addr").port();
-    let _keep = std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in hanging.incoming().flatten() {
-            held.push(conn);
-        }
-    });
+    let (port, _) = hanging_port();
     bed.set("PUSHGATEWAY_URL", &format!("http://127.0.0.1:{port}"));
     bed.set("PUSHGATEWAY_TIMEOUT", "1s");
     let out = bed.run(&["run"]).await;

@@ -364,17 +364,23 @@ pub struct TableLock {
 }
 
 impl TableLock {
+    /// The lock on `pachyderm`'s `pfs.commits`: pg_dump of `pachyderm` blocks.
     pub async fn take(pg: &TempPostgres) -> TableLock {
+        TableLock::take_on(pg, "pachyderm", "pfs.commits").await
+    }
+
+    pub async fn take_on(pg: &TempPostgres, database: &str, table: &str) -> TableLock {
         use sqlx::{ConnectOptions, Executor};
         let mut conn = sqlx::postgres::PgConnectOptions::new_without_pgpass()
             .host("127.0.0.1")
             .port(pg.port)
             .username("postgres")
-            .database("pachyderm")
+            .database(database)
             .connect()
             .await
             .expect("connect for the lock");
-        conn.execute("BEGIN; LOCK TABLE pfs.commits IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+        let statement = format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE");
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(statement))).await.expect("lock");
         TableLock { conn: Some(conn) }
     }
 
@@ -388,12 +394,34 @@ impl TableLock {
 
 /// Whether a pg_dump session waits on a lock in `pachyderm`.
 pub fn dump_is_blocked(pg: &TempPostgres) -> bool {
+    dump_blocked_in(pg, "pachyderm")
+}
+
+/// Whether a pg_dump session of pachyderm-backup waits on a lock in `database`.
+pub fn dump_blocked_in(pg: &TempPostgres, database: &str) -> bool {
     pg.psql(
         "postgres",
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'pachyderm' AND wait_event_type = 'Lock' AND application_name = 'pachyderm-backup'",
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' AND wait_event_type = 'Lock' AND application_name = 'pachyderm-backup'"),
     )
     .map(|s| s.trim() != "0")
     .unwrap_or(false)
+}
+
+/// A listener that accepts connections, holds them and never answers (a server that
+/// hangs), and how many it accepted.
+pub fn hanging_port() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    (port, accepted)
 }
 
 /// Row checksums of every table of `database`, by table.
