@@ -328,6 +328,10 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
         clock,
     )
     .await;
+    if outcome.is_err() {
+        // Still under the bucket lock: the failed run's partial folder goes now.
+        catalog.abandon(&backup_id, &run_token).await;
+    }
     // Retention only after a committed backup, still under the Lease.
     let retention = match &outcome {
         Ok(_) => {
@@ -400,7 +404,6 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
             };
             let downtime = t.phases.get("pause").map(|p| p + t.phases.get("capture").unwrap_or(&0.0) + t.phases.get("resume").unwrap_or(&0.0));
             error!(phase = %phase, reason, error = %e, "run failed");
-            catalog.abandon(&backup_id, &run_token).await;
             pusher.push(&report_failure(&t.phases, phase, reason, downtime, resumed).sample()).await;
             Err(e)
         }
@@ -611,8 +614,11 @@ async fn run_locked(
     };
     t.time(Phase::Commit, catalog.commit(&manifest, run_token, &captured.parts)).await.map_err(|e| fail(Phase::Commit, "resumed")(e.into()))?;
     info!(backup_id, "manifest written: the backup is complete");
-    // What the new backup copied again is whole now; its records are done with.
-    catalog.clear_damage(&damage.into_iter().map(|(path, _)| path).collect::<Vec<_>>()).await;
+    // What the new backup copied again is whole now; its records are done with (not
+    // with OBJECTS=skip: nothing was copied).
+    if source.is_some() {
+        catalog.clear_damage(&damage.into_iter().map(|(path, _)| path).collect::<Vec<_>>()).await;
+    }
     Ok((manifest, captured.written_bytes))
 }
 

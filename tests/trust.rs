@@ -351,6 +351,11 @@ async fn a_damaged_pool_heals() {
     out.expect_code(1);
     let damage_dir = bed.dir.path().join("target").join(catalog::DAMAGE_DIR);
     assert_eq!(std::fs::read_dir(&damage_dir).expect("damage records").count(), 2, "verify recorded both blobs");
+    // A metadata-only run copies nothing, so it heals nothing: the records stay.
+    bed.set("OBJECTS", "skip");
+    bed.run(&["run"]).await.expect_code(0);
+    assert_eq!(std::fs::read_dir(&damage_dir).expect("damage records").count(), 2, "OBJECTS=skip cleared the damage records");
+    bed.set("OBJECTS", "copy");
 
     let out = bed.run(&["run"]).await;
     out.expect_code(0);
