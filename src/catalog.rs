@@ -385,11 +385,21 @@ async fn read_lock(store: &Arc<dyn ObjectStore>) -> Result<Option<LockRecord>, C
 #[derive(Clone)]
 pub struct Catalog {
     store: Arc<dyn ObjectStore>,
+    object_lock: crate::object_lock::ObjectLock,
 }
 
 impl Catalog {
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Catalog { store }
+        Catalog { store, object_lock: crate::object_lock::ObjectLock::Off }
+    }
+
+    /// The bucket's S3 Object Lock, as read when it was opened.
+    pub fn with_object_lock(self, object_lock: crate::object_lock::ObjectLock) -> Self {
+        Catalog { object_lock, ..self }
+    }
+
+    pub fn object_lock(&self) -> &crate::object_lock::ObjectLock {
+        &self.object_lock
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {

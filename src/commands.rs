@@ -88,9 +88,15 @@ pub async fn run(raw: &RawEnv, stop: Stop, full: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The backup bucket, its Object Lock read.
+async fn open_catalog(target: &crate::config::StoreSettings) -> Result<Catalog, Failure> {
+    let (store, lock) = objects::open_backup_bucket(target, false).await.map_err(failed)?;
+    Ok(Catalog::new(store).with_object_lock(lock))
+}
+
 pub async fn list(raw: &RawEnv, json: bool, all: bool) -> Result<(), Failure> {
     let cfg = CatalogConfig::from_env(raw)?;
-    let catalog = Catalog::new(objects::open(&cfg.target, false).map_err(failed)?);
+    let catalog = open_catalog(&cfg.target).await?;
     let entries = catalog.entries().await.map_err(failed)?;
     let complete: Vec<_> = entries.iter().filter_map(|e| e.manifest.as_ref().map(|m| (m.backup_id.clone(), m.started_at))).collect();
     let decisions = retention::plan(&complete, &cfg.retention);
@@ -181,7 +187,7 @@ pub async fn resume(raw: &RawEnv, if_stale: bool) -> Result<(), Failure> {
 
 pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
     let cfg = CatalogConfig::from_env(raw)?;
-    let catalog = Catalog::new(objects::open(&cfg.target, false).map_err(failed)?);
+    let catalog = open_catalog(&cfg.target).await?;
     // Under the Lease, so that no run commits a backup while blobs are swept.
     let cluster = match cfg.cluster.pause_mode {
         PauseMode::None => None,
@@ -224,6 +230,16 @@ pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
         outcome.leftovers_removed,
         if outcome.swept { String::new() } else { format!(", pool not swept: {} damaged backup(s)", outcome.damaged.len()) }
     );
+    if !outcome.locked.is_empty() || outcome.locked_leftovers > 0 || outcome.locked_blobs > 0 {
+        let until = outcome.locked.iter().map(|(_, t)| *t).max();
+        println!(
+            "object lock: {} backup(s), {} unfinished folder(s) and {} blob(s) are still protected by the bucket's Object Lock and were left for a later run{}",
+            outcome.locked.len(),
+            outcome.locked_leftovers,
+            outcome.locked_blobs,
+            until.map(|t| format!(" (the last backup unlocks at {t})")).unwrap_or_default()
+        );
+    }
     Ok(())
 }
 
@@ -313,7 +329,7 @@ pub struct RestoreArgs {
 pub async fn restore(raw: &RawEnv, args: RestoreArgs) -> Result<(), Failure> {
     let print_only = args.cluster_objects;
     let cfg = RestoreConfig::from_env(raw, !print_only && !args.skip_databases, !print_only && !args.skip_objects)?;
-    let catalog = Catalog::new(objects::open(&cfg.target, false).map_err(failed)?);
+    let catalog = open_catalog(&cfg.target).await?;
     let manifest = restore::choose(&catalog, args.backup.as_deref()).await.map_err(failed)?;
     if print_only {
         for file in &manifest.cluster_objects {
@@ -358,7 +374,7 @@ pub async fn verify(raw: &RawEnv, args: VerifyArgs) -> Result<(), Failure> {
 }
 
 async fn verify_backups(cfg: &RestoreConfig, args: &VerifyArgs, cluster: &mut Option<String>) -> Result<(), Failure> {
-    let catalog = Catalog::new(objects::open(&cfg.target, false).map_err(failed)?);
+    let catalog = open_catalog(&cfg.target).await?;
     let mut problems = Vec::new();
     let manifests = if args.all {
         let entries = catalog.entries().await.map_err(failed)?;

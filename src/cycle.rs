@@ -243,8 +243,10 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
         ObjectsMode::Copy => Some(objects::open(&cfg.source, false).map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?),
         ObjectsMode::Skip => None,
     };
-    let target = objects::open(&cfg.target, true).map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
-    let catalog = Catalog::new(target.clone());
+    let (target, object_lock) = bounded(cfg.preflight_timeout, "opening the target bucket", objects::open_backup_bucket(&cfg.target, true))
+        .await
+        .map_err(fail(Phase::Preflight, UNTOUCHED))?;
+    let catalog = Catalog::new(target.clone()).with_object_lock(object_lock);
 
     // Kubernetes: connect and lock.
     let cluster = match mode {

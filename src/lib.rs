@@ -10,6 +10,7 @@ pub mod cycle;
 pub mod database;
 pub mod demo;
 pub mod metrics;
+pub mod object_lock;
 pub mod objects;
 pub mod progress;
 pub mod restore;

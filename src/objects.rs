@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::catalog::{self, ListingReader, ListingWriter, ObjectCounts, ObjectRecord};
 use crate::config::StoreSettings;
+use crate::object_lock::{self, ObjectLock};
 use crate::progress::Progress;
 
 /// Objects up to this size are sent in one PUT; larger ones in parts of this size,
@@ -50,6 +51,8 @@ pub enum ObjectsError {
     Unordered(String),
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
+    #[error(transparent)]
+    ObjectLock(#[from] crate::object_lock::LockError),
     #[error("reading {what} failed: {source}")]
     Read {
         what: String,
@@ -74,6 +77,23 @@ pub fn open(settings: &StoreSettings, create_local: bool) -> Result<Arc<dyn Obje
     let options = settings.options.iter().map(|(k, v)| (k.clone(), v.expose().to_string()));
     let (store, prefix) = object_store::parse_url_opts(&settings.url, options).map_err(|e| open_err(e.to_string()))?;
     if prefix.as_ref().is_empty() { Ok(Arc::from(store)) } else { Ok(Arc::new(PrefixStore::new(store, prefix))) }
+}
+
+/// Opens the backup bucket after reading its Object Lock: a locked bucket takes writes
+/// only with checksums, and retention must leave what the lock protects.
+pub async fn open_backup_bucket(settings: &StoreSettings, create_local: bool) -> Result<(Arc<dyn ObjectStore>, ObjectLock), ObjectsError> {
+    let lock = object_lock::detect(settings).await?;
+    match &lock {
+        ObjectLock::Off => return Ok((open(settings, create_local)?, lock)),
+        ObjectLock::Unknown(why) => warn!(
+            variable = settings.variable,
+            "cannot tell whether the backup bucket has Object Lock ({why}): uploads carry checksums as a locked bucket requires, and retention may put delete markers over locked versions; grant s3:GetBucketObjectLockConfiguration"
+        ),
+        ObjectLock::On { .. } => tracing::info!(variable = settings.variable, object_lock = %lock, "the backup bucket has S3 Object Lock"),
+    }
+    let store =
+        object_lock::open_locked(settings).map_err(|detail| ObjectsError::Open { variable: settings.variable, url: settings.url.to_string(), detail })?;
+    Ok((store, lock))
 }
 
 /// Whether listings of this store come sorted by key (the cloud APIs guarantee it; a

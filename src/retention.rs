@@ -16,6 +16,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::catalog::{self, Catalog, CatalogError};
+use crate::object_lock::ObjectLock;
 
 /// `KEEP_*` and `MIN_KEEP`. Zero disables a rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,6 +55,9 @@ pub enum Reason {
     MinKeep,
     /// The policy has no rule.
     NoPolicy,
+    /// Dropped by the policy, but the bucket's Object Lock still protects it: a delete
+    /// would only hide it. Retried on a later run.
+    ObjectLock,
 }
 
 impl fmt::Display for Reason {
@@ -69,6 +73,7 @@ impl fmt::Display for Reason {
             Reason::Newest => "newest",
             Reason::MinKeep => "min-keep",
             Reason::NoPolicy => "no-policy",
+            Reason::ObjectLock => "object-lock",
         };
         f.write_str(s)
     }
@@ -193,6 +198,11 @@ pub struct Outcome {
     pub damaged: Vec<(String, String)>,
     /// Whether the sweep ran (false while a backup is damaged).
     pub swept: bool,
+    /// What the bucket's Object Lock still protects, left for a later run: backups the
+    /// policy drops (id, locked until), unfinished folders, unreferenced blobs.
+    pub locked: Vec<(String, DateTime<Utc>)>,
+    pub locked_leftovers: usize,
+    pub locked_blobs: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,17 +224,31 @@ pub enum RetentionError {
     },
 }
 
+/// Holds the backups the policy drops while the bucket's Object Lock protects them
+/// (from their manifest, written last), and returns them with the lock's end.
+pub fn hold_locked(decisions: &mut [Decision], finished: &[(String, DateTime<Utc>)], lock: &ObjectLock, now: DateTime<Utc>) -> Vec<(String, DateTime<Utc>)> {
+    let mut held = Vec::new();
+    for d in decisions.iter_mut().filter(|d| !d.keep()) {
+        if let Some(until) = finished.iter().find(|(id, _)| *id == d.id).and_then(|(_, t)| lock.protects(*t, now)) {
+            d.reasons.push(Reason::ObjectLock);
+            held.push((d.id.clone(), until));
+        }
+    }
+    held
+}
+
 /// The kept set, every kept listing read and verified, and the damaged folders.
 struct Marked {
     decisions: Vec<Decision>,
     referenced: HashSet<u128>,
     damaged: Vec<(String, String)>,
+    locked: Vec<(String, DateTime<Utc>)>,
 }
 
 /// Decides and marks before anything is deleted. A kept backup whose listing does not
 /// verify is damaged: it leaves the plan (kept, never deleted) and the plan is made
 /// again over the rest, so the newest backup that verifies is always kept.
-async fn mark(catalog: &Catalog, entries: &[catalog::Entry], policy: &Policy) -> Result<Marked, RetentionError> {
+async fn mark(catalog: &Catalog, entries: &[catalog::Entry], policy: &Policy, now: DateTime<Utc>) -> Result<Marked, RetentionError> {
     let mut damaged: Vec<(String, String)> = entries.iter().filter_map(|e| e.damaged.clone().map(|why| (e.id.clone(), why))).collect();
     let mut referenced = HashSet::new();
     let mut verified: HashSet<String> = HashSet::new();
@@ -234,7 +258,9 @@ async fn mark(catalog: &Catalog, entries: &[catalog::Entry], policy: &Policy) ->
             .filter(|e| !damaged.iter().any(|(id, _)| *id == e.id))
             .filter_map(|e| e.manifest.as_ref().map(|m| (e.id.clone(), m.started_at)))
             .collect();
-        let decisions = plan(&complete, policy);
+        let mut decisions = plan(&complete, policy);
+        let finished: Vec<(String, DateTime<Utc>)> = entries.iter().filter_map(|e| e.manifest.as_ref().map(|m| (e.id.clone(), m.finished_at))).collect();
+        let locked = hold_locked(&mut decisions, &finished, catalog.object_lock(), now);
         let mut newly_damaged = false;
         let unverified: Vec<&Decision> = decisions.iter().filter(|d| d.keep() && !verified.contains(&d.id)).collect();
         for d in unverified {
@@ -254,7 +280,7 @@ async fn mark(catalog: &Catalog, entries: &[catalog::Entry], policy: &Policy) ->
             }
         }
         if !newly_damaged {
-            return Ok(Marked { decisions, referenced, damaged });
+            return Ok(Marked { decisions, referenced, damaged, locked });
         }
     }
 }
@@ -272,8 +298,12 @@ pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: Dat
     if policy.keeps_everything() {
         info!("retention: no KEEP_* rule is set, every backup is kept");
     }
-    let Marked { decisions, referenced, damaged } = mark(catalog, &entries, policy).await?;
-    let mut outcome = Outcome { retained: decisions.iter().filter(|d| d.keep()).count(), damaged, ..Default::default() };
+    let Marked { decisions, referenced, damaged, locked } = mark(catalog, &entries, policy, now).await?;
+    let lock = catalog.object_lock();
+    for (id, until) in &locked {
+        info!(backup = %id, locked_until = %until, "retention: the policy drops this backup, but the bucket's Object Lock protects it until then; a later run deletes it");
+    }
+    let mut outcome = Outcome { retained: decisions.iter().filter(|d| d.keep()).count(), damaged, locked, ..Default::default() };
     for d in &decisions {
         let reasons: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
         info!(backup = %d.id, keep = d.keep(), reasons = %reasons.join(","), "retention decision");
@@ -290,6 +320,10 @@ pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: Dat
     for e in entries.iter().filter(|e| e.is_partial()) {
         let young = e.newest_modified.is_some_and(|t| now.signed_duration_since(t) < grace_chrono);
         if young {
+            continue;
+        }
+        if e.newest_modified.is_some_and(|t| lock.protects(t, now).is_some()) {
+            outcome.locked_leftovers += 1;
             continue;
         }
         outcome.leftovers_removed += 1;
@@ -311,10 +345,15 @@ pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: Dat
     // Resumed from the last key after a failed page. A store that does not list in key
     // order (a local directory) may then skip some blobs: they are swept next time; a
     // skipped blob is only never deleted, so nothing referenced is at risk.
+    let mut locked_blobs = 0;
     let doomed = crate::objects::list_resuming(store.clone(), Some(pool), true)
         .map_err(|source| RetentionError::Store { what: "listing the blob pool".into(), source })
         .try_filter_map(|meta| {
-            let delete = sweep_deletes(&referenced, meta.location.as_ref(), meta.last_modified, now, grace);
+            let mut delete = sweep_deletes(&referenced, meta.location.as_ref(), meta.last_modified, now, grace);
+            if delete && lock.protects(meta.last_modified, now).is_some() {
+                locked_blobs += 1;
+                delete = false;
+            }
             futures::future::ready(Ok(delete.then_some(meta)))
         });
     futures::pin_mut!(doomed);
@@ -344,6 +383,10 @@ pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: Dat
         if done {
             break;
         }
+    }
+    outcome.locked_blobs = locked_blobs;
+    if outcome.locked_blobs > 0 {
+        info!(blobs = outcome.locked_blobs, "retention: unreferenced blobs still under the bucket's Object Lock are left for a later run");
     }
     if outcome.blobs_deleted > 0 && dry_run {
         warn!(blobs = outcome.blobs_deleted, "dry run: nothing was deleted");
@@ -383,6 +426,33 @@ mod tests {
 
     /// restic's documentation (doc/060_forget.rst): one backup every Sunday for 12
     /// weeks; `--keep-daily 4` keeps the last four Sundays.
+    #[test]
+    fn object_lock_holds_what_it_protects_and_nothing_else() {
+        let backups = daily_history(5);
+        let policy = Policy { last: 1, min_keep: 1, ..Default::default() };
+        let now = backups.last().expect("history").1 + chrono::Duration::hours(1);
+        let day = Duration::from_secs(86_400);
+        let cases: &[(ObjectLock, usize)] = &[
+            (ObjectLock::Off, 0),
+            (ObjectLock::Unknown("403".into()), 0),
+            (ObjectLock::On { mode: None, retention: None }, 0),
+            // The newest is kept by the policy; the one before it is a day old, locked.
+            (ObjectLock::On { mode: Some("GOVERNANCE".into()), retention: Some(2 * day) }, 1),
+            (ObjectLock::On { mode: Some("COMPLIANCE".into()), retention: Some(30 * day) }, 4),
+        ];
+        for (lock, held) in cases {
+            let mut decisions = plan(&backups, &policy);
+            let locked = hold_locked(&mut decisions, &backups, lock, now);
+            assert_eq!(locked.len(), *held, "{lock}");
+            assert_eq!(decisions.iter().filter(|d| d.keep()).count(), 1 + held, "{lock}");
+            for (id, until) in &locked {
+                assert!(*until > now, "{lock}: {id} held past its lock");
+                let d = decisions.iter().find(|d| d.id == *id).expect("decision");
+                assert_eq!(d.reasons, vec![Reason::ObjectLock], "{lock}");
+            }
+        }
+    }
+
     #[test]
     fn restic_documented_twelve_sundays_keep_daily_4() {
         let sundays: Vec<(String, DateTime<Utc>)> = [

@@ -59,11 +59,40 @@ impl Moto {
     }
 
     fn http(&self, method: &str, path: &str) -> String {
+        self.http_with(method, path, "", "")
+    }
+
+    fn http_with(&self, method: &str, path: &str, headers: &str, body: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port).expect("write");
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", self.port, body.len())
+            .expect("write");
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    /// A bucket with S3 Object Lock and a default retention of `days` in `mode`.
+    pub fn create_locked_bucket(&self, bucket: &str, mode: &str, days: u32) {
+        let answer = self.http_with("PUT", &format!("/{bucket}"), "x-amz-bucket-object-lock-enabled: true\r\n", "");
+        assert!(answer.starts_with("HTTP/1.1 200"), "creating locked bucket {bucket}: {answer}");
+        let rule = format!(
+            "<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>{mode}</Mode><Days>{days}</Days></DefaultRetention></Rule></ObjectLockConfiguration>"
+        );
+        let answer = self.http_with("PUT", &format!("/{bucket}?object-lock"), "", &rule);
+        assert!(answer.starts_with("HTTP/1.1 200"), "setting the default retention of {bucket}: {answer}");
+    }
+
+    /// Every version in a bucket, oldest listing order: (key, is a delete marker).
+    pub fn versions(&self, bucket: &str) -> Vec<(String, bool)> {
+        let answer = self.http("GET", &format!("/{bucket}?versions&max-keys=100000"));
+        let mut out = Vec::new();
+        for (tag, marker) in [("<Version>", false), ("<DeleteMarker>", true)] {
+            for chunk in answer.split(tag).skip(1) {
+                let key = chunk.split("<Key>").nth(1).and_then(|k| k.split("</Key>").next()).unwrap_or_default();
+                out.push((key.to_string(), marker));
+            }
+        }
         out
     }
 

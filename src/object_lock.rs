@@ -1,0 +1,225 @@
+//! S3 Object Lock on the backup bucket: reading the bucket's configuration, and what a
+//! lock still protects.
+//!
+//! A locked bucket is versioned, and a DELETE there never fails: it only stacks a
+//! delete marker on a version the lock keeps anyway. Retention would "delete" a backup
+//! that stays stored and billed, and hide it from `list` and `restore`. So retention
+//! must know the bucket's default retention and leave alone what it still protects.
+//! object_store does not read bucket configurations: this module signs one GET with
+//! object_store's own SigV4 signer, credentials and HTTP client options.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
+use object_store::client::{ClientOptions, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector};
+use serde::Deserialize;
+
+use crate::config::StoreSettings;
+
+/// What Object Lock protects in a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectLock {
+    /// No Object Lock (or not an S3 bucket).
+    Off,
+    /// Object Lock is on; `retention` is the bucket's default retention, when it has one
+    /// (without one, new objects are not locked).
+    On { mode: Option<String>, retention: Option<Duration> },
+    /// The configuration could not be read (the reason): writes still carry the headers
+    /// a locked bucket requires, but retention cannot tell what is locked.
+    Unknown(String),
+}
+
+impl ObjectLock {
+    /// Whether writes must carry a checksum header (S3 refuses a PUT to a bucket with
+    /// default retention without Content-MD5 or an x-amz-checksum header).
+    pub fn needs_checksums(&self) -> bool {
+        !matches!(self, ObjectLock::Off)
+    }
+
+    /// Until when the default retention protects an object written at `written`, if it
+    /// still does at `now`.
+    pub fn protects(&self, written: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let ObjectLock::On { retention: Some(period), .. } = self else { return None };
+        let until = written + chrono::Duration::from_std(*period).unwrap_or(chrono::Duration::MAX);
+        (until > now).then_some(until)
+    }
+}
+
+impl std::fmt::Display for ObjectLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectLock::Off => write!(f, "off"),
+            ObjectLock::On { mode, retention: Some(p) } => {
+                write!(f, "on, default retention {} {}", mode.as_deref().unwrap_or("?"), humantime::format_duration(*p))
+            }
+            ObjectLock::On { retention: None, .. } => write!(f, "on, no default retention"),
+            ObjectLock::Unknown(why) => write!(f, "unknown ({why})"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the Object Lock configuration of {variable} ({url}): {detail}")]
+pub struct LockError {
+    variable: &'static str,
+    url: String,
+    detail: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Configuration {
+    object_lock_enabled: Option<String>,
+    rule: Option<Rule>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Rule {
+    default_retention: Option<DefaultRetention>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DefaultRetention {
+    mode: Option<String>,
+    days: Option<u64>,
+    years: Option<u64>,
+}
+
+/// A year of retention, counted long: waiting a day too long to delete is harmless,
+/// deleting a day early only stacks a delete marker on a locked version.
+const YEAR: Duration = Duration::from_secs(366 * 86_400);
+
+/// Reads a `GetObjectLockConfiguration` response body.
+pub fn parse_configuration(xml: &str) -> Result<ObjectLock, String> {
+    let c: Configuration = quick_xml::de::from_str(xml).map_err(|e| format!("unreadable ObjectLockConfiguration: {e}"))?;
+    if c.object_lock_enabled.as_deref() != Some("Enabled") {
+        return Ok(ObjectLock::Off);
+    }
+    let Some(d) = c.rule.and_then(|r| r.default_retention) else { return Ok(ObjectLock::On { mode: None, retention: None }) };
+    let retention = match (d.days, d.years) {
+        (Some(days), _) => Some(Duration::from_secs(days.saturating_mul(86_400))),
+        (None, Some(years)) => Some(YEAR.saturating_mul(u32::try_from(years).unwrap_or(u32::MAX))),
+        (None, None) => None,
+    };
+    Ok(ObjectLock::On { mode: d.mode, retention })
+}
+
+/// The bucket's Object Lock, read once per command. Only S3 buckets have one here
+/// (GCS retention policies and Azure immutability are not read).
+pub async fn detect(settings: &StoreSettings) -> Result<ObjectLock, LockError> {
+    if !matches!(settings.url.scheme(), "s3" | "s3a") {
+        return Ok(ObjectLock::Off);
+    }
+    let err = |detail: String| LockError { variable: settings.variable, url: settings.url.to_string(), detail };
+    let builder = s3_builder(settings);
+    let get = |key: AmazonS3ConfigKey| builder.get_config_value(&key);
+    let bucket = settings.url.host_str().unwrap_or_default().to_string();
+    let region = get(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
+    let virtual_hosted = get(AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let base = match get(AmazonS3ConfigKey::Endpoint) {
+        Some(e) if virtual_hosted => e.trim_end_matches('/').to_string(),
+        Some(e) => format!("{}/{bucket}", e.trim_end_matches('/')),
+        None if virtual_hosted => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+        None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+    };
+    let mut request: HttpRequest = http::Request::builder()
+        .method(http::Method::GET)
+        .uri(format!("{base}/?object-lock"))
+        .body(HttpRequestBody::empty())
+        .map_err(|e| err(format!("cannot build the request: {e}")))?;
+    let skip_signature = get(AmazonS3ConfigKey::SkipSignature).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let options = client_options(settings);
+    if !skip_signature {
+        let s3 = builder.clone().build().map_err(|e| err(e.to_string()))?;
+        let credential = s3.credentials().get_credential().await.map_err(|e| err(format!("no credentials: {e}")))?;
+        AwsAuthorizer::new(&credential, "s3", &region).try_authorize(&mut request, None).map_err(|e| err(format!("cannot sign the request: {e}")))?;
+    }
+    let client = ReqwestConnector::default().connect(&options).map_err(|e| err(e.to_string()))?;
+    let response = client.execute(request).await.map_err(|e| err(e.to_string()))?;
+    let status = response.status();
+    let body = response.into_body().bytes().await.map_err(|e| err(e.to_string()))?;
+    let text = String::from_utf8_lossy(&body);
+    match status.as_u16() {
+        200 => parse_configuration(&text).map_err(err),
+        // No configuration, or a store without Object Lock at all.
+        404 | 400 | 405 | 501 if !text.contains("NoSuchBucket") => Ok(ObjectLock::Off),
+        403 => Ok(ObjectLock::Unknown("s3:GetBucketObjectLockConfiguration is not granted".into())),
+        code => Err(err(format!("HTTP {code}: {}", text.chars().take(300).collect::<String>()))),
+    }
+}
+
+/// The S3 builder for a bucket's URL and options, as object_store's `parse_url_opts`
+/// would make it.
+pub fn s3_builder(settings: &StoreSettings) -> AmazonS3Builder {
+    settings.options.iter().fold(AmazonS3Builder::new().with_url(settings.url.as_str()), |b, (k, v)| match AmazonS3ConfigKey::from_str(k) {
+        Ok(key) => b.with_config(key, v.expose()),
+        Err(_) => b,
+    })
+}
+
+/// The HTTP client options among a bucket's options (timeouts, proxy, allow_http...).
+fn client_options(settings: &StoreSettings) -> ClientOptions {
+    settings.options.iter().fold(ClientOptions::new(), |o, (k, v)| match AmazonS3ConfigKey::from_str(k) {
+        Ok(AmazonS3ConfigKey::Client(key)) => o.with_config(key, v.expose()),
+        _ => o,
+    })
+}
+
+/// The bucket opened for a locked bucket's rules: SHA-256 checksums on every upload
+/// (unless another algorithm is chosen), with the header naming the algorithm that S3
+/// and moto look for. Rooted at the URL's prefix, like [`crate::objects::open`].
+pub fn open_locked(settings: &StoreSettings) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, String> {
+    let chosen = settings.options.iter().find(|(k, _)| AmazonS3ConfigKey::from_str(k).is_ok_and(|key| key == AmazonS3ConfigKey::Checksum));
+    let algorithm = chosen.map(|(_, v)| v.expose().to_ascii_uppercase()).unwrap_or_else(|| "SHA256".into());
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-amz-sdk-checksum-algorithm", http::HeaderValue::from_str(&algorithm).map_err(|e| e.to_string())?);
+    let mut builder = s3_builder(settings).with_client_options(client_options(settings).with_default_headers(headers));
+    if chosen.is_none() {
+        builder = builder.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+    }
+    let store = builder.build().map_err(|e| e.to_string())?;
+    let prefix = object_store::path::Path::from_url_path(settings.url.path()).map_err(|e| e.to_string())?;
+    Ok(if prefix.as_ref().is_empty() { std::sync::Arc::new(store) } else { std::sync::Arc::new(object_store::prefix::PrefixStore::new(store, prefix)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configurations_read() {
+        let xml = |inner: &str| format!("<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{inner}</ObjectLockConfiguration>");
+        let cases: &[(&str, ObjectLock)] = &[
+            ("", ObjectLock::Off),
+            ("<ObjectLockEnabled>Enabled</ObjectLockEnabled>", ObjectLock::On { mode: None, retention: None }),
+            (
+                "<ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>GOVERNANCE</Mode><Days>30</Days></DefaultRetention></Rule>",
+                ObjectLock::On { mode: Some("GOVERNANCE".into()), retention: Some(Duration::from_secs(30 * 86_400)) },
+            ),
+            (
+                "<ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>COMPLIANCE</Mode><Years>1</Years></DefaultRetention></Rule>",
+                ObjectLock::On { mode: Some("COMPLIANCE".into()), retention: Some(YEAR) },
+            ),
+        ];
+        for (inner, want) in cases {
+            assert_eq!(parse_configuration(&xml(inner)).as_ref(), Ok(want), "{inner}");
+        }
+        assert!(parse_configuration("not xml <").is_err());
+    }
+
+    #[test]
+    fn protection_ends_with_the_default_retention() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let lock = ObjectLock::On { mode: Some("GOVERNANCE".into()), retention: Some(Duration::from_secs(86_400)) };
+        let written = t("2026-12-01T02:00:00Z");
+        assert_eq!(lock.protects(written, t("2026-12-02T01:59:59Z")), Some(t("2026-12-02T02:00:00Z")));
+        assert_eq!(lock.protects(written, t("2026-12-02T02:00:00Z")), None);
+        for unlocked in [ObjectLock::Off, ObjectLock::On { mode: None, retention: None }, ObjectLock::Unknown("x".into())] {
+            assert_eq!(unlocked.protects(written, written), None, "{unlocked}");
+        }
+    }
+}
