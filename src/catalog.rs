@@ -664,11 +664,13 @@ impl Catalog {
     }
 
     /// Records a damaged pool blob (idempotent: one record per blob).
-    pub async fn record_damage(&self, record: &DamageRecord) -> Result<(), CatalogError> {
+    pub async fn record_damage(&self, record: &DamageRecord) -> Result<Path, CatalogError> {
         use sha2::Digest;
         let name = hex::encode(&sha2::Sha256::digest(record.blob.as_bytes())[..16]);
         let json = serde_json::to_vec(record).map_err(|e| CatalogError::Corrupt { what: "a damage record".into(), detail: e.to_string() })?;
-        self.put(&Path::from(format!("{DAMAGE_DIR}/{name}.json")), Bytes::from(json)).await
+        let path = Path::from(format!("{DAMAGE_DIR}/{name}.json"));
+        self.put(&path, Bytes::from(json)).await?;
+        Ok(path)
     }
 
     /// Every damage record, with its path (to clear it once healed). An unreadable

@@ -496,7 +496,7 @@ async fn run_locked(
     }
     // Blobs `verify` found damaged are copied again under fresh keys, never reused;
     // `--full` trusts nothing in the pool.
-    let damage = catalog.damage_records().await.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
+    let mut damage = catalog.damage_records().await.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
     if !damage.is_empty() {
         info!(blobs = damage.len(), "verify recorded damaged blobs: their objects are copied again");
     }
@@ -504,7 +504,27 @@ async fn run_locked(
         info!("--full: every object is copied again under a fresh key; nothing in the pool is reused");
         reference_listing = None;
     }
-    let heal = objects::Heal { damaged: damage.iter().map(|(_, r)| r.blob.clone()).collect(), full: cfg.copy.full, backup_id: backup_id.to_string() };
+    let mut heal = objects::Heal { damaged: damage.iter().map(|(_, r)| r.blob.clone()).collect(), full: cfg.copy.full, backup_id: backup_id.to_string() };
+    // Before the pause, a sample of what will be reused is checked; damage found is
+    // recorded (so a failed run does not forget it) and healed by this run.
+    if let (Some((id, bytes)), Some(_)) = (&reference_listing, &source) {
+        let what = format!("the listing of {id}");
+        let guard = objects::check_reused(catalog.store(), bytes, &what, backup_id, objects::REUSE_SAMPLE, cfg.copy.concurrency);
+        let (checked, bad) = tokio::select! {
+            r = guard => r.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?,
+            s = stopped(stop) => return Err(interrupted(Phase::Preflight, s, UNTOUCHED)),
+        };
+        info!(checked, bad = bad.len(), "reused blobs checked (present, size as recorded)");
+        for (record, problem) in bad {
+            warn!(blob = %record.blob, key = %record.key, %problem, "a blob the previous backup names is damaged: this run copies its object again");
+            let found = catalog::DamageRecord { blob: record.blob.clone(), problem, found_at: Utc::now(), backup_id: id.clone() };
+            match catalog.record_damage(&found).await {
+                Ok(path) => damage.push((path, found)),
+                Err(e) => warn!(blob = %record.blob, error = %e, "could not record the damaged blob"),
+            }
+            heal.damaged.insert(record.blob);
+        }
+    }
     let reference = || async {
         match &reference_listing {
             Some((id, bytes)) => catalog::ListingReader::new(bytes.clone(), format!("the listing of {id}")),

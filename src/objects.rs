@@ -205,6 +205,74 @@ pub struct Planner {
     heal: Heal,
 }
 
+/// Reused blobs a run checks (HEAD: present, size as recorded) before it reuses any.
+pub const REUSE_SAMPLE: usize = 64;
+
+/// The hot-path guard against damage nobody recorded (a blob deleted by a lifecycle rule
+/// or by hand): a sample of the blobs the reference listing names, chosen afresh each
+/// run (the `sample` lowest hashes of run id and blob), checked for presence and size.
+/// One bad blob in the sample means the pool was damaged: then every blob is checked.
+/// Returns the bad records and what is wrong with each. Only a missing blob or a wrong
+/// size counts: an unreadable answer is a store problem, not damage.
+pub async fn check_reused(
+    store: &Arc<dyn ObjectStore>,
+    reference: &Bytes,
+    what: &str,
+    salt: &str,
+    sample: usize,
+    concurrency: usize,
+) -> Result<(usize, Vec<(ObjectRecord, String)>), ObjectsError> {
+    let reader = || ListingReader::new(reference.clone(), what.to_string());
+    let mut lowest: BTreeMap<[u8; 16], ObjectRecord> = BTreeMap::new();
+    for record in reader()? {
+        let record = record?;
+        let mut rank = [0u8; 16];
+        rank.copy_from_slice(&Sha256::new().chain_update(salt).chain_update(&record.blob).finalize()[..16]);
+        lowest.insert(rank, record);
+        if lowest.len() > sample {
+            lowest.pop_last();
+        }
+    }
+    let sampled: Vec<Result<ObjectRecord, catalog::CatalogError>> = lowest.into_values().map(Ok).collect();
+    let (checked, bad) = heads(store, sampled.into_iter(), concurrency).await?;
+    if bad.is_empty() {
+        return Ok((checked, bad));
+    }
+    warn!(sampled = checked, bad = bad.len(), "reused blobs are missing or the wrong size: checking every blob the previous backup names");
+    heads(store, reader()?, concurrency).await
+}
+
+/// HEADs the blob of every record, streamed: (records checked, the bad ones).
+async fn heads(
+    store: &Arc<dyn ObjectStore>,
+    records: impl Iterator<Item = Result<ObjectRecord, catalog::CatalogError>>,
+    concurrency: usize,
+) -> Result<(usize, Vec<(ObjectRecord, String)>), ObjectsError> {
+    let mut checked = 0;
+    let mut bad = Vec::new();
+    let results = futures::stream::iter(records)
+        .map(|r| async move {
+            let r = r?;
+            let problem = match store.head(&catalog::recorded_path(&r.blob)).await {
+                Ok(m) if m.size == r.size => None,
+                Ok(m) => Some(format!("size {} instead of {}", m.size, r.size)),
+                Err(object_store::Error::NotFound { .. }) => Some("missing".to_string()),
+                Err(e) => {
+                    warn!(blob = %r.blob, error = %e, "could not check a reused blob");
+                    None
+                }
+            };
+            Ok::<_, ObjectsError>(problem.map(|p| (r, p)))
+        })
+        .buffer_unordered(concurrency.max(1));
+    futures::pin_mut!(results);
+    while let Some(result) = results.next().await {
+        checked += 1;
+        bad.extend(result?);
+    }
+    Ok((checked, bad))
+}
+
 /// What the pool is not trusted with, for one run.
 #[derive(Debug, Clone, Default)]
 pub struct Heal {

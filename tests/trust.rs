@@ -384,6 +384,37 @@ async fn a_damaged_pool_heals() {
     bed.run(&["verify", "--backup", &full.backup_id, "--deep"]).await.expect_code(0);
 }
 
+/// 9.1, the hot-path guard: blobs lost with nobody running `verify` (a lifecycle rule,
+/// a hand) are found by the next run's sampled check, which widens to every blob once
+/// the sample finds one, and that run copies them again. Before, it reused them all
+/// ("0 copied") and committed a backup that could not restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_lost_unseen_are_found_and_healed_by_the_next_run() {
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 80, ..Default::default() }).await;
+    quiet(&mut bed);
+    bed.set("KEEP_LAST", "100");
+    bed.run(&["run"]).await.expect_code(0);
+    let first = bed.manifests().await.pop().expect("backup");
+    let listed = records(&bed, &first).await;
+    assert!(listed.len() > pachyderm_backup::objects::REUSE_SAMPLE, "the bed must hold more objects than the sample");
+    // More lost than the sample can miss (80 − 30 < 64), so the widening is exercised.
+    let lost: Vec<&ObjectRecord> = listed.iter().step_by(2).take(30).collect();
+    for r in &lost[1..] {
+        bed.target.delete(&catalog::recorded_path(&r.blob)).await.expect("delete a blob");
+    }
+    bed.target.put(&catalog::recorded_path(&lost[0].blob), Bytes::from_static(b"short").into()).await.expect("truncate a blob");
+
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    let healed = bed.manifests().await.pop().expect("backup");
+    assert_eq!(healed.objects.counts.copied, 30, "every lost object copied again:\n{}", out.stderr);
+    let logs = out.logs();
+    assert!(logs.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("checking every blob"))), "the sample did not widen");
+    let damage_dir = bed.dir.path().join("target").join(catalog::DAMAGE_DIR);
+    assert_eq!(std::fs::read_dir(&damage_dir).map(|d| d.count()).unwrap_or(0), 0, "records cleared once healed");
+    bed.run(&["verify", "--backup", &healed.backup_id, "--deep"]).await.expect_code(0);
+}
+
 /// 9.8: a backup bucket under S3 Object Lock (default retention, governance mode).
 /// Before, the first upload failed (S3 wants a checksum header in a locked bucket) and
 /// retention "deleted" locked backups with delete markers, hiding what stays stored.
