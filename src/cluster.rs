@@ -338,13 +338,28 @@ impl Cluster {
         let renew_name = name.clone();
         let me = holder.to_string();
         let renewer = tokio::spawn(async move {
+            let duration = Duration::from_secs(seconds as u64);
             let every = Duration::from_secs((seconds / 3).max(1) as u64);
+            let mut renewed = tokio::time::Instant::now();
+            let mut wait = every;
             loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = renew(&renew_api, &renew_name, &me).await {
-                    warn!(lease = %renew_name, error = %e, "could not renew the Lease");
-                    let _ = lost_tx.send(true);
-                    return;
+                tokio::time::sleep(wait).await;
+                match renew(&renew_api, &renew_name, &me).await {
+                    Ok(()) => {
+                        renewed = tokio::time::Instant::now();
+                        wait = every;
+                    }
+                    Err(e) => match renewal_retry(renewed.elapsed(), duration, wait, every) {
+                        Some(next) if !matches!(e, ClusterError::LeaseLost(_)) => {
+                            warn!(lease = %renew_name, error = %e, retry_in = ?next, "could not renew the Lease; retrying while it is still valid");
+                            wait = next;
+                        }
+                        _ => {
+                            warn!(lease = %renew_name, error = %e, "could not renew the Lease");
+                            let _ = lost_tx.send(true);
+                            return;
+                        }
+                    },
                 }
             }
         });
@@ -745,6 +760,16 @@ fn clean<K: serde::Serialize + ResourceExt>(dir: &str, obj: &K) -> Result<(Strin
     Ok((format!("{dir}/{name}.json"), json))
 }
 
+/// After a failed renewal, `since` the last good one: when to try again, or `None` when
+/// the Lease must be given up. As client-go's leader election: retry (backing off from
+/// 1 s, never slower than the renewal period) until the renew deadline, two thirds of
+/// the Lease's duration, so a holder stops before another could take the Lease.
+pub fn renewal_retry(since: Duration, duration: Duration, previous: Duration, every: Duration) -> Option<Duration> {
+    let next = if previous >= every { Duration::from_secs(1) } else { (previous * 2).min(every) };
+    let deadline = duration * 2 / 3;
+    (since < deadline).then(|| next.min(deadline - since))
+}
+
 async fn renew(api: &Api<Lease>, name: &str, me: &str) -> Result<(), ClusterError> {
     let mut lease = api.get(name).await.map_err(api_err("reading the Lease to renew it"))?;
     if lease_state(lease.spec.as_ref(), me, Utc::now()) != LeaseState::Mine {
@@ -801,6 +826,26 @@ impl LeaseGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_renewal_is_retried_until_the_renew_deadline() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // Lease of 15 s, renewed every 5 s: the deadline is 10 s after the last renewal.
+        let cases: &[(Duration, Duration, Option<Duration>)] = &[
+            (s(5), s(5), Some(s(1))), // the first failure: 1 s
+            (s(6), s(1), Some(s(2))), // then backing off
+            (s(8), s(2), Some(s(2))), // never past the deadline
+            (ms(9_500), s(2), Some(ms(500))),
+            (s(10), s(2), None), // the deadline: given up, 5 s of validity left
+            (s(30), s(4), None),
+        ];
+        for (since, previous, want) in cases {
+            assert_eq!(renewal_retry(*since, s(15), *previous, s(5)), *want, "since {since:?}, previous {previous:?}");
+        }
+        // Backoff never exceeds the renewal period.
+        assert_eq!(renewal_retry(s(1), s(600), s(150), s(200)), Some(s(200)));
+    }
 
     fn spec(holder: &str, renewed_secs_ago: i64, duration: i32, now: DateTime<Utc>) -> LeaseSpec {
         LeaseSpec {

@@ -203,3 +203,34 @@ async fn a_preflight_step_that_hangs_is_bounded() {
     assert_failed_cleanly(&bed, &out, "finding pg_dump and its version did not finish within PREFLIGHT_TIMEOUT (2s)").await;
     assert_never_paused(&bed);
 }
+
+/// 10.7: one failed renewal (a 500, then a 409) no longer aborts a capture while two
+/// thirds of the Lease are left: renewals are retried until the renew deadline. A
+/// Lease another holder has taken is lost at once: the run stops and resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_renewal_survives_a_blip_and_stops_when_taken() {
+    let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    let renewals = || bed.kube.requests().iter().filter(|r| r.method == "PUT" && r.path.contains("/leases/")).count();
+    let lock = TableLock::take(&bed.pg).await;
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    let before = renewals();
+    bed.kube.fail(Method::PUT, "/leases/", 500, 1);
+    bed.kube.fail(Method::PUT, "/leases/", 409, 1);
+    // LEASE_DURATION is 15 s in the bed: renewed every 5 s, retried after 1 s, then 2 s.
+    wait_until("two failed renewals and a good one", Duration::from_secs(30), || renewals() >= before + 3).await;
+    lock.release().await;
+    let out = running.finish().await;
+    out.expect_code(0);
+    assert!(out.stderr.contains("retrying while it is still valid"), "{}", out.stderr);
+    bed.assert_resumed();
+
+    let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    let lock = TableLock::take(&bed.pg).await;
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    bed.kube.hold_lease("pachyderm-backup", "another-run", Duration::from_secs(0), 600);
+    let out = running.finish().await;
+    lock.release().await;
+    assert_failed_cleanly(&bed, &out, "was lost during the run").await;
+}
