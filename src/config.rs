@@ -15,6 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::retention::Policy;
+use crate::schedule::{self, Schedule};
 
 /// A value that must never reach a log line or `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
@@ -123,7 +124,16 @@ pub const VARIABLES: &[Variable] = &[
     var("PUSHGATEWAY_PASSWORD", "unset", "Basic-auth password for the Pushgateway."),
     var("PUSHGATEWAY_TIMEOUT", "10s", "Timeout of each push; a failed push is a warning, never a failed backup."),
     var("CLUSTER_NAME", "the namespace", "The `cluster` label of every metric, recorded in the manifest."),
-    var("SCHEDULE", "unset", "The CronJob's cron expression (5 fields, UTC), to publish when the next backup is due."),
+    var(
+        "SCHEDULE",
+        "unset",
+        "The CronJob's spec.schedule, read as Kubernetes reads it (5 fields, day of week 0-6 from Sunday or SUN-SAT, or @daily…), to publish when the next backup is due.",
+    ),
+    var(
+        "SCHEDULE_TIMEZONE",
+        "UTC",
+        "The CronJob's spec.timeZone (an IANA name such as Europe/Paris) that SCHEDULE's times are in; unset, the kube-controller-manager's zone, taken as UTC.",
+    ),
     var("PROGRESS_INTERVAL", "30s", "Interval of the progress line during long phases."),
     var("LOG_FORMAT", "json", "`json` or `text`."),
     var("RUST_LOG", "info", "Log filter (tracing's EnvFilter syntax)."),
@@ -194,6 +204,7 @@ pub struct RawEnv {
     pub pushgateway_timeout: Option<String>,
     pub cluster_name: Option<String>,
     pub schedule: Option<String>,
+    pub schedule_timezone: Option<String>,
     pub progress_interval: Option<String>,
     pub log_format: Option<String>,
     pub rust_log: Option<String>,
@@ -390,7 +401,8 @@ pub struct PushSettings {
 pub struct Common {
     pub cluster_name: Option<String>,
     pub push: PushSettings,
-    pub schedule: Option<cron::Schedule>,
+    /// SCHEDULE in SCHEDULE_TIMEZONE: when the next backup is due.
+    pub schedule: Option<Schedule>,
     pub progress_interval: Duration,
 }
 
@@ -1396,10 +1408,18 @@ fn common(check: &mut Check, raw: &RawEnv) -> Common {
         check.fail("PUSHGATEWAY_USERNAME", "is not set but PUSHGATEWAY_PASSWORD is", "both basic-auth variables, or neither");
     }
     let timeout = check.duration("PUSHGATEWAY_TIMEOUT", &raw.pushgateway_timeout, "10s");
-    let schedule = raw.schedule.as_ref().map(|s| s.trim()).filter(|s| !s.is_empty()).and_then(|s| match parse_schedule(s) {
+    let zone = raw.schedule_timezone.as_ref().map(|z| z.trim()).filter(|z| !z.is_empty()).map(|z| match schedule::parse_zone(z) {
+        Ok(tz) => tz,
+        Err(e) => {
+            check.fail("SCHEDULE_TIMEZONE", format!("{z:?} is not a time zone Kubernetes accepts ({e})"), schedule::EXPECTED_ZONE);
+            // Still set, for SCHEDULE's check (a TZ= prefix cannot be combined with it).
+            chrono_tz::Tz::UTC
+        }
+    });
+    let schedule = raw.schedule.as_ref().map(|s| s.trim()).filter(|s| !s.is_empty()).and_then(|s| match Schedule::parse(s, zone) {
         Ok(sched) => Some(sched),
         Err(e) => {
-            check.fail("SCHEDULE", format!("{s:?} is not a cron expression ({e})"), "5 fields like the CronJob's, e.g. \"0 2 * * *\"");
+            check.fail("SCHEDULE", format!("{s:?} is not a cron expression Kubernetes accepts ({e})"), schedule::EXPECTED_SCHEDULE);
             None
         }
     });
@@ -1416,21 +1436,6 @@ fn common(check: &mut Check, raw: &RawEnv) -> Common {
         schedule,
         progress_interval: check.duration("PROGRESS_INTERVAL", &raw.progress_interval, "30s"),
     }
-}
-
-/// Parses a Kubernetes CronJob schedule (5 fields, or a macro such as `@daily`); the
-/// `cron` crate wants seconds first, so a 0 is prepended.
-pub fn parse_schedule(s: &str) -> Result<cron::Schedule, String> {
-    use std::str::FromStr;
-    let fields = s.split_whitespace().count();
-    let expression = if s.starts_with('@') {
-        s.to_string()
-    } else if fields == 5 {
-        format!("0 {s}")
-    } else {
-        return Err(format!("{fields} fields"));
-    };
-    cron::Schedule::from_str(&expression).map_err(|e| e.to_string())
 }
 
 /// WORKLOAD_IDENTITY, read once per command (whatever the number of buckets).
@@ -1820,6 +1825,8 @@ mod tests {
             (&[("DATABASES", "pachyderm,pachyderm")], "DATABASES", "twice"),
             (&[("DATABASES", "pach;drop")], "DATABASES", "not a list"),
             (&[("SCHEDULE", "every night")], "SCHEDULE", "not a cron expression"),
+            (&[("SCHEDULE", "0 2 * * 7")], "SCHEDULE", "Sunday is 0 or SUN"),
+            (&[("SCHEDULE_TIMEZONE", "Mars/Olympus_Mons")], "SCHEDULE_TIMEZONE", "unknown time zone"),
             (&[("PUSHGATEWAY_URL", "pushgateway:9091")], "PUSHGATEWAY_URL", "not an http(s) URL"),
             (&[("CLUSTER_NAME", "prod cluster")], "CLUSTER_NAME", "label value"),
             (&[("TARGET_URL", "s3://pach-data")], "TARGET_URL", "same as SOURCE_URL"),
@@ -1861,12 +1868,43 @@ mod tests {
     }
 
     #[test]
-    fn schedules_parse_like_the_cronjob() {
-        assert!(parse_schedule("0 2 * * *").is_ok());
-        assert!(parse_schedule("*/10 * * * *").is_ok());
-        assert!(parse_schedule("@daily").is_ok());
-        assert!(parse_schedule("0 2 * *").is_err());
-        assert!(parse_schedule("61 2 * * *").is_err());
+    fn schedules_are_read_as_kubernetes_reads_the_cronjob() {
+        use chrono::{DateTime, Datelike, Utc};
+        let saturday: DateTime<Utc> = "2024-06-15T12:00:00Z".parse().expect("instant");
+        let next = |overrides: &[(&'static str, &'static str)]| {
+            let c = RunConfig::from_env(&env(&with(overrides))).unwrap_or_else(|e| panic!("{overrides:?} must be valid: {e}"));
+            c.common.schedule.expect("a schedule").next_after(&saturday).expect("fires")
+        };
+        // Sunday is 0 (the cron crate refused it: no backup ever ran).
+        assert_eq!(next(&[("SCHEDULE", "0 2 * * 0")]).weekday(), chrono::Weekday::Sun);
+        // Weekdays from a Saturday: Monday (the cron crate's reading said Sunday).
+        assert_eq!(next(&[("SCHEDULE", "0 2 * * 1-5")]).to_rfc3339(), "2024-06-17T02:00:00+00:00");
+        assert_eq!(next(&[("SCHEDULE", "@daily")]).to_rfc3339(), "2024-06-16T00:00:00+00:00");
+        // SCHEDULE_TIMEZONE: 02:00 in Paris is 00:00 UTC in June.
+        assert_eq!(next(&[("SCHEDULE", "0 2 * * *"), ("SCHEDULE_TIMEZONE", "Europe/Paris")]).to_rfc3339(), "2024-06-16T00:00:00+00:00");
+        let c = RunConfig::from_env(&env(&with(&[("SCHEDULE_TIMEZONE", "Europe/Paris")]))).expect("a zone alone is valid");
+        assert!(c.common.schedule.is_none());
+        // Refused, naming the variable and the expression as given: (overrides,
+        // variable, a fragment of the problem).
+        type Case = (&'static [(&'static str, &'static str)], &'static str, &'static str);
+        let cases: &[Case] = &[
+            (&[("SCHEDULE", "0 2 * * 7")], "SCHEDULE", "\"0 2 * * 7\" is not a cron expression Kubernetes accepts (day of week field: end of range (7)"),
+            (&[("SCHEDULE", "0 0 2 * * *")], "SCHEDULE", "\"0 0 2 * * *\" is not a cron expression Kubernetes accepts (expected exactly 5 fields"),
+            (&[("SCHEDULE", "61 2 * * *")], "SCHEDULE", "minute field: end of range (61) above maximum (59)"),
+            (
+                &[("SCHEDULE_TIMEZONE", "Europe/Pariss")],
+                "SCHEDULE_TIMEZONE",
+                "\"Europe/Pariss\" is not a time zone Kubernetes accepts (unknown time zone Europe/Pariss)",
+            ),
+            (&[("SCHEDULE_TIMEZONE", "Local")], "SCHEDULE_TIMEZONE", "not an explicit time zone"),
+            (&[("SCHEDULE", "CRON_TZ=Asia/Tokyo 0 2 * * *"), ("SCHEDULE_TIMEZONE", "Europe/Paris")], "SCHEDULE", "cannot use both SCHEDULE_TIMEZONE"),
+        ];
+        for (overrides, variable, fragment) in cases {
+            let e = RunConfig::from_env(&env(&with(overrides))).expect_err(&format!("{overrides:?} must be refused"));
+            let p = e.0.iter().find(|p| p.variable == *variable).unwrap_or_else(|| panic!("{overrides:?}: no problem names {variable}: {e}"));
+            assert!(p.problem.contains(fragment), "{overrides:?}: {p} does not say {fragment:?}");
+            assert!(p.expected.contains(if *variable == "SCHEDULE" { "spec.schedule" } else { "spec.timeZone" }), "{p}");
+        }
     }
 
     /// Lists the fields of a struct through serde, to compare what the code reads with

@@ -15,3 +15,4 @@ pub mod objects;
 pub mod progress;
 pub mod restore;
 pub mod retention;
+pub mod schedule;

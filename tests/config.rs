@@ -46,6 +46,9 @@ async fn bad_configurations_exit_2_name_the_variable_and_touch_nothing() {
         (&[("KEEP_WITHIN", "a while")], "KEEP_WITHIN", "not a duration"),
         (&[("OBJECTS", "some")], "OBJECTS", "one of copy, skip"),
         (&[("SCHEDULE", "0 2 * *")], "SCHEDULE", "not a cron expression"),
+        // Kubernetes counts the days of the week 0-6 from Sunday and refuses 7.
+        (&[("SCHEDULE", "0 2 * * 7")], "SCHEDULE", "\"0 2 * * 7\" is not a cron expression Kubernetes accepts (day of week field: end of range (7)"),
+        (&[("SCHEDULE_TIMEZONE", "Europe/Pariss")], "SCHEDULE_TIMEZONE", "unknown time zone Europe/Pariss"),
         (&[("PUSHGATEWAY_URL", "pushgateway:9091")], "PUSHGATEWAY_URL", "http(s) URL"),
         (&[("DATABASES", "pachyderm;drop")], "DATABASES", "not a list of database names"),
         (&[("LEASE_DURATION", "soon")], "LEASE_DURATION", "not a duration"),
@@ -98,6 +101,39 @@ async fn all_problems_are_reported_together_and_secrets_never_printed() {
     }
     for secret in ["pg-very-secret", "wJalrXUtnFEMI-secret"] {
         assert!(!out.stderr.contains(secret) && !out.stdout.contains(secret), "{secret} printed");
+    }
+}
+
+/// Schedules a CronJob runs pass the configuration check: the run goes on to its
+/// preflight (here the database, down: exit 1, nothing touched). Before SCHEDULE was
+/// read as Kubernetes reads it, "0 2 * * 0" (Sunday) stopped every run with exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_schedules_pass_the_configuration_check() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir_all(dir.path().join("source")).expect("source dir");
+    let closed_port = pachyderm_backup::demo::free_port();
+    let cases: &[&[(&str, &str)]] = &[
+        &[("SCHEDULE", "0 2 * * 0")],
+        &[("SCHEDULE", "0 2 * * SUN")],
+        &[("SCHEDULE", "0 2 * * 1-5"), ("SCHEDULE_TIMEZONE", "Europe/Paris")],
+        &[("SCHEDULE", "@daily"), ("SCHEDULE_TIMEZONE", "America/New_York")],
+        &[("SCHEDULE", "0 2 1 * 1")],
+    ];
+    for (i, overrides) in cases.iter().enumerate() {
+        let mut env: Vec<(String, String)> = vec![
+            ("PAUSE_MODE".into(), "none".into()),
+            ("PGHOST".into(), "127.0.0.1".into()),
+            ("PGPORT".into(), closed_port.to_string()),
+            ("PGSSLMODE".into(), "disable".into()),
+            ("SOURCE_URL".into(), format!("file://{}/source", dir.path().display())),
+            ("TARGET_URL".into(), format!("file://{}/target-{i}", dir.path().display())),
+            ("LOG_FORMAT".into(), "text".into()),
+        ];
+        env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let out = run_to_end(binary(&["run"], &env)).await;
+        assert_eq!(out.code, Some(1), "{overrides:?} must pass the configuration check:\n{}", out.stderr);
+        assert!(out.stderr.contains("the cluster is untouched"), "{overrides:?}:\n{}", out.stderr);
+        assert!(!out.stderr.contains("SCHEDULE"), "{overrides:?} reported:\n{}", out.stderr);
     }
 }
 

@@ -175,6 +175,13 @@ VALUES_SETS: dict[str, dict] = {
         "extraVolumes": [{"name": "scratch-ca", "configMap": {"name": "scratch-ca"}}],
         "extraVolumeMounts": [{"name": "scratch-ca", "mountPath": "/etc/scratch-ca", "readOnly": True}],
     },
+    "descriptor-and-time-zone": {
+        # A descriptor and a time zone: spec.timeZone on every CronJob, SCHEDULE_TIMEZONE.
+        "target": TARGET,
+        "schedule": "@daily",
+        "timeZone": "Europe/Paris",
+        "resumeGuard": {"schedule": "@hourly"},
+    },
     "existing-serviceaccount": {
         "target": TARGET,
         "serviceAccount": {"create": False, "name": "backup-operator"},
@@ -192,7 +199,8 @@ VALUES_SETS: dict[str, dict] = {
     "everything-on": {
         "image": {"repository": "registry.example.com/pachyderm-backup", "tag": "1.2.3", "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "registry"}],
-        "schedule": "30 1 * * *",
+        "schedule": "30 1 * * MON-FRI",
+        "timeZone": "America/New_York",
         "cronjob": {
             "suspend": True,
             "startingDeadlineSeconds": 600,
@@ -312,6 +320,16 @@ VALUES_SETS: dict[str, dict] = {
 BAD_VALUES: dict[str, tuple[dict, str]] = {
     "schedule-words": ({"schedule": "every night"}, "/schedule"),
     "schedule-six-fields": ({"schedule": "0 0 2 * * *"}, "/schedule"),
+    # Kubernetes counts the days of the week 0-6 from Sunday and refuses 7.
+    "schedule-sunday-as-seven": ({"schedule": "0 2 * * 7"}, "/schedule"),
+    "schedule-seven-in-range": ({"schedule": "0 2 * * 5-7"}, "/schedule"),
+    "drill-schedule-sunday-as-seven": ({"drill": {"schedule": "0 5 * * 7"}}, "/drill/schedule"),
+    # Refused by the API server since 1.27: timeZone instead.
+    "schedule-tz-prefix": ({"schedule": "CRON_TZ=Europe/Paris 0 2 * * *"}, "/schedule"),
+    "schedule-descriptor-case": ({"schedule": "@DAILY"}, "/schedule"),
+    "schedule-reboot": ({"schedule": "@reboot"}, "/schedule"),
+    "time-zone-offset": ({"timeZone": "+01:00"}, "/timeZone"),
+    "time-zone-space": ({"timeZone": "Europe/Paris "}, "/timeZone"),
     "guard-schedule": ({"resumeGuard": {"schedule": "10m"}}, "/resumeGuard/schedule"),
     "duration-words": ({"pause": {"timeout": "5 minutes"}}, "/pause/timeout"),
     "duration-no-unit": ({"pause": {"maxDowntime": "7200"}}, "/pause/maxDowntime"),
@@ -759,6 +777,46 @@ def test_notes_warn_about_unencrypted_dumps(chart):
 
 def test_resume_guard_default_schedule(render):
     assert cronjob(render("defaults"), "-resume-guard")["spec"]["schedule"] == "*/10 * * * *"
+
+
+# What Kubernetes accepts in spec.schedule (robfig/cron's ParseStandard, as the
+# program's src/schedule.rs reads it): the schema must not refuse any of them.
+KUBERNETES_SCHEDULES = [
+    "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly",
+    "@every 6h", "@every 1h30m", "@every 1.5h",
+    "0 2 * * *", "0 2 * * 0", "0 2 * * 6", "0 2 * * SUN", "0 2 * * sun", "0 2 * * Sat",
+    "0 2 * * MON-FRI", "0 2 * * mon-fri", "0 2 * * 1-5", "0 2 * * */2", "0 2 * * 0,6",
+    "0 2 * * 1-5/2", "0 2 * * 00", "0 2 1 * 1", "30 1 ? * ?", "*/15 0-6 1,15 JAN-jun *",
+]
+
+
+@pytest.mark.parametrize("schedule", KUBERNETES_SCHEDULES)
+def test_schema_accepts_what_kubernetes_accepts(chart, schedule):
+    for values in ({"schedule": schedule}, {"resumeGuard": {"schedule": schedule}}, {"drill": {"schedule": schedule}}):
+        chart.validate_schema(chart.merge_values(copy.deepcopy(values)))
+
+
+@pytest.mark.parametrize("name", sorted(VALUES_SETS))
+def test_time_zone_reaches_every_cronjob_and_the_program(render, chart, name):
+    """timeZone is every CronJob's spec.timeZone and SCHEDULE_TIMEZONE; empty, neither
+    is set (the kube-controller-manager's zone, and the program's default)."""
+    docs = render(name)
+    zone = merged_values(chart, name).get("timeZone") or None
+    for cj in of_kind(docs, "CronJob"):
+        assert cj["spec"].get("timeZone") == zone, f"{name}: {cj['metadata']['name']}"
+        (c,) = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        assert env_of(c).get("SCHEDULE_TIMEZONE", {}).get("value") == zone, f"{name}: {cj['metadata']['name']}"
+
+
+def test_descriptor_and_time_zone_render(render):
+    docs = render("descriptor-and-time-zone")
+    spec = cronjob(docs)["spec"]
+    assert (spec["schedule"], spec["timeZone"]) == ("@daily", "Europe/Paris")
+    env = env_of(backup_container(docs))
+    assert (env["SCHEDULE"]["value"], env["SCHEDULE_TIMEZONE"]["value"]) == ("@daily", "Europe/Paris")
+    guard = cronjob(docs, "-resume-guard")["spec"]
+    assert (guard["schedule"], guard["timeZone"]) == ("@hourly", "Europe/Paris")
+    assert "timeZone" not in cronjob(render("defaults"))["spec"]
 
 
 # ------------------------------------------------------------------------------ RBAC

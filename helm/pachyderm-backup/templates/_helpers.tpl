@@ -281,6 +281,7 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- end }}
 {{- include "pachyderm-backup.envVar" (list "CLUSTER_NAME" $v.clusterName) }}
 {{- include "pachyderm-backup.envVar" (list "SCHEDULE" $v.schedule) }}
+{{- include "pachyderm-backup.envVar" (list "SCHEDULE_TIMEZONE" $v.timeZone) }}
 {{- include "pachyderm-backup.envVar" (list "PROGRESS_INTERVAL" $v.logging.progressInterval) }}
 {{- include "pachyderm-backup.envVar" (list "LOG_FORMAT" $v.logging.format) }}
 {{- include "pachyderm-backup.envVar" (list "RUST_LOG" $v.logging.level) }}
