@@ -16,6 +16,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ReplicationController, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, MicroTime, ObjectMeta};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -31,6 +32,18 @@ const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 const POLL: Duration = Duration::from_millis(500);
 const CONFLICT_RETRIES: usize = 5;
 const RESUME_ATTEMPTS: u32 = 4;
+/// Who wrote: the field manager of every write (`managedFields` name us as the one
+/// who scaled pachd), the Events' reporting controller, and the User-Agent.
+pub const FIELD_MANAGER: &str = "pachyderm-backup";
+const USER_AGENT: &str = concat!("pachyderm-backup/", env!("CARGO_PKG_VERSION"));
+
+fn post_params() -> PostParams {
+    PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
+fn patch_params() -> PatchParams {
+    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -117,6 +130,9 @@ pub fn permissions(s: &ClusterSettings) -> Vec<Permission> {
         p("list", "", "replicationcontrollers", None),
         p("list", "", "services", None),
         p("list", "", "configmaps", None),
+        // Events on pachd (`kubectl describe`); patch adds to a repeated Event's count.
+        p("create", "events.k8s.io", "events", None),
+        p("patch", "events.k8s.io", "events", None),
     ];
     if s.helm_release.is_some() {
         v.push(p("list", "", "secrets", None));
@@ -185,6 +201,7 @@ pub struct Cluster {
     client: Client,
     namespace: String,
     settings: ClusterSettings,
+    recorder: Recorder,
 }
 
 /// A patchable, scalable workload: Deployment or ReplicationController.
@@ -230,9 +247,40 @@ impl Workload for ReplicationController {
 impl Cluster {
     /// Connects with the in-cluster ServiceAccount, or KUBECONFIG outside a cluster.
     pub async fn connect(settings: &ClusterSettings) -> Result<Self, ClusterError> {
-        let client = Client::try_default().await.map_err(|e| ClusterError::Connect(e.to_string()))?;
+        let mut config = kube::Config::infer().await.map_err(|e| ClusterError::Connect(e.to_string()))?;
+        config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
+        let client = Client::try_from(config).map_err(|e| ClusterError::Connect(e.to_string()))?;
         let namespace = settings.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
-        Ok(Cluster { client, namespace, settings: settings.clone() })
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("HOSTNAME").ok() };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Ok(Cluster { client, namespace, settings: settings.clone(), recorder })
+    }
+
+    /// Records a Kubernetes Event on the pachd Deployment, so that `kubectl describe
+    /// deploy pachd` tells who paused it and why. Never fails the run: a missing
+    /// permission or a slow API server is logged and the run goes on.
+    pub async fn event(&self, warning: bool, reason: &str, action: &str, note: &str) {
+        let mut note = note.to_string();
+        if note.len() > 1000 {
+            let cut = (0..=1000).rev().find(|i| note.is_char_boundary(*i)).unwrap_or(0);
+            note.truncate(cut);
+        }
+        let publish = async {
+            let pachd = self.deployments().get(&self.settings.pachd).await?;
+            let event = Event {
+                type_: if warning { EventType::Warning } else { EventType::Normal },
+                reason: reason.into(),
+                note: Some(note),
+                action: action.into(),
+                secondary: None,
+            };
+            self.recorder.publish(&event, &pachd.object_ref(&())).await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(reason, error = %e, "could not record a Kubernetes Event on pachd"),
+            Err(_) => warn!(reason, "recording a Kubernetes Event on pachd took over 10s; skipped"),
+        }
     }
 
     pub fn namespace(&self) -> &str {
@@ -266,7 +314,7 @@ impl Cluster {
                 },
                 ..Default::default()
             };
-            let answer = api.create(&PostParams::default(), &review).await.map_err(api_err(format!("asking whether the run may {perm}")))?;
+            let answer = api.create(&post_params(), &review).await.map_err(api_err(format!("asking whether the run may {perm}")))?;
             if !answer.status.is_some_and(|s| s.allowed) {
                 denied.push(perm.to_string());
             }
@@ -309,7 +357,7 @@ impl Cluster {
         match api.get_opt(&name).await.map_err(api_err(format!("reading Lease {name}")))? {
             None => {
                 let lease = Lease { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, spec: Some(spec) };
-                match api.create(&PostParams::default(), &lease).await {
+                match api.create(&post_params(), &lease).await {
                     Ok(_) => {}
                     Err(e) if is_status(&e, 409) => return Err(self.held_by(&api, &name, holder).await),
                     Err(e) => return Err(api_err(format!("creating Lease {name}"))(e)),
@@ -324,7 +372,7 @@ impl Cluster {
                     let mut lease = existing.clone();
                     let transitions = existing.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0);
                     lease.spec = Some(LeaseSpec { lease_transitions: Some(transitions + 1), ..spec });
-                    match api.replace(&name, &PostParams::default(), &lease).await {
+                    match api.replace(&name, &post_params(), &lease).await {
                         Ok(_) => {}
                         Err(e) if is_status(&e, 409) => return Err(self.held_by(&api, &name, holder).await),
                         Err(e) => return Err(api_err(format!("taking over Lease {name}"))(e)),
@@ -498,7 +546,7 @@ impl Cluster {
 
     async fn restart_pachd(&self) -> Result<(), ClusterError> {
         let patch = json!({ "spec": { "template": { "metadata": { "annotations": { RESTARTED_AT: Utc::now().to_rfc3339() } } } } });
-        self.deployments().patch(&self.settings.pachd, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(api_err("restarting pachd"))?;
+        self.deployments().patch(&self.settings.pachd, &patch_params(), &Patch::Merge(&patch)).await.map_err(api_err("restarting pachd"))?;
         Ok(())
     }
 
@@ -550,18 +598,26 @@ impl Cluster {
 
     /// Puts back every object carrying our annotations (see `resume_once`), trying again
     /// after a transient API error: a resume that gives up leaves the cluster paused.
-    pub async fn resume(&self) -> Result<Vec<String>, ClusterError> {
+    /// Resumes (see `resume_once`), retrying transient API errors, and records the
+    /// outcome as an Event on pachd; `by` names who resumes, for the Event.
+    pub async fn resume(&self, by: &str) -> Result<Vec<String>, ClusterError> {
         let mut attempt = 1;
-        loop {
+        let result = loop {
             match self.resume_once().await {
                 Err(e) if attempt < RESUME_ATTEMPTS && e.transient() => {
                     warn!(attempt, error = %e, "resume failed, retrying the resume");
                     tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
                     attempt += 1;
                 }
-                result => return result,
+                result => break result,
             }
+        };
+        match &result {
+            Ok(resumed) if !resumed.is_empty() => self.event(false, "Resumed", "Resume", &format!("resumed by {by}: {}", resumed.join(", "))).await,
+            Ok(_) => {}
+            Err(e) => self.event(true, "ResumeFailed", "Resume", &format!("{by} could not resume the cluster: {e}")).await,
         }
+        result
     }
 
     /// Puts back every object carrying our annotations, pachd first, then waits until
@@ -717,7 +773,7 @@ where
     for attempt in 0.. {
         let Some(mut patch) = make(&obj)? else { return Ok((obj, false)) };
         patch["metadata"]["resourceVersion"] = json!(obj.resource_version());
-        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
             Ok(_) => return Ok((obj, true)),
             Err(e) if is_status(&e, 409) && attempt < CONFLICT_RETRIES => {
                 obj = api.get(&name).await.map_err(api_err(format!("{what} (re-reading it after a conflict)")))?;
@@ -778,7 +834,7 @@ async fn renew(api: &Api<Lease>, name: &str, me: &str) -> Result<(), ClusterErro
     if let Some(spec) = lease.spec.as_mut() {
         spec.renew_time = Some(micro_time(Utc::now()));
     }
-    api.replace(name, &PostParams::default(), &lease).await.map_err(api_err("renewing the Lease"))?;
+    api.replace(name, &post_params(), &lease).await.map_err(api_err("renewing the Lease"))?;
     Ok(())
 }
 
@@ -811,7 +867,7 @@ impl LeaseGuard {
                     spec.holder_identity = None;
                     spec.renew_time = None;
                 }
-                self.api.replace(&self.name, &PostParams::default(), &lease).await?;
+                self.api.replace(&self.name, &post_params(), &lease).await?;
             }
             Ok(())
         }

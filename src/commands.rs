@@ -170,7 +170,7 @@ pub async fn resume(raw: &RawEnv, if_stale: bool) -> Result<(), Failure> {
         Err(e @ ClusterError::LeaseHeld { .. }) => return Err(Failure { code: 3, message: format!("{e}; a live run resumes its own cluster") }),
         Err(e) => return Err(failed(e)),
     };
-    let result = cluster.resume().await;
+    let result = cluster.resume("the `pachyderm-backup resume` command").await;
     lease.release().await;
     match result {
         Ok(resumed) if resumed.is_empty() => {

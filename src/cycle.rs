@@ -255,7 +255,7 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
     };
     let cluster_name = cfg.common.cluster_name.clone().unwrap_or_else(|| cluster.as_ref().map(|c| c.namespace().to_string()).unwrap_or_else(|| "local".into()));
     let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.clone());
-    let next_due = cfg.common.schedule.as_ref().and_then(|s| s.after(&clock.now()).next()).map(|t| t.timestamp() as f64);
+    let next_due = cfg.common.schedule.as_ref().and_then(|s| s.next_after(&clock.now())).map(|t| t.timestamp() as f64);
     let report_failure = |phases: &BTreeMap<String, f64>, phase: Phase, reason: &str, downtime: Option<f64>, resumed: bool| RunReport {
         finished_at: clock.now().timestamp() as f64,
         success: false,
@@ -392,6 +392,10 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
                 freed_bytes = ?report.freed,
                 "backup complete"
             );
+            if let Some(c) = &cluster {
+                let note = format!("pachyderm-backup run {} completed: {:.0}s of downtime", manifest.backup_id, manifest.downtime_seconds);
+                c.event(false, "BackupSucceeded", "Backup", &note).await;
+            }
             if let Some(message) = retention_error {
                 error!(error = %message, "retention failed; the new backup is complete");
                 return Err(RunError::RetentionFailed { backup_id: manifest.backup_id.clone(), message });
@@ -406,6 +410,9 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
             };
             let downtime = t.phases.get("pause").map(|p| p + t.phases.get("capture").unwrap_or(&0.0) + t.phases.get("resume").unwrap_or(&0.0));
             error!(phase = %phase, reason, error = %e, "run failed");
+            if let Some(c) = &cluster {
+                c.event(true, "BackupFailed", "Backup", &format!("pachyderm-backup run {backup_id} failed in phase {phase}: {e}")).await;
+            }
             pusher.push(&report_failure(&t.phases, phase, reason, downtime, resumed).sample()).await;
             Err(e)
         }
@@ -441,7 +448,9 @@ async fn run_locked(
         let leftovers = t.time(Phase::Recover, c.paused_objects()).await.map_err(|e| fail(Phase::Recover, UNTOUCHED)(e.into()))?;
         if !leftovers.is_empty() {
             warn!(objects = ?leftovers, "a previous run left the cluster paused: resuming it first");
-            t.time(Phase::Recover, c.resume()).await.map_err(|e| resume_failed(e, leftovers.clone()))?;
+            t.time(Phase::Recover, c.resume(&format!("pachyderm-backup run {backup_id}, recovering a previous run")))
+                .await
+                .map_err(|e| resume_failed(e, leftovers.clone()))?;
         }
     }
 
@@ -562,6 +571,9 @@ async fn run_locked(
     let guarded = async {
         if let Some(c) = cluster {
             let report = t.time(Phase::Pause, c.pause(backup_id)).await?;
+            if report.paused_by_us() {
+                c.event(false, "Paused", "Pause", &format!("paused by pachyderm-backup run {backup_id} for a backup: {}", report.paused.join(", "))).await;
+            }
             pause_report.set(Some(report));
         }
         current.set(Phase::Capture);
@@ -594,7 +606,7 @@ async fn run_locked(
     // RESUME, whatever happened above.
     let pause_report = pause_report.take().unwrap_or_default();
     if let Some(c) = cluster {
-        let resumed = t.time(Phase::Resume, c.resume()).await;
+        let resumed = t.time(Phase::Resume, c.resume(&format!("pachyderm-backup run {backup_id}"))).await;
         if let Err(e) = resumed {
             let still = c.paused_objects().await.unwrap_or_default();
             return Err(resume_failed(e, still));

@@ -139,16 +139,32 @@ pub async fn detect(settings: &StoreSettings) -> Result<ObjectLock, LockError> {
         AwsAuthorizer::new(&credential, "s3", &region).try_authorize(&mut request, None).map_err(|e| err(format!("cannot sign the request: {e}")))?;
     }
     let client = ReqwestConnector::default().connect(&options).map_err(|e| err(e.to_string()))?;
-    let response = client.execute(request).await.map_err(|e| err(e.to_string()))?;
+    // A bucket that cannot be reached is the preflight probe's to report, in
+    // object_store's words and with its retries.
+    let unreached = |e: object_store::client::HttpError| {
+        tracing::debug!(error = %e, "the Object Lock configuration could not be read");
+        ObjectLock::Off
+    };
+    let response = match client.execute(request).await {
+        Ok(r) => r,
+        Err(e) => return Ok(unreached(e)),
+    };
     let status = response.status();
-    let body = response.into_body().bytes().await.map_err(|e| err(e.to_string()))?;
+    let body = match response.into_body().bytes().await {
+        Ok(b) => b,
+        Err(e) => return Ok(unreached(e)),
+    };
     let text = String::from_utf8_lossy(&body);
     match status.as_u16() {
         200 => parse_configuration(&text).map_err(err),
-        // No configuration, or a store without Object Lock at all.
-        404 | 400 | 405 | 501 if !text.contains("NoSuchBucket") => Ok(ObjectLock::Off),
         403 => Ok(ObjectLock::Unknown("s3:GetBucketObjectLockConfiguration is not granted".into())),
-        code => Err(err(format!("HTTP {code}: {}", text.chars().take(300).collect::<String>()))),
+        // No configuration (404), a store without Object Lock (400, 405, 501), or a
+        // bucket that is missing or elsewhere: the preflight's probe says which, in
+        // object_store's words; a locked bucket refuses the probe's write.
+        code => {
+            tracing::debug!(code, answer = %text.chars().take(300).collect::<String>(), "no Object Lock configuration read");
+            Ok(ObjectLock::Off)
+        }
     }
 }
 

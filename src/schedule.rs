@@ -156,7 +156,8 @@ impl Schedule {
         DateTime::from_timestamp(secs, 0)
     }
 
-    /// Every following time, as the `cron` crate's `Schedule::after` gave them.
+    /// Every following time.
+    #[cfg(test)]
     pub fn after<'a>(&'a self, t: &DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + 'a {
         std::iter::successors(self.next_after(t), move |previous| self.next_after(previous))
     }

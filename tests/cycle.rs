@@ -100,6 +100,25 @@ async fn full_cycle(buckets: Buckets, chunks: u64) {
     assert_eq!(&patches[..2], ["pachd", "pachw"], "pachd is stopped first: {patches:?}");
     assert_eq!(patches.iter().filter(|p| *p == "pachd").count(), 2, "pachd paused and resumed once each");
 
+    // 10.4: `kubectl describe deploy pachd` tells the story, naming the run, and every
+    // write says who made it (managedFields, audit logs).
+    let events = bed.kube.events();
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert_eq!(reasons, ["Paused", "Resumed", "BackupSucceeded"], "{events:#?}");
+    let pachd_uid = bed.kube.get("deployments", "pachd").expect("pachd")["metadata"]["uid"].clone();
+    for e in &events {
+        assert_eq!((e["regarding"]["kind"].as_str(), e["regarding"]["name"].as_str()), (Some("Deployment"), Some("pachd")), "{e}");
+        assert_eq!(e["regarding"]["uid"], pachd_uid, "describe finds Events by the object's uid: {e}");
+        assert_eq!(e["reportingController"], "pachyderm-backup", "{e}");
+        assert!(e["note"].as_str().is_some_and(|n| n.contains(&m.backup_id)), "the Event names the run: {e}");
+    }
+    for r in bed.kube.requests() {
+        assert!(r.user_agent.starts_with("pachyderm-backup/"), "User-Agent {:?} on {} {}", r.user_agent, r.method, r.path);
+        if r.mutating() {
+            assert!(r.query.split('&').any(|q| q == "fieldManager=pachyderm-backup"), "no field manager on {} {}?{}", r.method, r.path, r.query);
+        }
+    }
+
     // JSON logs, one progress line at least, a final summary.
     let logs = out.logs();
     assert!(logs.iter().any(|l| l["message"] == "backup complete" && l["objects"] == chunks), "summary line");

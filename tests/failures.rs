@@ -121,6 +121,11 @@ async fn a_failed_resume_exits_4_and_says_what_is_still_paused() {
     bed.kube.clear_faults();
     bed.run(&["resume"]).await.expect_code(0);
     bed.assert_resumed();
+    // 10.4: the story on pachd, for `kubectl describe`.
+    let reasons: Vec<String> = bed.kube.events().iter().filter_map(|e| e["reason"].as_str().map(str::to_string)).collect();
+    assert_eq!(reasons, ["Paused", "ResumeFailed", "BackupFailed", "Resumed"]);
+    let warnings = bed.kube.events().iter().filter(|e| e["type"] == "Warning").count();
+    assert_eq!(warnings, 2, "a failed resume and a failed backup are warnings");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -839,6 +839,8 @@ def expected_rules(values) -> set[tuple]:
     if values["pause"]["mode"] == "pachyderm":
         rules.add(("", "configmaps", "get", p["pachdConfigMap"]))
         rules.add(("", "configmaps", "patch", p["pachdConfigMap"]))
+    rules.add(("events.k8s.io", "events", "create", None))
+    rules.add(("events.k8s.io", "events", "patch", None))
     rules.add(("coordination.k8s.io", "leases", "create", None))
     rules.add(("coordination.k8s.io", "leases", "get", values["lease"]["name"]))
     rules.add(("coordination.k8s.io", "leases", "update", values["lease"]["name"]))
@@ -889,9 +891,9 @@ def test_role_is_exactly_the_programs_calls(render, chart, name):
     want = expected_rules(values)
     assert got == want, f"extra: {sorted(got - want, key=str)}; missing: {sorted(want - got, key=str)}"
     # resourceNames wherever Kubernetes honours them: every get/patch/update names its objects
-    # (except replicationcontrollers, whose names are generated)
+    # (except replicationcontrollers and events, whose names are generated)
     for group, resource, verb, rn in got:
-        if verb in ("get", "patch", "update") and resource != "replicationcontrollers":
+        if verb in ("get", "patch", "update") and resource not in ("replicationcontrollers", "events"):
             assert rn is not None, f"{resource} {verb} without resourceNames"
         if verb in ("list", "create"):
             assert rn is None, f"resourceNames are ignored for {verb}"

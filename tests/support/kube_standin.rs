@@ -23,13 +23,20 @@ use serde_json::{Value, json};
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    pub query: String,
+    pub user_agent: String,
     pub body: Value,
 }
 
 impl Recorded {
-    /// Whether the request changes anything (SelfSubjectAccessReviews do not).
+    /// Whether the request changes the cluster's objects (SelfSubjectAccessReviews and
+    /// Events, which only record, do not).
     pub fn mutating(&self) -> bool {
-        self.method != "GET" && !self.path.contains("selfsubjectaccessreviews")
+        self.method != "GET" && !self.path.contains("selfsubjectaccessreviews") && !self.is_event()
+    }
+
+    pub fn is_event(&self) -> bool {
+        self.path.starts_with("/apis/events.k8s.io/")
     }
 }
 
@@ -72,7 +79,7 @@ pub struct StandIn {
     pub kubeconfig: std::path::PathBuf,
 }
 
-const COLLECTIONS: [&str; 6] = ["deployments", "replicationcontrollers", "configmaps", "services", "leases", "secrets"];
+const COLLECTIONS: [&str; 7] = ["deployments", "replicationcontrollers", "configmaps", "services", "leases", "secrets", "events"];
 
 fn status(code: u16, reason: &str, message: impl Into<String>) -> Response {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message.into(), "reason": reason, "code": code});
@@ -385,6 +392,14 @@ impl StandIn {
         self.world.lock().expect("world").pods.values().filter(|p| p.owner.starts_with(owner_prefix)).count()
     }
 
+    /// Every Event recorded (events.k8s.io/v1), oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        let w = self.world.lock().expect("world");
+        let mut events: Vec<Value> = w.objects["events"].values().cloned().collect();
+        events.sort_by_key(|e| e["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0));
+        events
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.world.lock().expect("world").requests.clone()
     }
@@ -427,12 +442,13 @@ impl StandIn {
     }
 }
 
-async fn handle(State(world): State<Arc<Mutex<World>>>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn handle(State(world): State<Arc<Mutex<World>>>, method: Method, uri: Uri, headers: axum::http::HeaderMap, body: Bytes) -> Response {
     let path = uri.path().to_string();
     let query = uri.query().unwrap_or("").to_string();
     let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let user_agent = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let mut w = world.lock().expect("world");
-    w.requests.push(Recorded { method: method.to_string(), path: path.clone(), body: body_json.clone() });
+    w.requests.push(Recorded { method: method.to_string(), path: path.clone(), query: query.clone(), user_agent, body: body_json.clone() });
     if let Some(f) = w.faults.iter_mut().find(|f| f.remaining > 0 && f.method == method && path.contains(&f.path_contains)) {
         f.remaining -= 1;
         let code = f.status;
@@ -479,6 +495,7 @@ async fn handle(State(world): State<Arc<Mutex<World>>>, method: Method, uri: Uri
         "configmaps" => "ConfigMapList",
         "services" => "ServiceList",
         "secrets" => "SecretList",
+        "events" => "EventList",
         _ => "LeaseList",
     };
 
