@@ -88,6 +88,27 @@ pub async fn run(raw: &RawEnv, stop: Stop, full: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The preflight alone, every check run and printed (one line each); exit 1 if any
+/// failed. A bad configuration stops it first with exit 2, as it stops a run.
+pub async fn check(raw: &RawEnv) -> Result<(), Failure> {
+    let cfg = RunConfig::from_env(raw)?;
+    let lines = cycle::check(&cfg).await;
+    let failed: Vec<&str> = lines.iter().filter(|(_, r)| r.is_err()).map(|(what, _)| what.as_str()).collect();
+    println!("ok    configuration");
+    for (what, result) in &lines {
+        match result {
+            Ok(found) => println!("ok    {what}: {found}"),
+            Err(problem) => println!("FAIL  {what}: {problem}"),
+        }
+    }
+    if failed.is_empty() {
+        println!("every check passed: a run would pause the cluster now");
+        Ok(())
+    } else {
+        Err(Failure { code: 1, message: format!("check failed: {}; nothing was paused", failed.join(", ")) })
+    }
+}
+
 /// The backup bucket, its Object Lock read.
 async fn open_catalog(target: &crate::config::StoreSettings) -> Result<Catalog, Failure> {
     let (store, lock) = objects::open_backup_bucket(target, false).await.map_err(failed)?;
@@ -188,8 +209,10 @@ pub async fn resume(raw: &RawEnv, if_stale: bool) -> Result<(), Failure> {
 pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
     let cfg = CatalogConfig::from_env(raw)?;
     let catalog = open_catalog(&cfg.target).await?;
-    // Under the Lease, so that no run commits a backup while blobs are swept.
+    // Under the Lease, so that no run commits a backup while blobs are swept. A dry
+    // run deletes nothing: it needs no Lease, nor any access to Kubernetes.
     let cluster = match cfg.cluster.pause_mode {
+        _ if dry_run => None,
         PauseMode::None => None,
         _ => Some(Cluster::connect(&cfg.cluster).await.map_err(failed)?),
     };

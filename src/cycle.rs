@@ -226,6 +226,57 @@ impl Clock {
     }
 }
 
+/// One line of `check`: what was checked, and what was found or what is wrong.
+pub type CheckLine = (String, Result<String, String>);
+
+/// The preflight alone (`pachyderm-backup check`, the chart's `helm test`): every check
+/// a run makes before it pauses, each bounded by PREFLIGHT_TIMEOUT, all of them run
+/// and reported even when one fails. Pauses nothing, takes no lock; writes and deletes
+/// one probe object in the backup bucket.
+pub async fn check(cfg: &RunConfig) -> Vec<CheckLine> {
+    let limit = cfg.preflight_timeout;
+    let mut lines: Vec<CheckLine> = Vec::new();
+    let mut line = |what: String, r: Result<String, StepError>| lines.push((what, r.map_err(|e| e.message)));
+    if cfg.cluster.pause_mode != PauseMode::None {
+        match Cluster::connect(&cfg.cluster).await {
+            Ok(c) => {
+                let namespace = c.namespace().to_string();
+                line(
+                    format!("Kubernetes permissions in namespace {namespace}"),
+                    bounded(limit, "checking Kubernetes permissions", c.check_permissions()).await.map(|()| "granted".into()),
+                );
+                line(
+                    "Pachyderm version".into(),
+                    bounded(limit, "reading Pachyderm's version", c.pachyderm_version()).await.map(|v| v.unwrap_or_else(|| "unknown".into())),
+                );
+            }
+            Err(e) => line("Kubernetes API".into(), Err(e.into())),
+        }
+    }
+    match bounded(limit, "finding pg_dump and its version", Tools::find(cfg.database.bin_dir.as_deref())).await {
+        Ok(tools) => {
+            line("pg_dump".into(), Ok(format!("{} ({})", tools.version, tools.pg_dump.display())));
+            for db in &cfg.database.databases {
+                let r = bounded(limit, &format!("checking database {db}"), database::preflight(&cfg.database.server, db, &tools)).await;
+                line(format!("database {db}"), r.map(|s| format!("PostgreSQL {}", s.version)));
+            }
+        }
+        Err(e) => line("pg_dump".into(), Err(e)),
+    }
+    if cfg.copy.objects == ObjectsMode::Copy {
+        let listed = async { objects::probe_listable(&objects::open(&cfg.source, false)?, "source").await };
+        line(format!("source bucket {}", redact_url(&cfg.source.url)), bounded(limit, "listing the source bucket", listed).await.map(|()| "listable".into()));
+    }
+    let probe = catalog::backup_path(&format!("check-{}", Utc::now().format("%Y%m%dT%H%M%SZ")), catalog::PROBE);
+    let written = async {
+        let (store, lock) = objects::open_backup_bucket(&cfg.target, false).await?;
+        objects::probe_writable(&store, "target", &probe).await?;
+        Ok::<_, objects::ObjectsError>(format!("writable; S3 Object Lock {lock}"))
+    };
+    line(format!("target bucket {}", redact_url(&cfg.target.url)), bounded(limit, "writing a probe to the target bucket", written).await);
+    lines
+}
+
 /// Runs one full cycle.
 pub async fn run(cfg: RunConfig, stop: Stop) -> Result<Summary, RunError> {
     run_at(cfg, stop, Utc::now()).await
@@ -248,11 +299,17 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
         .map_err(fail(Phase::Preflight, UNTOUCHED))?;
     let catalog = Catalog::new(target.clone()).with_object_lock(object_lock);
 
-    // Kubernetes: connect and lock.
+    // Kubernetes: connect, and check every permission before the first call that needs
+    // one (the Lease, the recovery), so a missing one is named in the preflight's list.
     let cluster = match mode {
         PauseMode::None => None,
         _ => Some(Cluster::connect(&cfg.cluster).await.map_err(|e| fail(Phase::Lock, UNTOUCHED)(e.into()))?),
     };
+    if let Some(c) = &cluster {
+        t.time(Phase::Preflight, bounded(cfg.preflight_timeout, "checking Kubernetes permissions", c.check_permissions()))
+            .await
+            .map_err(fail(Phase::Preflight, UNTOUCHED))?;
+    }
     let cluster_name = cfg.common.cluster_name.clone().unwrap_or_else(|| cluster.as_ref().map(|c| c.namespace().to_string()).unwrap_or_else(|| "local".into()));
     let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.clone());
     let next_due = cfg.common.schedule.as_ref().and_then(|s| s.next_after(&clock.now())).map(|t| t.timestamp() as f64);
@@ -463,9 +520,6 @@ async fn run_locked(
         let mut servers = Vec::new();
         for db in &cfg.database.databases {
             servers.push(bounded(limit, &format!("checking database {db}"), database::preflight(&cfg.database.server, db, &tools)).await?);
-        }
-        if let Some(c) = cluster {
-            bounded(limit, "checking Kubernetes permissions", c.check_permissions()).await?;
         }
         if let Some(s) = &source {
             bounded(limit, "listing the source bucket", objects::probe_listable(s, "source")).await?;

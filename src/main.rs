@@ -13,11 +13,13 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "pachyderm-backup",
     version,
-    about = "Back up a Pachyderm cluster: pause, dump PostgreSQL, copy the bucket, resume. Configured by environment variables (see `pachyderm-backup variables`)."
+    about = "Back up a Pachyderm cluster: pause, dump PostgreSQL, copy the bucket, resume. Configured by environment variables (see `pachyderm-backup variables`).",
+    // No default command: a bare invocation prints this help, it never pauses a cluster.
+    arg_required_else_help = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Command,
 }
 
 #[derive(Subcommand)]
@@ -29,6 +31,8 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// The preflight alone: configuration, Kubernetes permissions, pg_dump, databases, buckets, Pushgateway. Pauses nothing (the chart's `helm test`).
+    Check,
     /// The backups in the target bucket: id, age, sizes, downtime, and the retention rule keeping each.
     List {
         /// Machine-readable output.
@@ -126,7 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let command = cli.command.unwrap_or(Command::Run { full: false });
+    let command = cli.command;
     let interactive = matches!(command, Command::Demo { .. } | Command::List { .. } | Command::Variables { .. });
     init_logging(&raw, if interactive { LogFormat::Text } else { LogFormat::Json });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
         let stop = commands::watch_signals();
         match command {
             Command::Run { full } => commands::run(&raw, stop, full).await,
+            Command::Check => commands::check(&raw).await,
             Command::List { json, all } => commands::list(&raw, json, all).await,
             Command::Resume { if_stale } => commands::resume(&raw, if_stale).await,
             Command::Retention { dry_run } => commands::retention(&raw, dry_run).await,

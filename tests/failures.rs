@@ -239,3 +239,43 @@ async fn lease_renewal_survives_a_blip_and_stops_when_taken() {
     lock.release().await;
     assert_failed_cleanly(&bed, &out, "was lost during the run").await;
 }
+
+/// 10.5: `check` runs the whole preflight, reports every problem (not only the first)
+/// and touches nothing; a run checks permissions before its first call that needs one,
+/// so a missing Lease permission is named by the preflight, not met as a raw 403; a
+/// bare invocation prints help; `retention --dry-run` needs no Kubernetes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_everything_and_touches_nothing() {
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    let out = bed.run(&["check"]).await;
+    out.expect_code(0);
+    for line in
+        ["ok    Kubernetes permissions", "ok    pg_dump", "ok    database pachyderm", "ok    database dex", "ok    source bucket", "ok    target bucket"]
+    {
+        assert!(out.stdout.contains(line), "no {line:?} in:\n{}", out.stdout);
+    }
+    assert!(bed.kube.mutating_requests().is_empty(), "check wrote to the cluster: {:?}", bed.kube.mutating_requests());
+    assert!(bed.manifests().await.is_empty());
+
+    bed.kube.deny("get leases");
+    bed.set("DATABASES", "pachyderm,nosuchdb");
+    let out = bed.run(&["check"]).await;
+    out.expect_code(1);
+    for line in ["FAIL  Kubernetes permissions", "get leases", "FAIL  database nosuchdb", "ok    database pachyderm", "ok    target bucket"] {
+        assert!(out.stdout.contains(line), "no {line:?} in:\n{}", out.stdout);
+    }
+
+    bed.set("DATABASES", "pachyderm,dex");
+    let out = bed.run(&["run"]).await;
+    assert_failed_cleanly(&bed, &out, "lacks permissions the run needs: get leases").await;
+    assert!(bed.kube.requests().iter().all(|r| !r.path.contains("/leases")), "the Lease was called before the permissions were checked");
+
+    let out = bed.run(&[]).await;
+    out.expect_code(2);
+    assert!(out.stderr.contains("Usage:") && out.stderr.contains("check"), "a bare invocation prints help:\n{}", out.stderr);
+
+    let no_cluster = vec![("KUBECONFIG".to_string(), "/nonexistent/kubeconfig".to_string())];
+    let out = run_with(&bed, no_cluster.clone(), &["retention", "--dry-run"]).await;
+    out.expect_code(0);
+    run_with(&bed, no_cluster, &["list"]).await.expect_code(0);
+}

@@ -808,6 +808,28 @@ def test_time_zone_reaches_every_cronjob_and_the_program(render, chart, name):
         assert env_of(c).get("SCHEDULE_TIMEZONE", {}).get("value") == zone, f"{name}: {cj['metadata']['name']}"
 
 
+@pytest.mark.parametrize("name", sorted(VALUES_SETS))
+def test_helm_test_runs_the_preflight_like_the_backup_pod(render, chart, name):
+    """`helm test`: a Pod with the test hook, running `check` with the backup pod's
+    ServiceAccount, environment and volumes, so it finds what tonight's run finds."""
+    docs = render(name)
+    values = merged_values(chart, name)
+    pods = of_kind(docs, "Pod")
+    if not values["helmTest"]["enabled"]:
+        assert not pods
+        return
+    (pod,) = pods
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["metadata"]["name"] == f"{RELEASE}-pachyderm-backup-check"
+    (c,) = pod["spec"]["containers"]
+    assert c["args"] == ["check"]
+    backup = cronjob(docs)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (b,) = backup["containers"]
+    assert c["env"] == b["env"] and c["image"] == b["image"] and c.get("volumeMounts") == b.get("volumeMounts")
+    assert pod["spec"]["serviceAccountName"] == backup["serviceAccountName"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
 def test_descriptor_and_time_zone_render(render):
     docs = render("descriptor-and-time-zone")
     spec = cronjob(docs)["spec"]

@@ -488,6 +488,20 @@ async fn handle(State(world): State<Arc<Mutex<World>>>, method: Method, uri: Uri
         let items: Vec<Value> = w.pods.iter().filter(|(_, p)| matches_selector(&p.labels, &selector)).map(|(n, p)| w.pod_json(n, p, &namespace)).collect();
         return ok(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": w.rv.to_string()}, "items": items}));
     }
+    // A denied permission is refused on the call itself too, as RBAC refuses it.
+    let verb = match (&method, &name) {
+        (&Method::GET, Some(_)) => "get",
+        (&Method::GET, None) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, _) => "delete",
+        _ => "",
+    };
+    let named = name.as_ref().map(|n| format!("{verb} {collection}/{n}"));
+    if w.denied.iter().any(|d| *d == format!("{verb} {collection}") || Some(d) == named.as_ref()) {
+        return status(403, "Forbidden", format!("{collection} is forbidden: cannot {verb} resource \"{collection}\" in namespace \"{namespace}\""));
+    }
     let Some(key) = COLLECTIONS.iter().copied().find(|c| *c == collection) else { return status(404, "NotFound", format!("unknown collection {collection}")) };
     let kind_list = match key {
         "deployments" => "DeploymentList",
