@@ -42,7 +42,9 @@ import glob, json, re, sys
 
 errors = []
 
-# Every panel target: an expr selecting cluster="$cluster", and the ${datasource} variable.
+# Every panel target: an expr selecting pachyderm_cluster="$cluster" (the label the
+# program pushes; never `cluster`, the external label of multi-cluster setups), and the
+# ${datasource} variable.
 DS = {"type": "prometheus", "uid": "${datasource}"}
 for path in sorted(glob.glob("dashboards/*.json")):
     d = json.load(open(path))
@@ -50,6 +52,9 @@ for path in sorted(glob.glob("dashboards/*.json")):
     for v in ("datasource", "cluster"):
         if v not in names:
             errors.append(f"{path}: no templating variable {v!r}")
+    for v in d.get("templating", {}).get("list", []):
+        if v.get("name") == "cluster" and "pachyderm_cluster)" not in str(v.get("query")):
+            errors.append(f"{path}: the variable cluster does not list the values of pachyderm_cluster")
     def panels(ps):
         for p in ps:
             yield p
@@ -71,8 +76,10 @@ for path in sorted(glob.glob("dashboards/*.json")):
             if not expr:
                 errors.append(f"{path}: {title}: target {t.get('refId')} has no expr")
             for m in re.finditer(r"\b(pachyderm_backup_\w+)(\{[^}]*\})?", expr):
-                if not m.group(2) or 'cluster="$cluster"' not in m.group(2):
-                    errors.append(f"{path}: {title}: {m.group(1)} does not select cluster=\"$cluster\"")
+                if not m.group(2) or not re.search(r'(?<![\w])pachyderm_cluster="\$cluster"', m.group(2)):
+                    errors.append(f"{path}: {title}: {m.group(1)} does not select pachyderm_cluster=\"$cluster\"")
+                if m.group(2) and re.search(r'(?<![\w])cluster\s*[=!]', m.group(2)):
+                    errors.append(f"{path}: {title}: {m.group(1)} selects the label cluster, which the program does not push")
 
 # Every runbook_url anchor: a heading "Alert: <Name>" in README.md.
 def slug(heading):
@@ -101,6 +108,17 @@ for path in sorted(glob.glob("alerts/*.rules.yaml")):
     for a in alerts:
         if f"alert-{a.lower()}" not in anchors:
             errors.append(f"{path}: no runbook section '## Alert: {a}'")
+    # Only the series this version pushes (pachyderm_cluster), never the label `cluster`
+    # of older versions, which multi-cluster setups use as an external label.
+    exprs = re.findall(r"^(\s*)expr:\s*\|[-+]?\n((?:\1\s+\S.*\n|\s*\n)+)", text, re.M)
+    if len(exprs) != len(re.findall(r"^\s*expr:", text, re.M)):
+        errors.append(f"{path}: write every expr as a block (expr: |) for this check")
+    for _, expr in exprs:
+        for m in re.finditer(r"\b(pachyderm_backup_\w+)(\{[^}]*\})?", expr):
+            if not m.group(2) or 'pachyderm_cluster!=""' not in m.group(2):
+                errors.append(f"{path}: {m.group(0)} does not require pachyderm_cluster!=\"\"")
+    for bad in re.findall(r"\b(?:on|ignoring|by|without)\s*\([^)]*\bcluster\b[^)]*\)|\$labels\.cluster\b", text):
+        errors.append(f"{path}: {bad}: the label is pachyderm_cluster")
 
 for e in errors:
     print("error:", e, file=sys.stderr)

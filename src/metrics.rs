@@ -1,7 +1,13 @@
 //! Metrics: a `prometheus-client` registry per push, sent to the Pushgateway over
 //! hyper with POST, which replaces only the metric families sent. A failed run sends
-//! no last-success family, so the last success survives it. A Pushgateway that is down
+//! no last-success family, so the last success survives it; a successful one sends no
+//! last-failure family, so the last failure survives it. A Pushgateway that is down
 //! or slow costs a warning, never the backup.
+//!
+//! The grouping key is `job="pachyderm-backup", pachyderm_cluster="<CLUSTER_NAME>"`:
+//! not `cluster`, the external label of most multi-cluster Prometheus setups
+//! (kube-prometheus, Thanos, Mimir), which a push scraped with `honor_labels` would
+//! overwrite or collide with.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -19,6 +25,8 @@ use tracing::{info, warn};
 use crate::config::PushSettings;
 
 pub const JOB: &str = "pachyderm-backup";
+/// The label (and grouping-key entry) holding CLUSTER_NAME.
+pub const CLUSTER_LABEL: &str = "pachyderm_cluster";
 const PREFIX: &str = "pachyderm_backup";
 
 type Labels = Vec<(String, String)>;
@@ -49,10 +57,16 @@ impl Sample {
         self.families.keys().map(|k| format!("{PREFIX}_{k}")).collect()
     }
 
-    /// Text exposition of the sample, every value a gauge.
+    /// Text exposition of what a push sends: the sample's families and
+    /// `build_info{version}` 1, every value a gauge.
     pub fn encode(&self) -> String {
         let mut registry = Registry::with_prefix(PREFIX);
-        for (name, (help, values)) in &self.families {
+        let mut families = self.families.clone();
+        families.insert(
+            "build_info",
+            ("1, with the version of pachyderm-backup that pushed", vec![(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())], 1.0)]),
+        );
+        for (name, (help, values)) in &families {
             let family = G::default();
             for (labels, value) in values {
                 family.get_or_create(labels).set(*value);
@@ -100,19 +114,23 @@ impl RunReport {
         let mut s = Sample::default();
         s.set("last_run_timestamp_seconds", "When the last run ended", &[], self.finished_at);
         s.set("last_run_success", "1 if the last run made a complete backup, 0 if it failed", &[], if self.success { 1.0 } else { 0.0 });
-        match &self.failure {
-            Some((phase, reason)) => {
-                s.set("failure_info", "1 on a failed run, with the phase that failed and why", &[("phase", phase), ("reason", reason)], 1.0)
-            }
-            None => s.set("failure_info", "1 on a failed run, with the phase that failed and why", &[("phase", "none"), ("reason", "none")], 0.0),
+        // Only a failed run sends it (replacing the previous failure's series): after a
+        // success it still tells when and where the last failure was.
+        if !self.success {
+            let (phase, reason) = self.failure.as_ref().map(|(p, r)| (p.as_str(), r.as_str())).unwrap_or(("unknown", "unknown"));
+            s.set(
+                "last_failure_timestamp_seconds",
+                "When the last failed run ended, with the phase that failed and why (sent by failed runs only)",
+                &[("phase", phase), ("reason", reason)],
+                self.finished_at,
+            );
         }
         if self.committed {
             s.set("last_success_timestamp_seconds", "When the last complete backup was committed", &[], self.finished_at);
         }
         s.set("duration_seconds", "Duration of the last run, start to end", &[], self.duration);
-        if let Some(d) = self.downtime {
-            s.set("downtime_seconds", "Time the cluster was paused: pause + capture + resume", &[], d);
-        }
+        // Every run: 0 for one that never paused, so each run has its own value.
+        s.set("downtime_seconds", "Time the last run kept the cluster paused: pause + capture + resume (0: not paused)", &[], self.downtime.unwrap_or(0.0));
         for (phase, secs) in &self.phases {
             s.set("phase_duration_seconds", "Duration of each phase of the last run", &[("phase", phase)], *secs);
         }
@@ -164,6 +182,9 @@ pub fn verify_sample(at: f64, ok: bool) -> Sample {
     let mut s = Sample::default();
     s.set("last_verify_timestamp_seconds", "When the last verify or restore drill ended", &[], at);
     s.set("last_verify_success", "1 if the last verify or drill found the backup whole", &[], if ok { 1.0 } else { 0.0 });
+    if ok {
+        s.set("last_verify_success_timestamp_seconds", "When a verify or restore drill last found the backup whole", &[], at);
+    }
     s
 }
 
@@ -188,29 +209,41 @@ impl Pusher {
         }
     }
 
-    async fn send(&self, base: &url::Url, sample: &Sample) -> Result<(), String> {
+    /// For `check`: whether the Pushgateway answers, with these credentials (its
+    /// `/-/ready`); `None` without PUSHGATEWAY_URL.
+    pub async fn probe(&self) -> Option<Result<String, String>> {
+        let base = self.settings.url.as_ref()?;
+        let shown = redacted(base);
         let mut url = base.clone();
-        url.path_segments_mut().map_err(|()| "PUSHGATEWAY_URL cannot be a base".to_string())?.pop_if_empty().extend([
-            "metrics",
-            "job",
-            JOB,
-            "cluster",
-            &self.cluster,
-        ]);
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend(["-", "ready"]);
+        }
+        Some(match tokio::time::timeout(self.settings.timeout, self.call(hyper::Method::GET, url, None)).await {
+            Ok(Ok(())) => Ok(format!("{shown} is ready")),
+            Ok(Err(e)) => Err(format!("{shown}: {}", e.replace(base.as_str(), &shown))),
+            Err(_) => Err(format!("{shown} did not answer within {}", humantime::format_duration(self.settings.timeout))),
+        })
+    }
+
+    async fn send(&self, base: &url::Url, sample: &Sample) -> Result<(), String> {
+        self.call(hyper::Method::POST, group_url(base, &self.cluster)?, Some(Bytes::from(sample.encode()))).await
+    }
+
+    async fn call(&self, method: hyper::Method, mut url: url::Url, body: Option<Bytes>) -> Result<(), String> {
         let connector = hyper_rustls::HttpsConnectorBuilder::new().with_native_roots().map_err(|e| e.to_string())?.https_or_http().enable_http1().build();
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
         // Credentials in the URL's userinfo go in the header, never in the request line.
         let (url_user, url_password) = (url.username().to_string(), url.password().map(str::to_string));
         let _ = url.set_username("");
         let _ = url.set_password(None);
-        let mut request = hyper::Request::post(url.as_str()).header("content-type", "text/plain; version=0.0.4");
+        let mut request = hyper::Request::builder().method(method).uri(url.as_str()).header("content-type", "text/plain; version=0.0.4");
         let user = self.settings.username.clone().or_else(|| (!url_user.is_empty()).then_some(url_user));
         if let Some(user) = &user {
             let password = self.settings.password.as_ref().map(|p| p.expose().to_string()).or(url_password).unwrap_or_default();
             let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             request = request.header("authorization", format!("Basic {token}"));
         }
-        let request = request.body(Full::new(Bytes::from(sample.encode()))).map_err(|e| e.to_string())?;
+        let request = request.body(Full::new(body.unwrap_or_default())).map_err(|e| e.to_string())?;
         let response = client.request(request).await.map_err(|e| e.to_string())?;
         let status = response.status();
         if !status.is_success() {
@@ -219,6 +252,19 @@ impl Pusher {
         }
         Ok(())
     }
+}
+
+/// The URL of this cluster's group: `<base>/metrics/job/pachyderm-backup/pachyderm_cluster/<cluster>`.
+fn group_url(base: &url::Url, cluster: &str) -> Result<url::Url, String> {
+    let mut url = base.clone();
+    url.path_segments_mut().map_err(|()| "PUSHGATEWAY_URL cannot be a base".to_string())?.pop_if_empty().extend([
+        "metrics",
+        "job",
+        JOB,
+        CLUSTER_LABEL,
+        cluster,
+    ]);
+    Ok(url)
 }
 
 /// A URL as it may be logged: userinfo replaced by `***`.
@@ -244,18 +290,31 @@ mod tests {
     }
 
     #[test]
+    fn the_grouping_key_is_job_and_pachyderm_cluster() {
+        for base in ["http://push:9091", "http://push:9091/", "https://push.example/base/"] {
+            let url = group_url(&url::Url::parse(base).expect("url"), "prod-eu").expect("group url");
+            assert!(url.path().ends_with("/metrics/job/pachyderm-backup/pachyderm_cluster/prod-eu"), "{url}");
+            assert!(!url.path().contains("//"), "{url}");
+        }
+    }
+
+    #[test]
     fn a_failed_run_never_sends_last_success() {
-        let failed = RunReport { success: false, failure: Some(("capture".into(), "database".into())), resumed: true, ..Default::default() };
+        let failed =
+            RunReport { finished_at: 1700.0, success: false, failure: Some(("capture".into(), "database".into())), resumed: true, ..Default::default() };
         let names = failed.sample().names();
         assert!(!names.contains(&"pachyderm_backup_last_success_timestamp_seconds".to_string()));
         assert!(!names.contains(&"pachyderm_backup_size_bytes".to_string()), "sizes of the last success survive too");
         let text = failed.sample().encode();
-        assert!(text.contains("pachyderm_backup_failure_info{phase=\"capture\",reason=\"database\"} 1.0"), "{text}");
+        assert!(text.contains("pachyderm_backup_last_failure_timestamp_seconds{phase=\"capture\",reason=\"database\"} 1700.0"), "{text}");
         assert!(text.contains("pachyderm_backup_cluster_paused{} 0.0"), "{text}");
+        assert!(text.contains("pachyderm_backup_downtime_seconds{} 0.0"), "a run that never paused reports 0:\n{text}");
+        let others = text.replace("pachyderm_backup_build_info{", "");
+        assert!(!others.contains("_info{"), "no _info metric but build_info:\n{text}");
     }
 
     #[test]
-    fn a_success_sends_everything() {
+    fn a_success_sends_everything_but_the_last_failure() {
         let ok = RunReport {
             success: true,
             committed: true,
@@ -264,6 +323,7 @@ mod tests {
             copied: Some(1),
             reused: Some(2),
             transferred: Some(3),
+            downtime: Some(4.5),
             resumed: true,
             ..Default::default()
         };
@@ -272,9 +332,38 @@ mod tests {
             "pachyderm_backup_last_success_timestamp_seconds",
             "pachyderm_backup_size_bytes{component=\"database\",database=\"pachyderm\"} 10.0",
             "pachyderm_backup_objects{state=\"reused\"} 2.0",
+            "pachyderm_backup_downtime_seconds{} 4.5",
             "# TYPE pachyderm_backup_duration_seconds gauge",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+        assert!(!text.contains("last_failure"), "a success must leave the last failure as it was:\n{text}");
+    }
+
+    #[test]
+    fn a_committed_run_whose_retention_failed_sends_both() {
+        let names =
+            RunReport { success: false, committed: true, failure: Some(("retention".into(), "retention".into())), ..Default::default() }.sample().names();
+        assert!(names.contains(&"pachyderm_backup_last_success_timestamp_seconds".to_string()), "{names:?}");
+        assert!(names.contains(&"pachyderm_backup_last_failure_timestamp_seconds".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn every_push_carries_build_info() {
+        let line = format!("pachyderm_backup_build_info{{version=\"{}\"}} 1.0", env!("CARGO_PKG_VERSION"));
+        for sample in [Sample::paused(1.0), RunReport::default().sample(), verify_sample(1.0, true), verify_sample(1.0, false)] {
+            let text = sample.encode();
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn only_a_whole_verify_sends_its_success_time() {
+        let ok = verify_sample(42.0, true).encode();
+        assert!(ok.contains("pachyderm_backup_last_verify_success_timestamp_seconds{} 42.0"), "{ok}");
+        assert!(ok.contains("pachyderm_backup_last_verify_success{} 1.0"), "{ok}");
+        let failed = verify_sample(43.0, false).encode();
+        assert!(!failed.contains("last_verify_success_timestamp"), "{failed}");
+        assert!(failed.contains("pachyderm_backup_last_verify_timestamp_seconds{} 43.0"), "{failed}");
     }
 }

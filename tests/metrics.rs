@@ -129,8 +129,16 @@ fn dashboard_queries() -> Vec<(String, String)> {
     out
 }
 
+/// Grafana's variables as a 1h panel would set them. `$__interval` is 1h, the least the
+/// bar panels use, and longer than Prometheus has run: their `offset $__interval`
+/// looks before the first push.
 fn substitute(expr: &str) -> String {
-    expr.replace("${cluster}", "e2e").replace("$cluster", "e2e").replace("$__range", "1h").replace("$__rate_interval", "1m").replace("$__interval", "1m")
+    expr.replace("${cluster}", "e2e")
+        .replace("$cluster", "e2e")
+        .replace("$__range_s", "3600")
+        .replace("$__range", "1h")
+        .replace("$__rate_interval", "1m")
+        .replace("$__interval", "1h")
 }
 
 fn alert_rules() -> Vec<(String, String)> {
@@ -176,24 +184,49 @@ async fn metrics_dashboard_and_alerts_tell_the_truth() {
     bed.set("SCHEDULE", "0 2 * * *");
     bed.set("CLUSTER_NAME", "e2e");
 
+    // `check` reaches the Pushgateway with the credentials (10.5).
+    let check = bed.run(&["check"]).await;
+    check.expect_code(0);
+    assert!(check.stdout.contains("ok    Pushgateway"), "{}", check.stdout);
+
     // A success, then a verify.
     let ok = bed.run(&["run"]).await;
     ok.expect_code(0);
     let mut env = bed.env();
     env.extend([("RESTORE_PGHOST".to_string(), "127.0.0.1".to_string())]);
     run_to_end(binary(&["verify", "--deep"], &env)).await.expect_code(0);
-    let success = Monitoring::value(&mon.eventually("last success", r#"pachyderm_backup_last_success_timestamp_seconds{cluster="e2e"}"#).await);
+    let success = Monitoring::value(&mon.eventually("last success", r#"pachyderm_backup_last_success_timestamp_seconds{pachyderm_cluster="e2e"}"#).await);
+    mon.eventually("a whole verify's time", r#"pachyderm_backup_last_verify_success_timestamp_seconds{pachyderm_cluster="e2e"}"#).await;
+
+    // One group, keyed by job and pachyderm_cluster (never `cluster`, the external label
+    // of multi-cluster setups), carrying the version that pushed; no failure reported.
+    let (_, groups) = http_get(mon.push_port, "/api/v1/metrics");
+    let groups: Value = serde_json::from_str(&groups).expect("groups json");
+    let keys: Vec<&Value> = groups["data"].as_array().expect("groups").iter().map(|g| &g["labels"]).collect();
+    assert_eq!(keys, [&serde_json::json!({"job": "pachyderm-backup", "pachyderm_cluster": "e2e"})], "{groups}");
+    let build = mon.eventually("build info", r#"pachyderm_backup_build_info{job="pachyderm-backup",pachyderm_cluster="e2e"} == 1"#).await;
+    assert_eq!(build[0]["metric"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(build[0]["metric"].get("cluster").is_none(), "{build:?}");
+    assert_eq!(mon.query(r#"{job="pachyderm-backup", cluster!=""}"#).expect("query"), Vec::<Value>::new(), "a series with the label cluster");
+    assert_eq!(
+        mon.query(r#"pachyderm_backup_last_failure_timestamp_seconds{pachyderm_cluster="e2e"}"#).expect("query"),
+        Vec::<Value>::new(),
+        "a success pushed a failure metric"
+    );
 
     // A failure: the database is unreachable.
     bed.set("PGPORT", &pachyderm_backup::demo::free_port().to_string());
     let failed = bed.run(&["run"]).await;
     failed.expect_code(1);
-    mon.eventually("the failure", r#"pachyderm_backup_last_run_success{cluster="e2e"} == 0"#).await;
-    let info = mon.eventually("failure info", r#"pachyderm_backup_failure_info{cluster="e2e"} == 1"#).await;
-    assert_eq!((info[0]["metric"]["phase"].as_str(), info[0]["metric"]["reason"].as_str()), (Some("preflight"), Some("database")));
-    let after = Monitoring::value(&mon.query(r#"pachyderm_backup_last_success_timestamp_seconds{cluster="e2e"}"#).expect("query"));
+    mon.eventually("the failure", r#"pachyderm_backup_last_run_success{pachyderm_cluster="e2e"} == 0"#).await;
+    let failure = mon.eventually("the last failure", r#"pachyderm_backup_last_failure_timestamp_seconds{pachyderm_cluster="e2e"}"#).await;
+    assert_eq!(failure.len(), 1, "{failure:?}");
+    assert_eq!((failure[0]["metric"]["phase"].as_str(), failure[0]["metric"]["reason"].as_str()), (Some("preflight"), Some("database")));
+    let ran = Monitoring::value(&mon.query(r#"pachyderm_backup_last_run_timestamp_seconds{pachyderm_cluster="e2e"}"#).expect("query"));
+    assert_eq!(Monitoring::value(&failure), ran, "the failure's time is the failed run's");
+    let after = Monitoring::value(&mon.query(r#"pachyderm_backup_last_success_timestamp_seconds{pachyderm_cluster="e2e"}"#).expect("query"));
     assert_eq!(after, success, "the failed run erased the last success");
-    mon.eventually("the failed-run alert", r#"ALERTS{alertname="PachydermBackupFailed",cluster="e2e",phase="preflight"}"#).await;
+    mon.eventually("the failed-run alert", r#"ALERTS{alertname="PachydermBackupFailed",pachyderm_cluster="e2e",phase="preflight"}"#).await;
 
     // No secret in any log line of these runs.
     for out in [&ok, &failed] {
@@ -210,7 +243,7 @@ async fn metrics_dashboard_and_alerts_tell_the_truth() {
     for (alert, expr) in alert_rules() {
         mon.query(&expr).unwrap_or_else(|e| panic!("alert {alert}: {e}"));
         for sel in selectors(&expr) {
-            let sel = if sel.contains('{') { sel.replacen('{', "{cluster=\"e2e\",", 1) } else { format!("{sel}{{cluster=\"e2e\"}}") };
+            let sel = if sel.contains('{') { sel.replacen('{', "{pachyderm_cluster=\"e2e\",", 1) } else { format!("{sel}{{pachyderm_cluster=\"e2e\"}}") };
             mon.eventually(&format!("alert {alert} reads {sel}"), &sel).await;
         }
     }
@@ -224,7 +257,7 @@ async fn metrics_dashboard_and_alerts_tell_the_truth() {
     running.signal("KILL");
     let _ = running.finish().await;
     lock.release().await;
-    mon.eventually("paused gauge", r#"pachyderm_backup_cluster_paused{cluster="e2e"} == 1"#).await;
+    mon.eventually("paused gauge", r#"pachyderm_backup_cluster_paused{pachyderm_cluster="e2e"} == 1"#).await;
     let (_, paused_expr) = alert_rules().into_iter().find(|(a, _)| a == "PachydermClusterPausedTooLong").expect("the paused alert");
     let zeroed = paused_expr
         .split('>')
@@ -233,7 +266,7 @@ async fn metrics_dashboard_and_alerts_tell_the_truth() {
         .collect::<Vec<_>>()
         .join("> 0 ");
     let selected = mon.eventually("the paused alert's expression", &zeroed).await;
-    assert_eq!(selected[0]["metric"]["cluster"], "e2e");
+    assert_eq!(selected[0]["metric"]["pachyderm_cluster"], "e2e");
     bed.kube.hold_lease("pachyderm-backup", "dead", Duration::from_secs(100), 15);
     bed.run(&["resume"]).await.expect_code(0);
     bed.assert_resumed();
@@ -257,6 +290,10 @@ async fn a_pushgateway_down_or_hanging_never_fails_the_backup() {
     out.expect_code(0);
     assert!(out.stderr.contains("could not push metrics"), "{}", out.stderr);
     assert!(!out.stderr.contains("hunter2pw") && !out.stdout.contains("hunter2pw"), "the password was logged:\n{}", out.stderr);
+    // `check` says so (10.5), still without the password; a run does not fail on it.
+    let out = bed.run(&["check"]).await;
+    out.expect_code(1);
+    assert!(out.stdout.contains("FAIL  Pushgateway") && !out.stdout.contains("hunter2pw"), "{}", out.stdout);
 
     // A gateway that accepts connections and never answers.
     let (port, _) = hanging_port();
@@ -295,5 +332,5 @@ async fn every_verify_failure_reaches_the_pushgateway() {
     let manifest = pachyderm_backup::catalog::backup_path(&m.backup_id, pachyderm_backup::catalog::MANIFEST);
     bed.target.put(&manifest, bytes::Bytes::from_static(b"{ truncated").into()).await.expect("damage the manifest");
     bed.run(&["verify", "--backup", &m.backup_id]).await.expect_code(1);
-    assert!(pushed().is_some_and(|l| l.ends_with(" 0") && l.contains("cluster=\"e2e\"")), "a damaged manifest: {:?}", pushed());
+    assert!(pushed().is_some_and(|l| l.ends_with(" 0") && l.contains("pachyderm_cluster=\"e2e\"")), "a damaged manifest: {:?}", pushed());
 }
