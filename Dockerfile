@@ -50,7 +50,8 @@ ARG PGDG_KEY_FINGERPRINT=B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8
 # ca-certificates: TLS to the object stores, the API server and PostgreSQL.
 # tini: PID 1; forwards SIGTERM to the program (which then resumes Pachyderm) and
 # reaps pg_dump/pg_restore children.
-# postgresql-client-${PG_MAJOR}: pg_dump/pg_restore from PostgreSQL's apt repository
+# postgresql-client-${PG_MAJOR}: pg_dump/pg_restore (and psql, the preflight's: the same
+# libpq) from PostgreSQL's apt repository
 # (Debian 12 ships 15 only). curl and gnupg fetch and check its key, then go.
 RUN set -eux; \
     export DEBIAN_FRONTEND=noninteractive; \
@@ -69,6 +70,7 @@ RUN set -eux; \
     apt-get purge -y --auto-remove curl gnupg; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; \
     "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_dump" --version; \
+    "/usr/lib/postgresql/${PG_MAJOR}/bin/psql" --version; \
     groupadd --system --gid 65532 nonroot; \
     useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin nonroot

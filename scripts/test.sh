@@ -11,6 +11,8 @@ need_apt=()
 command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
+# openssl: the tests mint throwaway CAs and certificates (TLS to S3 and PostgreSQL).
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== apt-get install ${need_apt[*]}"
   sudo_cmd=""
@@ -38,4 +40,4 @@ echo "== alert rules (promtool)"
 scripts/test-alerts.sh
 
 echo "== Helm chart (helm-python-sdk, kubernetes-validate)"
-PACHYDERM_BACKUP_BIN="$root/target/debug/pachyderm-backup" python3 -m pytest -q tests/chart
+PACHYDERM_BACKUP_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/pachyderm-backup" python3 -m pytest -q tests/chart

@@ -3,8 +3,8 @@
 //! Every variable is first read as a raw string with `envy` (so a bad value can never
 //! abort the read half-way), then validated as a whole: every problem is collected and
 //! reported at once, by variable name, with what was expected. Nothing outside this
-//! module reads the process environment, except the prefixed object-store families
-//! (`AWS_*`, `SOURCE_AWS_*`…) which are gathered here too.
+//! module reads the process environment: the prefixed families (the object-store keys
+//! `AWS_*`, `SOURCE_AWS_*`…, and libpq's `PG*`, `RESTORE_PG*`) are gathered here too.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -72,14 +72,21 @@ pub const VARIABLES: &[Variable] = &[
         "60s",
         "Bound on each preflight step (a database check, `pg_dump --version`, a bucket probe, the permission check), for run, restore and the drill.",
     ),
-    var("PGHOST", "required", "PostgreSQL host of Pachyderm (the server itself, not pg-bouncer)."),
+    var("PGHOST", "required (unless PGSERVICE)", "PostgreSQL host of Pachyderm (the server itself, not pg-bouncer)."),
     var("PGPORT", "5432", "PostgreSQL port."),
     var("PGUSER", "libpq's default", "PostgreSQL user (needs to read every table)."),
     var("PGPASSWORD", "unset", "PostgreSQL password."),
     var("PGSSLMODE", "prefer", "libpq sslmode: disable, allow, prefer, require, verify-ca, verify-full."),
-    var("PGSSLROOTCERT", "unset", "CA certificate file for verify-ca / verify-full."),
+    var("PGSSLROOTCERT", "unset", "CA certificate file for verify-ca / verify-full (or `system`)."),
+    var("PGSSLCERT", "unset", "Client certificate file (PEM) for certificate authentication, with PGSSLKEY."),
+    var("PGSSLKEY", "unset", "Private key file of PGSSLCERT; libpq refuses it unless its mode is 0600 or less (0640 or less when owned by root)."),
+    var(
+        "PG*",
+        "unset",
+        "Every other libpq variable (PGSSLCRL, PGSERVICE, PGPASSFILE, PGCONNECT_TIMEOUT, PGOPTIONS, PGAPPNAME, PGTARGETSESSIONATTRS, PGGSSENCMODE…), passed untouched to pg_dump and to the preflight; a name libpq does not know is warned about and ignored.",
+    ),
     var("DATABASES", "pachyderm,dex", "Databases to dump, comma separated."),
-    var("PG_BIN_DIR", "PATH", "Directory holding pg_dump and pg_restore (they must be as new as the server)."),
+    var("PG_BIN_DIR", "PATH", "Directory holding pg_dump, pg_restore and psql (they must be as new as the server)."),
     var(
         "DUMP_RECIPIENTS",
         "unset: dumps unencrypted (warned on every run)",
@@ -87,9 +94,13 @@ pub const VARIABLES: &[Variable] = &[
     ),
     var("SOURCE_URL", "required", "Pachyderm's bucket: s3://bucket[/prefix], gs://…, az://container[/prefix], file:///dir."),
     var("TARGET_URL", "required", "The backup bucket and prefix, same schemes."),
-    var("AWS_*", "unset", "object_store's S3 keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP…) for every bucket."),
-    var("GOOGLE_*", "unset", "object_store's GCS keys (GOOGLE_SERVICE_ACCOUNT_KEY, GOOGLE_SERVICE_ACCOUNT…) for every bucket."),
-    var("AZURE_*", "unset", "object_store's Azure keys (AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY…) for every bucket."),
+    var(
+        "AWS_*",
+        "unset",
+        "object_store's S3 keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP…), and AWS_CA_BUNDLE (a PEM file of CA certificates to trust beside the system's), for every bucket.",
+    ),
+    var("GOOGLE_*", "unset", "object_store's GCS keys (GOOGLE_SERVICE_ACCOUNT_KEY, GOOGLE_SERVICE_ACCOUNT…), and GOOGLE_CA_BUNDLE, for every bucket."),
+    var("AZURE_*", "unset", "object_store's Azure keys (AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY…), and AZURE_CA_BUNDLE, for every bucket."),
     var("SOURCE_AWS_*", "unset", "S3 keys for the source bucket only (override AWS_*)."),
     var("SOURCE_GOOGLE_*", "unset", "GCS keys for the source bucket only."),
     var("SOURCE_AZURE_*", "unset", "Azure keys for the source bucket only."),
@@ -123,7 +134,7 @@ pub const VARIABLES: &[Variable] = &[
     var("PUSHGATEWAY_USERNAME", "unset", "Basic-auth user for the Pushgateway."),
     var("PUSHGATEWAY_PASSWORD", "unset", "Basic-auth password for the Pushgateway."),
     var("PUSHGATEWAY_TIMEOUT", "10s", "Timeout of each push; a failed push is a warning, never a failed backup."),
-    var("CLUSTER_NAME", "the namespace", "The `cluster` label of every metric, recorded in the manifest."),
+    var("CLUSTER_NAME", "the namespace", "The `pachyderm_cluster` label of every metric (and of the Pushgateway grouping key), recorded in the manifest."),
     var(
         "SCHEDULE",
         "unset",
@@ -135,7 +146,7 @@ pub const VARIABLES: &[Variable] = &[
         "The CronJob's spec.timeZone (an IANA name such as Europe/Paris) that SCHEDULE's times are in; unset, the kube-controller-manager's zone, taken as UTC.",
     ),
     var("PROGRESS_INTERVAL", "30s", "Interval of the progress line during long phases."),
-    var("LOG_FORMAT", "json", "`json` or `text`."),
+    var("LOG_FORMAT", "text at a terminal, else json", "`json` (one object per line, unique keys) or `text`."),
     var("RUST_LOG", "info", "Log filter (tracing's EnvFilter syntax)."),
     var("RESTORE_PGHOST", "required for restore/drill", "PostgreSQL host to restore (or drill) into."),
     var("RESTORE_PGPORT", "5432", "Its port."),
@@ -143,6 +154,13 @@ pub const VARIABLES: &[Variable] = &[
     var("RESTORE_PGPASSWORD", "unset", "Its password."),
     var("RESTORE_PGSSLMODE", "prefer", "Its sslmode."),
     var("RESTORE_PGSSLROOTCERT", "unset", "Its CA certificate file."),
+    var("RESTORE_PGSSLCERT", "unset", "Its client certificate file."),
+    var("RESTORE_PGSSLKEY", "unset", "That certificate's private key file."),
+    var(
+        "RESTORE_PG*",
+        "unset",
+        "Every other libpq variable for the restore server (RESTORE_PGSSLCRL, RESTORE_PGSERVICE…), passed without its prefix to pg_restore and psql; the PG* variables of the backup's server never reach them.",
+    ),
     var(
         "RESTORE_IDENTITY_FILE",
         "required to restore or drill encrypted dumps",
@@ -178,6 +196,8 @@ pub struct RawEnv {
     pub pgpassword: Option<Secret>,
     pub pgsslmode: Option<String>,
     pub pgsslrootcert: Option<String>,
+    pub pgsslcert: Option<String>,
+    pub pgsslkey: Option<String>,
     pub databases: Option<String>,
     pub pg_bin_dir: Option<String>,
     pub dump_recipients: Option<String>,
@@ -214,12 +234,18 @@ pub struct RawEnv {
     pub restore_pgpassword: Option<Secret>,
     pub restore_pgsslmode: Option<String>,
     pub restore_pgsslrootcert: Option<String>,
+    pub restore_pgsslcert: Option<String>,
+    pub restore_pgsslkey: Option<String>,
     pub restore_identity_file: Option<String>,
     pub restore_url: Option<String>,
     pub restore_workload_identity: Option<String>,
     /// Object-store keys: `AWS_*`, `GOOGLE_*`, `AZURE_*` and their side-prefixed forms.
     #[serde(skip)]
     pub store_keys: BTreeMap<String, Secret>,
+    /// libpq variables not read as fields above (`PGSSLCRL`, `RESTORE_PGSERVICE`…), by
+    /// their names as given: checked and handed to libpq by [`PgServer`].
+    #[serde(skip)]
+    pub libpq_keys: BTreeMap<String, Secret>,
 }
 
 impl<'de> Deserialize<'de> for Secret {
@@ -230,6 +256,67 @@ impl<'de> Deserialize<'de> for Secret {
 
 const STORE_FAMILIES: [&str; 3] = ["AWS_", "GOOGLE_", "AZURE_"];
 const SIDES: [&str; 3] = ["SOURCE_", "TARGET_", "RESTORE_"];
+
+/// Every environment variable libpq reads, from PostgreSQL's documentation (14 to 18,
+/// "Environment Variables", and libpq's table of connection options): the fallbacks
+/// of the connection parameters, the session defaults and where its files are.
+pub const LIBPQ_VARIABLES: &[&str] = &[
+    "PGAPPNAME",
+    "PGCHANNELBINDING",
+    "PGCLIENTENCODING",
+    "PGCONNECT_TIMEOUT",
+    "PGDATABASE",
+    "PGDATESTYLE",
+    "PGGEQO",
+    "PGGSSDELEGATION",
+    "PGGSSENCMODE",
+    "PGGSSLIB",
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGKRBSRVNAME",
+    "PGLOADBALANCEHOSTS",
+    "PGLOCALEDIR",
+    "PGMAXPROTOCOLVERSION",
+    "PGMINPROTOCOLVERSION",
+    "PGOPTIONS",
+    "PGPASSFILE",
+    "PGPASSWORD",
+    "PGPORT",
+    "PGREQUIREAUTH",
+    "PGREQUIREPEER",
+    "PGREQUIRESSL",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGSSLCERT",
+    "PGSSLCERTMODE",
+    "PGSSLCOMPRESSION",
+    "PGSSLCRL",
+    "PGSSLCRLDIR",
+    "PGSSLKEY",
+    "PGSSLMAXPROTOCOLVERSION",
+    "PGSSLMINPROTOCOLVERSION",
+    "PGSSLMODE",
+    "PGSSLNEGOTIATION",
+    "PGSSLROOTCERT",
+    "PGSSLSNI",
+    "PGSYSCONFDIR",
+    "PGTARGETSESSIONATTRS",
+    "PGTZ",
+    "PGUSER",
+];
+
+/// The libpq variables read one by one as fields of [`RawEnv`] (and with a `RESTORE_`
+/// prefix); every other one is gathered into [`RawEnv::libpq_keys`].
+const LIBPQ_FIELDS: [&str; 8] = ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY"];
+
+/// The prefix of the restore server's libpq variables (the backup's server has none).
+const RESTORE: &str = "RESTORE_";
+
+/// Whether a name (without `RESTORE_`) is shaped like libpq's: `PG` and a letter, as
+/// PGSSLCERT is and our own PG_BIN_DIR is not.
+fn libpq_shaped(name: &str) -> bool {
+    name.len() > 2 && name.starts_with("PG") && name.as_bytes()[2].is_ascii_uppercase()
+}
 
 impl RawEnv {
     /// Reads the variables from an iterator of pairs (the process environment in
@@ -245,6 +332,11 @@ impl RawEnv {
             let unprefixed = SIDES.iter().find_map(|s| name.strip_prefix(s)).unwrap_or(&name);
             if STORE_FAMILIES.iter().any(|f| unprefixed.starts_with(f)) {
                 raw.store_keys.insert(name, Secret(value));
+                continue;
+            }
+            let libpq = name.strip_prefix(RESTORE).unwrap_or(&name);
+            if libpq_shaped(libpq) && !LIBPQ_FIELDS.contains(&libpq) {
+                raw.libpq_keys.insert(name, Secret(value));
             }
         }
         Ok(raw)
@@ -319,15 +411,37 @@ pub struct ClusterSettings {
     pub lease_duration: Duration,
 }
 
-/// A PostgreSQL server, as libpq's variables describe it.
+/// A PostgreSQL server, as libpq's variables describe it. Every libpq client the
+/// program runs for it (pg_dump, pg_restore, psql) gets these and no others.
 #[derive(Debug, Clone)]
 pub struct PgServer {
+    /// The prefix of its variables: "" for Pachyderm's server, `RESTORE_` for the
+    /// restore server.
+    pub prefix: &'static str,
+    /// Empty when PGSERVICE names a service that gives it.
     pub host: String,
     pub port: u16,
     pub user: Option<String>,
     pub password: Option<Secret>,
     pub sslmode: String,
     pub sslrootcert: Option<String>,
+    pub sslcert: Option<String>,
+    pub sslkey: Option<String>,
+    /// The other libpq variables given for this server (`PGSSLCRL`, `PGSERVICE`,
+    /// `PGCONNECT_TIMEOUT`…), by libpq's names, passed on untouched.
+    pub libpq: BTreeMap<String, Secret>,
+}
+
+impl PgServer {
+    /// The server in messages: `host:port`, and the service when one is named.
+    pub fn describe(&self) -> String {
+        let service = self.libpq.get("PGSERVICE").map(|s| s.expose().to_string());
+        match (self.host.is_empty(), service) {
+            (true, Some(service)) => format!("service {service}"),
+            (false, Some(service)) => format!("{}:{} (service {service})", self.host, self.port),
+            (_, None) => format!("{}:{}", self.host, self.port),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -366,6 +480,8 @@ pub struct StoreSettings {
     pub variable: &'static str,
     pub url: Url,
     pub options: BTreeMap<String, Secret>,
+    /// Extra CA certificates its TLS connections trust (`AWS_CA_BUNDLE`…).
+    pub ca_bundle: Option<CaBundle>,
 }
 
 impl fmt::Debug for StoreSettings {
@@ -374,7 +490,27 @@ impl fmt::Debug for StoreSettings {
             .field("variable", &self.variable)
             .field("url", &self.url.as_str())
             .field("options", &self.options.keys().collect::<Vec<_>>())
+            .field("ca_bundle", &self.ca_bundle)
             .finish()
+    }
+}
+
+/// CA certificates a bucket's endpoint is trusted with, beside the system's: a private
+/// CA (MinIO, an on-premises S3) given as `AWS_CA_BUNDLE` (the AWS CLI's name), or
+/// `GOOGLE_CA_BUNDLE` / `AZURE_CA_BUNDLE`, shared or `SOURCE_`/`TARGET_`/`RESTORE_`
+/// prefixed. Read and checked with the configuration: object_store gets the
+/// certificates as read then.
+#[derive(Clone)]
+pub struct CaBundle {
+    /// The variable that named the file, e.g. `TARGET_AWS_CA_BUNDLE`.
+    pub variable: String,
+    pub path: PathBuf,
+    pub certificates: Vec<object_store::Certificate>,
+}
+
+impl fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaBundle").field("variable", &self.variable).field("path", &self.path).field("certificates", &self.certificates.len()).finish()
     }
 }
 
@@ -584,32 +720,70 @@ fn valid_selector(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn pg_server(
-    check: &mut Check,
-    prefix: &str,
-    host: &Option<String>,
-    port: &Option<String>,
-    user: &Option<String>,
-    password: &Option<Secret>,
-    sslmode: &Option<String>,
-    sslrootcert: &Option<String>,
-) -> Option<PgServer> {
+/// One server's libpq variables as given, by the side's prefix ("" or `RESTORE_`).
+struct PgRaw<'a> {
+    host: &'a Option<String>,
+    port: &'a Option<String>,
+    user: &'a Option<String>,
+    password: &'a Option<Secret>,
+    sslmode: &'a Option<String>,
+    sslrootcert: &'a Option<String>,
+    sslcert: &'a Option<String>,
+    sslkey: &'a Option<String>,
+}
+
+fn pg_raw<'a>(raw: &'a RawEnv, prefix: &str) -> PgRaw<'a> {
+    if prefix == RESTORE {
+        PgRaw {
+            host: &raw.restore_pghost,
+            port: &raw.restore_pgport,
+            user: &raw.restore_pguser,
+            password: &raw.restore_pgpassword,
+            sslmode: &raw.restore_pgsslmode,
+            sslrootcert: &raw.restore_pgsslrootcert,
+            sslcert: &raw.restore_pgsslcert,
+            sslkey: &raw.restore_pgsslkey,
+        }
+    } else {
+        PgRaw {
+            host: &raw.pghost,
+            port: &raw.pgport,
+            user: &raw.pguser,
+            password: &raw.pgpassword,
+            sslmode: &raw.pgsslmode,
+            sslrootcert: &raw.pgsslrootcert,
+            sslcert: &raw.pgsslcert,
+            sslkey: &raw.pgsslkey,
+        }
+    }
+}
+
+fn pg_server(check: &mut Check, raw: &RawEnv, prefix: &'static str) -> Option<PgServer> {
+    let given = pg_raw(raw, prefix);
+    // The family first: PGSERVICE may stand in for PGHOST.
+    let libpq = libpq_family(check, raw, prefix);
     let host_var = format!("{prefix}PGHOST");
-    let host = match host {
+    let host = match given.host {
         Some(h) if !h.trim().is_empty() => h.trim().to_string(),
         Some(_) => {
             check.fail(&host_var, "is empty", "the PostgreSQL host name or address");
             return None;
         }
+        // libpq takes the host from the service file.
+        None if libpq.contains_key("PGSERVICE") => String::new(),
         None => {
-            check.fail(&host_var, "is not set", "the PostgreSQL host name or address (the server itself, not pg-bouncer)");
+            check.fail(
+                &host_var,
+                "is not set",
+                format!("the PostgreSQL host name or address (the server itself, not pg-bouncer), or {prefix}PGSERVICE naming a service that gives it"),
+            );
             return None;
         }
     };
-    let port = check.number(&format!("{prefix}PGPORT"), port, 5432, 1..=65535) as u16;
+    let port = check.number(&format!("{prefix}PGPORT"), given.port, 5432, 1..=65535) as u16;
     let sslmode_var = format!("{prefix}PGSSLMODE");
     const MODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
-    let sslmode = match sslmode {
+    let sslmode = match given.sslmode {
         Some(m) if MODES.contains(&m.trim()) => m.trim().to_string(),
         Some(m) => {
             check.fail(&sslmode_var, format!("{m:?} is not an sslmode"), format!("one of {}", MODES.join(", ")));
@@ -617,14 +791,110 @@ fn pg_server(
         }
         None => "prefer".into(),
     };
+    // The TLS files, checked now: libpq silently goes on without a client certificate
+    // whose file is missing, and the server's refusal would not say why.
+    let file = |check: &mut Check, name: &str, value: &Option<String>, expected: &str| -> Option<String> {
+        let value = value.as_ref()?.clone();
+        let variable = format!("{prefix}{name}");
+        // `system` (libpq 16+): the system's CAs; `engine:key`: an OpenSSL engine's key.
+        let special = (name == "PGSSLROOTCERT" && value == "system") || (name == "PGSSLKEY" && is_engine_key(&value));
+        if !special && let Err(problem) = readable(&value, false) {
+            check.fail(&variable, problem, expected);
+        }
+        Some(value)
+    };
+    let sslrootcert =
+        file(check, "PGSSLROOTCERT", given.sslrootcert, "a readable PEM file of the CA certificates that signed the server's certificate, or system");
+    let sslcert = file(check, "PGSSLCERT", given.sslcert, "a readable PEM file of the client certificate (with its key in PGSSLKEY)");
+    let sslkey = file(check, "PGSSLKEY", given.sslkey, "a readable file of the client certificate's private key (mode 0600, or 0640 owned by root)");
     Some(PgServer {
+        prefix,
         host,
         port,
-        user: user.as_ref().map(|u| u.trim().to_string()).filter(|u| !u.is_empty()),
-        password: password.clone(),
+        user: given.user.as_ref().map(|u| u.trim().to_string()).filter(|u| !u.is_empty()),
+        password: given.password.clone(),
         sslmode,
-        sslrootcert: sslrootcert.clone(),
+        sslrootcert,
+        sslcert,
+        sslkey,
+        libpq,
     })
+}
+
+/// libpq's `engine:key` form of sslkey (an OpenSSL engine), which is not a path; a
+/// Windows drive letter (`C:\...`) is.
+fn is_engine_key(value: &str) -> bool {
+    let b = value.as_bytes();
+    value.contains(':') && !(b.len() > 1 && b[0].is_ascii_alphabetic() && b[1] == b':')
+}
+
+/// A path that can be read now: a file (or a directory, for `dir`).
+fn readable(path: &str, dir: bool) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{path} cannot be read ({e})"))?;
+    if dir {
+        if !meta.is_dir() {
+            return Err(format!("{path} is not a directory"));
+        }
+        std::fs::read_dir(path).map_err(|e| format!("{path} cannot be read ({e})"))?;
+    } else {
+        if meta.is_dir() {
+            return Err(format!("{path} is a directory, not a file"));
+        }
+        std::fs::File::open(path).map_err(|e| format!("{path} cannot be read ({e})"))?;
+    }
+    Ok(())
+}
+
+/// The libpq variables of one server besides those read as fields: `PG*` for
+/// Pachyderm's server, `RESTORE_PG*` (given to libpq without the prefix) for the
+/// restore server. A name libpq does not know is warned about and left out (libpq
+/// would ignore it: a typo must not pass unnoticed); the paths are checked now, and no
+/// value may hold a control character.
+fn libpq_family(check: &mut Check, raw: &RawEnv, prefix: &str) -> BTreeMap<String, Secret> {
+    let mut family = BTreeMap::new();
+    for (name, value) in &raw.libpq_keys {
+        let Some(libpq) = name.strip_prefix(prefix) else { continue };
+        if prefix.is_empty() && name.starts_with(RESTORE) {
+            continue;
+        }
+        if !LIBPQ_VARIABLES.contains(&libpq) {
+            tracing::warn!(variable = %name, "{name} is not a libpq variable: it is ignored");
+            continue;
+        }
+        if libpq == "PGDATABASE" {
+            tracing::warn!(variable = %name, "{name} has no effect: every database is named explicitly (DATABASES, or the backup's manifest)");
+            continue;
+        }
+        if let Err((problem, expected)) = check_libpq_value(libpq, value.expose()) {
+            check.fail(name, problem, expected);
+            continue;
+        }
+        family.insert(libpq.to_string(), value.clone());
+    }
+    family
+}
+
+/// What libpq needs of a variable's value that can be checked before connecting:
+/// files and directories that exist, a whole number of seconds. The rest (sslcrl's
+/// content, gssencmode's values…) is libpq's to check, and the preflight runs libpq.
+fn check_libpq_value(libpq: &str, v: &str) -> Result<(), (String, String)> {
+    if v.chars().any(char::is_control) {
+        return Err((
+            "contains a control character (a line break at the end of a Secret's value?)".into(),
+            "the value on one line, without control characters".into(),
+        ));
+    }
+    let path = |dir: bool, expected: &str| readable(v, dir).map_err(|p| (p, expected.to_string()));
+    match libpq {
+        "PGSSLCRL" => path(false, "a readable PEM file of certificate revocation lists"),
+        "PGPASSFILE" => path(false, "a readable password file (hostname:port:database:username:password lines)"),
+        "PGSERVICEFILE" => path(false, "a readable connection service file"),
+        "PGSSLCRLDIR" => path(true, "a readable directory of certificate revocation lists"),
+        "PGSYSCONFDIR" => path(true, "a readable directory (holding pg_service.conf)"),
+        "PGCONNECT_TIMEOUT" if v.trim().parse::<i32>().is_ok() => Ok(()),
+        "PGCONNECT_TIMEOUT" => Err((format!("{v:?} is not a whole number of seconds"), "a whole number of seconds, such as 10".into())),
+        _ => Ok(()),
+    }
 }
 
 /// Builds one side's bucket settings: URL, then the object_store options from the
@@ -741,7 +1011,66 @@ fn store(
             check.fail(variable, format!("scheme {other:?} is not supported"), "s3://, gs://, az:// or file://");
         }
     }
-    Some(StoreSettings { variable, url, options })
+    let ca_bundle = family.and_then(|f| ca_bundle(check, raw, side, f));
+    Some(StoreSettings { variable, url, options, ca_bundle })
+}
+
+/// The CA bundle a bucket of `family` on `side` trusts: the side's own variable, else
+/// the shared one, read and checked now (a problem names the variable, once).
+fn ca_bundle(check: &mut Check, raw: &RawEnv, side: &str, family: StoreFamily) -> Option<CaBundle> {
+    let shared = format!("{}CA_BUNDLE", family.prefix());
+    let (variable, value) = raw.store_keys.get_key_value(&format!("{side}{shared}")).or_else(|| raw.store_keys.get_key_value(&shared))?;
+    match load_ca_bundle(value.expose()) {
+        Ok(certificates) => Some(CaBundle { variable: variable.clone(), path: PathBuf::from(value.expose()), certificates }),
+        Err((problem, expected)) => {
+            if !check.problems.iter().any(|p| p.variable == *variable) {
+                check.fail(variable, problem, expected);
+            }
+            None
+        }
+    }
+}
+
+/// Reads a CA bundle as object_store will use it: PEM certificates that a TLS client
+/// accepts as roots (a client is built with them, as every store's will be).
+pub fn load_ca_bundle(path: &str) -> Result<Vec<object_store::Certificate>, (String, String)> {
+    use object_store::client::{ClientOptions, HttpConnector, ReqwestConnector};
+    const EXPECTED: &str = "a PEM file of the CA certificates (-----BEGIN CERTIFICATE-----) that signed the bucket endpoint's certificate";
+    let err = |problem: String| Err((problem, EXPECTED.to_string()));
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => return err(format!("{path} is a directory, not a file")),
+        Ok(m) if m.len() > 16 * 1024 * 1024 => return err(format!("{path} is too large for a CA bundle ({} bytes)", m.len())),
+        Ok(_) => {}
+        Err(e) => return err(format!("{path} cannot be read ({e})")),
+    }
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) => return err(format!("{path} cannot be read ({e})")),
+    };
+    let certificates = match object_store::Certificate::from_pem_bundle(&pem) {
+        Ok(c) if c.is_empty() => return err(format!("{path} holds no PEM certificate")),
+        Ok(c) => c,
+        Err(e) => return err(format!("{path} is not a PEM certificate bundle ({e})")),
+    };
+    let options = certificates.iter().fold(ClientOptions::new(), |o, c| o.with_root_certificate(c.clone()));
+    if let Err(e) = ReqwestConnector::default().connect(&options) {
+        return err(format!("{path} holds a certificate that cannot be trusted as a CA ({})", error_chain(&e)));
+    }
+    Ok(certificates)
+}
+
+/// An error and its sources, as one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// S3 and GCS bucket names (and the legacy S3 forms): what can sit in a URL's host and
@@ -884,6 +1213,15 @@ enum StoreFamily {
 }
 
 impl StoreFamily {
+    /// The prefix of the family's variables: `AWS_`, `GOOGLE_` or `AZURE_`.
+    fn prefix(self) -> &'static str {
+        match self {
+            StoreFamily::Aws => "AWS_",
+            StoreFamily::Google => "GOOGLE_",
+            StoreFamily::Azure => "AZURE_",
+        }
+    }
+
     /// The family of a lower-case, unprefixed key such as `aws_endpoint`.
     fn of_key(key: &str) -> Option<Self> {
         if key.starts_with("aws_") {
@@ -1218,6 +1556,10 @@ fn check_store_keys(check: &mut Check, raw: &RawEnv, sides: &[&str]) {
         }
         let key = name[side.len()..].to_ascii_lowercase();
         let Some(family) = StoreFamily::of_key(&key) else { continue };
+        if key == format!("{}ca_bundle", family.prefix().to_ascii_lowercase()) {
+            // Ours, not object_store's: read with the bucket it serves (see `ca_bundle`).
+            continue;
+        }
         let Some(canonical) = family.canonical(&key) else {
             tracing::warn!(variable = %name, "{name} is not an object_store option: it is ignored");
             continue;
@@ -1587,7 +1929,7 @@ impl RunConfig {
         let mut check = Check::new();
         let common = common(&mut check, raw);
         let cluster = ClusterSettings::from_env_checked(&mut check, raw);
-        let server = pg_server(&mut check, "", &raw.pghost, &raw.pgport, &raw.pguser, &raw.pgpassword, &raw.pgsslmode, &raw.pgsslrootcert);
+        let server = pg_server(&mut check, raw, "");
         let databases = database_names(&mut check, raw);
         let bin_dir = bin_dir(&mut check, raw);
         let recipients = dump_recipients(&mut check, raw);
@@ -1617,6 +1959,7 @@ impl RunConfig {
             variable: "SOURCE_URL",
             url: Url::parse("file:///nonexistent").expect("static URL"),
             options: BTreeMap::new(),
+            ca_bundle: None,
         });
         match (server, target) {
             (Some(server), Some(target)) => check.finish(RunConfig {
@@ -1716,17 +2059,8 @@ impl RestoreConfig {
         if let (Some(d), Some(t)) = (&destination, &target) {
             check_apart(&mut check, d, t);
         }
-        let server = if need_server || raw.restore_pghost.is_some() {
-            pg_server(
-                &mut check,
-                "RESTORE_",
-                &raw.restore_pghost,
-                &raw.restore_pgport,
-                &raw.restore_pguser,
-                &raw.restore_pgpassword,
-                &raw.restore_pgsslmode,
-                &raw.restore_pgsslrootcert,
-            )
+        let server = if need_server || raw.restore_pghost.is_some() || raw.libpq_keys.contains_key("RESTORE_PGSERVICE") {
+            pg_server(&mut check, raw, RESTORE)
         } else {
             None
         };
@@ -1953,8 +2287,93 @@ mod tests {
         for family in VARIABLES.iter().map(|v| v.name).filter(|n| n.ends_with('*')) {
             let stem = family.trim_end_matches('*');
             let unprefixed = SIDES.iter().find_map(|s| stem.strip_prefix(s)).unwrap_or(stem);
-            assert!(STORE_FAMILIES.contains(&unprefixed), "{family} is not a family the code reads");
+            let libpq = stem == "PG" || stem == "RESTORE_PG";
+            assert!(STORE_FAMILIES.contains(&unprefixed) || libpq, "{family} is not a family the code reads");
         }
+        // The libpq variables read one by one are libpq's, and documented for both servers.
+        for name in LIBPQ_FIELDS {
+            assert!(LIBPQ_VARIABLES.contains(&name), "{name} is not a libpq variable");
+            assert!(documented.contains(&name) && documented.contains(&format!("RESTORE_{name}").as_str()), "{name} is not documented");
+        }
+    }
+
+    #[test]
+    fn libpq_variables_reach_their_server_and_no_other() {
+        let c = RunConfig::from_env(&env(&with(&[
+            ("PGSSLCRLDIR", "/etc"),
+            ("PGCONNECT_TIMEOUT", "7"),
+            ("PGTARGETSESSIONATTRS", "read-write"),
+            ("PGSSLCRT", "/typo.crt"),
+            ("PGDATABASE", "other"),
+            ("RESTORE_PGSERVICE", "scratch"),
+        ])))
+        .expect("valid");
+        let family: Vec<&str> = c.database.server.libpq.keys().map(String::as_str).collect();
+        assert_eq!(family, ["PGCONNECT_TIMEOUT", "PGSSLCRLDIR", "PGTARGETSESSIONATTRS"], "unknown names and PGDATABASE left out, RESTORE_ ones too");
+        assert_eq!(c.database.server.prefix, "");
+        let r = RestoreConfig::from_env(
+            &env(&with(&[("RESTORE_PGSERVICE", "scratch"), ("RESTORE_PGSSLMODE", "verify-full"), ("PGSSLCRLDIR", "/etc")])),
+            true,
+            false,
+        )
+        .expect("a service stands in for RESTORE_PGHOST");
+        let server = r.server.expect("the restore server");
+        assert_eq!((server.prefix, server.host.as_str(), server.sslmode.as_str()), ("RESTORE_", "", "verify-full"));
+        assert_eq!(server.libpq.keys().map(String::as_str).collect::<Vec<_>>(), ["PGSERVICE"], "the backup's PG* never reach the restore server");
+        assert_eq!(server.describe(), "service scratch");
+        // Paths are checked now, naming the variable; PG_BIN_DIR is not libpq's.
+        let cases: &[(&str, &str, &str)] = &[
+            ("PGSSLCERT", "/nonexistent/client.crt", "cannot be read"),
+            ("PGSSLKEY", "/nonexistent/client.key", "cannot be read"),
+            ("PGSSLROOTCERT", "/etc", "is a directory"),
+            ("PGSSLCRL", "/nonexistent/crl.pem", "cannot be read"),
+            ("PGSSLCRLDIR", "/etc/hostname", "not a directory"),
+            ("PGPASSFILE", "/nonexistent/.pgpass", "cannot be read"),
+            ("PGCONNECT_TIMEOUT", "10s", "whole number of seconds"),
+            ("PGOPTIONS", "-c statement_timeout=0\n", "control character"),
+        ];
+        for (variable, value, fragment) in cases {
+            let e = RunConfig::from_env(&env(&with(&[(variable, value)]))).expect_err(&format!("{variable}={value:?} must be refused"));
+            assert_eq!(e.0.len(), 1, "{e}");
+            assert_eq!(e.0[0].variable, *variable, "{e}");
+            assert!(e.0[0].problem.contains(fragment), "{e}");
+        }
+        for (variable, value) in [("PGSSLROOTCERT", "system"), ("PGSSLKEY", "pkcs11:token=backup"), ("PGSSLCERT", "/etc/hostname")] {
+            RunConfig::from_env(&env(&with(&[(variable, value)]))).unwrap_or_else(|e| panic!("{variable}={value} must be accepted: {e}"));
+        }
+        let e = RunConfig::from_env(&env(&with(&[("PGHOST", "<unset>")]))).unwrap_err();
+        assert!(e.0[0].expected.contains("PGSERVICE"), "{e}");
+    }
+
+    #[test]
+    fn ca_bundles_are_read_per_bucket() {
+        let dir = tempfile::tempdir().expect("dir");
+        let system = "/etc/ssl/certs/ca-certificates.crt";
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n").expect("write");
+        let c = RunConfig::from_env(&env(&with(&[("TARGET_AWS_CA_BUNDLE", system)]))).expect("valid");
+        let bundle = c.target.ca_bundle.as_ref().expect("the target's bundle");
+        assert_eq!(bundle.variable, "TARGET_AWS_CA_BUNDLE");
+        assert!(!bundle.certificates.is_empty());
+        assert!(c.source.ca_bundle.is_none(), "the source does not trust the target's CA");
+        assert!(!c.target.options.keys().any(|k| k.contains("ca_bundle")), "not an object_store option");
+        let c = RunConfig::from_env(&env(&with(&[("AWS_CA_BUNDLE", system)]))).expect("valid");
+        assert!(c.source.ca_bundle.is_some() && c.target.ca_bundle.is_some(), "a shared bundle serves both");
+        let garbage: &'static str = garbage.display().to_string().leak();
+        let cases: &[(&str, &str, &str)] = &[
+            ("TARGET_AWS_CA_BUNDLE", "/nonexistent/ca.pem", "cannot be read"),
+            ("TARGET_AWS_CA_BUNDLE", "/etc/hostname", "holds no PEM certificate"),
+            ("TARGET_AWS_CA_BUNDLE", "/etc", "is a directory"),
+            ("AWS_CA_BUNDLE", garbage, "cannot be trusted as a CA"),
+        ];
+        for (variable, value, fragment) in cases {
+            let e = RunConfig::from_env(&env(&with(&[(variable, value)]))).expect_err(&format!("{variable}={value} must be refused"));
+            assert_eq!(e.0.len(), 1, "reported once: {e}");
+            assert_eq!(e.0[0].variable, *variable, "{e}");
+            assert!(e.0[0].problem.contains(fragment) && e.0[0].expected.contains("PEM"), "{e}");
+        }
+        // Another family's bundle is not read for an S3 bucket.
+        RunConfig::from_env(&env(&with(&[("GOOGLE_CA_BUNDLE", "/nonexistent/ca.pem")]))).expect("unused");
     }
 
     fn loc(url: &str, options: &[(&str, &str)]) -> Location {
@@ -2286,8 +2705,8 @@ mod tests {
         assert!(e.0[0].to_string().contains("same option as AWS_ENDPOINT"), "{e}");
         RunConfig::from_env(&env(&with(&[("AWS_ENDPOINT", "http://a:9000"), ("AWS_ENDPOINT_URL", "http://a:9000")]))).expect("same value: fine");
         // Keys object_store does not know are left out (and warned about).
-        let c = RunConfig::from_env(&env(&with(&[("AWS_CA_BUNDLE", "/etc/ssl/ca.pem"), ("TARGET_AWS_PROFILE", "x")]))).expect("valid");
-        assert!(!c.target.options.contains_key("aws_ca_bundle") && !c.target.options.contains_key("aws_profile"));
+        let c = RunConfig::from_env(&env(&with(&[("AWS_CONFIG_FILE", "/etc/aws.cfg"), ("TARGET_AWS_PROFILE", "x")]))).expect("valid");
+        assert!(!c.target.options.contains_key("aws_config_file") && !c.target.options.contains_key("aws_profile"));
         // A family's own timeout keeps the default off; another family's does not.
         let c = RunConfig::from_env(&env(&with(&[("GOOGLE_TIMEOUT", "20m")]))).expect("valid");
         assert_eq!(c.target.options["timeout"].expose(), "300s");

@@ -1,6 +1,12 @@
-//! PostgreSQL: preflight with `sqlx`, and `pg_dump` / `pg_restore` streamed to and
-//! from the bucket (no local disk, bounded memory), with the dumps encrypted with age
-//! on the way when DUMP_RECIPIENTS is set.
+//! PostgreSQL: preflight, `pg_dump` / `pg_restore` streamed to and from the bucket (no
+//! local disk, bounded memory), with the dumps encrypted with age on the way when
+//! DUMP_RECIPIENTS is set.
+//!
+//! Every connection is libpq's, made by the client tools of one directory (PG_BIN_DIR)
+//! with one environment ([`libpq_variables`]): the preflight and the restore's own
+//! statements run `psql`, so what the preflight checks (TLS with its root and client
+//! certificates, the password file, a service file, GSSAPI, target_session_attrs…) is
+//! exactly what pg_dump and pg_restore will do.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::process::Stdio;
@@ -10,9 +16,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
-use sqlx::{ConnectOptions, Connection, Row};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tracing::{info, warn};
 
@@ -23,20 +27,12 @@ use crate::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
-    #[error("cannot connect to database {database} on {host}:{port}: {source}; check PGHOST/PGPORT/PGUSER/PGPASSWORD and that the server accepts this client")]
-    Connect {
-        database: String,
-        host: String,
-        port: u16,
-        #[source]
-        source: sqlx::Error,
-    },
-    #[error("query on database {database} failed: {source}")]
-    Query {
-        database: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error(
+        "cannot connect to database {database} on {server}: {detail}; check {prefix}PGHOST/{prefix}PGPORT/{prefix}PGUSER/{prefix}PGPASSWORD, the TLS settings ({prefix}PGSSLMODE, {prefix}PGSSLROOTCERT, {prefix}PGSSLCERT, {prefix}PGSSLKEY) and that the server accepts this client"
+    )]
+    Connect { database: String, server: String, prefix: &'static str, detail: String },
+    #[error("query on database {database} failed: {detail}")]
+    Query { database: String, detail: String },
     #[error("{tool} not found ({detail}); install PostgreSQL's client tools or set PG_BIN_DIR")]
     ToolMissing { tool: String, detail: String },
     #[error(
@@ -88,11 +84,13 @@ pub struct ServerInfo {
     pub major: u32,
 }
 
-/// The client tools, found once.
+/// The client tools, found once, in one directory: one libpq for every connection.
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub pg_dump: PathBuf,
     pub pg_restore: PathBuf,
+    /// Runs the preflight and the restore's own statements.
+    pub psql: PathBuf,
     pub version: String,
     pub major: u32,
 }
@@ -124,6 +122,11 @@ impl Tools {
     pub async fn find(bin_dir: Option<&FsPath>) -> Result<Self, DatabaseError> {
         let pg_dump = find_tool(bin_dir, "pg_dump")?;
         let pg_restore = find_tool(bin_dir, "pg_restore")?;
+        // From pg_dump's own directory when found on PATH: the same libpq.
+        let psql = match (bin_dir, pg_dump.parent()) {
+            (None, Some(dir)) if dir.join("psql").is_file() => dir.join("psql"),
+            _ => find_tool(bin_dir, "psql")?,
+        };
         // kill_on_drop: a `pg_dump --version` that hangs is killed with the bounded
         // preflight that gave up on it.
         let out = Command::new(&pg_dump)
@@ -135,77 +138,179 @@ impl Tools {
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (major, version) =
             parse_tool_version(&text).ok_or_else(|| DatabaseError::ToolMissing { tool: "pg_dump".into(), detail: format!("unreadable version {text:?}") })?;
-        Ok(Tools { pg_dump, pg_restore, version, major })
+        Ok(Tools { pg_dump, pg_restore, psql, version, major })
     }
 }
 
-pub fn connect_options(server: &PgServer, database: &str) -> PgConnectOptions {
-    let mut o = PgConnectOptions::new_without_pgpass().host(&server.host).port(server.port).database(database).application_name("pachyderm-backup");
-    if let Some(u) = &server.user {
-        o = o.username(u);
-    }
-    if let Some(p) = &server.password {
-        o = o.password(p.expose());
-    }
-    let mode = match server.sslmode.as_str() {
-        "disable" => PgSslMode::Disable,
-        "allow" => PgSslMode::Allow,
-        "require" => PgSslMode::Require,
-        "verify-ca" => PgSslMode::VerifyCa,
-        "verify-full" => PgSslMode::VerifyFull,
-        _ => PgSslMode::Prefer,
-    };
-    o = o.ssl_mode(mode);
-    if let Some(ca) = &server.sslrootcert {
-        o = o.ssl_root_cert(ca.as_str());
-    }
-    o.disable_statement_logging()
-}
-
-pub async fn connect(server: &PgServer, database: &str) -> Result<sqlx::PgConnection, DatabaseError> {
-    connect_options(server, database).connect().await.map_err(|source| DatabaseError::Connect {
-        database: database.into(),
-        host: server.host.clone(),
-        port: server.port,
-        source,
-    })
-}
-
-/// Preflight: the database answers, and the tools are new enough for its server.
+/// Preflight: the database answers, through the libpq of pg_dump (psql from the same
+/// directory, the same variables), and the tools are new enough for its server.
 pub async fn preflight(server: &PgServer, database: &str, tools: &Tools) -> Result<ServerInfo, DatabaseError> {
-    let mut conn = connect(server, database).await?;
-    let row = sqlx::query("SELECT current_setting('server_version_num')::int AS num, current_setting('server_version') AS version")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|source| DatabaseError::Query { database: database.into(), source })?;
-    let num: i32 = row.try_get("num").map_err(|source| DatabaseError::Query { database: database.into(), source })?;
-    let version: String = row.try_get("version").map_err(|source| DatabaseError::Query { database: database.into(), source })?;
-    let _ = conn.close().await;
-    let major = (num / 10000) as u32;
+    let out = psql(server, tools, database, "SELECT current_setting('server_version_num');\nSELECT current_setting('server_version');\n", &[]).await?;
+    let mut lines = out.lines();
+    let unreadable = || DatabaseError::Query { database: database.into(), detail: format!("unreadable server version {:?}", out.trim()) };
+    let num: u32 = lines.next().and_then(|n| n.trim().parse().ok()).ok_or_else(unreadable)?;
+    let version = lines.next().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).ok_or_else(unreadable)?;
+    let major = num / 10000;
     if tools.major < major {
         return Err(DatabaseError::ToolTooOld { tool: "pg_dump".into(), tool_major: tools.major, server_major: major, database: database.into() });
     }
     Ok(ServerInfo { database: database.into(), version, major })
 }
 
-/// libpq's variables for a child process, from `server` only: inherited `PG*`
-/// variables are removed so that a restore never talks to the backup's source.
+/// Everything libpq reads for `server`, by libpq's names: the variables given for it
+/// (`PG*`, or `RESTORE_PG*` without the prefix), and the program's defaults
+/// (sslmode prefer, application_name pachyderm-backup).
+pub fn libpq_variables(server: &PgServer) -> Vec<(String, String)> {
+    let mut vars: std::collections::BTreeMap<String, String> = server.libpq.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect();
+    vars.entry("PGAPPNAME".into()).or_insert_with(|| "pachyderm-backup".into());
+    if !server.host.is_empty() {
+        vars.insert("PGHOST".into(), server.host.clone());
+    }
+    vars.insert("PGPORT".into(), server.port.to_string());
+    vars.insert("PGSSLMODE".into(), server.sslmode.clone());
+    let optional = [
+        ("PGUSER", server.user.clone()),
+        ("PGPASSWORD", server.password.as_ref().map(|p| p.expose().to_string())),
+        ("PGSSLROOTCERT", server.sslrootcert.clone()),
+        ("PGSSLCERT", server.sslcert.clone()),
+        ("PGSSLKEY", server.sslkey.clone()),
+    ];
+    for (name, value) in optional {
+        if let Some(v) = value {
+            vars.insert(name.into(), v);
+        }
+    }
+    vars.into_iter().collect()
+}
+
+/// libpq's environment for a child process, from `server` only: inherited `PG*`
+/// variables are removed first, so that a restore never talks to the backup's source.
 fn libpq_env(cmd: &mut Command, server: &PgServer) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("PG") {
             cmd.env_remove(&k);
         }
     }
-    cmd.env("PGHOST", &server.host).env("PGPORT", server.port.to_string()).env("PGSSLMODE", &server.sslmode).env("PGAPPNAME", "pachyderm-backup");
-    if let Some(u) = &server.user {
-        cmd.env("PGUSER", u);
+    for (k, v) in libpq_variables(server) {
+        cmd.env(k, v);
     }
-    if let Some(p) = &server.password {
-        cmd.env("PGPASSWORD", p.expose());
+}
+
+/// A database name as a libpq connection string (`dbname='…'`): a name is never read
+/// as a connection string of its own (a manifest's `host=… dbname=…` would be).
+pub fn conninfo_dbname(database: &str) -> String {
+    format!("dbname='{}'", database.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// psql's arguments for one script on `database`: no psqlrc, never a password prompt,
+/// unaligned tuples only, stopping at the first error.
+fn psql_command(server: &PgServer, tools: &Tools, database: &str, vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(&tools.psql);
+    libpq_env(&mut cmd, server);
+    cmd.args(["--no-psqlrc", "--no-password", "--quiet", "--tuples-only", "--no-align", "--set=ON_ERROR_STOP=1"]);
+    for (name, value) in vars {
+        cmd.arg(format!("--set={name}={value}"));
     }
-    if let Some(ca) = &server.sslrootcert {
-        cmd.env("PGSSLROOTCERT", ca);
+    cmd.arg(format!("--dbname={}", conninfo_dbname(database))).arg("--file=-");
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// How psql failed: exit 2 is a connection that could not be made (or was lost).
+fn psql_failed(server: &PgServer, database: &str, status: std::process::ExitStatus, stderr: &str) -> DatabaseError {
+    let detail = if stderr.trim().is_empty() { format!("psql {status}") } else { stderr.trim().to_string() };
+    match status.code() {
+        Some(2) => DatabaseError::Connect { database: database.into(), server: server.describe(), prefix: server.prefix, detail },
+        _ => DatabaseError::Query { database: database.into(), detail },
     }
+}
+
+/// Runs `sql` (a script read from standard input) with psql on `database`. Values go in
+/// as psql variables (`vars`) that the script quotes itself, `:'name'` as a literal and
+/// `:"name"` as an identifier: nothing is ever spliced into SQL here. Returns the output.
+async fn psql(server: &PgServer, tools: &Tools, database: &str, sql: &str, vars: &[(&str, &str)]) -> Result<String, DatabaseError> {
+    let mut cmd = psql_command(server, tools, database, vars);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| DatabaseError::Io { tool: tools.psql.display().to_string(), source })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // psql that could not connect reads nothing: its exit status says why.
+        let _ = stdin.write_all(sql.as_bytes()).await;
+    }
+    let out = child.wait_with_output().await.map_err(|source| DatabaseError::Io { tool: "psql".into(), source })?;
+    if !out.status.success() {
+        return Err(psql_failed(server, database, out.status, &String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The rows of one single-column query, streamed (`COPY (…) TO STDOUT` through psql):
+/// nothing is held but the line being read.
+pub struct Rows {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stderr: tokio::task::JoinHandle<String>,
+    server: PgServer,
+    database: String,
+}
+
+/// Streams the values of `select` (one column) on `database`.
+pub async fn rows(server: &PgServer, tools: &Tools, database: &str, select: &str) -> Result<Rows, DatabaseError> {
+    let mut cmd = psql_command(server, tools, database, &[]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| DatabaseError::Io { tool: tools.psql.display().to_string(), source })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(format!("COPY ({select}) TO STDOUT;\n").as_bytes()).await;
+    }
+    let stdout = child.stdout.take().ok_or_else(|| DatabaseError::Io { tool: "psql".into(), source: std::io::Error::other("no stdout") })?;
+    let stderr = child.stderr.take().ok_or_else(|| DatabaseError::Io { tool: "psql".into(), source: std::io::Error::other("no stderr") })?;
+    Ok(Rows {
+        child,
+        lines: tokio::io::BufReader::new(stdout).lines(),
+        stderr: tokio::spawn(tail_stderr(stderr)),
+        server: server.clone(),
+        database: database.into(),
+    })
+}
+
+impl Rows {
+    /// The next value; `None` once every row was read and psql ended well.
+    pub async fn next(&mut self) -> Result<Option<String>, DatabaseError> {
+        match self.lines.next_line().await {
+            Ok(Some(line)) => Ok(Some(copy_text_value(&line))),
+            Ok(None) => {
+                let status = self.child.wait().await.map_err(|source| DatabaseError::Io { tool: "psql".into(), source })?;
+                if status.success() {
+                    return Ok(None);
+                }
+                let stderr = (&mut self.stderr).await.unwrap_or_default();
+                Err(psql_failed(&self.server, &self.database, status, &stderr))
+            }
+            Err(source) => Err(DatabaseError::Io { tool: "psql".into(), source }),
+        }
+    }
+}
+
+/// One value of COPY's text format, its backslash escapes undone.
+fn copy_text_value(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 /// Keeps the last part of a child's stderr for the error message.
@@ -313,7 +418,7 @@ pub async fn dump(
     let path = &path;
     let mut cmd = Command::new(&tools.pg_dump);
     libpq_env(&mut cmd, server);
-    cmd.arg("--format=custom").arg("--no-password").arg(format!("--dbname={database}"));
+    cmd.arg("--format=custom").arg("--no-password").arg(format!("--dbname={}", conninfo_dbname(database)));
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|source| DatabaseError::Io { tool: tools.pg_dump.display().to_string(), source })?;
     let stdout = child.stdout.take().ok_or_else(|| DatabaseError::Io { tool: "pg_dump".into(), source: std::io::Error::other("no stdout") })?;
@@ -348,44 +453,36 @@ pub async fn dump(
     Ok(DatabaseEntry { name: database.clone(), file, size, sha256, server_version: info.version.clone(), pg_dump_version: tools.version.clone(), encryption })
 }
 
-/// Number of user tables in a database (0: empty, safe to restore into).
-pub async fn table_count(conn: &mut sqlx::PgConnection, database: &str) -> Result<i64, DatabaseError> {
-    sqlx::query_scalar("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")
-        .fetch_one(conn)
-        .await
-        .map_err(|source| DatabaseError::Query { database: database.into(), source })
+/// Number of user tables in `database` (0: empty, safe to restore into), or `None`
+/// when the database does not exist. An unreachable server fails here, clearly.
+pub async fn table_count(server: &PgServer, tools: &Tools, database: &str) -> Result<Option<i64>, DatabaseError> {
+    if !exists(server, tools, database).await? {
+        return Ok(None);
+    }
+    let out =
+        psql(server, tools, database, "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema');\n", &[]).await?;
+    let tables =
+        out.trim().parse().map_err(|_| DatabaseError::Query { database: database.into(), detail: format!("unreadable table count {:?}", out.trim()) })?;
+    Ok(Some(tables))
+}
+
+/// Whether `database` exists on `server` (asked of its `postgres` database).
+async fn exists(server: &PgServer, tools: &Tools, database: &str) -> Result<bool, DatabaseError> {
+    let out = psql(server, tools, "postgres", "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db');\n", &[("db", database)]).await?;
+    Ok(out.trim() == "t")
 }
 
 /// Creates `database` on `server` unless it exists; returns whether it existed.
-pub async fn ensure_database(server: &PgServer, database: &str) -> Result<bool, DatabaseError> {
-    let mut conn = connect(server, "postgres").await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(database)
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|source| DatabaseError::Query { database: database.into(), source })?;
-    if !exists {
-        on_database(&mut conn, "CREATE DATABASE", database, "").await?;
+pub async fn ensure_database(server: &PgServer, tools: &Tools, database: &str) -> Result<bool, DatabaseError> {
+    let existed = exists(server, tools, database).await?;
+    if !existed {
+        psql(server, tools, "postgres", "CREATE DATABASE :\"db\";\n", &[("db", database)]).await?;
     }
-    let _ = conn.close().await;
-    Ok(exists)
+    Ok(existed)
 }
 
-pub async fn drop_database(server: &PgServer, database: &str) -> Result<(), DatabaseError> {
-    let mut conn = connect(server, "postgres").await?;
-    on_database(&mut conn, "DROP DATABASE IF EXISTS", database, "WITH (FORCE)").await?;
-    let _ = conn.close().await;
-    Ok(())
-}
-
-/// `<verb> "<database>" <rest>`: identifiers cannot be bound parameters, so the name is
-/// quoted as PostgreSQL quotes identifiers.
-async fn on_database(conn: &mut sqlx::PgConnection, verb: &str, database: &str, rest: &str) -> Result<(), DatabaseError> {
-    let quoted = format!("\"{}\"", database.replace('"', "\"\""));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{verb} {quoted} {rest}")))
-        .execute(conn)
-        .await
-        .map_err(|source| DatabaseError::Query { database: database.into(), source })?;
+pub async fn drop_database(server: &PgServer, tools: &Tools, database: &str) -> Result<(), DatabaseError> {
+    psql(server, tools, "postgres", "DROP DATABASE IF EXISTS :\"db\" WITH (FORCE);\n", &[("db", database)]).await?;
     Ok(())
 }
 
@@ -530,7 +627,7 @@ pub async fn restore(
     // refuses must not stop the restore; the error list is judged afterwards.
     let mut cmd = Command::new(&tools.pg_restore);
     libpq_env(&mut cmd, server);
-    cmd.arg("--no-password").arg("--no-owner").arg("--no-privileges").arg(format!("--dbname={database}"));
+    cmd.arg("--no-password").arg("--no-owner").arg("--no-privileges").arg(format!("--dbname={}", conninfo_dbname(database)));
     if clean {
         cmd.arg("--clean").arg("--if-exists");
     }
@@ -595,6 +692,53 @@ mod tests {
         assert_eq!(parse_tool_version("pg_dump (PostgreSQL) 17.11\n"), Some((17, "17.11".into())));
         assert_eq!(parse_tool_version("pg_dump (PostgreSQL) 9.6.24"), Some((9, "9.6.24".into())));
         assert_eq!(parse_tool_version("nonsense"), None);
+    }
+
+    fn server(prefix: &'static str) -> PgServer {
+        PgServer {
+            prefix,
+            host: "db".into(),
+            port: 5433,
+            user: Some("backup".into()),
+            password: Some(crate::config::Secret::new("pw")),
+            sslmode: "verify-full".into(),
+            sslrootcert: Some("/tls/ca.crt".into()),
+            sslcert: Some("/tls/tls.crt".into()),
+            sslkey: Some("/tls/tls.key".into()),
+            libpq: [("PGSSLCRL", "/tls/crl.pem"), ("PGCONNECT_TIMEOUT", "5")].iter().map(|(k, v)| (k.to_string(), crate::config::Secret::new(*v))).collect(),
+        }
+    }
+
+    #[test]
+    fn every_libpq_variable_of_the_server_reaches_its_clients() {
+        let vars = libpq_variables(&server(""));
+        let names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["PGAPPNAME", "PGCONNECT_TIMEOUT", "PGHOST", "PGPASSWORD", "PGPORT", "PGSSLCERT", "PGSSLCRL", "PGSSLKEY", "PGSSLMODE", "PGSSLROOTCERT", "PGUSER"]
+        );
+        let get = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!((get("PGAPPNAME"), get("PGPORT"), get("PGSSLKEY")), (Some("pachyderm-backup"), Some("5433"), Some("/tls/tls.key")));
+        // The user's PGAPPNAME wins; a service without a host sets no PGHOST.
+        let mut s = server("RESTORE_");
+        s.host = String::new();
+        s.libpq.insert("PGAPPNAME".into(), crate::config::Secret::new("nightly-backup"));
+        s.libpq.insert("PGSERVICE".into(), crate::config::Secret::new("scratch"));
+        let vars = libpq_variables(&s);
+        assert!(vars.contains(&("PGAPPNAME".into(), "nightly-backup".into())) && vars.contains(&("PGSERVICE".into(), "scratch".into())));
+        assert!(!vars.iter().any(|(k, _)| k == "PGHOST" || k.starts_with("RESTORE_")), "libpq's names only: {vars:?}");
+        assert_eq!(s.describe(), "service scratch");
+        let e = DatabaseError::Connect { database: "pachyderm".into(), server: s.describe(), prefix: s.prefix, detail: "refused".into() };
+        assert!(e.to_string().contains("RESTORE_PGSSLCERT"), "{e}");
+    }
+
+    #[test]
+    fn names_and_copy_values_are_quoted_and_unquoted() {
+        assert_eq!(conninfo_dbname("pachyderm"), "dbname='pachyderm'");
+        assert_eq!(conninfo_dbname("host=evil dbname='x'"), "dbname='host=evil dbname=\\'x\\''");
+        assert_eq!(conninfo_dbname("a\\b"), "dbname='a\\\\b'");
+        assert_eq!(copy_text_value("chunk/ab.0001"), "chunk/ab.0001");
+        assert_eq!(copy_text_value("a\\tb\\\\c\\n"), "a\tb\\c\n");
     }
 
     #[test]

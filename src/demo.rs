@@ -42,7 +42,8 @@ pub fn server_bin_dir() -> Result<PathBuf, DemoError> {
     candidates.pop().map(|(_, p)| p).ok_or(DemoError::NoServer)
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (server programs then run as `postgres`).
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 

@@ -61,11 +61,16 @@ impl std::fmt::Display for ObjectLock {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read the Object Lock configuration of {variable} ({url}): {detail}")]
-pub struct LockError {
-    variable: &'static str,
-    url: String,
-    detail: String,
+pub enum LockError {
+    #[error("cannot read the Object Lock configuration of {variable} ({url}): {detail}")]
+    Read { variable: &'static str, url: String, detail: String },
+    /// The endpoint's certificate is not trusted: no retry can help, so this is said at
+    /// once, naming the variable that fixes it (object_store's own error, after its
+    /// retries, names none).
+    #[error(
+        "{variable} ({url}): the bucket's endpoint presents a TLS certificate that is not trusted ({detail}); if it is signed by a private CA, give that CA's certificate as a PEM file in {ca_variable}{given}"
+    )]
+    Untrusted { variable: &'static str, url: String, detail: String, ca_variable: String, given: String },
 }
 
 #[derive(Deserialize)]
@@ -114,7 +119,7 @@ pub async fn detect(settings: &StoreSettings) -> Result<ObjectLock, LockError> {
     if !matches!(settings.url.scheme(), "s3" | "s3a") {
         return Ok(ObjectLock::Off);
     }
-    let err = |detail: String| LockError { variable: settings.variable, url: settings.url.to_string(), detail };
+    let err = |detail: String| LockError::Read { variable: settings.variable, url: settings.url.to_string(), detail };
     let builder = s3_builder(settings);
     let get = |key: AmazonS3ConfigKey| builder.get_config_value(&key);
     let bucket = settings.url.host_str().unwrap_or_default().to_string();
@@ -147,7 +152,25 @@ pub async fn detect(settings: &StoreSettings) -> Result<ObjectLock, LockError> {
     };
     let response = match client.execute(request).await {
         Ok(r) => r,
-        Err(e) => return Ok(unreached(e)),
+        Err(e) => {
+            let detail = crate::config::error_chain(&e);
+            // rustls' words for a certificate it does not accept.
+            if detail.contains("invalid peer certificate") {
+                let side = settings.variable.strip_suffix("URL").unwrap_or_default();
+                let given = match &settings.ca_bundle {
+                    Some(b) => format!(" (now {}, from {})", b.path.display(), b.variable),
+                    None => String::new(),
+                };
+                return Err(LockError::Untrusted {
+                    variable: settings.variable,
+                    url: settings.url.to_string(),
+                    detail,
+                    ca_variable: format!("{side}AWS_CA_BUNDLE"),
+                    given,
+                });
+            }
+            return Ok(unreached(e));
+        }
     };
     let status = response.status();
     let body = match response.into_body().bytes().await {
@@ -169,20 +192,26 @@ pub async fn detect(settings: &StoreSettings) -> Result<ObjectLock, LockError> {
 }
 
 /// The S3 builder for a bucket's URL and options, as object_store's `parse_url_opts`
-/// would make it.
+/// would make it, its HTTP client trusting the bucket's CA bundle too.
 pub fn s3_builder(settings: &StoreSettings) -> AmazonS3Builder {
-    settings.options.iter().fold(AmazonS3Builder::new().with_url(settings.url.as_str()), |b, (k, v)| match AmazonS3ConfigKey::from_str(k) {
-        Ok(key) => b.with_config(key, v.expose()),
-        Err(_) => b,
-    })
+    settings
+        .options
+        .iter()
+        .fold(AmazonS3Builder::new().with_url(settings.url.as_str()), |b, (k, v)| match AmazonS3ConfigKey::from_str(k) {
+            Ok(key) => b.with_config(key, v.expose()),
+            Err(_) => b,
+        })
+        .with_client_options(client_options(settings))
 }
 
-/// The HTTP client options among a bucket's options (timeouts, proxy, allow_http...).
+/// The HTTP client options among a bucket's options (timeouts, proxy, allow_http...),
+/// and the CA certificates of its CA bundle.
 fn client_options(settings: &StoreSettings) -> ClientOptions {
-    settings.options.iter().fold(ClientOptions::new(), |o, (k, v)| match AmazonS3ConfigKey::from_str(k) {
+    let options = settings.options.iter().fold(ClientOptions::new(), |o, (k, v)| match AmazonS3ConfigKey::from_str(k) {
         Ok(AmazonS3ConfigKey::Client(key)) => o.with_config(key, v.expose()),
         _ => o,
-    })
+    });
+    settings.ca_bundle.iter().flat_map(|b| &b.certificates).fold(options, |o, c| o.with_root_certificate(c.clone()))
 }
 
 /// The bucket opened for a locked bucket's rules: SHA-256 checksums on every upload

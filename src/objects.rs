@@ -61,6 +61,51 @@ pub enum ObjectsError {
     },
 }
 
+/// A store from its builder, the URL and the bucket's options (what `parse_url_opts`
+/// does), its client options (the options' `Client` keys and the CA bundle) set whole.
+macro_rules! with_client_options {
+    ($builder:ty, $key:ty, $settings:expr) => {{
+        let settings: &StoreSettings = $settings;
+        let mut builder = <$builder>::new().with_url(settings.url.as_str());
+        let mut client = object_store::ClientOptions::new();
+        for (k, v) in &settings.options {
+            if let Ok(key) = k.parse::<$key>() {
+                if let Some(client_key) = ClientKey::client(&key) {
+                    client = client.with_config(client_key, v.expose());
+                }
+                builder = builder.with_config(key, v.expose());
+            }
+        }
+        for certificate in settings.ca_bundle.iter().flat_map(|b| &b.certificates) {
+            client = client.with_root_certificate(certificate.clone());
+        }
+        builder.with_client_options(client).build().map(|s| Box::new(s) as Box<dyn ObjectStore>)
+    }};
+}
+
+/// The HTTP client's key inside a family's key.
+trait ClientKey {
+    fn client(&self) -> Option<object_store::ClientConfigKey>;
+}
+
+impl ClientKey for object_store::gcp::GoogleConfigKey {
+    fn client(&self) -> Option<object_store::ClientConfigKey> {
+        match self {
+            object_store::gcp::GoogleConfigKey::Client(k) => Some(*k),
+            _ => None,
+        }
+    }
+}
+
+impl ClientKey for object_store::azure::AzureConfigKey {
+    fn client(&self) -> Option<object_store::ClientConfigKey> {
+        match self {
+            object_store::azure::AzureConfigKey::Client(k) => Some(*k),
+            _ => None,
+        }
+    }
+}
+
 /// Opens a bucket, rooted at the URL's prefix.
 pub fn open(settings: &StoreSettings, create_local: bool) -> Result<Arc<dyn ObjectStore>, ObjectsError> {
     let open_err = |detail: String| ObjectsError::Open { variable: settings.variable, url: settings.url.to_string(), detail };
@@ -74,8 +119,23 @@ pub fn open(settings: &StoreSettings, create_local: bool) -> Result<Arc<dyn Obje
         let store = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_err(e.to_string()))?;
         return Ok(Arc::new(store));
     }
-    let options = settings.options.iter().map(|(k, v)| (k.clone(), v.expose().to_string()));
-    let (store, prefix) = object_store::parse_url_opts(&settings.url, options).map_err(|e| open_err(e.to_string()))?;
+    // As object_store's `parse_url_opts` builds it, with the HTTP client's options
+    // given whole so that they carry the bucket's CA bundle.
+    let (scheme, prefix) = object_store::ObjectStoreScheme::parse(&settings.url).map_err(|e| open_err(e.to_string()))?;
+    let built: Result<Box<dyn ObjectStore>, object_store::Error> = match scheme {
+        object_store::ObjectStoreScheme::AmazonS3 => object_lock::s3_builder(settings).build().map(|s| Box::new(s) as _),
+        object_store::ObjectStoreScheme::GoogleCloudStorage => {
+            with_client_options!(object_store::gcp::GoogleCloudStorageBuilder, object_store::gcp::GoogleConfigKey, settings)
+        }
+        object_store::ObjectStoreScheme::MicrosoftAzure => {
+            with_client_options!(object_store::azure::MicrosoftAzureBuilder, object_store::azure::AzureConfigKey, settings)
+        }
+        _ => {
+            let options = settings.options.iter().map(|(k, v)| (k.clone(), v.expose().to_string()));
+            object_store::parse_url_opts(&settings.url, options).map(|(store, _)| store)
+        }
+    };
+    let store = built.map_err(|e| open_err(e.to_string()))?;
     if prefix.as_ref().is_empty() { Ok(Arc::from(store)) } else { Ok(Arc::new(PrefixStore::new(store, prefix))) }
 }
 
@@ -155,7 +215,7 @@ pub fn list_resuming(
                 }
                 Some(Err(e)) if s.sorted && s.failures + 1 < LIST_ATTEMPTS && retriable(&e) => {
                     s.failures += 1;
-                    warn!(error = %e, after = ?s.last.as_ref().map(|p| p.to_string()), attempt = s.failures, "a listing page failed: listing again from the last key received");
+                    warn!(error = %e, after = s.last.as_ref().map(|p| p.to_string()).as_deref(), attempt = s.failures, "a listing page failed: listing again from the last key received");
                     tokio::time::sleep(Duration::from_millis(200 << s.failures)).await;
                     s.pages = match &s.last {
                         Some(last) => s.store.list_with_offset(s.prefix.as_ref(), last),

@@ -91,16 +91,14 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
             database::check_decryptable(catalog.store(), &db.name, db, &catalog::backup_path(&manifest.backup_id, &db.file), cfg.identity.as_ref()).await?;
         }
     }
-    if let Some(server) = server {
+    if let (Some(server), Some(tools)) = (server, &tools) {
         for db in &manifest.databases {
-            if let Ok(mut conn) = database::connect(server, &db.name).await {
-                let tables = database::table_count(&mut conn, &db.name).await?;
-                if tables > 0 && !opts.clean {
-                    refusals.push(DatabaseError::NotEmpty { database: db.name.clone(), tables }.to_string());
-                }
-            } else {
-                // Missing: it is created. An unreachable server fails here, clearly.
-                database::connect(server, "postgres").await?;
+            // Missing (None): it is created. An unreachable server fails here, clearly.
+            if let Some(tables) = database::table_count(server, tools, &db.name).await?
+                && tables > 0
+                && !opts.clean
+            {
+                refusals.push(DatabaseError::NotEmpty { database: db.name.clone(), tables }.to_string());
             }
         }
     }
@@ -121,7 +119,7 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
     if let (Some(server), Some(tools)) = (server, &tools) {
         for db in &manifest.databases {
             let progress = Progress::start("restore-database", std::time::Duration::from_secs(30));
-            database::ensure_database(server, &db.name).await?;
+            database::ensure_database(server, tools, &db.name).await?;
             let path = catalog::backup_path(&manifest.backup_id, &db.file);
             let bytes = database::restore(server, &db.name, tools, catalog.store(), db, &path, cfg.identity.as_ref(), opts.clean, &progress).await?;
             info!(database = %db.name, bytes, "database restored");
@@ -346,8 +344,8 @@ pub async fn drill(
     let result = async {
         for db in &manifest.databases {
             let name = format!("pbdrill_{}_{suffix}", db.name);
-            database::drop_database(server, &name).await?;
-            database::ensure_database(server, &name).await?;
+            database::drop_database(server, &tools, &name).await?;
+            database::ensure_database(server, &tools, &name).await?;
             scratch.push(name.clone());
             let progress = Progress::start("drill", std::time::Duration::from_secs(30));
             let path = catalog::backup_path(&manifest.backup_id, &db.file);
@@ -357,7 +355,7 @@ pub async fn drill(
         }
         if manifest.databases.iter().any(|d| d.name == "pachyderm") && manifest.objects.listing.is_some() {
             let name = format!("pbdrill_pachyderm_{suffix}");
-            let missing = missing_chunks(server, &name, catalog, manifest).await?;
+            let missing = missing_chunks(server, &tools, &name, catalog, manifest).await?;
             if !missing.0.is_empty() {
                 f.problems.push(format!(
                     "{} live chunk(s) referenced by storage.chunk_objects are missing from the backup's objects, first: {}",
@@ -371,7 +369,7 @@ pub async fn drill(
     }
     .await;
     for name in &scratch {
-        if let Err(e) = database::drop_database(server, name).await {
+        if let Err(e) = database::drop_database(server, &tools, name).await {
             warn!(database = %name, error = %e, "could not drop a drill database");
         }
     }
@@ -380,16 +378,24 @@ pub async fn drill(
 
 /// Live chunk keys of the restored metadata, streamed in key order and merge-joined
 /// with the listing. Returns (first ten missing, missing count, chunks checked).
-async fn missing_chunks(server: &PgServer, database: &str, catalog: &Catalog, manifest: &Manifest) -> Result<(Vec<String>, u64, u64), RestoreError> {
-    let mut conn = database::connect(server, database).await?;
-    let mut rows = sqlx::query_scalar::<_, String>(
+async fn missing_chunks(
+    server: &PgServer,
+    tools: &Tools,
+    database: &str,
+    catalog: &Catalog,
+    manifest: &Manifest,
+) -> Result<(Vec<String>, u64, u64), RestoreError> {
+    let mut rows = database::rows(
+        server,
+        tools,
+        database,
         "SELECT key FROM (SELECT 'chunk/' || encode(chunk_id, 'hex') || '.' || lpad(to_hex(gen), 16, '0') AS key FROM storage.chunk_objects WHERE uploaded AND NOT tombstone) k ORDER BY key COLLATE \"C\"",
     )
-    .fetch(&mut conn);
+    .await?;
     let mut listing = catalog.read_listing(&manifest.backup_id, manifest).await?;
     let mut pending = listing.next_record()?;
     let (mut missing, mut count, mut checked) = (Vec::new(), 0u64, 0u64);
-    while let Some(key) = rows.try_next().await.map_err(|source| DatabaseError::Query { database: database.into(), source })? {
+    while let Some(key) = rows.next().await? {
         checked += 1;
         while pending.as_ref().is_some_and(|r| r.key < key) {
             pending = listing.next_record()?;

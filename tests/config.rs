@@ -63,6 +63,14 @@ async fn bad_configurations_exit_2_name_the_variable_and_touch_nothing() {
         (&[("TARGET_URL", "s3a://pach-data/backups"), ("SOURCE_URL", "s3://pach-data")], "TARGET_URL", "inside SOURCE_URL"),
         (&[("GC_GRACE", "1h")], "GC_GRACE", "below its floor of 3h 15m"),
         (&[("PREFLIGHT_TIMEOUT", "a minute")], "PREFLIGHT_TIMEOUT", "not a duration"),
+        // libpq's files are checked before anything starts (libpq itself goes on
+        // silently without a client certificate it cannot find).
+        (&[("PGSSLCERT", "/nonexistent/tls.crt")], "PGSSLCERT", "cannot be read"),
+        (&[("PGSSLKEY", "/nonexistent/tls.key")], "PGSSLKEY", "cannot be read"),
+        (&[("PGSSLCRL", "/nonexistent/crl.pem")], "PGSSLCRL", "cannot be read"),
+        (&[("PGCONNECT_TIMEOUT", "soon")], "PGCONNECT_TIMEOUT", "whole number of seconds"),
+        (&[("TARGET_AWS_CA_BUNDLE", "/nonexistent/ca.pem")], "TARGET_AWS_CA_BUNDLE", "cannot be read"),
+        (&[("AWS_CA_BUNDLE", "/etc/hostname")], "AWS_CA_BUNDLE", "holds no PEM certificate"),
     ];
     assert!(cases.len() >= 15);
     for (overrides, variable, fragment) in cases {
@@ -76,7 +84,8 @@ async fn bad_configurations_exit_2_name_the_variable_and_touch_nothing() {
         let before = kube.requests().len();
         let out = run_to_end(binary(&["run"], &env)).await;
         assert_eq!(out.code, Some(2), "{overrides:?} should exit 2:\n{}", out.stderr);
-        let line = out.stderr.lines().find(|l| l.contains(variable) && l.contains(fragment));
+        let said = out.said();
+        let line = said.iter().find(|l| l.contains(variable) && l.contains(fragment));
         assert!(line.is_some(), "{overrides:?}: no line names {variable} with {fragment:?}:\n{}", out.stderr);
         assert_eq!(kube.requests().len(), before, "{overrides:?} sent requests to the cluster");
     }
@@ -101,6 +110,35 @@ async fn all_problems_are_reported_together_and_secrets_never_printed() {
     }
     for secret in ["pg-very-secret", "wJalrXUtnFEMI-secret"] {
         assert!(!out.stderr.contains(secret) && !out.stdout.contains(secret), "{secret} printed");
+    }
+}
+
+/// A name no library reads (an object_store key object_store does not know, a libpq
+/// variable libpq does not know, say a misspelt one) is not dropped silently: every one
+/// is logged as a warning naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_no_library_reads_are_warned_about() {
+    let kube = StandIn::start("pachyderm").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut env = good(&kube, dir.path());
+    for (k, v) in [
+        ("TARGET_AWS_PROFILE", "prod"),
+        ("AWS_CONFIG_FILE", "/etc/aws/config"),
+        ("PGSSLCRT", "/tls/tls.crt"),
+        ("PGDATABASE", "other"),
+        ("PAUSE_MODE", "freeze"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let out = run_to_end(binary(&["run"], &env)).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    for (name, says) in [
+        ("TARGET_AWS_PROFILE", "is not an object_store option: it is ignored"),
+        ("AWS_CONFIG_FILE", "is not an object_store option: it is ignored"),
+        ("PGSSLCRT", "is not a libpq variable: it is ignored"),
+        ("PGDATABASE", "has no effect"),
+    ] {
+        assert!(out.stderr.lines().any(|l| l.contains("WARN") && l.contains(&format!("{name} {says}"))), "no warning about {name}:\n{}", out.stderr);
     }
 }
 
@@ -260,6 +298,14 @@ async fn garbage_in_any_variable_is_an_error_never_a_panic() {
             None => runs.extend(values.iter().map(|value| (v.name.to_string(), value.clone(), false))),
             Some(stem) => {
                 let (side, family) = ["SOURCE_", "TARGET_", "RESTORE_"].iter().find_map(|s| Some((*s, stem.strip_prefix(s)?))).unwrap_or(("", stem));
+                if family == "PG" {
+                    // libpq's variables, with file:// buckets: they reach the database preflight.
+                    for key in pachyderm_backup::config::LIBPQ_VARIABLES {
+                        let value = values[runs.len() % values.len()].clone();
+                        runs.push((format!("{side}{key}"), value, false));
+                    }
+                    continue;
+                }
                 for key in keys.iter().filter(|k| k.starts_with(family)) {
                     let value = values[runs.len() % values.len()].clone();
                     runs.push((format!("{side}{key}"), value, true));
@@ -328,4 +374,112 @@ async fn garbage_in_any_variable_is_an_error_never_a_panic() {
     );
     assert!(counts.get(&Some(2)).copied().unwrap_or(0) > 600 && counts.get(&Some(1)).copied().unwrap_or(0) > 300, "{counts:?}");
     eprintln!("{} runs in {:.1}s: {counts:?}", outcomes.len(), started.elapsed().as_secs_f64());
+}
+
+/// Nothing but the Lease was written: no pause was attempted.
+fn assert_never_paused(bed: &Bed) {
+    let writes: Vec<String> = bed.kube.mutating_requests().iter().filter(|r| !r.path.contains("/leases")).map(|r| format!("{} {}", r.method, r.path)).collect();
+    assert!(writes.is_empty(), "writes before preflight passed: {writes:?}");
+}
+
+/// 10.8: a backup bucket behind a private CA (MinIO and on-premises S3 often are) is
+/// reached once its CA is given as TARGET_AWS_CA_BUNDLE (the AWS CLI's AWS_CA_BUNDLE,
+/// per side). Without it the run stops at once, before anything is paused, naming the
+/// certificate error and the variable to set. Before, AWS_CA_BUNDLE was an unknown key,
+/// ignored: no run could reach such a bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_bucket_behind_a_private_ca_is_trusted_through_its_ca_bundle() {
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    let ca = TestCa::new(&bed.dir.path().join("s3-ca"), "private-s3-ca");
+    let (cert, key) = ca.issue("moto-tls", false);
+    let tls = Moto::start_tls(&cert, &key).await;
+    tls.create_bucket_over_tls("secure-backups", &ca.cert).await;
+    bed.set("TARGET_URL", "s3://secure-backups/nightly");
+    bed.set("TARGET_AWS_ENDPOINT", &format!("https://127.0.0.1:{}", tls.port));
+
+    let started = std::time::Instant::now();
+    let out = bed.run(&["run"]).await;
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("invalid peer certificate") && out.stderr.contains("TARGET_AWS_CA_BUNDLE") && out.stderr.contains("the cluster is untouched"),
+        "names the certificate error and the variable:\n{}",
+        out.stderr
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "said at once, not after object_store's retries: {:?}", started.elapsed());
+    assert_never_paused(&bed);
+
+    bed.set("TARGET_AWS_CA_BUNDLE", &ca.cert.display().to_string());
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    let target: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(object_store::prefix::PrefixStore::new(tls.store_over_tls("secure-backups", &ca.cert), "nightly"));
+    let manifests = pachyderm_backup::catalog::Catalog::new(target).complete().await.expect("read the backup bucket over TLS");
+    assert_eq!(manifests.len(), 1, "one backup in the bucket behind the private CA");
+    assert_eq!(manifests[0].objects.counts.count, 3);
+    bed.assert_resumed();
+}
+
+/// 10.8: client-certificate authentication (PGSSLCERT, PGSSLKEY, PGSSLROOTCERT,
+/// PGSSLMODE=verify-full) reaches the preflight and pg_dump alike, and the restore
+/// server's own (RESTORE_PGSSL*) reach the drill's psql and pg_restore, never the
+/// backup's. Before, the preflight (sqlx) read PGSSLCERT/PGSSLKEY itself while pg_dump
+/// was given neither: the preflight passed, the cluster was paused, pg_dump was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_reach_the_preflight_pg_dump_and_the_drill() {
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    let ca = TestCa::new(&bed.dir.path().join("pg-ca"), "private-pg-ca");
+    require_client_certificates(&bed.pg, &ca, "backup").await;
+    let (cert, key) = ca.issue("backup", true);
+    let home = bed.dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let (ca_cert, cert, key) = (ca.cert.display().to_string(), cert.display().to_string(), key.display().to_string());
+    bed.set("HOME", &home.display().to_string()) // no ~/.postgresql/postgresql.key to fall back on
+        .set("PGUSER", "backup")
+        .set("PGSSLMODE", "verify-full")
+        .set("PGSSLROOTCERT", &ca_cert)
+        .set("PGSSLCERT", &cert);
+
+    // The certificate without its key: libpq refuses it in the preflight, nothing is paused.
+    let out = bed.run(&["run"]).await;
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("cannot connect to database pachyderm") && out.stderr.contains("private key") && out.stderr.contains("PGSSLKEY"),
+        "the preflight says why:\n{}",
+        out.stderr
+    );
+    assert_never_paused(&bed);
+    assert!(bed.manifests().await.is_empty());
+
+    // With it: the preflight and pg_dump both log in with the certificate (pg_hba.conf
+    // lets `backup` in no other way).
+    bed.set("PGSSLKEY", &key);
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    let manifests = bed.manifests().await;
+    assert_eq!(manifests.len(), 1);
+    assert_eq!(manifests[0].databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["pachyderm", "dex"]);
+    bed.assert_resumed();
+
+    // The drill on the same server as `backup`: the backup's PG* variables never reach
+    // the restore server's clients, its own RESTORE_PGSSL* do.
+    let restore = |with_certificate: bool| {
+        let mut env = vec![
+            ("RESTORE_PGHOST", "127.0.0.1".to_string()),
+            ("RESTORE_PGPORT", bed.pg.port.to_string()),
+            ("RESTORE_PGUSER", "backup".into()),
+            ("RESTORE_PGSSLMODE", "verify-full".into()),
+            ("RESTORE_PGSSLROOTCERT", ca_cert.clone()),
+        ];
+        if with_certificate {
+            env.extend([("RESTORE_PGSSLCERT", cert.clone()), ("RESTORE_PGSSLKEY", key.clone())]);
+        }
+        env.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Vec<_>>()
+    };
+    let out = run_with(&bed, restore(false), &["verify", "--drill"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("cannot connect to database") && out.stderr.contains("RESTORE_PGSSLCERT"), "{}", out.stderr);
+    let out = run_with(&bed, restore(true), &["verify", "--drill"]).await;
+    out.expect_code(0);
+    assert!(out.stdout.contains(" ok: "), "{}", out.stdout);
+    assert_eq!(bed.pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'pbdrill%'").expect("q").trim(), "0", "scratch databases dropped");
 }

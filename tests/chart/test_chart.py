@@ -175,6 +175,22 @@ VALUES_SETS: dict[str, dict] = {
         "extraVolumes": [{"name": "scratch-ca", "configMap": {"name": "scratch-ca"}}],
         "extraVolumeMounts": [{"name": "scratch-ca", "mountPath": "/etc/scratch-ca", "readOnly": True}],
     },
+    "postgresql-client-certificates": {
+        # Certificate authentication to both servers, Pachyderm's CA from its Secret.
+        "target": TARGET,
+        "postgresql": {
+            "sslMode": "verify-full",
+            "clientCertificate": {"secretName": "pachyderm-backup-postgres-tls", "caKey": "ca.crt"},
+        },
+        "drill": {
+            "enabled": True,
+            "restore": {
+                "pghost": "postgres-scratch.backup.svc",
+                "sslMode": "verify-full",
+                "clientCertificate": {"secretName": "scratch-postgres-tls", "certKey": "client.crt", "keyKey": "client.key"},
+            },
+        },
+    },
     "descriptor-and-time-zone": {
         # A descriptor and a time zone: spec.timeZone on every CronJob, SCHEDULE_TIMEZONE.
         "target": TARGET,
@@ -225,6 +241,7 @@ VALUES_SETS: dict[str, dict] = {
             "user": "pachyderm",
             "sslMode": "verify-full",
             "sslRootCert": "/etc/postgres-ca/ca.crt",
+            "clientCertificate": {"secretName": "pachyderm-backup-postgres-tls", "caKey": "ca.crt"},
             "databases": ["pachyderm", "dex", "extra"],
             "binDir": "/usr/lib/postgresql/17/bin",
         },
@@ -272,6 +289,7 @@ VALUES_SETS: dict[str, dict] = {
                 "pguser": "postgres",
                 "sslMode": "verify-ca",
                 "sslRootCert": "/etc/postgres-ca/ca.crt",
+                "clientCertificate": {"secretName": "scratch-postgres-tls"},
                 "password": {"secretName": "scratch-postgres", "secretKey": "password"},
                 "url": "s3://scratch/pachyderm",
                 "identity": {"secretName": "pachyderm-backup-age", "secretKey": "key.txt"},
@@ -587,7 +605,7 @@ DEFAULTS_MIRRORED = [
     "LEASE_DURATION", "PREFLIGHT_TIMEOUT", "DATABASES", "OBJECTS", "PRECOPY", "COPY_CONCURRENCY",
     "KEEP_LAST", "KEEP_HOURLY", "KEEP_DAILY", "KEEP_WEEKLY", "KEEP_MONTHLY",
     "KEEP_YEARLY", "MIN_KEEP", "GC_GRACE", "PUSHGATEWAY_TIMEOUT", "PROGRESS_INTERVAL",
-    "LOG_FORMAT",
+    # LOG_FORMAT: not mirrored, the program's default depends on a terminal (json in a pod, as the chart sets).
 ]
 
 
@@ -765,6 +783,54 @@ def test_encryption_keys_reach_only_where_they_are_needed(render):
     # Unencrypted by default: no variable, no volume, and the release notes warn.
     defaults = render("defaults")
     assert "DUMP_RECIPIENTS" not in env_of(backup_container(defaults))
+
+
+def test_postgresql_client_certificates(render):
+    """postgresql.clientCertificate (every pod) and drill.restore.clientCertificate (the
+    drill's only): the Secret mounted read-only with mode 0440 (root-owned, readable
+    through fsGroup: libpq accepts a root-owned key up to 0640), PGSSLCERT / PGSSLKEY
+    naming its files, PGSSLROOTCERT its CA unless sslRootCert is given."""
+    base, restore_base = "/etc/pachyderm-backup/postgresql", "/etc/pachyderm-backup/restore-postgresql"
+    docs = render("postgresql-client-certificates")
+    owners = []
+    for owner, spec in pod_specs(docs):
+        owners.append(owner)
+        (c,) = spec["containers"]
+        env = env_of(c)
+        mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert {n: env[n]["value"] for n in ("PGSSLCERT", "PGSSLKEY", "PGSSLROOTCERT")} == {
+            "PGSSLCERT": f"{base}/tls.crt",
+            "PGSSLKEY": f"{base}/tls.key",
+            "PGSSLROOTCERT": f"{base}/ca.crt",
+        }, owner
+        assert mounts["postgresql-client-certificate"] == {"name": "postgresql-client-certificate", "mountPath": base, "readOnly": True}, owner
+        assert volumes["postgresql-client-certificate"]["secret"] == {
+            "secretName": "pachyderm-backup-postgres-tls",
+            "defaultMode": 0o440,
+            "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}, {"key": "ca.crt", "path": "ca.crt"}],
+        }, owner
+        drill = owner.endswith("-drill")
+        assert ("restore-postgresql-client-certificate" in volumes) == drill, owner
+        assert ("RESTORE_PGSSLCERT" in env) == drill, owner
+        if drill:
+            assert env["RESTORE_PGSSLCERT"]["value"] == f"{restore_base}/tls.crt"
+            assert env["RESTORE_PGSSLKEY"]["value"] == f"{restore_base}/tls.key"
+            assert "RESTORE_PGSSLROOTCERT" not in env, "no caKey, no sslRootCert"
+            assert mounts["restore-postgresql-client-certificate"]["mountPath"] == restore_base
+            assert volumes["restore-postgresql-client-certificate"]["secret"]["items"] == [
+                {"key": "client.crt", "path": "tls.crt"},
+                {"key": "client.key", "path": "tls.key"},
+            ]
+    assert any(o.endswith("-drill") for o in owners) and any(o.endswith("-check") for o in owners), owners
+    # A sslRootCert given wins over the Secret's CA.
+    env = env_of(backup_container(render("everything-on")))
+    assert env["PGSSLROOTCERT"]["value"] == "/etc/postgres-ca/ca.crt"
+    assert env["PGSSLCERT"]["value"] == f"{base}/tls.crt"
+    # No Secret: no variable, no volume.
+    docs = render("defaults")
+    assert not {"PGSSLCERT", "PGSSLKEY", "PGSSLROOTCERT"} & set(env_of(backup_container(docs)))
+    assert "postgresql-client-certificate" not in {v["name"] for _, spec in pod_specs(docs) for v in spec["volumes"]}
 
 
 def test_notes_warn_about_unencrypted_dumps(chart):
@@ -1388,6 +1454,47 @@ def test_dashboard_configmap(render):
     assert json.loads(cm["data"][key]) == source
 
 
+def test_rules_and_dashboard_read_the_pushed_label(render):
+    """The PrometheusRule and the dashboard the chart installs read the label the program
+    pushes, pachyderm_cluster, never `cluster` (the external label of multi-cluster
+    Prometheus setups, and the grouping key of earlier versions)."""
+    docs = render("everything-on")
+    rule = one(docs, "PrometheusRule")
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert "PachydermBackupNotVerified" in {r["alert"] for r in rules}
+    for r in rules:
+        for m in re.finditer(r"\bpachyderm_backup_\w+(\{[^}]*\})?", r["expr"]):
+            assert m.group(1) and 'pachyderm_cluster!=""' in m.group(1), (r["alert"], m.group(0))
+        assert not re.search(r"\b(on|ignoring)\s*\([^)]*\bcluster\b", r["expr"]), r["alert"]
+        for text in r["annotations"].values():
+            assert "$labels.cluster " not in text and "$labels.cluster}" not in text, r["alert"]
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    dashboard = json.loads(next(iter(cm["data"].values())))
+
+    def exprs(panels):
+        for p in panels:
+            yield from (t["expr"] for t in p.get("targets", []))
+            yield from exprs(p.get("panels", []))
+
+    found = list(exprs(dashboard["panels"]))
+    assert found
+    for e in found:
+        assert 'pachyderm_cluster="$cluster"' in e and not re.search(r"[{,]\s*cluster\s*[=!]", e), e
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "cluster"]
+    assert variable["query"].endswith(", pachyderm_cluster)")
+
+
+def test_notes_say_when_nothing_verifies(chart):
+    def notes(values):
+        rendered = chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+        return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+
+    pushing = {"pushgateway": {"url": "http://prometheus-pushgateway.monitoring:9091"}}
+    assert "PachydermBackupNotVerified" in notes(pushing)
+    assert "PachydermBackupNotVerified" not in notes(VALUES_SETS["everything-on"]), "the drill verifies"
+    assert "PachydermBackupNotVerified" not in notes(VALUES_SETS["defaults"]), "no metrics, no alert"
+
+
 def test_dashboard_label_is_configurable(chart, yaml):
     out = chart.render(
         {"dashboard": {"labels": {"grafana_dashboard": None, "dashboards": "pachyderm"}}},
@@ -1455,3 +1562,19 @@ def test_docs_cover_every_value(yaml):
     walk(values, [])
     missing = [p for p in paths if f"`{p}`" not in doc]
     assert not missing, f"docs/CHART.md does not document: {missing}"
+
+
+def test_the_packaged_chart_points_at_what_exists():
+    """values.yaml and the chart's README name only files that exist (10.9), and the
+    chart's README carries the values table (scripts/sync-chart-files.sh)."""
+    import re
+
+    chart_dir = REPO / "helm" / "pachyderm-backup"
+    for text_file in (chart_dir / "values.yaml", chart_dir / "README.md"):
+        text = text_file.read_text()
+        for path in set(re.findall(r"\b((?:docs|scripts|alerts|dashboards)/[\w.*-]+)", text)):
+            if "*" in path:
+                assert list(REPO.glob(path)), f"{text_file.name} names {path}: nothing matches"
+            else:
+                assert (REPO / path).exists(), f"{text_file.name} names {path}, which does not exist"
+    assert "| `target.url` |" in (chart_dir / "README.md").read_text(), "the chart's README has no values table"

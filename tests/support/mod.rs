@@ -19,7 +19,7 @@ pub use pachyderm_backup::demo::{TempPostgres, seed_chunks};
 
 use kube_standin::StandIn;
 
-pub const INSTALL: &str = "run scripts/test.sh (it installs PostgreSQL, moto, Prometheus and the Pushgateway), or: apt-get install -y postgresql prometheus prometheus-pushgateway && pip install 'moto[s3]' flask flask-cors";
+pub const INSTALL: &str = "run scripts/test.sh (it installs PostgreSQL, moto, Prometheus, the Pushgateway and openssl), or: apt-get install -y postgresql prometheus prometheus-pushgateway openssl && pip install 'moto[s3]' flask flask-cors";
 
 fn on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -34,11 +34,21 @@ pub struct Moto {
 
 impl Moto {
     pub async fn start() -> Moto {
+        Moto::start_with(&[]).await
+    }
+
+    /// A moto serving HTTPS only, with this certificate and key (see [`TestCa`]).
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Moto {
+        Moto::start_with(&["-c".into(), cert.display().to_string(), "-k".into(), key.display().to_string()]).await
+    }
+
+    async fn start_with(extra: &[String]) -> Moto {
         let program = on_path("moto_server").unwrap_or_else(|| panic!("moto_server is not installed: {INSTALL}"));
         for _ in 0..5 {
             let port = pachyderm_backup::demo::free_port();
             let child = std::process::Command::new(&program)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -96,6 +106,32 @@ impl Moto {
         out
     }
 
+    /// Creates a bucket on a moto started with [`Moto::start_tls`], trusting `ca`.
+    pub async fn create_bucket_over_tls(&self, bucket: &str, ca: &std::path::Path) {
+        use object_store::client::{HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector};
+        let client = ReqwestConnector::default().connect(&tls_client_options(ca)).expect("an HTTPS client");
+        let request: HttpRequest =
+            http::Request::builder().method("PUT").uri(format!("https://127.0.0.1:{}/{bucket}", self.port)).body(HttpRequestBody::empty()).expect("request");
+        let answer = client.execute(request).await.unwrap_or_else(|e| panic!("creating bucket {bucket} over TLS: {e}"));
+        assert!(answer.status().is_success(), "creating bucket {bucket} over TLS: {}", answer.status());
+    }
+
+    /// A store of `bucket` on a moto started with [`Moto::start_tls`], trusting `ca`.
+    pub fn store_over_tls(&self, bucket: &str, ca: &std::path::Path) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(format!("https://127.0.0.1:{}", self.port))
+                .with_bucket_name(bucket)
+                .with_region("us-east-1")
+                .with_access_key_id("test")
+                .with_secret_access_key("test")
+                .with_virtual_hosted_style_request(false)
+                .with_client_options(tls_client_options(ca))
+                .build()
+                .expect("S3 store over TLS"),
+        )
+    }
+
     pub fn create_bucket(&self, bucket: &str) {
         let answer = self.http("PUT", &format!("/{bucket}"));
         assert!(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"), "creating bucket {bucket}: {answer}");
@@ -130,11 +166,89 @@ impl Moto {
     }
 }
 
+/// HTTP client options trusting the CA certificates of a PEM file.
+fn tls_client_options(ca: &std::path::Path) -> object_store::ClientOptions {
+    let pem = std::fs::read(ca).expect("read the CA certificate");
+    object_store::Certificate::from_pem_bundle(&pem).expect("PEM").into_iter().fold(object_store::ClientOptions::new(), |o, c| o.with_root_certificate(c))
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A throwaway certificate authority (the `openssl` command), and the certificates it
+/// signs, in a directory of its own.
+pub struct TestCa {
+    pub dir: PathBuf,
+    /// The CA's certificate (PEM): what a client trusts.
+    pub cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Runs `openssl` with `args` (words separated by spaces; the paths here hold none).
+fn openssl(args: &str, dir: &std::path::Path) {
+    let program = on_path("openssl").unwrap_or_else(|| panic!("openssl is not installed: {INSTALL}"));
+    let out = std::process::Command::new(program).args(args.split_whitespace()).current_dir(dir).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A new P-256 key, unencrypted.
+const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+
+impl TestCa {
+    /// A CA named `name`, valid for two days.
+    pub fn new(dir: &std::path::Path, name: &str) -> TestCa {
+        std::fs::create_dir_all(dir).expect("CA dir");
+        let ca = TestCa { dir: dir.to_path_buf(), cert: dir.join(format!("{name}.crt")), key: dir.join(format!("{name}.key")) };
+        openssl(&format!("req -x509 {NEW_KEY} -days 2 -subj /CN={name} -keyout {} -out {}", ca.key.display(), ca.cert.display()), dir);
+        ca
+    }
+
+    /// A certificate for `name` signed by this CA, and its key (mode 0600): a server's
+    /// (`subjectAltName` localhost and 127.0.0.1) or, with `client`, a client's whose
+    /// common name is `name` (what PostgreSQL's `cert` authentication matches).
+    pub fn issue(&self, name: &str, client: bool) -> (PathBuf, PathBuf) {
+        let [cert, key, csr, ext] = ["crt", "key", "csr", "ext"].map(|e| self.dir.join(format!("{name}.{e}")));
+        let usage = if client { "extendedKeyUsage=clientAuth" } else { "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1" };
+        std::fs::write(&ext, format!("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n{usage}\n")).expect("extensions");
+        openssl(&format!("req {NEW_KEY} -subj /CN={name} -keyout {} -out {}", key.display(), csr.display()), &self.dir);
+        let (ca_cert, ca_key) = (self.cert.display(), self.key.display());
+        let signed = format!("-in {} -extfile {} -out {}", csr.display(), ext.display(), cert.display());
+        openssl(&format!("x509 -req -CA {ca_cert} -CAkey {ca_key} -CAcreateserial -days 2 {signed}"), &self.dir);
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod key");
+        (cert, key)
+    }
+}
+
+/// Turns TLS on in `pg` (a server certificate from `ca`) and makes `user` (a superuser,
+/// created here) log in over TCP with a client certificate of `ca` only: `hostssl …
+/// cert` in pg_hba.conf, every other connection of `user` rejected. The `postgres`
+/// user keeps its trusted connections, for the tests' own psql.
+pub async fn require_client_certificates(pg: &TempPostgres, ca: &TestCa, user: &str) {
+    let data = PathBuf::from(pg.psql("postgres", "SHOW data_directory").expect("data directory").trim());
+    let (cert, key) = ca.issue("pg-server", false);
+    for (from, name) in [(&cert, "server.crt"), (&key, "server.key"), (&ca.cert, "client-ca.crt")] {
+        let to = data.join(name);
+        std::fs::copy(from, &to).expect("copy into the data directory");
+        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        // The server runs as `postgres` when the tests run as root (initdb refuses root).
+        if pachyderm_backup::demo::is_root() {
+            let status = std::process::Command::new("chown").arg("postgres:postgres").arg(&to).status().expect("chown");
+            assert!(status.success(), "chown {}", to.display());
+        }
+    }
+    let hba = PathBuf::from(pg.psql("postgres", "SHOW hba_file").expect("hba file").trim());
+    let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    std::fs::write(&hba, format!("hostssl all {user} 127.0.0.1/32 cert\nhost all {user} all reject\n{rules}")).expect("write pg_hba.conf");
+    pg.psql("postgres", &format!("CREATE ROLE {user} LOGIN SUPERUSER")).expect("create the role");
+    for setting in ["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'", "ssl_ca_file = 'client-ca.crt'"] {
+        pg.psql("postgres", &format!("ALTER SYSTEM SET {setting}")).expect("configure TLS");
+    }
+    pg.psql("postgres", "SELECT pg_reload_conf()").expect("reload");
+    wait_until("the server reloaded with TLS on", Duration::from_secs(20), || pg.psql("postgres", "SHOW ssl").is_ok_and(|s| s.trim() == "on")).await;
 }
 
 /// Starts a PostgreSQL server with the fixture (`chunks` live chunks).
@@ -339,6 +453,18 @@ impl Output {
         self.stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
+    /// stderr as a person reads it: each JSON line's message, split into its lines,
+    /// and any other line as it is.
+    pub fn said(&self) -> Vec<String> {
+        self.stderr
+            .lines()
+            .flat_map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+                Ok(v) => v["message"].as_str().unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>(),
+                Err(_) => vec![l.to_string()],
+            })
+            .collect()
+    }
+
     pub fn expect_code(&self, code: i32) -> &Self {
         assert_eq!(self.code, Some(code), "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
         self
@@ -473,4 +599,30 @@ pub fn table_checksums(pg: &TempPostgres, database: &str) -> Vec<String> {
 /// Reads a whole object.
 pub async fn read(store: &Arc<dyn ObjectStore>, key: &str) -> bytes::Bytes {
     store.get(&pachyderm_backup::catalog::recorded_path(key)).await.unwrap_or_else(|e| panic!("get {key}: {e}")).bytes().await.expect("body")
+}
+
+/// The keys of one JSON object, in order and with duplicates (serde_json's `Value`
+/// keeps only the last of a duplicated key, which is how jq and Loki lose a field).
+pub fn json_keys(line: &str) -> Option<Vec<String>> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((k, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    serde_json::from_str::<Keys>(line).ok().map(|k| k.0)
 }

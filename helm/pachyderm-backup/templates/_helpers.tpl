@@ -113,6 +113,51 @@ after SIGTERM (RESUME_TIMEOUT + 60 s unless set).
 {{- end -}}
 {{- end -}}
 
+{{/* Where the client certificates for PostgreSQL are mounted: Pachyderm's server, the drill's. */}}
+{{- define "pachyderm-backup.pgCertDir" -}}/etc/pachyderm-backup/postgresql{{- end -}}
+{{- define "pachyderm-backup.restorePgCertDir" -}}/etc/pachyderm-backup/restore-postgresql{{- end -}}
+
+{{/*
+The TLS variables of one PostgreSQL server. Arguments: the variables' prefix ("" or
+"RESTORE_"), sslRootCert, the clientCertificate values, the directory it is mounted at.
+*/}}
+{{- define "pachyderm-backup.pgTlsEnv" -}}
+{{- $prefix := index . 0 -}}
+{{- $rootCert := index . 1 -}}
+{{- $cc := index . 2 -}}
+{{- $dir := index . 3 -}}
+{{- if and $cc.secretName $cc.caKey (not $rootCert) -}}
+{{- $rootCert = printf "%s/ca.crt" $dir -}}
+{{- end -}}
+{{- include "pachyderm-backup.envVar" (list (printf "%sPGSSLROOTCERT" $prefix) $rootCert) }}
+{{- if $cc.secretName }}
+{{- include "pachyderm-backup.envVar" (list (printf "%sPGSSLCERT" $prefix) (printf "%s/tls.crt" $dir)) }}
+{{- include "pachyderm-backup.envVar" (list (printf "%sPGSSLKEY" $prefix) (printf "%s/tls.key" $dir)) }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A client-certificate Secret as a volume: mode 0440, owned by root and readable through
+the pod's fsGroup (libpq accepts a key owned by root up to 0640). Arguments: the volume
+name, the clientCertificate values.
+*/}}
+{{- define "pachyderm-backup.pgCertVolume" -}}
+{{- $cc := index . 1 -}}
+- name: {{ index . 0 }}
+  secret:
+    secretName: {{ $cc.secretName | quote }}
+    defaultMode: 288 # 0440
+    items:
+      - key: {{ $cc.certKey | quote }}
+        path: tls.crt
+      - key: {{ $cc.keyKey | quote }}
+        path: tls.key
+      {{- if $cc.caKey }}
+      - key: {{ $cc.caKey | quote }}
+        path: ca.crt
+      {{- end }}
+{{- end -}}
+
 {{/* Where the drill reads its age identity (RESTORE_IDENTITY_FILE). */}}
 {{- define "pachyderm-backup.identityDir" -}}/etc/pachyderm-backup/age{{- end -}}
 {{- define "pachyderm-backup.identityFile" -}}{{ include "pachyderm-backup.identityDir" . }}/identity.txt{{- end -}}
@@ -214,7 +259,7 @@ The environment shared by every CronJob: the program's whole configuration.
 {{ include "pachyderm-backup.secretEnvVar" (list "PGPASSWORD" $v.postgresql.password.secretName $v.postgresql.password.secretKey false) }}
 {{- end }}
 {{- include "pachyderm-backup.envVar" (list "PGSSLMODE" $v.postgresql.sslMode) }}
-{{- include "pachyderm-backup.envVar" (list "PGSSLROOTCERT" $v.postgresql.sslRootCert) }}
+{{- include "pachyderm-backup.pgTlsEnv" (list "" $v.postgresql.sslRootCert $v.postgresql.clientCertificate (include "pachyderm-backup.pgCertDir" .)) }}
 {{- include "pachyderm-backup.envVar" (list "DATABASES" (join "," $v.postgresql.databases)) }}
 {{- include "pachyderm-backup.envVar" (list "PG_BIN_DIR" $v.postgresql.binDir) }}
 {{- include "pachyderm-backup.envVar" (list "DUMP_RECIPIENTS" (join "," $v.encryption.recipients)) }}
@@ -297,7 +342,7 @@ The environment shared by every CronJob: the program's whole configuration.
 {{ include "pachyderm-backup.secretEnvVar" (list "RESTORE_PGPASSWORD" $r.password.secretName $r.password.secretKey false) }}
 {{- end }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_PGSSLMODE" $r.sslMode) }}
-{{- include "pachyderm-backup.envVar" (list "RESTORE_PGSSLROOTCERT" $r.sslRootCert) }}
+{{- include "pachyderm-backup.pgTlsEnv" (list "RESTORE_" $r.sslRootCert $r.clientCertificate (include "pachyderm-backup.restorePgCertDir" .)) }}
 {{- if $r.identity.secretName }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_IDENTITY_FILE" (include "pachyderm-backup.identityFile" .)) }}
 {{- end }}
@@ -398,6 +443,16 @@ spec:
               mountPath: {{ include "pachyderm-backup.identityDir" $root }}
               readOnly: true
             {{- end }}
+            {{- if $v.postgresql.clientCertificate.secretName }}
+            - name: postgresql-client-certificate
+              mountPath: {{ include "pachyderm-backup.pgCertDir" $root }}
+              readOnly: true
+            {{- end }}
+            {{- if and .restore $v.drill.restore.clientCertificate.secretName }}
+            - name: restore-postgresql-client-certificate
+              mountPath: {{ include "pachyderm-backup.restorePgCertDir" $root }}
+              readOnly: true
+            {{- end }}
             {{- with $v.extraVolumeMounts }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -414,6 +469,14 @@ spec:
             items:
               - key: {{ $v.drill.restore.identity.secretKey | quote }}
                 path: identity.txt
+        {{- end }}
+        {{- if $v.postgresql.clientCertificate.secretName }}
+        # The client certificate for Pachyderm's PostgreSQL (PGSSLCERT, PGSSLKEY).
+        {{- include "pachyderm-backup.pgCertVolume" (list "postgresql-client-certificate" $v.postgresql.clientCertificate) | nindent 8 }}
+        {{- end }}
+        {{- if and .restore $v.drill.restore.clientCertificate.secretName }}
+        # The client certificate for the drill's scratch server (RESTORE_PGSSLCERT, RESTORE_PGSSLKEY).
+        {{- include "pachyderm-backup.pgCertVolume" (list "restore-postgresql-client-certificate" $v.drill.restore.clientCertificate) | nindent 8 }}
         {{- end }}
         {{- with $v.extraVolumes }}
         {{- toYaml . | nindent 8 }}
