@@ -10,4 +10,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
-exec cargo run --locked --quiet -- demo "$@"
+if [ ! -x "${CARGO_TARGET_DIR:-target}/debug/pachyderm-backup" ]; then
+  echo "== first build: cargo compiles about 400 crates, some 10 minutes on 2 cores (once; later runs start at once)" >&2
+fi
+exec cargo run --locked -- demo "$@"

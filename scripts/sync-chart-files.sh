@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Copy the alert rules and the Grafana dashboards into the Helm chart.
+# Copy the alert rules, the Grafana dashboards and the values table into the Helm chart.
 #
 # Helm cannot read files outside a chart's directory and symlinks do not survive
 # `helm package` reliably, so the chart ships copies under
@@ -56,6 +56,23 @@ for copy in "$dest"/*.rules.yaml "$dest"/*.json; do
     fi
   fi
 done
+
+# The values table travels with the packaged chart: docs/CHART.md's "## Values"
+# section, copied below the marker of the chart's README.
+readme="$root/helm/pachyderm-backup/README.md"
+marker='<!-- values: copied from docs/CHART.md by scripts/sync-chart-files.sh; edit them there -->'
+values="$(awk '/^## Values$/{on=1} on && /^## / && !/^## Values$/{exit} on' "$root/docs/CHART.md")"
+head="$(awk -v m="$marker" '$0 == m {exit} {print}' "$readme")"
+wanted_readme="$(printf '%s\n\n%s\n\n%s\n' "${head%$'\n'}" "$marker" "$values")"
+if [ "$(cat "$readme")" != "$wanted_readme" ]; then
+  if $check; then
+    echo "differs: the Values section of ${readme#"$root"/} vs docs/CHART.md" >&2
+    status=1
+  else
+    printf '%s\n' "$wanted_readme" > "$readme"
+    echo "copied the Values section of docs/CHART.md -> ${readme#"$root"/}"
+  fi
+fi
 
 if $check && [ $status -ne 0 ]; then
   echo "run scripts/sync-chart-files.sh" >&2

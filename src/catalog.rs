@@ -146,6 +146,10 @@ pub struct Manifest {
     pub databases: Vec<DatabaseEntry>,
     pub objects: ObjectsEntry,
     pub cluster_objects: Vec<String>,
+    /// The replicas of every workload before the pause (`deployment/pachd`,
+    /// `replicationcontroller/<worker>`): the saved Deployments carry them too.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub original_replicas: std::collections::BTreeMap<String, i32>,
 }
 
 /// One line of `objects.jsonl.zst`: a source object and where its bytes are pooled.

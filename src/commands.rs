@@ -20,28 +20,44 @@ use crate::{demo, objects, retention};
 pub struct Failure {
     pub code: u8,
     pub message: String,
+    /// For a run: the phase it failed in and why, as log fields of the failure's line.
+    pub phase: Option<&'static str>,
+    pub reason: Option<&'static str>,
+    /// The span to log the failure in (a run's: its backup id on the last line too).
+    pub span: Option<tracing::Span>,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into(), phase: None, reason: None, span: None }
+    }
 }
 
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
-        Failure { code: 2, message: e.to_string() }
+        Failure::new(2, e.to_string())
     }
 }
 
 impl From<RunError> for Failure {
     fn from(e: RunError) -> Self {
-        Failure { code: e.exit_code(), message: e.to_string() }
+        let (phase, reason) = match &e {
+            RunError::Failed { phase, reason, .. } => (Some(phase.name()), Some(*reason)),
+            RunError::ResumeFailed { .. } => (Some("resume"), Some("resume")),
+            _ => (None, None),
+        };
+        Failure { code: e.exit_code(), message: e.to_string(), phase, reason, span: None }
     }
 }
 
 fn failed(e: impl std::error::Error) -> Failure {
-    Failure { code: 1, message: error_chain(&e) }
+    Failure::new(1, error_chain(&e))
 }
 
 /// A bucket lock that could not be taken: exit 3 when another writer holds it.
 fn locked(e: crate::catalog::CatalogError) -> Failure {
     match e {
-        crate::catalog::CatalogError::Locked { .. } => Failure { code: 3, message: e.to_string() },
+        crate::catalog::CatalogError::Locked { .. } => Failure::new(3, e.to_string()),
         e => failed(e),
     }
 }
@@ -78,7 +94,9 @@ pub fn watch_signals() -> Stop {
 pub async fn run(raw: &RawEnv, stop: Stop, full: bool) -> Result<(), Failure> {
     let mut cfg = RunConfig::from_env(raw)?;
     cfg.copy.full = full;
-    let summary = cycle::run(cfg, stop).await?;
+    // Every line of the run carries its backup id once claimed, the last one included.
+    let span = tracing::info_span!("run", backup_id = tracing::field::Empty);
+    let summary = tracing::Instrument::instrument(cycle::run(cfg, stop), span.clone()).await.map_err(|e| Failure { span: Some(span), ..Failure::from(e) })?;
     match &summary.retention {
         Some(r) => {
             println!("backup {} complete; retention kept {}, pruned {}, freed {}", summary.manifest.backup_id, r.retained, r.pruned, human_bytes(r.bytes_freed))
@@ -105,7 +123,7 @@ pub async fn check(raw: &RawEnv) -> Result<(), Failure> {
         println!("every check passed: a run would pause the cluster now");
         Ok(())
     } else {
-        Err(Failure { code: 1, message: format!("check failed: {}; nothing was paused", failed.join(", ")) })
+        Err(Failure::new(1, format!("check failed: {}; nothing was paused", failed.join(", "))))
     }
 }
 
@@ -188,7 +206,7 @@ pub async fn resume(raw: &RawEnv, if_stale: bool) -> Result<(), Failure> {
             info!("{e}: nothing to do");
             return Ok(());
         }
-        Err(e @ ClusterError::LeaseHeld { .. }) => return Err(Failure { code: 3, message: format!("{e}; a live run resumes its own cluster") }),
+        Err(e @ ClusterError::LeaseHeld { .. }) => return Err(Failure::new(3, format!("{e}; a live run resumes its own cluster"))),
         Err(e) => return Err(failed(e)),
     };
     let result = cluster.resume("the `pachyderm-backup resume` command").await;
@@ -202,7 +220,7 @@ pub async fn resume(raw: &RawEnv, if_stale: bool) -> Result<(), Failure> {
             println!("resumed: {}", resumed.join(", "));
             Ok(())
         }
-        Err(e) => Err(Failure { code: 4, message: format!("RESUME FAILED: {}; THE CLUSTER MAY STILL BE PAUSED", error_chain(&e)) }),
+        Err(e) => Err(Failure::new(4, format!("RESUME FAILED: {}; THE CLUSTER MAY STILL BE PAUSED", error_chain(&e)))),
     }
 }
 
@@ -218,7 +236,7 @@ pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
     };
     let lease = match &cluster {
         Some(c) if !dry_run => Some(c.acquire_lease(&format!("retention-{}", Utc::now().timestamp())).await.map_err(|e| match e {
-            ClusterError::LeaseHeld { .. } => Failure { code: 3, message: e.to_string() },
+            ClusterError::LeaseHeld { .. } => Failure::new(3, e.to_string()),
             e => failed(e),
         })?),
         _ => None,
@@ -233,7 +251,7 @@ pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
         l.release().await;
     }
     let outcome = outcome.map_err(|e| match e {
-        retention::RetentionError::SharedPrefix(_) => Failure { code: 2, message: e.to_string() },
+        retention::RetentionError::SharedPrefix(_) => Failure::new(2, e.to_string()),
         e => failed(e),
     })?;
     for (id, why) in &outcome.damaged {
@@ -281,7 +299,7 @@ pub fn variables(json: bool) -> Result<(), Failure> {
 /// The demo: a throwaway PostgreSQL with the fixture, a local source bucket of
 /// Pachyderm-shaped chunks, a local backup bucket, `PAUSE_MODE=none`.
 pub async fn demo(raw: &RawEnv, dir: &Path, objects_count: u64, stop: Stop) -> Result<(), Failure> {
-    let demo_err = |e: demo::DemoError| Failure { code: 1, message: e.to_string() };
+    let demo_err = |e: demo::DemoError| Failure::new(1, e.to_string());
     let source = dir.join("source");
     let target = dir.join("backup-bucket");
     std::fs::create_dir_all(&source).map_err(failed)?;
@@ -294,7 +312,7 @@ pub async fn demo(raw: &RawEnv, dir: &Path, objects_count: u64, stop: Stop) -> R
         Ok::<_, demo::DemoError>(pg)
     })
     .await
-    .map_err(|e| Failure { code: 1, message: e.to_string() })?
+    .map_err(|e| Failure::new(1, e.to_string()))?
     .map_err(demo_err)?;
     if !seeded {
         println!("seeding {objects_count} chunk objects into {}…", source.display());
@@ -335,7 +353,9 @@ pub async fn demo(raw: &RawEnv, dir: &Path, objects_count: u64, stop: Stop) -> R
         m.objects.counts.reused
     );
     println!("  the backup is in {}/backups/{}/ (manifest.json written last)", target.display(), m.backup_id);
-    println!("  list it:  TARGET_URL=file://{} pachyderm-backup list", target.display());
+    // The binary as it ran (`cargo run` puts none on PATH), so the hint works as printed.
+    let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pachyderm-backup".into());
+    println!("  list it:  TARGET_URL=file://{} {me} list", target.display());
     drop(pg);
     Ok(())
 }
@@ -345,22 +365,57 @@ pub struct RestoreArgs {
     pub clean: bool,
     pub force: bool,
     pub cluster_objects: bool,
+    pub helm_values: bool,
     pub skip_databases: bool,
     pub skip_objects: bool,
 }
 
+/// `restore --cluster-objects`: the saved objects as one `v1` List on stdout, for
+/// `kubectl apply -f -` (Deployments at their original replicas); `--helm-values`: the
+/// saved Helm values instead. What to do with them goes to the log.
+async fn print_cluster_objects(catalog: &Catalog, manifest: &crate::catalog::Manifest, helm_values: bool) -> Result<(), Failure> {
+    let id = &manifest.backup_id;
+    let mut items = Vec::new();
+    let mut helm = Vec::new();
+    for file in &manifest.cluster_objects {
+        let path = crate::catalog::backup_path(id, file);
+        let bytes = object_store::ObjectStoreExt::get(&**catalog.store(), &path).await.map_err(failed)?.bytes().await.map_err(failed)?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Failure::new(1, format!("{file} of backup {id} is not JSON: {e}")))?;
+        if file.starts_with("cluster/helm/") { helm.push(value) } else { items.push(value) }
+    }
+    if helm_values {
+        if helm.is_empty() {
+            info!(backup_id = %id, "this backup holds no Helm values (HELM_RELEASE was not set)");
+        }
+        for values in &helm {
+            println!("{}", serde_json::to_string_pretty(values).unwrap_or_default());
+        }
+        return Ok(());
+    }
+    if items.is_empty() {
+        info!(backup_id = %id, "this backup holds no cluster objects (taken with PAUSE_MODE=none, or outside Kubernetes): nothing to apply");
+    } else {
+        let replicas: Vec<String> = manifest.original_replicas.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        info!(
+            backup_id = %id,
+            objects = items.len(),
+            original_replicas = %replicas.join(","),
+            helm_values = !helm.is_empty(),
+            "restore the databases and the bucket first, then: pachyderm-backup restore --cluster-objects | kubectl apply -n <namespace> -f - (pachd and pachw start at their original replicas; pachd re-creates the pipeline workers)"
+        );
+    }
+    let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items });
+    println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+    Ok(())
+}
+
 pub async fn restore(raw: &RawEnv, args: RestoreArgs) -> Result<(), Failure> {
-    let print_only = args.cluster_objects;
+    let print_only = args.cluster_objects || args.helm_values;
     let cfg = RestoreConfig::from_env(raw, !print_only && !args.skip_databases, !print_only && !args.skip_objects)?;
     let catalog = open_catalog(&cfg.target).await?;
     let manifest = restore::choose(&catalog, args.backup.as_deref()).await.map_err(failed)?;
     if print_only {
-        for file in &manifest.cluster_objects {
-            let path = crate::catalog::backup_path(&manifest.backup_id, file);
-            let bytes = object_store::ObjectStoreExt::get(&**catalog.store(), &path).await.map_err(failed)?.bytes().await.map_err(failed)?;
-            println!("# {file}\n{}", String::from_utf8_lossy(&bytes));
-        }
-        return Ok(());
+        return print_cluster_objects(&catalog, &manifest, args.helm_values).await;
     }
     info!(backup_id = %manifest.backup_id, "restoring");
     let opts = RestoreOptions { clean: args.clean, force: args.force, databases: !args.skip_databases, objects: !args.skip_objects };
@@ -417,7 +472,7 @@ async fn verify_backups(cfg: &RestoreConfig, args: &VerifyArgs, cluster: &mut Op
         cluster.get_or_insert_with(|| m.cluster.clone());
         let mut f = restore::verify(&catalog, m, deep, cfg.concurrency, cfg.common.progress_interval).await.map_err(failed)?;
         if args.drill {
-            let server = cfg.server.as_ref().ok_or_else(|| Failure { code: 2, message: "RESTORE_PGHOST is needed for --drill".into() })?;
+            let server = cfg.server.as_ref().ok_or_else(|| Failure::new(2, "RESTORE_PGHOST is needed for --drill"))?;
             restore::drill(server, cfg.bin_dir.as_deref(), cfg.identity.as_ref(), &catalog, m, &mut f)
                 .await
                 .map_err(|e| Failure { code: e.exit_code(), ..failed(&e) })?;
@@ -434,9 +489,5 @@ async fn verify_backups(cfg: &RestoreConfig, args: &VerifyArgs, cluster: &mut Op
         }
         problems.extend(f.problems.into_iter().map(|p| format!("{}: {p}", m.backup_id)));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure { code: 1, message: format!("verification found {} problem(s):\n  {}", problems.len(), problems.join("\n  ")) })
-    }
+    if problems.is_empty() { Ok(()) } else { Err(Failure::new(1, format!("verification found {} problem(s):\n  {}", problems.len(), problems.join("\n  ")))) }
 }

@@ -196,7 +196,7 @@ struct Timings {
 impl Timings {
     async fn time<T>(&mut self, phase: Phase, f: impl Future<Output = T>) -> T {
         let start = Instant::now();
-        let out = f.instrument(info_span!("phase", name = phase.name())).await;
+        let out = f.instrument(info_span!("phase", phase = phase.name())).await;
         *self.phases.entry(phase.name().to_string()).or_default() += start.elapsed().as_secs_f64();
         out
     }
@@ -207,6 +207,7 @@ struct Captured {
     databases: Vec<DatabaseEntry>,
     objects: ObjectsEntry,
     cluster_objects: Vec<String>,
+    original_replicas: BTreeMap<String, i32>,
     written_bytes: u64,
     /// Every file written to the backup folder, with its size: checked at the commit.
     parts: Vec<(String, u64)>,
@@ -274,6 +275,10 @@ pub async fn check(cfg: &RunConfig) -> Vec<CheckLine> {
         Ok::<_, objects::ObjectsError>(format!("writable; S3 Object Lock {lock}"))
     };
     line(format!("target bucket {}", redact_url(&cfg.target.url)), bounded(limit, "writing a probe to the target bucket", written).await);
+    let pusher = Pusher::new(cfg.common.push.clone(), cfg.common.cluster_name.clone().unwrap_or_default());
+    if let Some(answer) = pusher.probe().await {
+        lines.push(("Pushgateway".into(), answer));
+    }
     lines
 }
 
@@ -349,7 +354,9 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
         }
     };
     let holder = format!("{host}/{backup_id}");
-    info!(backup_id = %backup_id, cluster = %cluster_name, pause_mode = ?mode, "run starting");
+    // The caller's "run" span, if any, carries the id from here on.
+    tracing::Span::current().record("backup_id", backup_id.as_str());
+    info!(cluster = %cluster_name, pause_mode = %format!("{mode:?}").to_ascii_lowercase(), "run starting");
 
     let mut lease = None;
     if let Some(c) = &cluster {
@@ -434,7 +441,6 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
             };
             pusher.push(&report.sample()).await;
             info!(
-                backup_id = %manifest.backup_id,
                 duration_seconds = report.duration,
                 downtime_seconds = manifest.downtime_seconds,
                 databases = manifest.databases.len(),
@@ -444,9 +450,9 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
                 objects_copied = manifest.objects.counts.copied,
                 objects_reused = manifest.objects.counts.reused,
                 transferred_bytes = written_bytes,
-                retained = ?report.retained,
-                pruned = ?report.pruned,
-                freed_bytes = ?report.freed,
+                retained = report.retained,
+                pruned = report.pruned,
+                freed_bytes = report.freed,
                 "backup complete"
             );
             if let Some(c) = &cluster {
@@ -466,7 +472,6 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
                 _ => (Phase::Preflight, "other", true),
             };
             let downtime = t.phases.get("pause").map(|p| p + t.phases.get("capture").unwrap_or(&0.0) + t.phases.get("resume").unwrap_or(&0.0));
-            error!(phase = %phase, reason, error = %e, "run failed");
             if let Some(c) = &cluster {
                 c.event(true, "BackupFailed", "Backup", &format!("pachyderm-backup run {backup_id} failed in phase {phase}: {e}")).await;
             }
@@ -504,7 +509,7 @@ async fn run_locked(
     if let Some(c) = cluster {
         let leftovers = t.time(Phase::Recover, c.paused_objects()).await.map_err(|e| fail(Phase::Recover, UNTOUCHED)(e.into()))?;
         if !leftovers.is_empty() {
-            warn!(objects = ?leftovers, "a previous run left the cluster paused: resuming it first");
+            warn!(objects = %leftovers.join(","), "a previous run left the cluster paused: resuming it first");
             t.time(Phase::Recover, c.resume(&format!("pachyderm-backup run {backup_id}, recovering a previous run")))
                 .await
                 .map_err(|e| resume_failed(e, leftovers.clone()))?;
@@ -653,8 +658,8 @@ async fn run_locked(
         _ = lease_lost(lease) => Err((current.get(), StepError { reason: "lease_lost", message: "the Lease was lost: another run may be starting".into() })),
         _ = bucket_lock.lost() => Err((current.get(), StepError { reason: "lock_lost", message: "the bucket lock was lost: another writer may be starting".into() })),
     };
-    if let Err((phase, e)) = &captured {
-        error!(phase = %phase, error = %e, "capture aborted; resuming the cluster");
+    if let Err((phase, _)) = &captured {
+        warn!(failed_phase = %phase, "capture aborted: resuming the cluster (the error follows once the cluster is resumed)");
     }
 
     // RESUME, whatever happened above.
@@ -676,7 +681,7 @@ async fn run_locked(
         }
     };
     if !pause_report.operator_paused.is_empty() {
-        info!(objects = ?pause_report.operator_paused, "left stopped, as its operator had it");
+        info!(objects = %pause_report.operator_paused.join(","), "left stopped, as its operator had it");
     }
 
     // COMMIT: the manifest, last.
@@ -699,9 +704,10 @@ async fn run_locked(
         databases: captured.databases,
         objects: captured.objects,
         cluster_objects: captured.cluster_objects,
+        original_replicas: captured.original_replicas,
     };
     t.time(Phase::Commit, catalog.commit(&manifest, run_token, &captured.parts)).await.map_err(|e| fail(Phase::Commit, "resumed")(e.into()))?;
-    info!(backup_id, "manifest written: the backup is complete");
+    info!("manifest written: the backup is complete");
     // What the new backup copied again is whole now; its records are done with (not
     // with OBJECTS=skip: nothing was copied).
     if source.is_some() {
@@ -767,19 +773,20 @@ async fn capture(
         Ok((ObjectsEntry { mode: "copy".into(), listing: Some(catalog::LISTING.into()), listing_sha256: Some(sha), counts: stats }, size))
     };
     let kube_objects = async {
-        let Some(c) = cluster else { return Ok::<_, StepError>((Vec::new(), 0)) };
+        let Some(c) = cluster else { return Ok::<_, StepError>((Vec::new(), BTreeMap::new(), 0)) };
         let mut names = Vec::new();
         let mut size = 0;
-        for (name, json) in c.capture().await? {
+        let capture = c.capture().await?;
+        for (name, json) in capture.files {
             let file = format!("cluster/{name}");
             let len = json.len() as u64;
             catalog.put(&catalog::backup_path(backup_id, &file), Bytes::from(json)).await?;
             size += len;
             names.push((file, len));
         }
-        Ok((names, size))
+        Ok((names, capture.replicas, size))
     };
-    let (databases, (objects, listing_size), (cluster_objects, cluster_size)) = tokio::try_join!(dumps, objects, kube_objects)?;
+    let (databases, (objects, listing_size), (cluster_objects, original_replicas, cluster_size)) = tokio::try_join!(dumps, objects, kube_objects)?;
     let written_bytes = databases.iter().map(|d| d.size).sum::<u64>() + objects.counts.copied_bytes + listing_size + cluster_size;
     let mut parts: Vec<(String, u64)> = databases.iter().map(|d| (d.file.clone(), d.size)).collect();
     if let Some(listing) = &objects.listing {
@@ -787,5 +794,5 @@ async fn capture(
     }
     parts.extend(cluster_objects.iter().cloned());
     let cluster_objects = cluster_objects.into_iter().map(|(file, _)| file).collect();
-    Ok(Captured { databases, objects, cluster_objects, written_bytes, parts })
+    Ok(Captured { databases, objects, cluster_objects, original_replicas, written_bytes, parts })
 }

@@ -65,9 +65,12 @@ enum Command {
         /// Restore into a non-empty bucket; objects already restored (same size and checksum) are skipped.
         #[arg(long)]
         force: bool,
-        /// Print the captured Kubernetes objects and Helm values instead (nothing is applied).
-        #[arg(long)]
+        /// Print the saved Kubernetes objects instead, as one List for `kubectl apply -f -` (nothing is restored or applied).
+        #[arg(long, conflicts_with = "helm_values")]
         cluster_objects: bool,
+        /// Print the saved Helm values of Pachyderm's release instead (HELM_RELEASE).
+        #[arg(long)]
+        helm_values: bool,
         /// Restore the objects only.
         #[arg(long)]
         skip_databases: bool,
@@ -103,17 +106,33 @@ enum Command {
     },
 }
 
-fn init_logging(raw: &RawEnv, default_format: LogFormat) {
+/// Text for a person at a terminal, JSON lines for everything else (unless LOG_FORMAT
+/// says). One JSON object per line with unique keys (tracing-flat-json): the event's
+/// fields and every enclosing span's (the run's `backup_id`, the `phase`) at the top
+/// level, so jq, Loki and Elasticsearch read them as they are.
+fn init_logging(raw: &RawEnv) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (format, filter) = config::log_settings(raw);
-    let format = if raw.log_format.is_some() { format } else { default_format };
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let format = if raw.log_format.is_some() {
+        format
+    } else if terminal {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    };
+    // Whatever RUST_LOG says, the failure's last line is written.
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")).add_directive(EXIT_DIRECTIVE.parse().expect("a valid directive"));
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => tracing_subscriber::registry().with(filter).with(tracing_flat_json::FlatJsonLayer::new(std::io::stderr)).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(terminal).init(),
     }
 }
+
+/// The target of a failure's last line, which no RUST_LOG filters out.
+const EXIT_TARGET: &str = "pachyderm_backup::exit";
+const EXIT_DIRECTIVE: &str = "pachyderm_backup::exit=error";
 
 fn main() -> ExitCode {
     // Files this process creates (a file:// backup bucket, restored objects) hold
@@ -131,8 +150,7 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command;
-    let interactive = matches!(command, Command::Demo { .. } | Command::List { .. } | Command::Variables { .. });
-    init_logging(&raw, if interactive { LogFormat::Text } else { LogFormat::Json });
+    init_logging(&raw);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -148,8 +166,8 @@ fn main() -> ExitCode {
             Command::List { json, all } => commands::list(&raw, json, all).await,
             Command::Resume { if_stale } => commands::resume(&raw, if_stale).await,
             Command::Retention { dry_run } => commands::retention(&raw, dry_run).await,
-            Command::Restore { backup, clean, force, cluster_objects, skip_databases, skip_objects } => {
-                commands::restore(&raw, commands::RestoreArgs { backup, clean, force, cluster_objects, skip_databases, skip_objects }).await
+            Command::Restore { backup, clean, force, cluster_objects, helm_values, skip_databases, skip_objects } => {
+                commands::restore(&raw, commands::RestoreArgs { backup, clean, force, cluster_objects, helm_values, skip_databases, skip_objects }).await
             }
             Command::Verify { backup, all, deep, drill } => commands::verify(&raw, commands::VerifyArgs { backup, all, deep, drill }).await,
             Command::Variables { json } => commands::variables(json),
@@ -158,13 +176,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure { code, message }) => {
-            tracing::error!("{message}");
-            if !interactive {
-                // The JSON log line above is for machines; this one is for the operator
-                // reading `kubectl logs`.
-                eprintln!("{message}");
-            }
+        // Once, as the last line: what failed, what state the cluster is in, what to do.
+        Err(Failure { code, message, phase, reason, span }) => {
+            let _in_run = span.as_ref().map(tracing::Span::enter);
+            tracing::error!(target: EXIT_TARGET, exit_code = code, phase, reason, "{message}");
             ExitCode::from(code)
         }
     }

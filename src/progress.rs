@@ -24,18 +24,20 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn start(phase: &'static str, interval: Duration) -> Self {
+    /// Reports `task` every `interval`, inside the caller's span (the run's backup id
+    /// and phase are on every progress line).
+    pub fn start(task: &'static str, interval: Duration) -> Self {
         let counters = Arc::new(Counters::default());
         let shared = counters.clone();
         let started = Instant::now();
-        let reporter = tokio::spawn(async move {
+        let reporter = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let mut tick = tokio::time::interval(interval);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                report(phase, &shared, started.elapsed());
+                report(task, &shared, started.elapsed());
             }
-        });
+        }));
         Progress { counters, reporter }
     }
 
@@ -60,7 +62,7 @@ impl Drop for Progress {
     }
 }
 
-fn report(phase: &str, c: &Counters, elapsed: Duration) {
+fn report(task: &str, c: &Counters, elapsed: Duration) {
     let done_bytes = c.done_bytes.load(Ordering::Relaxed);
     let total_bytes = c.total_bytes.load(Ordering::Relaxed);
     let rate = done_bytes as f64 / elapsed.as_secs_f64().max(0.001);
@@ -70,7 +72,7 @@ fn report(phase: &str, c: &Counters, elapsed: Duration) {
         "unknown (still listing)".to_string()
     };
     info!(
-        phase,
+        progress = task,
         objects_done = c.done_objects.load(Ordering::Relaxed),
         objects_total = c.total_objects.load(Ordering::Relaxed),
         bytes_done = done_bytes,

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pachyderm_backup::catalog::{self, ObjectRecord};
@@ -83,7 +84,15 @@ async fn full_cycle(buckets: Buckets, chunks: u64) {
     let pachd: serde_json::Value =
         serde_json::from_slice(&read(&bed.target, &format!("backups/{}/cluster/deployments/pachd.json", m.backup_id)).await).expect("json");
     assert!(pachd["metadata"].get("resourceVersion").is_none());
-    assert_eq!(pachd["spec"]["replicas"], 0, "captured while paused");
+    // 10.6: captured while paused, saved at the replicas it had, which the manifest
+    // records for every workload; the workers (re-created by pachd) are not saved.
+    assert_eq!(pachd["spec"]["replicas"], 1, "saved at its original replicas");
+    let replicas: Vec<(&str, i32)> = m.original_replicas.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(
+        replicas,
+        [("deployment/pachd", 1), ("deployment/pachw", 2), ("replicationcontroller/default-edges-v1", 1), ("replicationcontroller/default-montage-v1", 2)]
+    );
+    assert!(!m.cluster_objects.iter().any(|f| f.contains("replicationcontrollers")), "{:?}", m.cluster_objects);
 
     // The manifest is the last object written to the backup's folder.
     let folder = object_store::path::Path::from(format!("backups/{}", m.backup_id));
@@ -364,4 +373,63 @@ async fn a_pachyderm_mode_pause_left_behind_is_not_ignored_after_a_mode_change()
     let cm = bed.kube.get("configmaps", "pachd-config").expect("configmap");
     assert_eq!(cm["data"]["MODE"], "full");
     bed.assert_resumed();
+}
+
+/// 10.2: what log pipelines read. Every line of stderr is one JSON object (no plain
+/// text), no key twice on a line (jq and Loki keep the last, Elasticsearch refuses
+/// the line), no Rust `Debug` values, the run's backup id on every line once claimed
+/// and the phase on every line inside one, and a failure said once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_with_unique_keys_and_the_run_on_each() {
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 5, ..Default::default() }).await;
+    bed.set("PROGRESS_INTERVAL", "1s");
+    let ok = bed.run(&["run"]).await;
+    ok.expect_code(0);
+    bed.set("MAX_DOWNTIME", "2s");
+    let lock = TableLock::take(&bed.pg).await;
+    let failed = bed.run(&["run"]).await;
+    lock.release().await;
+    failed.expect_code(1);
+
+    for out in [&ok, &failed] {
+        let mut claimed = false;
+        let mut phases = 0;
+        for line in out.stderr.lines() {
+            let keys = json_keys(line).unwrap_or_else(|| panic!("not a JSON object: {line:?}\n{}", out.stderr));
+            let unique: BTreeSet<&String> = keys.iter().collect();
+            assert_eq!(unique.len(), keys.len(), "a key twice: {line}");
+            let v: serde_json::Value = serde_json::from_str(line).expect("json");
+            for (k, value) in v.as_object().expect("object") {
+                let text = value.as_str().unwrap_or_default();
+                assert!(!text.starts_with("Some(") && text != "None", "Debug value in {k}: {line}");
+            }
+            claimed |= v["message"] == "run starting";
+            if claimed {
+                assert!(v["backup_id"].as_str().is_some_and(|id| id.starts_with("20")), "no backup_id: {line}");
+            }
+            phases += usize::from(v["phase"].is_string());
+        }
+        assert!(claimed, "no run starting line:\n{}", out.stderr);
+        assert!(phases > 0, "no line carries its phase:\n{}", out.stderr);
+    }
+    let errors: Vec<&str> = failed.stderr.lines().filter(|l| l.contains("\"level\":\"ERROR\"")).collect();
+    assert_eq!(errors.len(), 1, "the failure is said once: {errors:#?}");
+    assert!(errors[0].contains("MAX_DOWNTIME") && errors[0].contains("\"exit_code\":1"), "{}", errors[0]);
+}
+
+/// 10.9: the demo's closing hint is a command that works as printed (before, it named
+/// `pachyderm-backup`, which `cargo run` puts on no PATH).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_ends_with_a_command_that_works_as_printed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let demo_dir = dir.path().join("demo");
+    let out = run_to_end(binary(&["demo", "--dir", &demo_dir.display().to_string(), "--objects", "5"], &[])).await;
+    out.expect_code(0);
+    let hint = out.stdout.lines().find_map(|l| l.trim().strip_prefix("list it:")).unwrap_or_else(|| panic!("no hint:\n{}", out.stdout)).trim().to_string();
+    let mut sh = tokio::process::Command::new("sh");
+    sh.args(["-c", &hint]).env_clear().env("PATH", "/usr/bin:/bin").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let listed = run_to_end(sh).await;
+    listed.expect_code(0);
+    let id = out.stdout.lines().find_map(|l| l.strip_prefix("backup ")).and_then(|l| l.split_whitespace().next()).expect("backup id");
+    assert!(listed.stdout.contains(id), "{hint}:\n{}", listed.stdout);
 }

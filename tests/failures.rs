@@ -197,7 +197,7 @@ async fn a_preflight_step_that_hangs_is_bounded() {
     let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
     let bin = bed.dir.path().join("hanging-bin");
     std::fs::create_dir_all(&bin).expect("dir");
-    for tool in ["pg_dump", "pg_restore"] {
+    for tool in ["pg_dump", "pg_restore", "psql"] {
         let path = bin.join(tool);
         std::fs::write(&path, "#!/bin/sh\nexec sleep 600\n").expect("write");
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");

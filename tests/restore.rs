@@ -129,10 +129,37 @@ async fn refusals_write_nothing() {
     out.expect_code(0);
     assert_eq!(bed.pg.psql("pachyderm", "SELECT count(*) FROM auth.role_bindings").expect("q").trim(), "200");
 
-    // The captured Kubernetes objects are printed, not applied.
+    // 10.6: the saved objects, as one List `kubectl apply -f -` takes in a new cluster:
+    // pachd at its original replicas, no per-namespace or controller-owned object that
+    // would collide, no address the old cluster allocated (a headless Service keeps None).
     let out = run_with(&bed, vec![], &["restore", "--cluster-objects"]).await;
     out.expect_code(0);
-    assert!(out.stdout.contains("# cluster/deployments/pachd.json") && out.stdout.contains("\"kind\": \"Deployment\""), "{}", out.stdout);
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not one JSON List ({e}):\n{}", out.stdout));
+    assert_eq!((list["apiVersion"].as_str(), list["kind"].as_str()), (Some("v1"), Some("List")));
+    let items = list["items"].as_array().expect("items");
+    let named = |kind: &str, name: &str| items.iter().find(|i| i["kind"] == kind && i["metadata"]["name"] == name).cloned();
+    assert_eq!(named("Deployment", "pachd").expect("pachd")["spec"]["replicas"], 1);
+    assert!(named("ConfigMap", "kube-root-ca.crt").is_none() && named("ConfigMap", "console-lock").is_none(), "objects the cluster makes were saved");
+    assert!(named("ConfigMap", "pachd-config").is_some());
+    let pachd_svc = named("Service", "pachd").expect("service");
+    assert!(pachd_svc["spec"].get("clusterIP").is_none() && pachd_svc["spec"].get("clusterIPs").is_none(), "{pachd_svc}");
+    assert_eq!(named("Service", "pachd-peer").expect("headless")["spec"]["clusterIP"], "None");
+    for item in items {
+        let meta = item["metadata"].as_object().expect("metadata");
+        for server_set in ["uid", "resourceVersion", "creationTimestamp", "namespace", "ownerReferences"] {
+            assert!(!meta.contains_key(server_set), "{server_set} kept in {item}");
+        }
+    }
+    assert!(out.stderr.contains("kubectl apply"), "what to do is said:\n{}", out.stderr);
+
+    // A backup without cluster objects says so, and prints an empty List.
+    let mut quiet = run_with(&bed, vec![("PAUSE_MODE".into(), "none".into()), ("CLUSTER_NAME".into(), "pachyderm".into())], &["run"]).await;
+    quiet.expect_code(0);
+    quiet = run_with(&bed, vec![], &["restore", "--cluster-objects"]).await;
+    quiet.expect_code(0);
+    assert!(quiet.stderr.contains("holds no cluster objects"), "{}", quiet.stderr);
+    let empty: serde_json::Value = serde_json::from_str(&quiet.stdout).expect("json");
+    assert_eq!(empty["items"], serde_json::json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

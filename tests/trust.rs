@@ -188,7 +188,8 @@ async fn one_prefix_one_cluster_one_run_per_id() {
     let before = bed.folders().await;
     let out = bed.run(&["run"]).await;
     out.expect_code(2);
-    assert!(out.stderr.contains("TARGET_URL") && out.stderr.contains("\"alpha\"") && out.stderr.contains("\"beta\""), "{}", out.stderr);
+    let said = out.said().join("\n");
+    assert!(said.contains("TARGET_URL") && said.contains("\"alpha\"") && said.contains("\"beta\""), "{}", out.stderr);
     assert_eq!(bed.folders().await, before, "nothing written");
 
     // A prefix that already mixes two clusters (written by an older version): retention

@@ -318,8 +318,26 @@ impl StandIn {
                        "spec": {"replicas": replicas, "selector": labels, "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "user", "image": "ubuntu"}]}}}}),
             );
         }
-        self.insert("services", "pachd", json!({"apiVersion": "v1", "kind": "Service", "metadata": {"labels": {"app": "pachd"}}, "spec": {"selector": {"app": "pachd"}, "ports": [{"port": 30650}]}}));
+        self.insert("services", "pachd", json!({"apiVersion": "v1", "kind": "Service", "metadata": {"labels": {"app": "pachd"}}, "spec": {"clusterIP": "10.96.14.2", "clusterIPs": ["10.96.14.2"], "selector": {"app": "pachd"}, "ports": [{"port": 30650}]}}));
         self.insert("configmaps", "pachd-config", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"annotations": {}}, "data": {"MODE": "full"}}));
+        // What a real namespace also holds: the CA bundle the controller-manager puts in
+        // every namespace, an address the cluster allocated, a headless Service, and a
+        // ConfigMap a controller owns.
+        self.insert(
+            "configmaps",
+            "kube-root-ca.crt",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}, "data": {"ca.crt": "-----BEGIN CERTIFICATE-----"}}),
+        );
+        self.insert(
+            "configmaps",
+            "console-lock",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "console", "uid": "uid-console"}]}}),
+        );
+        self.insert(
+            "services",
+            "pachd-peer",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {}, "spec": {"clusterIP": "None", "clusterIPs": ["None"], "selector": {"app": "pachd"}, "ports": [{"port": 30653}]}}),
+        );
     }
 
     /// A Helm release Secret as Helm 3 writes it: the release JSON, gzipped, base64
