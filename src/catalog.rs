@@ -85,6 +85,10 @@ pub struct DatabaseEntry {
     pub sha256: String,
     pub server_version: String,
     pub pg_dump_version: String,
+    /// pg_dump's `--compress` (DUMP_COMPRESSION); null in manifests written before it
+    /// was recorded (pg_dump's default, gzip level 6). pg_restore reads any.
+    #[serde(default)]
+    pub compression: Option<String>,
     /// How the file is encrypted; null: plaintext (and every manifest written before
     /// encryption existed). `size` and `sha256` are of the stored bytes either way.
     #[serde(default)]

@@ -86,6 +86,11 @@ pub const VARIABLES: &[Variable] = &[
         "Every other libpq variable (PGSSLCRL, PGSERVICE, PGPASSFILE, PGCONNECT_TIMEOUT, PGOPTIONS, PGAPPNAME, PGTARGETSESSIONATTRS, PGGSSENCMODE…), passed untouched to pg_dump and to the preflight; a name libpq does not know is warned about and ignored.",
     ),
     var("DATABASES", "pachyderm,dex", "Databases to dump, comma separated."),
+    var(
+        "DUMP_COMPRESSION",
+        "auto: zstd:1 with pg_dump 16+, else gzip level 1",
+        "pg_dump's --compress: auto, none, 0-9 (gzip levels), or gzip, lz4, zstd with an optional :level (lz4 and zstd need pg_dump 16+).",
+    ),
     var("PG_BIN_DIR", "PATH", "Directory holding pg_dump, pg_restore and psql (they must be as new as the server)."),
     var(
         "DUMP_RECIPIENTS",
@@ -201,6 +206,7 @@ pub struct RawEnv {
     pub databases: Option<String>,
     pub pg_bin_dir: Option<String>,
     pub dump_recipients: Option<String>,
+    pub dump_compression: Option<String>,
     pub source_url: Option<String>,
     pub target_url: Option<String>,
     pub workload_identity: Option<String>,
@@ -451,6 +457,8 @@ pub struct DatabaseSettings {
     pub bin_dir: Option<PathBuf>,
     /// DUMP_RECIPIENTS: every dump is encrypted to these (empty: stored in plaintext).
     pub recipients: Vec<age::x25519::Recipient>,
+    /// DUMP_COMPRESSION, checked against pg_dump's version at the preflight.
+    pub compression: crate::database::DumpCompression,
 }
 
 /// RESTORE_IDENTITY_FILE's age identities, which decrypt the dumps: never in a log line
@@ -1951,6 +1959,14 @@ impl RunConfig {
         let gc_grace = check.duration("GC_GRACE", &raw.gc_grace, "24h");
         check_gc_grace_floor(&mut check, gc_grace, &cluster, max_downtime);
         let preflight_timeout = check.duration("PREFLIGHT_TIMEOUT", &raw.preflight_timeout, "60s");
+        let compression = match raw.dump_compression.as_deref().map(crate::database::DumpCompression::parse) {
+            None => crate::database::DumpCompression::Auto,
+            Some(Ok(c)) => c,
+            Some(Err(problem)) => {
+                check.fail("DUMP_COMPRESSION", problem, "auto, none, 0-9, or gzip, lz4, zstd with an optional :level (gzip:1, zstd:3)");
+                crate::database::DumpCompression::Auto
+            }
+        };
         if let (Some(s), Some(t)) = (&source, &target) {
             check_apart(&mut check, t, s);
         }
@@ -1965,7 +1981,7 @@ impl RunConfig {
             (Some(server), Some(target)) => check.finish(RunConfig {
                 common,
                 cluster,
-                database: DatabaseSettings { server, databases, bin_dir, recipients },
+                database: DatabaseSettings { server, databases, bin_dir, recipients, compression },
                 source,
                 target,
                 copy,

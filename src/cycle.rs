@@ -227,6 +227,12 @@ impl Clock {
     }
 }
 
+/// pg_dump's `--compress` for DUMP_COMPRESSION, or why this pg_dump cannot (a preflight
+/// failure: nothing is paused).
+fn dump_compression(cfg: &RunConfig, tools: &Tools) -> Result<String, StepError> {
+    cfg.database.compression.argument(tools.major).map_err(|m| StepError { reason: "config", message: format!("DUMP_COMPRESSION: {m}") })
+}
+
 /// One line of `check`: what was checked, and what was found or what is wrong.
 pub type CheckLine = (String, Result<String, String>);
 
@@ -256,7 +262,8 @@ pub async fn check(cfg: &RunConfig) -> Vec<CheckLine> {
     }
     match bounded(limit, "finding pg_dump and its version", Tools::find(cfg.database.bin_dir.as_deref())).await {
         Ok(tools) => {
-            line("pg_dump".into(), Ok(format!("{} ({})", tools.version, tools.pg_dump.display())));
+            let compress = dump_compression(cfg, &tools);
+            line("pg_dump".into(), compress.map(|c| format!("{} ({}), --compress={c}", tools.version, tools.pg_dump.display())));
             for db in &cfg.database.databases {
                 let r = bounded(limit, &format!("checking database {db}"), database::preflight(&cfg.database.server, db, &tools)).await;
                 line(format!("database {db}"), r.map(|s| format!("PostgreSQL {}", s.version)));
@@ -522,6 +529,7 @@ async fn run_locked(
     let limit = cfg.preflight_timeout;
     let preflight = async {
         let tools = bounded(limit, "finding pg_dump and its version", Tools::find(cfg.database.bin_dir.as_deref())).await?;
+        dump_compression(cfg, &tools)?;
         let mut servers = Vec::new();
         for db in &cfg.database.databases {
             servers.push(bounded(limit, &format!("checking database {db}"), database::preflight(&cfg.database.server, db, &tools)).await?);
@@ -755,12 +763,16 @@ async fn capture(
 ) -> Result<Captured, StepError> {
     let backup_id = heal.backup_id.as_str();
     let progress = Progress::start("capture", cfg.common.progress_interval);
+    let compress = dump_compression(cfg, tools)?;
+    let compress = compress.as_str();
     let dumps = futures::future::try_join_all(servers.iter().map(|info| {
         let file = format!("databases/{}.pgdump", info.database);
         let path = catalog::backup_path(backup_id, &file);
         let progress = &progress;
         async move {
-            database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, &cfg.database.recipients, progress).await.map_err(StepError::from)
+            database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, &cfg.database.recipients, compress, progress)
+                .await
+                .map_err(StepError::from)
         }
     }));
     let objects = async {

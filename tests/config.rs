@@ -53,6 +53,8 @@ async fn bad_configurations_exit_2_name_the_variable_and_touch_nothing() {
         (&[("DATABASES", "pachyderm;drop")], "DATABASES", "not a list of database names"),
         (&[("LEASE_DURATION", "soon")], "LEASE_DURATION", "not a duration"),
         (&[("PG_BIN_DIR", "/nonexistent/bin")], "PG_BIN_DIR", "not a directory"),
+        (&[("DUMP_COMPRESSION", "brotli")], "DUMP_COMPRESSION", "\"brotli\" is not a compression"),
+        (&[("DUMP_COMPRESSION", "zstd:30")], "DUMP_COMPRESSION", "level \"30\" of zstd is not 1-22"),
         // These three exited 101 (a panic inside object_store's signer) at the first request.
         (&[("TARGET_AWS_ENDPOINT", "http://exa mple:9000")], "TARGET_AWS_ENDPOINT", "not a URL"),
         (&[("AWS_ENDPOINT", "http://host^:9000")], "AWS_ENDPOINT", "not a URL"),

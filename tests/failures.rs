@@ -158,6 +158,13 @@ async fn preflight_failures_touch_nothing() {
     assert_failed_cleanly(&bed, &out, "target bucket failed").await;
     assert_never_paused(&bed);
 
+    // 15.4: a compression this pg_dump (15, the bed's) does not have.
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.set("DUMP_COMPRESSION", "zstd:1");
+    let out = bed.run(&["run"]).await;
+    assert_failed_cleanly(&bed, &out, "DUMP_COMPRESSION: pg_dump 15 compresses with gzip only").await;
+    assert_never_paused(&bed);
+
     // pg_dump missing from PG_BIN_DIR.
     let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
     let empty = bed.dir.path().join("empty-bin");

@@ -56,6 +56,8 @@ async fn newer_tools_restore_into_older_servers() {
     bed.run(&["run"]).await.expect_code(0);
     let m = bed.manifests().await.pop().expect("backup");
     assert!(m.databases[0].pg_dump_version.starts_with("17."), "dumped with tools 17: {:?}", m.databases[0]);
+    // 15.4: pg_dump 17 has zstd: DUMP_COMPRESSION=auto takes zstd:1, and it restores.
+    assert!(m.databases.iter().all(|d| d.compression.as_deref() == Some("zstd:1")), "{:?}", m.databases);
     let want = table_checksums(&bed.pg, "pachyderm");
     for server in [bed.pg.bin.clone(), pg_tools(14)] {
         let older = tokio::task::spawn_blocking(move || TempPostgres::start_with(server).expect("start the older server")).await.expect("join");

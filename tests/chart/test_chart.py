@@ -244,6 +244,7 @@ VALUES_SETS: dict[str, dict] = {
             "clientCertificate": {"secretName": "pachyderm-backup-postgres-tls", "caKey": "ca.crt"},
             "databases": ["pachyderm", "dex", "extra"],
             "binDir": "/usr/lib/postgresql/17/bin",
+            "dumpCompression": "zstd:3",
         },
         "encryption": {"recipients": RECIPIENTS},
         "source": {"backend": "minio", "endpoint": "https://minio.pachyderm.svc:9000", "region": "eu-central-1"},

@@ -262,6 +262,7 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- include "pachyderm-backup.pgTlsEnv" (list "" $v.postgresql.sslRootCert $v.postgresql.clientCertificate (include "pachyderm-backup.pgCertDir" .)) }}
 {{- include "pachyderm-backup.envVar" (list "DATABASES" (join "," $v.postgresql.databases)) }}
 {{- include "pachyderm-backup.envVar" (list "PG_BIN_DIR" $v.postgresql.binDir) }}
+{{- include "pachyderm-backup.envVar" (list "DUMP_COMPRESSION" $v.postgresql.dumpCompression) }}
 {{- include "pachyderm-backup.envVar" (list "DUMP_RECIPIENTS" (join "," $v.encryption.recipients)) }}
 {{- /* Source bucket: Pachyderm's storage Secret, then plain values */}}
 {{- $src := $v.source }}
