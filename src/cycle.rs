@@ -191,6 +191,8 @@ pub struct Summary {
 
 struct Timings {
     phases: BTreeMap<String, f64>,
+    /// The downtime this run expected before it paused (`downtime_estimate`).
+    estimate: Option<f64>,
 }
 
 impl Timings {
@@ -225,6 +227,25 @@ impl Clock {
     fn now(&self) -> DateTime<Utc> {
         self.origin + chrono::Duration::from_std(self.real.elapsed()).unwrap_or_default()
     }
+}
+
+/// The downtime to expect from the last (up to 3) paused runs, `(downtime seconds,
+/// objects)` oldest first: the longest of them, each scaled by the bucket's growth since
+/// (objects now over objects then, never below 1: the paused listing is linear in the
+/// objects). `None` without history.
+pub fn downtime_estimate(history: &[(f64, u64)], objects_now: Option<u64>) -> Option<f64> {
+    history
+        .iter()
+        .rev()
+        .take(3)
+        .map(|(downtime, objects)| {
+            let growth = match (objects_now, *objects) {
+                (Some(now), then) if then > 0 => (now as f64 / then as f64).max(1.0),
+                _ => 1.0,
+            };
+            downtime * growth
+        })
+        .reduce(f64::max)
 }
 
 /// pg_dump's `--compress` for DUMP_COMPRESSION, or why this pg_dump cannot (a preflight
@@ -298,7 +319,7 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<Summary, RunError> {
 pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Result<Summary, RunError> {
     let clock = Clock { origin: start, real: Instant::now() };
     let started_at = clock.now();
-    let mut t = Timings { phases: BTreeMap::new() };
+    let mut t = Timings { phases: BTreeMap::new(), estimate: None };
     let mode = cfg.cluster.pause_mode;
 
     // Buckets first: opening them touches nothing.
@@ -325,13 +346,14 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
     let cluster_name = cfg.common.cluster_name.clone().unwrap_or_else(|| cluster.as_ref().map(|c| c.namespace().to_string()).unwrap_or_else(|| "local".into()));
     let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.clone());
     let next_due = cfg.common.schedule.as_ref().and_then(|s| s.next_after(&clock.now())).map(|t| t.timestamp() as f64);
-    let report_failure = |phases: &BTreeMap<String, f64>, phase: Phase, reason: &str, downtime: Option<f64>, resumed: bool| RunReport {
+    let report_failure = |t: &Timings, phase: Phase, reason: &str, downtime: Option<f64>, resumed: bool| RunReport {
         finished_at: clock.now().timestamp() as f64,
         success: false,
         failure: Some((phase.name().to_string(), reason.to_string())),
         duration: clock.real.elapsed().as_secs_f64(),
         downtime,
-        phases: phases.clone(),
+        downtime_estimate: t.estimate,
+        phases: t.phases.clone(),
         next_due,
         resumed,
         ..Default::default()
@@ -378,7 +400,7 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
                 catalog.abandon(&backup_id, &run_token).await;
                 bucket_lock.release().await;
                 let err = fail(Phase::Lock, UNTOUCHED)(e.into());
-                pusher.push(&report_failure(&t.phases, Phase::Lock, "kubernetes", None, true).sample()).await;
+                pusher.push(&report_failure(&t, Phase::Lock, "kubernetes", None, true).sample()).await;
                 return Err(err);
             }
         }
@@ -433,6 +455,7 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
                 failure: retention_error.as_ref().map(|_| ("retention".to_string(), "retention".to_string())),
                 duration: clock.real.elapsed().as_secs_f64(),
                 downtime: Some(manifest.downtime_seconds),
+                downtime_estimate: t.estimate,
                 phases: t.phases.clone(),
                 databases: manifest.databases.iter().map(|d| (d.name.clone(), d.size)).collect(),
                 objects_bytes: Some(manifest.objects.counts.bytes),
@@ -482,7 +505,7 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
             if let Some(c) = &cluster {
                 c.event(true, "BackupFailed", "Backup", &format!("pachyderm-backup run {backup_id} failed in phase {phase}: {e}")).await;
             }
-            pusher.push(&report_failure(&t.phases, phase, reason, downtime, resumed).sample()).await;
+            pusher.push(&report_failure(&t, phase, reason, downtime, resumed).sample()).await;
             Err(e)
         }
     }
@@ -610,6 +633,7 @@ async fn run_locked(
 
     // Pre-copy, cluster running: most objects cross before the pause.
     let mut precopied: Option<Bytes> = None;
+    let mut precopied_objects = None;
     if let (Some(src), true) = (&source, cfg.copy.precopy) {
         let work = async {
             let progress = Progress::start("precopy", cfg.common.progress_interval);
@@ -618,11 +642,35 @@ async fn run_locked(
                     .await?;
             info!(objects = stats.count, copied = stats.copied, copied_bytes = stats.copied_bytes, reused = stats.reused, "pre-copy done");
             let (bytes, _) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the pre-copy listing: {e}") })?;
-            Ok::<_, StepError>(bytes)
+            Ok::<_, StepError>((bytes, stats.count))
         };
         tokio::select! {
-            r = t.time(Phase::Precopy, work) => precopied = Some(r.map_err(fail(Phase::Precopy, UNTOUCHED))?),
+            r = t.time(Phase::Precopy, work) => {
+                let (bytes, count) = r.map_err(fail(Phase::Precopy, UNTOUCHED))?;
+                precopied = Some(bytes);
+                precopied_objects = Some(count);
+            }
             s = stopped(stop) => return Err(interrupted(Phase::Precopy, s, UNTOUCHED)),
+        }
+    }
+
+    // The downtime to expect, from the last paused runs: a pause that would run past
+    // MAX_DOWNTIME is refused now, before anything is paused, instead of being
+    // aborted at MAX_DOWNTIME with that much downtime spent for nothing.
+    if cluster.is_some() {
+        let history: Vec<(f64, u64)> =
+            previous.iter().filter(|m| m.paused_by_us && m.downtime_seconds > 0.0).map(|m| (m.downtime_seconds, m.objects.counts.count)).collect();
+        if let Some(estimate) = downtime_estimate(&history, precopied_objects) {
+            t.estimate = Some(estimate);
+            let limit = cfg.max_downtime.as_secs_f64();
+            info!(estimate_seconds = estimate, max_downtime_seconds = limit, "downtime estimate: the last paused runs, scaled by the bucket's growth since");
+            if estimate > limit {
+                let message = format!(
+                    "the expected downtime, {estimate:.0}s (the last paused runs' downtime, scaled by the bucket's growth since), exceeds MAX_DOWNTIME ({}): the run would be aborted at MAX_DOWNTIME after pausing that long for nothing. Raise MAX_DOWNTIME, or find what made the last runs slow (their phases are in their manifests)",
+                    humantime::format_duration(cfg.max_downtime)
+                );
+                return Err(fail(Phase::Precopy, UNTOUCHED)(StepError { reason: "downtime_estimate", message }));
+            }
         }
     }
 
@@ -807,4 +855,28 @@ async fn capture(
     parts.extend(cluster_objects.iter().cloned());
     let cluster_objects = cluster_objects.into_iter().map(|(file, _)| file).collect();
     Ok(Captured { databases, objects, cluster_objects, original_replicas, written_bytes, parts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::downtime_estimate;
+
+    #[test]
+    fn the_estimate_is_the_longest_recent_downtime_scaled_by_growth() {
+        let cases: &[(&[(f64, u64)], Option<u64>, Option<f64>)] = &[
+            (&[], Some(100), None),
+            (&[(10.0, 100)], None, Some(10.0)),
+            (&[(10.0, 100)], Some(100), Some(10.0)),
+            // The bucket doubled since: the paused listing takes twice as long.
+            (&[(10.0, 100)], Some(200), Some(20.0)),
+            // A smaller bucket never lowers it.
+            (&[(10.0, 100)], Some(50), Some(10.0)),
+            // The longest of the last three; older runs no longer count.
+            (&[(99.0, 100), (5.0, 100), (12.0, 100), (8.0, 100)], Some(100), Some(12.0)),
+            (&[(10.0, 0)], Some(1000), Some(10.0)),
+        ];
+        for (history, now, want) in cases {
+            assert_eq!(downtime_estimate(history, *now), *want, "{history:?}, {now:?}");
+        }
+    }
 }

@@ -93,6 +93,8 @@ pub struct RunReport {
     pub failure: Option<(String, String)>,
     pub duration: f64,
     pub downtime: Option<f64>,
+    /// The downtime expected before the pause (from the last paused runs).
+    pub downtime_estimate: Option<f64>,
     pub phases: BTreeMap<String, f64>,
     pub databases: Vec<(String, u64)>,
     pub objects_bytes: Option<u64>,
@@ -131,6 +133,9 @@ impl RunReport {
         s.set("duration_seconds", "Duration of the last run, start to end", &[], self.duration);
         // Every run: 0 for one that never paused, so each run has its own value.
         s.set("downtime_seconds", "Time the last run kept the cluster paused: pause + capture + resume (0: not paused)", &[], self.downtime.unwrap_or(0.0));
+        if let Some(estimate) = self.downtime_estimate {
+            s.set("downtime_estimate_seconds", "Downtime the last run expected before pausing (the last paused runs, scaled by the bucket's growth); above MAX_DOWNTIME the run refuses to pause", &[], estimate);
+        }
         for (phase, secs) in &self.phases {
             s.set("phase_duration_seconds", "Duration of each phase of the last run", &[("phase", phase)], *secs);
         }

@@ -286,3 +286,25 @@ async fn check_reports_everything_and_touches_nothing() {
     out.expect_code(0);
     run_with(&bed, no_cluster, &["list"]).await.expect_code(0);
 }
+
+/// 15.2: a pause the last runs say would outlast MAX_DOWNTIME is refused before
+/// anything is paused (before, the run paused and was aborted at MAX_DOWNTIME, that
+/// much downtime spent for nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_expected_to_outlast_max_downtime_is_refused() {
+    let mut bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    bed.run(&["run"]).await.expect_code(0);
+    let first = bed.manifests().await.pop().expect("backup");
+    assert!(first.downtime_seconds > 0.0);
+    let limit_ms = ((first.downtime_seconds * 1000.0) / 2.0).max(1.0) as u64;
+    bed.set("MAX_DOWNTIME", &format!("{limit_ms}ms"));
+    let patches_before = bed.kube.mutating_requests().iter().filter(|r| r.method == "PATCH").count();
+    let out = bed.run(&["run"]).await;
+    out.expect_code(1);
+    assert!(out.said().iter().any(|l| l.contains("the expected downtime") && l.contains("exceeds MAX_DOWNTIME")), "{}", out.stderr);
+    assert!(out.logs().iter().any(|l| l["reason"] == "downtime_estimate" && l["exit_code"] == 1), "{}", out.stderr);
+    let patches_after = bed.kube.mutating_requests().iter().filter(|r| r.method == "PATCH").count();
+    assert_eq!(patches_after, patches_before, "the cluster was paused");
+    bed.assert_resumed();
+    assert_eq!(bed.manifests().await.len(), 1);
+}
