@@ -192,6 +192,11 @@ async fn metrics_dashboard_and_alerts_tell_the_truth() {
     // A success, then a verify.
     let ok = bed.run(&["run"]).await;
     ok.expect_code(0);
+    // A second run expects what the first one's pause took (15.2), and says so.
+    bed.run(&["run"]).await.expect_code(0);
+    let first_downtime = bed.manifests().await[0].downtime_seconds;
+    let estimate = Monitoring::value(&mon.eventually("the downtime estimate", r#"pachyderm_backup_downtime_estimate_seconds{pachyderm_cluster="e2e"}"#).await);
+    assert!((estimate - first_downtime).abs() < 0.01, "estimate {estimate}, the first run's downtime {first_downtime}");
     let mut env = bed.env();
     env.extend([("RESTORE_PGHOST".to_string(), "127.0.0.1".to_string())]);
     run_to_end(binary(&["verify", "--deep"], &env)).await.expect_code(0);
