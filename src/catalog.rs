@@ -460,17 +460,27 @@ impl Catalog {
         let store = self.store.clone();
         let me = holder.to_string();
         let command = command.to_string();
-        let renewer = tokio::spawn(async move {
+        let renewer = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let mut valid_until = Utc::now() + ttl_chrono;
             loop {
                 tokio::time::sleep(ttl / 3).await;
                 let now = Utc::now();
-                let renewed = match read_lock(&store).await {
-                    Ok(Some(l)) if l.holder == me => {
-                        let r = LockRecord { holder: me.clone(), command: command.clone(), acquired_at: l.acquired_at, expires_at: now + ttl_chrono };
-                        store.put(&Path::from(LOCK), PutPayload::from_bytes(Bytes::from(serde_json::to_vec(&r).unwrap_or_default()))).await.is_ok()
+                // object_store's own retries may take minutes: an attempt ends by the
+                // lock's expiry, so a renewal that hangs loses the lock in time.
+                let left = (valid_until - now).to_std().unwrap_or_default().max(std::time::Duration::from_millis(100));
+                let attempt = async {
+                    match read_lock(&store).await {
+                        Ok(Some(l)) if l.holder == me => {
+                            let r = LockRecord { holder: me.clone(), command: command.clone(), acquired_at: l.acquired_at, expires_at: now + ttl_chrono };
+                            Some(store.put(&Path::from(LOCK), PutPayload::from_bytes(Bytes::from(serde_json::to_vec(&r).unwrap_or_default()))).await.is_ok())
+                        }
+                        Ok(_) => None,
+                        Err(_) => Some(false),
                     }
-                    Ok(_) => {
+                };
+                let renewed = match tokio::time::timeout(left, attempt).await {
+                    Ok(Some(renewed)) => renewed,
+                    Ok(None) => {
                         tracing::error!("the bucket lock was taken over by another holder");
                         let _ = tx.send(true);
                         return;
@@ -487,7 +497,7 @@ impl Catalog {
                     tracing::warn!("renewing the bucket lock failed; retrying until it expires");
                 }
             }
-        });
+        }));
         Ok(BucketLock { store: self.store.clone(), holder: holder.to_string(), renewer, lost })
     }
 

@@ -131,6 +131,7 @@ pub fn permissions(s: &ClusterSettings) -> Vec<Permission> {
         p("list", "", "services", None),
         p("list", "", "configmaps", None),
         // Events on pachd (`kubectl describe`); patch adds to a repeated Event's count.
+        // Checked, but only warned about when denied.
         p("create", "events.k8s.io", "events", None),
         p("patch", "events.k8s.io", "events", None),
     ];
@@ -315,7 +316,14 @@ impl Cluster {
                 ..Default::default()
             };
             let answer = api.create(&post_params(), &review).await.map_err(api_err(format!("asking whether the run may {perm}")))?;
-            if !answer.status.is_some_and(|s| s.allowed) {
+            if answer.status.is_some_and(|s| s.allowed) {
+                continue;
+            }
+            // Events only tell the story: without them the run is the same, so a Role
+            // written before they existed keeps working (and is told what to add).
+            if perm.resource == "events" {
+                warn!(permission = %perm, "no Events will be recorded on pachd (kubectl describe): grant this permission, as the chart's Role does");
+            } else {
                 denied.push(perm.to_string());
             }
         }
@@ -385,22 +393,32 @@ impl Cluster {
         let renew_api = api.clone();
         let renew_name = name.clone();
         let me = holder.to_string();
-        let renewer = tokio::spawn(async move {
+        let renewer = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let duration = Duration::from_secs(seconds as u64);
             let every = Duration::from_secs((seconds / 3).max(1) as u64);
             let mut renewed = tokio::time::Instant::now();
             let mut wait = every;
+            let mut failing = false;
             loop {
                 tokio::time::sleep(wait).await;
-                match renew(&renew_api, &renew_name, &me).await {
+                // An attempt that hangs (a connection silently dropped) must not outlive
+                // the renew deadline: past it, the Lease is given up, not assumed held.
+                let left = (duration * 2 / 3).saturating_sub(renewed.elapsed()).max(Duration::from_millis(100));
+                let attempt = match tokio::time::timeout(left, renew(&renew_api, &renew_name, &me)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ClusterError::Timeout { what: "renewing the Lease".into(), timeout: left }),
+                };
+                match attempt {
                     Ok(()) => {
                         renewed = tokio::time::Instant::now();
                         wait = every;
+                        failing = false;
                     }
-                    Err(e) => match renewal_retry(renewed.elapsed(), duration, wait, every) {
+                    Err(e) => match renewal_retry(renewed.elapsed(), duration, failing.then_some(wait), every) {
                         Some(next) if !matches!(e, ClusterError::LeaseLost(_)) => {
                             warn!(lease = %renew_name, error = %e, retry_in = %humantime::format_duration(next), "could not renew the Lease; retrying while it is still valid");
                             wait = next;
+                            failing = true;
                         }
                         _ => {
                             warn!(lease = %renew_name, error = %e, "could not renew the Lease");
@@ -410,7 +428,7 @@ impl Cluster {
                     },
                 }
             }
-        });
+        }));
         Ok(LeaseGuard { api, name, holder: holder.to_string(), renewer, lost: lost_rx })
     }
 
@@ -866,11 +884,12 @@ fn clean<K: serde::Serialize + ResourceExt>(dir: &str, obj: &K) -> Result<(Strin
 }
 
 /// After a failed renewal, `since` the last good one: when to try again, or `None` when
-/// the Lease must be given up. As client-go's leader election: retry (backing off from
-/// 1 s, never slower than the renewal period) until the renew deadline, two thirds of
-/// the Lease's duration, so a holder stops before another could take the Lease.
-pub fn renewal_retry(since: Duration, duration: Duration, previous: Duration, every: Duration) -> Option<Duration> {
-    let next = if previous >= every { Duration::from_secs(1) } else { (previous * 2).min(every) };
+/// the Lease must be given up. As client-go's leader election: retry (1 s after the
+/// first failure, then doubling from `previous`, the wait before this attempt, never
+/// slower than the renewal period) until the renew deadline, two thirds of the Lease's
+/// duration, so a holder stops before another could take the Lease.
+pub fn renewal_retry(since: Duration, duration: Duration, previous: Option<Duration>, every: Duration) -> Option<Duration> {
+    let next = previous.map_or(Duration::from_secs(1), |p| (p * 2).min(every));
     let deadline = duration * 2 / 3;
     (since < deadline).then(|| next.min(deadline - since))
 }
@@ -937,19 +956,21 @@ mod tests {
         let s = Duration::from_secs;
         let ms = Duration::from_millis;
         // Lease of 15 s, renewed every 5 s: the deadline is 10 s after the last renewal.
-        let cases: &[(Duration, Duration, Option<Duration>)] = &[
-            (s(5), s(5), Some(s(1))), // the first failure: 1 s
-            (s(6), s(1), Some(s(2))), // then backing off
-            (s(8), s(2), Some(s(2))), // never past the deadline
-            (ms(9_500), s(2), Some(ms(500))),
-            (s(10), s(2), None), // the deadline: given up, 5 s of validity left
-            (s(30), s(4), None),
+        let cases: &[(Duration, Option<Duration>, Option<Duration>)] = &[
+            (s(5), None, Some(s(1))),       // the first failure: 1 s
+            (s(6), Some(s(1)), Some(s(2))), // then backing off
+            (s(8), Some(s(2)), Some(s(2))), // never past the deadline
+            (ms(9_500), Some(s(2)), Some(ms(500))),
+            (s(10), Some(s(2)), None), // the deadline: given up, 5 s of validity left
+            (s(30), Some(s(4)), None),
         ];
         for (since, previous, want) in cases {
             assert_eq!(renewal_retry(*since, s(15), *previous, s(5)), *want, "since {since:?}, previous {previous:?}");
         }
         // Backoff never exceeds the renewal period.
-        assert_eq!(renewal_retry(s(1), s(600), s(150), s(200)), Some(s(200)));
+        assert_eq!(renewal_retry(s(1), s(600), Some(s(150)), s(200)), Some(s(200)));
+        // Once at the renewal period it stays there, no sawtooth back to 1 s.
+        assert_eq!(renewal_retry(s(10), s(600), Some(s(200)), s(200)), Some(s(200)));
     }
 
     fn spec(holder: &str, renewed_secs_ago: i64, duration: i32, now: DateTime<Utc>) -> LeaseSpec {

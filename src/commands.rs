@@ -94,8 +94,9 @@ pub fn watch_signals() -> Stop {
 pub async fn run(raw: &RawEnv, stop: Stop, full: bool) -> Result<(), Failure> {
     let mut cfg = RunConfig::from_env(raw)?;
     cfg.copy.full = full;
-    // Every line of the run carries its backup id once claimed, the last one included.
-    let span = tracing::info_span!("run", backup_id = tracing::field::Empty);
+    // Every line of the run carries its backup id once claimed, the last one included
+    // (an error-level span: RUST_LOG=warn keeps it).
+    let span = tracing::error_span!("run", backup_id = tracing::field::Empty);
     let summary = tracing::Instrument::instrument(cycle::run(cfg, stop), span.clone()).await.map_err(|e| Failure { span: Some(span), ..Failure::from(e) })?;
     match &summary.retention {
         Some(r) => {
@@ -394,6 +395,11 @@ async fn print_cluster_objects(catalog: &Catalog, manifest: &crate::catalog::Man
     }
     if items.is_empty() {
         info!(backup_id = %id, "this backup holds no cluster objects (taken with PAUSE_MODE=none, or outside Kubernetes): nothing to apply");
+    } else if manifest.original_replicas.is_empty() {
+        warn!(
+            backup_id = %id,
+            "this backup was written by an older version: its objects were saved as they were while paused (pachd and pachw at 0 replicas, Services with the old cluster's IPs, the worker ReplicationControllers): edit before applying (set the replicas, remove spec.clusterIP(s), drop the ReplicationControllers and kube-root-ca.crt)"
+        );
     } else {
         let replicas: Vec<String> = manifest.original_replicas.iter().map(|(k, n)| format!("{k}={n}")).collect();
         info!(

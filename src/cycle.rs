@@ -16,7 +16,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use object_store::ObjectStore;
 use tokio::sync::watch;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::catalog::ObjectCounts;
 use crate::catalog::{self, Catalog, DatabaseEntry, Manifest, ObjectsEntry};
@@ -193,12 +193,15 @@ struct Timings {
     phases: BTreeMap<String, f64>,
     /// The downtime this run expected before it paused (`downtime_estimate`).
     estimate: Option<f64>,
+    /// The paused interval, once resumed: also when the capture was cut short (a
+    /// phase cut short is not in `phases`).
+    downtime: Option<f64>,
 }
 
 impl Timings {
     async fn time<T>(&mut self, phase: Phase, f: impl Future<Output = T>) -> T {
         let start = Instant::now();
-        let out = f.instrument(info_span!("phase", phase = phase.name())).await;
+        let out = f.instrument(tracing::error_span!("phase", phase = phase.name())).await;
         *self.phases.entry(phase.name().to_string()).or_default() += start.elapsed().as_secs_f64();
         out
     }
@@ -316,10 +319,66 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<Summary, RunError> {
 }
 
 /// Runs one full cycle as if it started at `start` (ids, manifest times, retention).
-pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Result<Summary, RunError> {
+pub async fn run_at(cfg: RunConfig, stop: Stop, start: DateTime<Utc>) -> Result<Summary, RunError> {
+    let real = Instant::now();
+    let reported = Cell::new(false);
+    let named = std::cell::RefCell::new(None);
+    let result = attempt(&cfg, stop, start, &reported, &named).await;
+    // Every failure reaches the Pushgateway, also one before the Lease (an unreachable
+    // target bucket, a refused foreign prefix) that the run had no report for yet:
+    // otherwise last_run_success keeps the previous night's 1 and no alert fires.
+    if let Err(e) = &result {
+        let (phase, reason) = match e {
+            RunError::Failed { phase, reason, .. } => (*phase, *reason),
+            RunError::Config(_) => (Phase::Preflight, "config"),
+            RunError::ResumeFailed { .. } => (Phase::Resume, "resume"),
+            // Another run holds the cluster or the bucket: it reports for itself.
+            RunError::Locked(_) | RunError::RetentionFailed { .. } => return result,
+        };
+        if !reported.get() {
+            let cluster_name = match named.into_inner() {
+                Some(name) => name,
+                None => early_cluster_name(&cfg).await,
+            };
+            let report = RunReport {
+                finished_at: (start + chrono::Duration::from_std(real.elapsed()).unwrap_or_default()).timestamp() as f64,
+                success: false,
+                failure: Some((phase.name().to_string(), reason.to_string())),
+                duration: real.elapsed().as_secs_f64(),
+                next_due: cfg.common.schedule.as_ref().and_then(|s| s.next_after(&Utc::now())).map(|t| t.timestamp() as f64),
+                resumed: phase != Phase::Resume,
+                ..Default::default()
+            };
+            Pusher::new(cfg.common.push.clone(), cluster_name).push(&report.sample()).await;
+        }
+    }
+    result
+}
+
+/// The cluster's metric label when the run failed before connecting: CLUSTER_NAME,
+/// else the namespace, as a connected run would have found it (no request is made).
+async fn early_cluster_name(cfg: &RunConfig) -> String {
+    if let Some(name) = cfg.common.cluster_name.clone().or_else(|| cfg.cluster.namespace.clone()) {
+        return name;
+    }
+    match cfg.cluster.pause_mode {
+        PauseMode::None => "local".into(),
+        _ => kube::Config::infer().await.map(|c| c.default_namespace).unwrap_or_else(|_| "local".into()),
+    }
+}
+
+/// One run; `reported` is set once a report was pushed, `named` once the cluster's
+/// metric label is known.
+async fn attempt(
+    cfg: &RunConfig,
+    mut stop: Stop,
+    start: DateTime<Utc>,
+    reported: &Cell<bool>,
+    named: &std::cell::RefCell<Option<String>>,
+) -> Result<Summary, RunError> {
     let clock = Clock { origin: start, real: Instant::now() };
     let started_at = clock.now();
-    let mut t = Timings { phases: BTreeMap::new(), estimate: None };
+    let mut t = Timings { phases: BTreeMap::new(), estimate: None, downtime: None };
     let mode = cfg.cluster.pause_mode;
 
     // Buckets first: opening them touches nothing.
@@ -344,6 +403,7 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
             .map_err(fail(Phase::Preflight, UNTOUCHED))?;
     }
     let cluster_name = cfg.common.cluster_name.clone().unwrap_or_else(|| cluster.as_ref().map(|c| c.namespace().to_string()).unwrap_or_else(|| "local".into()));
+    named.replace(Some(cluster_name.clone()));
     let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.clone());
     let next_due = cfg.common.schedule.as_ref().and_then(|s| s.next_after(&clock.now())).map(|t| t.timestamp() as f64);
     let report_failure = |t: &Timings, phase: Phase, reason: &str, downtime: Option<f64>, resumed: bool| RunReport {
@@ -401,6 +461,7 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
                 bucket_lock.release().await;
                 let err = fail(Phase::Lock, UNTOUCHED)(e.into());
                 pusher.push(&report_failure(&t, Phase::Lock, "kubernetes", None, true).sample()).await;
+                reported.set(true);
                 return Err(err);
             }
         }
@@ -470,6 +531,7 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
                 resumed: true,
             };
             pusher.push(&report.sample()).await;
+            reported.set(true);
             info!(
                 duration_seconds = report.duration,
                 downtime_seconds = manifest.downtime_seconds,
@@ -501,11 +563,12 @@ pub async fn run_at(cfg: RunConfig, mut stop: Stop, start: DateTime<Utc>) -> Res
                 RunError::ResumeFailed { .. } => (Phase::Resume, "resume", false),
                 _ => (Phase::Preflight, "other", true),
             };
-            let downtime = t.phases.get("pause").map(|p| p + t.phases.get("capture").unwrap_or(&0.0) + t.phases.get("resume").unwrap_or(&0.0));
+            let downtime = t.downtime;
             if let Some(c) = &cluster {
                 c.event(true, "BackupFailed", "Backup", &format!("pachyderm-backup run {backup_id} failed in phase {phase}: {e}")).await;
             }
             pusher.push(&report_failure(&t, phase, reason, downtime, resumed).sample()).await;
+            reported.set(true);
             Err(e)
         }
     }
@@ -609,19 +672,29 @@ async fn run_locked(
     if let (Some((id, bytes)), Some(_)) = (&reference_listing, &source) {
         let what = format!("the listing of {id}");
         let guard = objects::check_reused(catalog.store(), bytes, &what, backup_id, objects::REUSE_SAMPLE, cfg.copy.concurrency);
-        let (checked, bad) = tokio::select! {
+        let found = tokio::select! {
             r = guard => r.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?,
             s = stopped(stop) => return Err(interrupted(Phase::Preflight, s, UNTOUCHED)),
         };
-        info!(checked, bad = bad.len(), "reused blobs checked (present, size as recorded)");
-        for (record, problem) in bad {
-            warn!(blob = %record.blob, key = %record.key, %problem, "a blob the previous backup names is damaged: this run copies its object again");
-            let found = catalog::DamageRecord { blob: record.blob.clone(), problem, found_at: Utc::now(), backup_id: id.clone() };
-            match catalog.record_damage(&found).await {
-                Ok(path) => damage.push((path, found)),
-                Err(e) => warn!(blob = %record.blob, error = %e, "could not record the damaged blob"),
+        info!(checked = found.checked, bad = found.bad.len(), "reused blobs checked (present, size as recorded)");
+        if found.widespread {
+            warn!(
+                bad_at_least = found.bad.len(),
+                "the blob pool lost more than {} blobs the previous backup names: copying everything again, as `run --full`",
+                objects::WIDESPREAD_DAMAGE
+            );
+            heal.full = true;
+            reference_listing = None;
+        } else {
+            for (record, problem) in found.bad {
+                warn!(blob = %record.blob, key = %record.key, %problem, "a blob the previous backup names is damaged: this run copies its object again");
+                let recorded = catalog::DamageRecord { blob: record.blob.clone(), problem, found_at: Utc::now(), backup_id: id.clone() };
+                match catalog.record_damage(&recorded).await {
+                    Ok(path) => damage.push((path, recorded)),
+                    Err(e) => warn!(blob = %record.blob, error = %e, "could not record the damaged blob"),
+                }
+                heal.damaged.insert(record.blob);
             }
-            heal.damaged.insert(record.blob);
         }
     }
     let reference = || async {
@@ -729,6 +802,9 @@ async fn run_locked(
     }
     let resumed_at = clock.now();
     let downtime = pause_clock.elapsed().as_secs_f64();
+    if cluster.is_some() {
+        t.downtime = Some(downtime);
+    }
     let captured = match captured {
         Ok(c) => c,
         Err((phase, e)) => {

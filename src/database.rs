@@ -389,11 +389,6 @@ pub fn encrypt_stream(
     }))
 }
 
-/// Streams `pg_dump -Fc` of one database into `path`, hashing on the way. With
-/// `recipients` (DUMP_RECIPIENTS) the dump is encrypted to them with age as it streams,
-/// and stored as `path` and `file` with `.age` appended; the size and SHA-256 recorded
-/// are of the stored (encrypted) bytes.
-#[allow(clippy::too_many_arguments)]
 /// DUMP_COMPRESSION: how pg_dump compresses a dump (`--compress`). pg_dump's own default
 /// (gzip level 6) spends most of a dump's time compressing: measured on a 287 MB table,
 /// zstd:1 dumps as fast as no compression into a smaller file than gzip:6, and gzip:1
@@ -452,6 +447,10 @@ impl DumpCompression {
     }
 }
 
+/// Streams `pg_dump -Fc` of one database into `path`, compressed with `compress` (pg_dump's `--compress`), hashing on the way. With
+/// `recipients` (DUMP_RECIPIENTS) the dump is encrypted to them with age as it streams,
+/// and stored as `path` and `file` with `.age` appended; the size and SHA-256 recorded
+/// are of the stored (encrypted) bytes.
 #[allow(clippy::too_many_arguments)]
 pub async fn dump(
     server: &PgServer,

@@ -39,10 +39,13 @@ impl ObjectLock {
     }
 
     /// Until when the default retention protects an object written at `written`, if it
-    /// still does at `now`.
+    /// still does at `now`, with a day's margin: `written` may be our clock's (a
+    /// manifest's `finished_at`, set just before it is written) where S3 counts from its
+    /// own, and deleting a day late is harmless. A retention too long to add is forever.
     pub fn protects(&self, written: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let ObjectLock::On { retention: Some(period), .. } = self else { return None };
-        let until = written + chrono::Duration::from_std(*period).unwrap_or(chrono::Duration::MAX);
+        let until =
+            chrono::Duration::from_std(period.saturating_add(MARGIN)).ok().and_then(|p| written.checked_add_signed(p)).unwrap_or(DateTime::<Utc>::MAX_UTC);
         (until > now).then_some(until)
     }
 }
@@ -93,6 +96,9 @@ struct DefaultRetention {
     days: Option<u64>,
     years: Option<u64>,
 }
+
+/// Added to every retention period (see `ObjectLock::protects`).
+const MARGIN: Duration = Duration::from_secs(86_400);
 
 /// A year of retention, counted long: waiting a day too long to delete is harmless,
 /// deleting a day early only stacks a delete marker on a locked version.
@@ -261,8 +267,12 @@ mod tests {
         let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
         let lock = ObjectLock::On { mode: Some("GOVERNANCE".into()), retention: Some(Duration::from_secs(86_400)) };
         let written = t("2026-12-01T02:00:00Z");
-        assert_eq!(lock.protects(written, t("2026-12-02T01:59:59Z")), Some(t("2026-12-02T02:00:00Z")));
-        assert_eq!(lock.protects(written, t("2026-12-02T02:00:00Z")), None);
+        // A day of retention, and a day's margin.
+        assert_eq!(lock.protects(written, t("2026-12-03T01:59:59Z")), Some(t("2026-12-03T02:00:00Z")));
+        assert_eq!(lock.protects(written, t("2026-12-03T02:00:00Z")), None);
+        // A retention no date can hold (a server's answer) is forever, never a panic.
+        let forever = parse_configuration("<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>COMPLIANCE</Mode><Years>4294967295</Years></DefaultRetention></Rule></ObjectLockConfiguration>").expect("parsed");
+        assert_eq!(forever.protects(written, t("2999-01-01T00:00:00Z")), Some(DateTime::<Utc>::MAX_UTC));
         for unlocked in [ObjectLock::Off, ObjectLock::On { mode: None, retention: None }, ObjectLock::Unknown("x".into())] {
             assert_eq!(unlocked.protects(written, written), None, "{unlocked}");
         }

@@ -268,6 +268,20 @@ pub struct Planner {
 /// Reused blobs a run checks (HEAD: present, size as recorded) before it reuses any.
 pub const REUSE_SAMPLE: usize = 64;
 
+/// Bad blobs past which the pool is treated as lost (`run --full`) rather than healed
+/// one record at a time: a wiped pool must not mean millions of records held and written.
+pub const WIDESPREAD_DAMAGE: usize = 1000;
+
+/// What `check_reused` found.
+#[derive(Debug, Default)]
+pub struct ReuseCheck {
+    pub checked: usize,
+    /// Missing or of the wrong size, with what is wrong (at most WIDESPREAD_DAMAGE).
+    pub bad: Vec<(ObjectRecord, String)>,
+    /// More than WIDESPREAD_DAMAGE bad blobs: copy everything again.
+    pub widespread: bool,
+}
+
 /// The hot-path guard against damage nobody recorded (a blob deleted by a lifecycle rule
 /// or by hand): a sample of the blobs the reference listing names, chosen afresh each
 /// run (the `sample` lowest hashes of run id and blob), checked for presence and size.
@@ -281,7 +295,7 @@ pub async fn check_reused(
     salt: &str,
     sample: usize,
     concurrency: usize,
-) -> Result<(usize, Vec<(ObjectRecord, String)>), ObjectsError> {
+) -> Result<ReuseCheck, ObjectsError> {
     let reader = || ListingReader::new(reference.clone(), what.to_string());
     let mut lowest: BTreeMap<[u8; 16], ObjectRecord> = BTreeMap::new();
     for record in reader()? {
@@ -294,20 +308,20 @@ pub async fn check_reused(
         }
     }
     let sampled: Vec<Result<ObjectRecord, catalog::CatalogError>> = lowest.into_values().map(Ok).collect();
-    let (checked, bad) = heads(store, sampled.into_iter(), concurrency).await?;
-    if bad.is_empty() {
-        return Ok((checked, bad));
+    let sample = heads(store, sampled.into_iter(), concurrency).await?;
+    if sample.bad.is_empty() {
+        return Ok(sample);
     }
-    warn!(sampled = checked, bad = bad.len(), "reused blobs are missing or the wrong size: checking every blob the previous backup names");
+    warn!(sampled = sample.checked, bad = sample.bad.len(), "reused blobs are missing or the wrong size: checking every blob the previous backup names");
     heads(store, reader()?, concurrency).await
 }
 
-/// HEADs the blob of every record, streamed: (records checked, the bad ones).
+/// HEADs the blob of every record, streamed, until WIDESPREAD_DAMAGE bad ones.
 async fn heads(
     store: &Arc<dyn ObjectStore>,
     records: impl Iterator<Item = Result<ObjectRecord, catalog::CatalogError>>,
     concurrency: usize,
-) -> Result<(usize, Vec<(ObjectRecord, String)>), ObjectsError> {
+) -> Result<ReuseCheck, ObjectsError> {
     let mut checked = 0;
     let mut bad = Vec::new();
     let results = futures::stream::iter(records)
@@ -329,8 +343,12 @@ async fn heads(
     while let Some(result) = results.next().await {
         checked += 1;
         bad.extend(result?);
+        if bad.len() > WIDESPREAD_DAMAGE {
+            bad.truncate(WIDESPREAD_DAMAGE);
+            return Ok(ReuseCheck { checked, bad, widespread: true });
+        }
     }
-    Ok((checked, bad))
+    Ok(ReuseCheck { checked, bad, widespread: false })
 }
 
 /// What the pool is not trusted with, for one run.

@@ -436,8 +436,9 @@ mod tests {
             (ObjectLock::Off, 0),
             (ObjectLock::Unknown("403".into()), 0),
             (ObjectLock::On { mode: None, retention: None }, 0),
-            // The newest is kept by the policy; the one before it is a day old, locked.
-            (ObjectLock::On { mode: Some("GOVERNANCE".into()), retention: Some(2 * day) }, 1),
+            // The newest is kept by the policy; the next two are 1 and 2 days old, within
+            // 2 days of retention and a day's margin.
+            (ObjectLock::On { mode: Some("GOVERNANCE".into()), retention: Some(2 * day) }, 2),
             (ObjectLock::On { mode: Some("COMPLIANCE".into()), retention: Some(30 * day) }, 4),
         ];
         for (lock, held) in cases {

@@ -233,6 +233,17 @@ async fn metrics_dashboard_and_alerts_tell_the_truth() {
     assert_eq!(after, success, "the failed run erased the last success");
     mon.eventually("the failed-run alert", r#"ALERTS{alertname="PachydermBackupFailed",pachyderm_cluster="e2e",phase="preflight"}"#).await;
 
+    // 13.2: a run that fails before it has a Lease or a report (the backup bucket does
+    // not exist) still pushes its failure; before, last_run_success kept the last 1.
+    bed.set("PGPORT", &bed.pg.port.to_string());
+    bed.run(&["run"]).await.expect_code(0);
+    mon.eventually("a success again", r#"pachyderm_backup_last_run_success{pachyderm_cluster="e2e"} == 1"#).await;
+    let target = bed.env().into_iter().find(|(k, _)| k == "TARGET_URL").map(|(_, v)| v).expect("TARGET_URL");
+    bed.set("TARGET_URL", "s3://no-such-bucket/nightly");
+    bed.run(&["run"]).await.expect_code(1);
+    mon.eventually("the early failure", r#"pachyderm_backup_last_run_success{pachyderm_cluster="e2e"} == 0"#).await;
+    bed.set("TARGET_URL", &target);
+
     // No secret in any log line of these runs.
     for out in [&ok, &failed] {
         for s in secrets {
