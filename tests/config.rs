@@ -147,6 +147,20 @@ async fn names_no_library_reads_are_warned_about() {
 /// Schedules a CronJob runs pass the configuration check: the run goes on to its
 /// preflight (here the database, down: exit 1, nothing touched). Before SCHEDULE was
 /// read as Kubernetes reads it, "0 2 * * 0" (Sunday) stopped every run with exit 2.
+/// A configuration that passes the check and stops at the database preflight (a closed
+/// port), touching nothing: local buckets of their own (`i`), no cluster.
+fn preflight_only(dir: &std::path::Path, closed_port: u16, i: usize) -> Vec<(String, String)> {
+    vec![
+        ("PAUSE_MODE".into(), "none".into()),
+        ("PGHOST".into(), "127.0.0.1".into()),
+        ("PGPORT".into(), closed_port.to_string()),
+        ("PGSSLMODE".into(), "disable".into()),
+        ("SOURCE_URL".into(), format!("file://{}/source", dir.display())),
+        ("TARGET_URL".into(), format!("file://{}/target-{i}", dir.display())),
+        ("LOG_FORMAT".into(), "text".into()),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_schedules_pass_the_configuration_check() {
     let dir = tempfile::tempdir().expect("dir");
@@ -160,15 +174,7 @@ async fn kubernetes_schedules_pass_the_configuration_check() {
         &[("SCHEDULE", "0 2 1 * 1")],
     ];
     for (i, overrides) in cases.iter().enumerate() {
-        let mut env: Vec<(String, String)> = vec![
-            ("PAUSE_MODE".into(), "none".into()),
-            ("PGHOST".into(), "127.0.0.1".into()),
-            ("PGPORT".into(), closed_port.to_string()),
-            ("PGSSLMODE".into(), "disable".into()),
-            ("SOURCE_URL".into(), format!("file://{}/source", dir.path().display())),
-            ("TARGET_URL".into(), format!("file://{}/target-{i}", dir.path().display())),
-            ("LOG_FORMAT".into(), "text".into()),
-        ];
+        let mut env: Vec<(String, String)> = preflight_only(dir.path(), closed_port, i);
         env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let out = run_to_end(binary(&["run"], &env)).await;
         assert_eq!(out.code, Some(1), "{overrides:?} must pass the configuration check:\n{}", out.stderr);
@@ -318,15 +324,7 @@ async fn garbage_in_any_variable_is_an_error_never_a_panic() {
     assert!(runs.len() > 1200, "{} runs", runs.len());
     let started = std::time::Instant::now();
     let base = |i: usize, s3: bool| -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = vec![
-            ("PAUSE_MODE".into(), "none".into()),
-            ("PGHOST".into(), "127.0.0.1".into()),
-            ("PGPORT".into(), closed_port.to_string()),
-            ("PGSSLMODE".into(), "disable".into()),
-            ("SOURCE_URL".into(), format!("file://{}/source", dir.path().display())),
-            ("TARGET_URL".into(), format!("file://{}/target-{i}", dir.path().display())),
-            ("LOG_FORMAT".into(), "text".into()),
-        ];
+        let mut env: Vec<(String, String)> = preflight_only(dir.path(), closed_port, i);
         if s3 {
             env.extend([
                 ("TARGET_URL".into(), "s3://backups/nightly".into()),
