@@ -353,11 +353,7 @@ impl BucketLock {
     /// Resolves if the lock was lost (renewals failed past its expiry, or another
     /// holder took it over): the holder must stop writing.
     pub async fn lost(&mut self) {
-        while !*self.lost.borrow() {
-            if self.lost.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+        crate::until_lost(&mut self.lost).await
     }
 
     /// Stops renewing and deletes the lock if it is still this holder's.

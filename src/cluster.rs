@@ -918,12 +918,7 @@ pub struct LeaseGuard {
 impl LeaseGuard {
     /// Resolves when the Lease is lost.
     pub async fn lost(&mut self) {
-        while !*self.lost.borrow() {
-            if self.lost.changed().await.is_err() {
-                // The renewer ended without reporting a loss: stay pending.
-                std::future::pending::<()>().await;
-            }
-        }
+        crate::until_lost(&mut self.lost).await
     }
 
     pub async fn release(self) {

@@ -1062,23 +1062,9 @@ pub fn load_ca_bundle(path: &str) -> Result<Vec<object_store::Certificate>, (Str
     };
     let options = certificates.iter().fold(ClientOptions::new(), |o, c| o.with_root_certificate(c.clone()));
     if let Err(e) = ReqwestConnector::default().connect(&options) {
-        return err(format!("{path} holds a certificate that cannot be trusted as a CA ({})", error_chain(&e)));
+        return err(format!("{path} holds a certificate that cannot be trusted as a CA ({})", crate::error_chain(&e)));
     }
     Ok(certificates)
-}
-
-/// An error and its sources, as one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// S3 and GCS bucket names (and the legacy S3 forms): what can sit in a URL's host and

@@ -127,20 +127,7 @@ step_from! {
     crate::retention::RetentionError => "retention",
 }
 
-/// An error with its causes, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
-}
+pub use crate::error_chain;
 
 /// One preflight step, bounded by PREFLIGHT_TIMEOUT.
 async fn bounded<T, E: Into<StepError>>(limit: std::time::Duration, what: &str, step: impl Future<Output = Result<T, E>>) -> Result<T, StepError> {

@@ -159,7 +159,7 @@ pub async fn detect(settings: &StoreSettings) -> Result<ObjectLock, LockError> {
     let response = match client.execute(request).await {
         Ok(r) => r,
         Err(e) => {
-            let detail = crate::config::error_chain(&e);
+            let detail = crate::error_chain(&e);
             // rustls' words for a certificate it does not accept.
             if detail.contains("invalid peer certificate") {
                 let side = settings.variable.strip_suffix("URL").unwrap_or_default();
