@@ -4,7 +4,12 @@
 #      100,000) on s3s-fs and on local directories, peak RSS by /usr/bin/time -v;
 #   2. copy throughput: pachyderm-backup against `rclone copy` with the same number
 #      of transfers, both streaming between two buckets of one s3s-fs server.
-# Usage: scripts/bench.sh [memory|copy|all]   (env: OBJECTS_N, TRANSFERS, BIN)
+#   3. downtime: the paused interval (the capture) of a nightly run at 10,000, 100,000
+#      and 1,000,000 live chunks (DOWNTIME_SIZES), indexed by the database and, for
+#      comparison, by a listing of the whole bucket (the table renamed away), beside the
+#      seeds' manual procedure on the same data (pg_dump of both databases, then
+#      `rclone sync` of the bucket), and bare pg_dump of both databases.
+# Usage: scripts/bench.sh [memory|copy|downtime|all]   (env: OBJECTS_N, TRANSFERS, BIN, DOWNTIME_SIZES)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -122,4 +127,58 @@ EOF
   cpu=$(awk -F': ' '/User time|System time/ {printf "%s ", $2}' "$work/copy.log")
   echo "   pachyderm-backup capture phase (the copy ∥ the dumps): ${capture}s; CPU user/sys: ${cpu}s"
   echo "   rclone copy (two remotes, streamed):          ${theirs}s"
+fi
+
+if [ "$what" = downtime ] || [ "$what" = all ]; then
+  command -v rclone >/dev/null || { apt-get install -y -qq rclone >/dev/null; }
+  psql_b() { "$PGBIN/psql" -q -X -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -v ON_ERROR_STOP=1 "$@"; }
+  secs() { python3 -c "import time;print(f'{time.time()-$1:.2f}')"; }
+  # The objects and rows of chunks $2..$3 (64 bytes each) under $1, as Pachyderm names them.
+  chunks() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import hashlib, os, sys
+root, a, b = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+os.makedirs(root, exist_ok=True)
+for i in range(a, b + 1):
+    h = hashlib.sha256(f"chunk-{i}".encode()).hexdigest()
+    with open(os.path.join(root, f"{h}.{i:016x}"), "wb") as f:
+        f.write(hashlib.sha512(str(i).encode()).digest())
+PY
+    psql_b -d pachyderm -c "INSERT INTO storage.chunk_objects (chunk_id, gen, uploaded, tombstone, size) SELECT sha256(convert_to('chunk-' || i, 'UTF8')), i, true, false, 64 FROM generate_series($2, $3) i" >/dev/null
+  }
+  capture_of() { python3 -c "import glob,json,sys;m=json.load(open(sorted(glob.glob(sys.argv[1]+'/backups/*/manifest.json'))[-1]));print(f\"{m['phases']['capture']:.2f} {m['objects']['index']} {m['objects']['copied']}\")" "$1"; }
+  echo "== downtime: the paused interval of a nightly run (100 chunks new since the last backup), local directories, $TRANSFERS transfers"
+  printf '   %-10s | %-22s | %-22s | %-18s | %-14s | %s\n' "chunks" "ours, database index" "ours, bucket listing" "manual: dump+sync" "bare pg_dump×2" "peak RSS (db index)"
+  for n in ${DOWNTIME_SIZES:-10000 100000 1000000}; do
+    d="$work/dt-$n"; src="$d/src"; rm -rf "$d"; mkdir -p "$d"
+    psql_b -d postgres -c 'DROP DATABASE IF EXISTS pachyderm' -c 'CREATE DATABASE pachyderm' >/dev/null
+    sed 's/{{CHUNKS}}/0/' tests/fixtures/pachyderm.sql | psql_b -d pachyderm >/dev/null
+    chunks "$src/chunk" 1 "$n"
+    run_env=(env -i PATH="$PATH" "${common_env[@]}" SOURCE_URL="file://$src" COPY_CONCURRENCY="$TRANSFERS" KEEP_LAST=100)
+    # The first backup, and the manual procedure's first sync: not timed.
+    "${run_env[@]}" TARGET_URL="file://$d/ours" "$BIN" run 2>"$d/first.log" >/dev/null || { echo "first run FAILED"; tail -5 "$d/first.log"; exit 1; }
+    rclone sync --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) "$src" "$d/manual" >/dev/null 2>&1
+    chunks "$src/chunk" $((n + 1)) $((n + 100))
+    "${run_env[@]}" TARGET_URL="file://$d/ours" /usr/bin/time -v "$BIN" run 2>"$d/db.log" >/dev/null || { echo "run FAILED"; tail -5 "$d/db.log"; exit 1; }
+    db=$(capture_of "$d/ours"); rss=$(grep 'Maximum resident set size' "$d/db.log" | awk '{print $6}')
+    # The same nightly run with the table renamed away: the whole bucket listed while paused.
+    chunks "$src/chunk" $((n + 101)) $((n + 200))
+    psql_b -d pachyderm -c 'ALTER TABLE storage.chunk_objects RENAME COLUMN gen TO generation' >/dev/null
+    "${run_env[@]}" TARGET_URL="file://$d/ours" "$BIN" run 2>"$d/list.log" >/dev/null || { echo "listing run FAILED"; tail -5 "$d/list.log"; exit 1; }
+    psql_b -d pachyderm -c 'ALTER TABLE storage.chunk_objects RENAME COLUMN generation TO gen' >/dev/null
+    listing=$(capture_of "$d/ours")
+    # The seeds' procedure on the same delta: dump both databases, then sync the bucket.
+    chunks "$src/chunk" $((n + 201)) $((n + 300))
+    start=$(date +%s.%N)
+    "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -Fc -f "$d/pachyderm.dump" pachyderm
+    "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -Fc -f "$d/dex.dump" dex
+    rclone sync --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) "$src" "$d/manual" >/dev/null 2>&1
+    manual=$(secs "$start")
+    start=$(date +%s.%N)
+    "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -Fc -Z1 -f "$d/p2.dump" pachyderm &
+    "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -Fc -Z1 -f "$d/d2.dump" dex; wait
+    bare=$(secs "$start")
+    printf '   %-10s | %-22s | %-22s | %-18s | %-14s | %s MiB\n' "$n" "$(echo "$db" | awk '{print $1"s ("$3" copied)"}')" "$(echo "$listing" | awk '{print $1"s ("$3" copied)"}')" "${manual}s" "${bare}s" "$((rss / 1024))"
+    rm -rf "$d"
+  done
 fi

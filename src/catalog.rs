@@ -104,11 +104,26 @@ pub struct DumpEncryption {
     pub recipients: Vec<String>,
 }
 
+pub use crate::config::{ObjectsMode, PauseMode};
+
+/// What named the objects captured while paused.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectsIndex {
+    /// Pachyderm's `storage.chunk_objects`, read at the dump's snapshot; only what lies
+    /// outside `chunk/` was listed.
+    Database,
+    /// A listing of the whole source bucket.
+    Listing,
+}
+
 /// The object side of a manifest.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ObjectsEntry {
-    /// `copy` or `skip`.
-    pub mode: String,
+    pub mode: ObjectsMode,
+    /// Null with `skip`, and in manifests written before it was recorded (a listing).
+    #[serde(default)]
+    pub index: Option<ObjectsIndex>,
     /// The listing file, relative to the backup folder; absent with `skip`.
     pub listing: Option<String>,
     pub listing_sha256: Option<String>,
@@ -137,7 +152,7 @@ pub struct Manifest {
     pub namespace: Option<String>,
     pub tool_version: String,
     pub pachyderm_version: Option<String>,
-    pub pause_mode: String,
+    pub pause_mode: PauseMode,
     /// Whether this run paused the cluster (false: paused by its operator, or `none`).
     pub paused_by_us: bool,
     pub started_at: DateTime<Utc>,
@@ -146,7 +161,9 @@ pub struct Manifest {
     pub finished_at: DateTime<Utc>,
     pub downtime_seconds: f64,
     pub phases: std::collections::BTreeMap<String, f64>,
-    pub source_url: String,
+    /// SOURCE_URL without credentials; null when the backup holds no objects (OBJECTS=skip).
+    #[serde(default)]
+    pub source_url: Option<String>,
     pub databases: Vec<DatabaseEntry>,
     pub objects: ObjectsEntry,
     pub cluster_objects: Vec<String>,
@@ -783,7 +800,8 @@ mod tests {
         // Written by another tool to FORMAT.md's spec, with spaces serde would not write.
         let text = "{\"key\": \"a\", \"size\": 1, \"etag\": null, \"blob\": \"blobs/a@0\", \"sha256\": \"00\", \"since\": \"b1\"}\n";
         let objects = |count, sha: &str| ObjectsEntry {
-            mode: "copy".into(),
+            mode: ObjectsMode::Copy,
+            index: Some(ObjectsIndex::Listing),
             listing: Some(LISTING.into()),
             listing_sha256: Some(sha.into()),
             counts: ObjectCounts { count, ..Default::default() },

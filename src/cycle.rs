@@ -14,12 +14,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, warn};
 
 use crate::catalog::ObjectCounts;
-use crate::catalog::{self, Catalog, DatabaseEntry, Manifest, ObjectsEntry};
+use crate::catalog::{self, Catalog, DatabaseEntry, Manifest, ObjectsEntry, ObjectsIndex};
 use crate::cluster::{Cluster, ClusterError, LeaseGuard, PauseReport};
 use crate::config::{ObjectsMode, PauseMode, RunConfig};
 use crate::database::{self, Tools};
@@ -811,7 +812,7 @@ async fn run_locked(
         namespace: cluster.map(|c| c.namespace().to_string()),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         pachyderm_version,
-        pause_mode: format!("{:?}", cfg.cluster.pause_mode).to_ascii_lowercase(),
+        pause_mode: cfg.cluster.pause_mode,
         paused_by_us: pause_report.paused_by_us(),
         started_at,
         paused_at: cluster.map(|_| paused_at),
@@ -819,7 +820,7 @@ async fn run_locked(
         finished_at: clock.now(),
         downtime_seconds: if cluster.is_some() { downtime } else { 0.0 },
         phases: t.phases.clone(),
-        source_url: redact_url(&cfg.source.url),
+        source_url: source.as_ref().map(|_| redact_url(&cfg.source.url)),
         databases: captured.databases,
         objects: captured.objects,
         cluster_objects: captured.cluster_objects,
@@ -860,6 +861,10 @@ fn redact_url(url: &url::Url) -> String {
     u.to_string()
 }
 
+/// The database whose `storage.chunk_objects` indexes the objects, when DATABASES lists
+/// it (else the first listed).
+const PACHYDERM_DATABASE: &str = "pachyderm";
+
 /// The capture, its parts in parallel: databases ∥ objects ∥ cluster objects.
 #[allow(clippy::too_many_arguments)]
 async fn capture(
@@ -876,24 +881,58 @@ async fn capture(
     let progress = Progress::start("capture", cfg.common.progress_interval);
     let compress = dump_compression(cfg, tools)?;
     let compress = compress.as_str();
+    // Pachyderm's metadata at one instant: its dump and the live chunks read the same
+    // snapshot, so the objects captured are exactly those the dump names.
+    let index_db = servers.iter().find(|s| s.database == PACHYDERM_DATABASE).or(servers.first());
+    let snapshot = match (source, index_db) {
+        (Some(_), Some(info)) => Some((info.database.as_str(), database::Snapshot::export(&cfg.database.server, tools, &info.database).await?)),
+        _ => None,
+    };
     let dumps = futures::future::try_join_all(servers.iter().map(|info| {
         let file = format!("databases/{}.pgdump", info.database);
         let path = catalog::backup_path(backup_id, &file);
         let progress = &progress;
+        let at = snapshot.as_ref().filter(|(db, _)| *db == info.database).map(|(_, s)| s.id.as_str());
         async move {
-            database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, &cfg.database.recipients, compress, progress)
+            database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, &cfg.database.recipients, compress, at, progress)
                 .await
                 .map_err(StepError::from)
         }
     }));
     let objects = async {
-        let Some(src) = source else { return Ok::<_, StepError>((ObjectsEntry { mode: "skip".into(), ..Default::default() }, 0)) };
+        let Some(src) = source else {
+            return Ok::<_, StepError>((
+                ObjectsEntry { mode: ObjectsMode::Skip, index: None, listing: None, listing_sha256: None, counts: ObjectCounts::default() },
+                0,
+            ));
+        };
+        let (entries, index) = match &snapshot {
+            Some((db, s)) if s.chunk_index => {
+                info!(database = %db, "objects indexed by storage.chunk_objects at the dump's snapshot: only what lies outside chunk/ is listed");
+                let rows = database::rows_at(&cfg.database.server, tools, db, database::LIVE_CHUNKS, Some(&s.id)).await?;
+                let live = futures::stream::try_unfold(rows, |mut rows| async move { Ok(rows.next().await?.map(|key| (key, rows))) })
+                    .map_err(|e: database::DatabaseError| objects::ObjectsError::Index(error_chain(&e)))
+                    .boxed();
+                (objects::indexed(src, live).await?, ObjectsIndex::Database)
+            }
+            other => {
+                let why = match other {
+                    Some((db, _)) => format!("database {db} has no storage.chunk_objects of the shape this version reads (another Pachyderm version?)"),
+                    None => "no database to read it from".to_string(),
+                };
+                warn!("objects indexed by a listing of the whole source bucket while paused: {why}");
+                (objects::listed(src, objects::lists_sorted(&cfg.source)).await?, ObjectsIndex::Listing)
+            }
+        };
         let (listing, stats): (_, ObjectCounts) =
-            objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
+            objects::copy_entries(src, entries, catalog.store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
         let (bytes, sha) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the listing: {e}") })?;
         let size = bytes.len() as u64;
         catalog.put(&catalog::backup_path(backup_id, catalog::LISTING), bytes).await?;
-        Ok((ObjectsEntry { mode: "copy".into(), listing: Some(catalog::LISTING.into()), listing_sha256: Some(sha), counts: stats }, size))
+        Ok((
+            ObjectsEntry { mode: ObjectsMode::Copy, index: Some(index), listing: Some(catalog::LISTING.into()), listing_sha256: Some(sha), counts: stats },
+            size,
+        ))
     };
     let kube_objects = async {
         let Some(c) = cluster else { return Ok::<_, StepError>((Vec::new(), BTreeMap::new(), 0)) };

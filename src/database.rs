@@ -255,11 +255,22 @@ pub struct Rows {
 
 /// Streams the values of `select` (one column) on `database`.
 pub async fn rows(server: &PgServer, tools: &Tools, database: &str, select: &str) -> Result<Rows, DatabaseError> {
-    let mut cmd = psql_command(server, tools, database, &[]);
+    rows_at(server, tools, database, select, None).await
+}
+
+/// Streams the values of `select` (one column) on `database`, read at `snapshot` (one
+/// exported by [`Snapshot::export`]) when given.
+pub async fn rows_at(server: &PgServer, tools: &Tools, database: &str, select: &str, snapshot: Option<&str>) -> Result<Rows, DatabaseError> {
+    let vars: Vec<(&str, &str)> = snapshot.map(|id| ("snapshot", id)).into_iter().collect();
+    let script = match snapshot {
+        Some(_) => format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSET TRANSACTION SNAPSHOT :'snapshot';\nCOPY ({select}) TO STDOUT;\nCOMMIT;\n"),
+        None => format!("COPY ({select}) TO STDOUT;\n"),
+    };
+    let mut cmd = psql_command(server, tools, database, &vars);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|source| DatabaseError::Io { tool: tools.psql.display().to_string(), source })?;
     if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(format!("COPY ({select}) TO STDOUT;\n").as_bytes()).await;
+        let _ = stdin.write_all(script.as_bytes()).await;
     }
     let stdout = child.stdout.take().ok_or_else(|| DatabaseError::Io { tool: "psql".into(), source: std::io::Error::other("no stdout") })?;
     let stderr = child.stderr.take().ok_or_else(|| DatabaseError::Io { tool: "psql".into(), source: std::io::Error::other("no stderr") })?;
@@ -287,6 +298,56 @@ impl Rows {
             }
             Err(source) => Err(DatabaseError::Io { tool: "psql".into(), source }),
         }
+    }
+}
+
+/// Pachyderm's own record of its bucket: each live row of `storage.chunk_objects` is the
+/// object `chunk/<hex chunk_id>.<gen as %016x>` (`chunk.chunkKey` under the `chunk/`
+/// prefix `storage.New` gives its store), and nothing else of Pachyderm's lives in the
+/// bucket (its start-up probe `test/<uuid>` is deleted at once). `ORDER BY chunk_id,
+/// gen` is the keys' byte order (hex keeps bytea's order, `.` sorts before every hex
+/// digit, the generation is fixed-width), so the primary key streams them unsorted.
+pub const LIVE_CHUNKS: &str = "SELECT 'chunk/' || encode(chunk_id, 'hex') || '.' || lpad(to_hex(gen), 16, '0') FROM storage.chunk_objects WHERE uploaded AND NOT tombstone ORDER BY chunk_id, gen";
+
+/// The columns [`LIVE_CHUNKS`] reads, with their types: a table of another shape (another
+/// Pachyderm version) is not read as an index.
+const CHUNK_COLUMNS: &str = "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'storage' AND table_name = 'chunk_objects' AND ((column_name = 'chunk_id' AND data_type = 'bytea') OR (column_name = 'gen' AND data_type = 'bigint') OR (column_name IN ('uploaded', 'tombstone') AND data_type = 'boolean'))";
+
+/// One instant of a database, held: `pg_export_snapshot()` in a read-only
+/// repeatable-read transaction of a psql session that stays open until this is
+/// dropped, so `pg_dump --snapshot` and the live-chunk query read the same instant.
+pub struct Snapshot {
+    pub id: String,
+    /// `storage.chunk_objects` exists with the columns [`LIVE_CHUNKS`] reads.
+    pub chunk_index: bool,
+    // Closing psql's input ends the session (and the transaction); kill_on_drop ends it
+    // too if psql does not read.
+    _stdin: tokio::process::ChildStdin,
+    _session: tokio::process::Child,
+}
+
+impl Snapshot {
+    pub async fn export(server: &PgServer, tools: &Tools, database: &str) -> Result<Snapshot, DatabaseError> {
+        let mut cmd = psql_command(server, tools, database, &[]);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| DatabaseError::Io { tool: tools.psql.display().to_string(), source })?;
+        let missing = |what: &str| DatabaseError::Io { tool: "psql".into(), source: std::io::Error::other(format!("no {what}")) };
+        let mut stdin = child.stdin.take().ok_or_else(|| missing("stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| missing("stdout"))?;
+        let stderr = tokio::spawn(tail_stderr(child.stderr.take().ok_or_else(|| missing("stderr"))?));
+        // psql prints each result as soon as it has it: the line arrives while the
+        // transaction stays open behind it.
+        let script = format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot() || ' ' || ({CHUNK_COLUMNS});\n");
+        let _ = stdin.write_all(script.as_bytes()).await;
+        let _ = stdin.flush().await;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = lines.next_line().await.map_err(|source| DatabaseError::Io { tool: "psql".into(), source })?;
+        let Some((id, columns)) = line.as_deref().and_then(|l| l.trim().split_once(' ')) else {
+            let status = child.wait().await.map_err(|source| DatabaseError::Io { tool: "psql".into(), source })?;
+            let stderr = stderr.await.unwrap_or_default();
+            return Err(psql_failed(server, database, status, &format!("exporting a snapshot: {stderr}")));
+        };
+        Ok(Snapshot { id: id.to_string(), chunk_index: columns == "4", _stdin: stdin, _session: child })
     }
 }
 
@@ -447,7 +508,7 @@ impl DumpCompression {
     }
 }
 
-/// Streams `pg_dump -Fc` of one database into `path`, compressed with `compress` (pg_dump's `--compress`), hashing on the way. With
+/// Streams `pg_dump -Fc` of one database into `path`, compressed with `compress` (pg_dump's `--compress`), hashing on the way, at `snapshot` when given. With
 /// `recipients` (DUMP_RECIPIENTS) the dump is encrypted to them with age as it streams,
 /// and stored as `path` and `file` with `.age` appended; the size and SHA-256 recorded
 /// are of the stored (encrypted) bytes.
@@ -461,6 +522,7 @@ pub async fn dump(
     file: String,
     recipients: &[age::x25519::Recipient],
     compress: &str,
+    snapshot: Option<&str>,
     progress: &Progress,
 ) -> Result<DatabaseEntry, DatabaseError> {
     let database = &info.database;
@@ -478,6 +540,9 @@ pub async fn dump(
     let mut cmd = Command::new(&tools.pg_dump);
     libpq_env(&mut cmd, server);
     cmd.arg("--format=custom").arg(format!("--compress={compress}")).arg("--no-password").arg(format!("--dbname={}", conninfo_dbname(database)));
+    if let Some(id) = snapshot {
+        cmd.arg(format!("--snapshot={id}"));
+    }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|source| DatabaseError::Io { tool: tools.pg_dump.display().to_string(), source })?;
     let stdout = child.stdout.take().ok_or_else(|| DatabaseError::Io { tool: "pg_dump".into(), source: std::io::Error::other("no stdout") })?;

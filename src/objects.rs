@@ -49,6 +49,12 @@ pub enum ObjectsError {
     Mismatch { key: String, detail: String, read_sha256: String },
     #[error("the source listing is not in key order at {0:?}; the store does not list as S3 does")]
     Unordered(String),
+    #[error(
+        "chunk {key} is live in Pachyderm's database (storage.chunk_objects) but the source bucket has no such object: Pachyderm's metadata and its bucket disagree, so no whole backup can be made; check the bucket's lifecycle rules and whether SOURCE_URL is the bucket pachd uses"
+    )]
+    MissingChunk { key: String },
+    #[error("reading the live chunks from the database failed: {0}")]
+    Index(String),
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
     #[error(transparent)]
@@ -251,7 +257,26 @@ fn retriable(e: &object_store::Error) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     Reuse(ObjectRecord),
-    Copy { key: String, size: u64, etag: Option<String>, blob: String },
+    Copy {
+        key: String,
+        size: u64,
+        etag: Option<String>,
+        blob: String,
+    },
+    /// A live chunk the reference does not hold (or holds damaged): its size and tag are
+    /// read from the source (HEAD) before it is copied, under a fresh key if `fresh`.
+    Fetch {
+        key: String,
+        fresh: bool,
+    },
+}
+
+/// One object to back up, as its index gives it.
+pub enum Entry {
+    /// From a listing of the source bucket: what the store says it holds.
+    Listed(ObjectMeta),
+    /// From Pachyderm's database: a chunk key, immutable once uploaded.
+    Live(String),
 }
 
 /// Merge-joins the source listing (in key order) with a reference listing (in key
@@ -405,6 +430,69 @@ impl Planner {
             }
         }
     }
+
+    /// The plan for a live chunk named by the database: Pachyderm never rewrites a chunk
+    /// key (a new generation is a new key), so the key alone says the reference's record
+    /// is the same object. A `--full` run reuses only what it copied itself (its pre-copy).
+    pub fn plan_live(&mut self, key: &str) -> Result<Plan, ObjectsError> {
+        if self.last_key.as_deref().is_some_and(|k| k >= key) {
+            return Err(ObjectsError::Unordered(key.to_string()));
+        }
+        self.last_key = Some(key.to_string());
+        loop {
+            if self.pending.is_none() {
+                self.pending = self.reference.next_record()?;
+            }
+            match &self.pending {
+                Some(r) if r.key.as_str() < key => self.pending = None,
+                Some(r) if r.key == key => {
+                    let trusted = !self.heal.damaged.contains(&r.blob) && !(self.heal.full && r.since != self.heal.backup_id);
+                    let plan = if trusted { Plan::Reuse(r.clone()) } else { Plan::Fetch { key: key.to_string(), fresh: true } };
+                    self.pending = None;
+                    return Ok(plan);
+                }
+                _ => return Ok(Plan::Fetch { key: key.to_string(), fresh: self.heal.full }),
+            }
+        }
+    }
+}
+
+/// The source listed whole, in key order: resumed from the last key on a failed page
+/// when the store lists sorted, else listed once and sorted.
+pub async fn listed(source: &Arc<dyn ObjectStore>, sorted: bool) -> Result<futures::stream::BoxStream<'static, Result<Entry, ObjectsError>>, ObjectsError> {
+    let list_err = |source| ObjectsError::Store { side: "source", what: "listing".into(), source };
+    Ok(if sorted {
+        list_resuming(source.clone(), None, true).map_ok(Entry::Listed).map_err(list_err).boxed()
+    } else {
+        let mut all: Vec<ObjectMeta> = source.list(None).try_collect().await.map_err(list_err)?;
+        all.sort_by(|a, b| a.location.cmp(&b.location));
+        futures::stream::iter(all.into_iter().map(|m| Ok(Entry::Listed(m)))).boxed()
+    })
+}
+
+/// The prefix of Pachyderm's chunks in its bucket.
+pub const CHUNK_PREFIX: &str = "chunk";
+
+/// The entries of a backup indexed by the database: `live` (chunk keys in key order)
+/// and whatever the source holds outside `chunk/`, listed prefix by prefix (one
+/// delimited listing of the top level, then each other prefix), so `chunk/` itself is
+/// never listed. Outside objects are few (Pachyderm writes none that last) and held.
+pub async fn indexed<'a>(
+    source: &Arc<dyn ObjectStore>,
+    live: futures::stream::BoxStream<'a, Result<String, ObjectsError>>,
+) -> Result<futures::stream::BoxStream<'a, Result<Entry, ObjectsError>>, ObjectsError> {
+    let list_err = |source| ObjectsError::Store { side: "source", what: "listing outside chunk/".into(), source };
+    let top = source.list_with_delimiter(None).await.map_err(list_err)?;
+    let mut outside = top.objects;
+    for prefix in top.common_prefixes.iter().filter(|p| p.as_ref() != CHUNK_PREFIX) {
+        let more: Vec<ObjectMeta> = source.list(Some(prefix)).try_collect().await.map_err(list_err)?;
+        outside.extend(more);
+    }
+    outside.sort_by(|a, b| a.location.cmp(&b.location));
+    let after: Vec<_> = outside.split_off(outside.partition_point(|m| m.location.as_ref() < "chunk/"));
+    let before = futures::stream::iter(outside.into_iter().map(|m| Ok(Entry::Listed(m))));
+    let after = futures::stream::iter(after.into_iter().map(|m| Ok(Entry::Listed(m))));
+    Ok(before.chain(live.map_ok(Entry::Live)).chain(after).boxed())
 }
 
 /// Copies the source bucket into the pool: every object not in `reference` is copied,
@@ -413,6 +501,7 @@ impl Planner {
 /// the pre-copy whose listing is `reference`.
 /// `vanished_ok`: while Pachyderm runs (pre-copy), its garbage collector may delete an
 /// object between listing and reading; such an object is left out, not an error.
+#[allow(clippy::too_many_arguments)]
 pub async fn sync(
     source: &Arc<dyn ObjectStore>,
     sorted: bool,
@@ -423,45 +512,74 @@ pub async fn sync(
     vanished_ok: bool,
     progress: &Progress,
 ) -> Result<(ListingWriter, ObjectCounts), ObjectsError> {
-    let list_err = |source| ObjectsError::Store { side: "source", what: "listing".into(), source };
-    let listing: futures::stream::BoxStream<'_, Result<ObjectMeta, ObjectsError>> = if sorted {
-        list_resuming(source.clone(), None, true).map_err(list_err).boxed()
-    } else {
-        let mut all: Vec<ObjectMeta> = source.list(None).try_collect().await.map_err(list_err)?;
-        all.sort_by(|a, b| a.location.cmp(&b.location));
-        futures::stream::iter(all.into_iter().map(Ok)).boxed()
-    };
+    let entries = listed(source, sorted).await?;
+    copy_entries(source, entries, pool, reference, heal, concurrency, vanished_ok, progress).await
+}
 
+/// Copies what `entries` name (in key order) into the pool, as [`sync`] does for a
+/// listing. A live chunk the reference does not hold is read from the source (HEAD)
+/// first; one that is not there fails the copy, naming it.
+#[allow(clippy::too_many_arguments)]
+pub async fn copy_entries(
+    source: &Arc<dyn ObjectStore>,
+    entries: futures::stream::BoxStream<'_, Result<Entry, ObjectsError>>,
+    pool: &Arc<dyn ObjectStore>,
+    reference: ListingReader,
+    heal: &Heal,
+    concurrency: usize,
+    vanished_ok: bool,
+    progress: &Progress,
+) -> Result<(ListingWriter, ObjectCounts), ObjectsError> {
     let backup_id = heal.backup_id.as_str();
     let mut planner = Planner::healing(reference, heal.clone());
     let mut seq = 0u64;
-    let jobs = listing
-        .map(|meta| {
-            let meta = meta?;
-            progress.add_total(1, meta.size);
-            let plan = planner.plan(meta.location.as_ref(), meta.size, meta.e_tag.as_deref(), meta.last_modified)?;
+    let jobs = entries
+        .map(|entry| {
+            let plan = match entry? {
+                Entry::Listed(meta) => {
+                    progress.add_total(1, meta.size);
+                    planner.plan(meta.location.as_ref(), meta.size, meta.e_tag.as_deref(), meta.last_modified)?
+                }
+                Entry::Live(key) => {
+                    let plan = planner.plan_live(&key)?;
+                    if let Plan::Reuse(r) = &plan {
+                        progress.add_total(1, r.size);
+                    }
+                    plan
+                }
+            };
             seq += 1;
             Ok::<_, ObjectsError>((seq, plan))
         })
         .map_ok(|(seq, plan)| async move {
-            match plan {
+            let (key, size, etag, blob) = match plan {
                 Plan::Reuse(record) => {
                     progress.add_done(1, 0);
-                    Ok((seq, Some(record)))
+                    return Ok((seq, Some(record)));
                 }
-                Plan::Copy { key, size, etag, blob } => {
-                    match copy_verified(source, "source", &key, pool, &blob, Expect::listed(size, etag.as_deref()), progress).await {
-                        Ok(sha256) => {
-                            progress.add_done(1, 0);
-                            Ok((seq, Some(ObjectRecord { key, size, etag, blob, sha256, since: backup_id.to_string() })))
-                        }
-                        Err(ObjectsError::Store { side: "source", source: object_store::Error::NotFound { .. }, .. }) if vanished_ok => {
-                            debug!(key, "object vanished before it was copied (Pachyderm's garbage collector)");
-                            Ok((seq, None))
-                        }
-                        Err(e) => Err(e),
-                    }
+                Plan::Copy { key, size, etag, blob } => (key, size, etag, blob),
+                Plan::Fetch { key, fresh } => {
+                    let meta = match source.head(&catalog::recorded_path(&key)).await {
+                        Ok(meta) => meta,
+                        Err(object_store::Error::NotFound { .. }) => return Err(ObjectsError::MissingChunk { key }),
+                        Err(source) => return Err(ObjectsError::Store { side: "source", what: format!("reading the size of {key}"), source }),
+                    };
+                    progress.add_total(1, meta.size);
+                    let blob = catalog::blob_key(&key, meta.e_tag.as_deref(), meta.last_modified, meta.size);
+                    let blob = if fresh { catalog::fresh_blob_key(&blob, backup_id) } else { blob };
+                    (key, meta.size, meta.e_tag, blob)
                 }
+            };
+            match copy_verified(source, "source", &key, pool, &blob, Expect::listed(size, etag.as_deref()), progress).await {
+                Ok(sha256) => {
+                    progress.add_done(1, 0);
+                    Ok((seq, Some(ObjectRecord { key, size, etag, blob, sha256, since: backup_id.to_string() })))
+                }
+                Err(ObjectsError::Store { side: "source", source: object_store::Error::NotFound { .. }, .. }) if vanished_ok => {
+                    debug!(key, "object vanished before it was copied (Pachyderm's garbage collector)");
+                    Ok((seq, None))
+                }
+                Err(e) => Err(e),
             }
         })
         .try_buffer_unordered(concurrency);

@@ -172,8 +172,9 @@ async fn objects_skip_records_no_objects() {
     bed.set("OBJECTS", "skip");
     bed.run(&["run"]).await.expect_code(0);
     let m = bed.manifests().await.pop().expect("backup");
-    assert_eq!(m.objects.mode, "skip");
+    assert_eq!(m.objects.mode, pachyderm_backup::catalog::ObjectsMode::Skip);
     assert_eq!(m.objects.listing, None);
+    assert_eq!(m.source_url, None, "no bucket was copied: no source recorded (not a placeholder)");
     assert_eq!(m.objects.counts.count, 0);
     let blobs: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(bed.target.list(Some(&"blobs".into()))).await.expect("list");
     assert!(blobs.is_empty());
@@ -432,4 +433,93 @@ async fn the_demo_ends_with_a_command_that_works_as_printed() {
     listed.expect_code(0);
     let id = out.stdout.lines().find_map(|l| l.strip_prefix("backup ")).and_then(|l| l.split_whitespace().next()).expect("backup id");
     assert!(listed.stdout.contains(id), "{hint}:\n{}", listed.stdout);
+}
+
+/// The database is the index (#15): chunks that arrive between the pre-copy and the
+/// pause are copied, exactly those, and `chunk/` is never listed while paused; what
+/// lies outside `chunk/` is listed and kept. The drill passes on the backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_written_before_the_pause_are_read_from_the_database_not_listed() {
+    use support::fault_proxy::FaultProxy;
+    let mut bed = Bed::new(BedOptions { chunks: 30, ..Default::default() }).await;
+    let proxy = FaultProxy::start(bed.moto.as_ref().expect("an S3 bed").port).await;
+    bed.set("SOURCE_AWS_ENDPOINT", &proxy.url());
+    object_store::ObjectStoreExt::put(&*bed.source, &"zz-other/notes.txt".into(), bytes::Bytes::from_static(b"not a chunk").into()).await.expect("put");
+
+    // Held in the pause (pods that do not terminate) until the new chunks are written.
+    bed.kube.pods_never_terminate(true);
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("pachd scaled to 0 by the pause", Duration::from_secs(120), || bed.kube.replicas("deployments", "pachd") == Some(0)).await;
+    proxy.clear_requests();
+    bed.add_chunks(31..=33).await;
+    bed.kube.pods_never_terminate(false);
+    let out = running.finish().await;
+    out.expect_code(0);
+
+    let m = bed.manifests().await.pop().expect("a backup");
+    assert_eq!(m.objects.index, Some(catalog::ObjectsIndex::Database));
+    assert_eq!(
+        (m.objects.counts.count, m.objects.counts.copied),
+        (34, 34),
+        "30 pre-copied + 3 new chunks + 1 object outside chunk/, all copied by this backup"
+    );
+    let records = listing(&bed, &m).await;
+    let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    for i in 31..=33 {
+        assert!(keys.contains(&pachyderm_backup::demo::chunk_key(i).as_str()), "chunk {i} in the listing");
+    }
+    assert_eq!(keys.last(), Some(&"zz-other/notes.txt"));
+    let paused = proxy.requests();
+    // A listing covers chunk/ when its prefix does and it does not stop at the top level.
+    let prefix = |q: &str| q.split('&').find_map(|p| p.strip_prefix("prefix=")).unwrap_or("").to_string();
+    let chunk_listings: Vec<_> = paused
+        .iter()
+        .filter(|r| r.is_list() && (prefix(&r.query).starts_with("chunk") || (prefix(&r.query).is_empty() && !r.query.contains("delimiter"))))
+        .collect();
+    assert!(paused.iter().any(|r| r.is_list() && prefix(&r.query).starts_with("zz-other")), "the prefix outside chunk/ is listed: {paused:?}");
+    assert!(chunk_listings.is_empty(), "no listing of chunk/ while paused: {chunk_listings:?}");
+    let heads: Vec<_> = paused.iter().filter(|r| r.method == "HEAD" && r.path.contains("/chunk/")).collect();
+    assert_eq!(heads.len(), 3, "one HEAD per new chunk: {heads:?}");
+    assert!(out.logs().iter().any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("objects indexed by storage.chunk_objects"))), "{}", out.stderr);
+
+    // The next run reuses all of it, and the drill finds every live chunk.
+    bed.run(&["run"]).await.expect_code(0);
+    let next = bed.manifests().await.pop().expect("second backup");
+    assert_eq!((next.objects.counts.copied, next.objects.counts.reused), (0, 34));
+    run_with(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await.expect_code(0);
+}
+
+/// A live chunk whose object is gone fails the run before any manifest, naming it, and
+/// the cluster is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_chunk_missing_from_the_bucket_fails_the_run_and_names_it() {
+    let mut bed = Bed::new(BedOptions { chunks: 10, ..Default::default() }).await;
+    bed.set("PRECOPY", "false");
+    let lost = pachyderm_backup::demo::chunk_key(7);
+    object_store::ObjectStoreExt::delete(&*bed.source, &lost.as_str().into()).await.expect("delete");
+    let out = bed.run(&["run"]).await;
+    out.expect_code(1);
+    assert!(out.stderr.contains(&lost) && out.stderr.contains("storage.chunk_objects"), "{}", out.stderr);
+    assert!(bed.manifests().await.is_empty(), "no backup");
+    bed.assert_resumed();
+}
+
+/// A Pachyderm whose database has no `storage.chunk_objects` of the known shape: the
+/// bucket is listed while paused, and the manifest says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_chunk_table_the_whole_bucket_is_listed() {
+    let bed = Bed::new(BedOptions { chunks: 12, ..Default::default() }).await;
+    bed.pg.psql("pachyderm", "ALTER TABLE storage.chunk_objects RENAME COLUMN gen TO generation").expect("alter");
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    let m = bed.manifests().await.pop().expect("a backup");
+    assert_eq!(m.objects.index, Some(catalog::ObjectsIndex::Listing));
+    assert_eq!(m.objects.counts.count, 12);
+    assert!(
+        out.logs()
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("listing of the whole source bucket") && m.contains("storage.chunk_objects"))),
+        "{}",
+        out.stderr
+    );
 }

@@ -405,8 +405,37 @@ impl Bed {
     }
 
     /// Adds chunks `range` to the source bucket (and nothing to the database).
+    /// New chunks as Pachyderm writes them: the objects uploaded, then their rows in
+    /// `storage.chunk_objects` marked uploaded.
     pub async fn add_chunks(&self, range: std::ops::RangeInclusive<u64>) {
-        seed_chunks(&self.source, range).await.expect("seed more chunks");
+        seed_chunks(&self.source, range.clone()).await.expect("seed more chunks");
+        self.pg
+            .psql(
+                "pachyderm",
+                &format!(
+                    "INSERT INTO storage.chunk_objects (chunk_id, gen, uploaded, tombstone, size) SELECT sha256(convert_to('chunk-' || i, 'UTF8')), i, true, false, 1024 FROM generate_series({}, {}) i",
+                    range.start(),
+                    range.end()
+                ),
+            )
+            .expect("record the new chunks");
+    }
+
+    /// Chunks collected as Pachyderm's garbage collector does: tombstoned, the object
+    /// deleted, the row deleted.
+    pub async fn collect_chunks(&self, range: std::ops::RangeInclusive<u64>) {
+        let rows = |verb: &str| {
+            format!(
+                "{verb} storage.chunk_objects WHERE chunk_id IN (SELECT sha256(convert_to('chunk-' || i, 'UTF8')) FROM generate_series({}, {}) i)",
+                range.start(),
+                range.end()
+            )
+        };
+        self.pg.psql("pachyderm", &rows("UPDATE").replace("WHERE", "SET tombstone = true WHERE")).expect("tombstone");
+        for i in range.clone() {
+            object_store::ObjectStoreExt::delete(&*self.source, &pachyderm_backup::demo::chunk_key(i).as_str().into()).await.expect("delete the chunk");
+        }
+        self.pg.psql("pachyderm", &rows("DELETE FROM")).expect("delete the rows");
     }
 }
 
