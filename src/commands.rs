@@ -1,4 +1,4 @@
-//! The commands behind the CLI, each returning a `Failure` with its exit code.
+//! The commands behind the CLI, each returning a `Failure` with its [`ExitCode`].
 
 use std::path::Path;
 
@@ -8,17 +8,18 @@ use tracing::{info, warn};
 
 use crate::catalog::Catalog;
 use crate::cluster::{Cluster, ClusterError, LeaseState};
-use crate::config::{CatalogConfig, ClusterSettings, ConfigError, PauseMode, RawEnv, RestoreConfig, RunConfig, VARIABLES};
+use crate::config::{CatalogConfig, ClusterSettings, ConfigError, PauseMode, RawEnv, RestoreConfig, RunConfig, VARIABLES, vars};
 use crate::cycle::{self, RunError, Stop, error_chain};
+use crate::exit::ExitCode;
 use crate::metrics::{Pusher, verify_sample};
 use crate::progress::human_bytes;
 use crate::restore::{self, RestoreOptions};
-use crate::{demo, objects, retention};
+use crate::{demo, objects, retention, verify};
 
 /// A command's failure: the exit code and what to tell the operator.
 #[derive(Debug)]
 pub struct Failure {
-    pub code: u8,
+    pub code: ExitCode,
     pub message: String,
     /// For a run: the phase it failed in and why, as log fields of the failure's line.
     pub phase: Option<&'static str>,
@@ -28,14 +29,14 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn new(code: u8, message: impl Into<String>) -> Self {
+    pub fn new(code: ExitCode, message: impl Into<String>) -> Self {
         Failure { code, message: message.into(), phase: None, reason: None, span: None }
     }
 }
 
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
-        Failure::new(2, e.to_string())
+        Failure::new(ExitCode::Config, e.to_string())
     }
 }
 
@@ -51,13 +52,13 @@ impl From<RunError> for Failure {
 }
 
 fn failed(e: impl std::error::Error) -> Failure {
-    Failure::new(1, error_chain(&e))
+    Failure::new(ExitCode::Failed, error_chain(&e))
 }
 
-/// A bucket lock that could not be taken: exit 3 when another writer holds it.
+/// A bucket lock that could not be taken: `Locked` when another writer holds it.
 fn locked(e: crate::catalog::CatalogError) -> Failure {
     match e {
-        crate::catalog::CatalogError::Locked { .. } => Failure::new(3, e.to_string()),
+        crate::catalog::CatalogError::Locked { .. } => Failure::new(ExitCode::Locked, e.to_string()),
         e => failed(e),
     }
 }
@@ -124,7 +125,7 @@ pub async fn check(raw: &RawEnv) -> Result<(), Failure> {
         println!("every check passed: a run would pause the cluster now");
         Ok(())
     } else {
-        Err(Failure::new(1, format!("check failed: {}; nothing was paused", failed.join(", "))))
+        Err(Failure::new(ExitCode::Failed, format!("check failed: {}; nothing was paused", failed.join(", "))))
     }
 }
 
@@ -194,11 +195,9 @@ pub async fn resume(raw: &RawEnv, if_stale: bool) -> Result<(), Failure> {
         return Ok(());
     }
     let cluster = Cluster::connect(&settings).await.map_err(failed)?;
-    if if_stale {
-        if let LeaseState::Held { holder, until } = cluster.lease_holder().await.map_err(failed)? {
-            info!(%holder, %until, "a live run holds the Lease: nothing to do");
-            return Ok(());
-        }
+    if if_stale && let LeaseState::Held { holder, until } = cluster.lease_holder().await.map_err(failed)? {
+        info!(%holder, %until, "a live run holds the Lease: nothing to do");
+        return Ok(());
     }
     let holder = format!("{}/resume-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "pachyderm-backup".into()), Utc::now().timestamp());
     let lease = match cluster.acquire_lease(&holder).await {
@@ -207,7 +206,7 @@ pub async fn resume(raw: &RawEnv, if_stale: bool) -> Result<(), Failure> {
             info!("{e}: nothing to do");
             return Ok(());
         }
-        Err(e @ ClusterError::LeaseHeld { .. }) => return Err(Failure::new(3, format!("{e}; a live run resumes its own cluster"))),
+        Err(e @ ClusterError::LeaseHeld { .. }) => return Err(Failure::new(ExitCode::Locked, format!("{e}; a live run resumes its own cluster"))),
         Err(e) => return Err(failed(e)),
     };
     let result = cluster.resume("the `pachyderm-backup resume` command").await;
@@ -221,7 +220,7 @@ pub async fn resume(raw: &RawEnv, if_stale: bool) -> Result<(), Failure> {
             println!("resumed: {}", resumed.join(", "));
             Ok(())
         }
-        Err(e) => Err(Failure::new(4, format!("RESUME FAILED: {}; THE CLUSTER MAY STILL BE PAUSED", error_chain(&e)))),
+        Err(e) => Err(Failure::new(ExitCode::ResumeFailed, format!("RESUME FAILED: {}; THE CLUSTER MAY STILL BE PAUSED", error_chain(&e)))),
     }
 }
 
@@ -237,7 +236,7 @@ pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
     };
     let lease = match &cluster {
         Some(c) if !dry_run => Some(c.acquire_lease(&format!("retention-{}", Utc::now().timestamp())).await.map_err(|e| match e {
-            ClusterError::LeaseHeld { .. } => Failure::new(3, e.to_string()),
+            ClusterError::LeaseHeld { .. } => Failure::new(ExitCode::Locked, e.to_string()),
             e => failed(e),
         })?),
         _ => None,
@@ -252,7 +251,7 @@ pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
         l.release().await;
     }
     let outcome = outcome.map_err(|e| match e {
-        retention::RetentionError::SharedPrefix(_) => Failure::new(2, e.to_string()),
+        retention::RetentionError::SharedPrefix(_) => Failure::new(ExitCode::Config, e.to_string()),
         e => failed(e),
     })?;
     for (id, why) in &outcome.damaged {
@@ -300,7 +299,7 @@ pub fn variables(json: bool) -> Result<(), Failure> {
 /// The demo: a throwaway PostgreSQL with the fixture, a local source bucket of
 /// Pachyderm-shaped chunks, a local backup bucket, `PAUSE_MODE=none`.
 pub async fn demo(raw: &RawEnv, dir: &Path, objects_count: u64, stop: Stop) -> Result<(), Failure> {
-    let demo_err = |e: demo::DemoError| Failure::new(1, e.to_string());
+    let demo_err = |e: demo::DemoError| Failure::new(ExitCode::Failed, e.to_string());
     let source = dir.join("source");
     let target = dir.join("backup-bucket");
     std::fs::create_dir_all(&source).map_err(failed)?;
@@ -313,7 +312,7 @@ pub async fn demo(raw: &RawEnv, dir: &Path, objects_count: u64, stop: Stop) -> R
         Ok::<_, demo::DemoError>(pg)
     })
     .await
-    .map_err(|e| Failure::new(1, e.to_string()))?
+    .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))?
     .map_err(demo_err)?;
     if !seeded {
         println!("seeding {objects_count} chunk objects into {}…", source.display());
@@ -381,7 +380,8 @@ async fn print_cluster_objects(catalog: &Catalog, manifest: &crate::catalog::Man
     for file in &manifest.cluster_objects {
         let path = crate::catalog::backup_path(id, file);
         let bytes = object_store::ObjectStoreExt::get(&**catalog.store(), &path).await.map_err(failed)?.bytes().await.map_err(failed)?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Failure::new(1, format!("{file} of backup {id} is not JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| Failure::new(ExitCode::Failed, format!("{file} of backup {id} is not JSON: {e}")))?;
         if file.starts_with("cluster/helm/") { helm.push(value) } else { items.push(value) }
     }
     if helm_values {
@@ -476,10 +476,10 @@ async fn verify_backups(cfg: &RestoreConfig, args: &VerifyArgs, cluster: &mut Op
     let deep = args.deep || args.drill;
     for m in &manifests {
         cluster.get_or_insert_with(|| m.cluster.clone());
-        let mut f = restore::verify(&catalog, m, deep, cfg.concurrency, cfg.common.progress_interval).await.map_err(failed)?;
+        let mut f = verify::verify(&catalog, m, deep, cfg.concurrency, cfg.common.progress_interval).await.map_err(failed)?;
         if args.drill {
-            let server = cfg.server.as_ref().ok_or_else(|| Failure::new(2, "RESTORE_PGHOST is needed for --drill"))?;
-            restore::drill(server, cfg.bin_dir.as_deref(), cfg.identity.as_ref(), &catalog, m, &mut f)
+            let server = cfg.server.as_ref().ok_or_else(|| Failure::new(ExitCode::Config, format!("{} is needed for --drill", vars::RESTORE_PGHOST.name)))?;
+            verify::drill(server, cfg.bin_dir.as_deref(), cfg.identity.as_ref(), &catalog, m, &mut f)
                 .await
                 .map_err(|e| Failure { code: e.exit_code(), ..failed(&e) })?;
         }
@@ -495,5 +495,9 @@ async fn verify_backups(cfg: &RestoreConfig, args: &VerifyArgs, cluster: &mut Op
         }
         problems.extend(f.problems.into_iter().map(|p| format!("{}: {p}", m.backup_id)));
     }
-    if problems.is_empty() { Ok(()) } else { Err(Failure::new(1, format!("verification found {} problem(s):\n  {}", problems.len(), problems.join("\n  ")))) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(ExitCode::Failed, format!("verification found {} problem(s):\n  {}", problems.len(), problems.join("\n  "))))
+    }
 }

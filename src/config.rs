@@ -5,6 +5,10 @@
 //! reported at once, by variable name, with what was expected. Nothing outside this
 //! module reads the process environment: the prefixed families (the object-store keys
 //! `AWS_*`, `SOURCE_AWS_*`…, and libpq's `PG*`, `RESTORE_PG*`) are gathered here too.
+//!
+//! Each variable is declared once, in `variables!`: its name, default and
+//! description make a constant of [`vars`], and every check takes that constant, so an
+//! unset variable is read as its declared default through the variable's own parse.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,148 +42,160 @@ impl fmt::Debug for Secret {
 
 /// One documented variable: the reference table of the README and the chart's drift
 /// test are both checked against this list.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Variable {
     pub name: &'static str,
-    pub default: &'static str,
+    pub default: Unset,
     pub description: &'static str,
 }
 
-const fn var(name: &'static str, default: &'static str, description: &'static str) -> Variable {
-    Variable { name, default, description }
+/// What a variable is when unset (an empty variable is unset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Unset {
+    /// This value, written as the variable would be: the checks read an unset variable
+    /// as if it held it, through the same parse.
+    Value(&'static str),
+    /// No value stands in for it (required, not used, another variable's, or decided
+    /// at run time): what happens then, in words.
+    Described(&'static str),
 }
 
-/// Every variable the program reads. Names ending in `*` are families.
-pub const VARIABLES: &[Variable] = &[
-    var("PACHYDERM_NAMESPACE", "the pod's own namespace", "Namespace where Pachyderm runs."),
-    var("PACHD_DEPLOYMENT", "pachd", "The pachd Deployment: stopped first, resumed first."),
-    var("PACHW_DEPLOYMENT", "pachw", "The pachw Deployment (Pachyderm 2.5+); a missing one is fine."),
-    var("WORKER_SELECTOR", "suite=pachyderm,component=worker", "Label selector of the pipeline worker ReplicationControllers."),
-    var("PACHD_CONFIGMAP", "pachd-config", "ConfigMap holding MODE, used by PAUSE_MODE=pachyderm."),
-    var("PAUSE_MODE", "scale", "`scale` (replicas to zero), `pachyderm` (Pachyderm's own paused mode) or `none` (no cluster)."),
-    var("PAUSE_TIMEOUT", "5m", "How long to wait for the paused pods to terminate."),
-    var("RESUME_TIMEOUT", "10m", "How long to wait for pachd to be ready again."),
-    var("MAX_DOWNTIME", "2h", "Longest pause: past it the capture is aborted and the cluster resumed."),
-    var(
-        "HELM_RELEASE",
-        "unset: not captured",
-        "Pachyderm's Helm release: its user-supplied values are saved with each backup (needs `list` on Secrets; sensitive).",
-    ),
-    var("LEASE_NAME", "pachyderm-backup", "The coordination.k8s.io Lease that keeps runs exclusive."),
-    var("LEASE_DURATION", "60s", "How long the Lease stays valid without renewal (renewed every third of it)."),
-    var(
-        "PREFLIGHT_TIMEOUT",
-        "60s",
-        "Bound on each preflight step (a database check, `pg_dump --version`, a bucket probe, the permission check), for run, restore and the drill.",
-    ),
-    var("PGHOST", "required (unless PGSERVICE)", "PostgreSQL host of Pachyderm (the server itself, not pg-bouncer)."),
-    var("PGPORT", "5432", "PostgreSQL port."),
-    var("PGUSER", "libpq's default", "PostgreSQL user (needs to read every table)."),
-    var("PGPASSWORD", "unset", "PostgreSQL password."),
-    var("PGSSLMODE", "prefer", "libpq sslmode: disable, allow, prefer, require, verify-ca, verify-full."),
-    var("PGSSLROOTCERT", "unset", "CA certificate file for verify-ca / verify-full (or `system`)."),
-    var("PGSSLCERT", "unset", "Client certificate file (PEM) for certificate authentication, with PGSSLKEY."),
-    var("PGSSLKEY", "unset", "Private key file of PGSSLCERT; libpq refuses it unless its mode is 0600 or less (0640 or less when owned by root)."),
-    var(
-        "PG*",
-        "unset",
-        "Every other libpq variable (PGSSLCRL, PGSERVICE, PGPASSFILE, PGCONNECT_TIMEOUT, PGOPTIONS, PGAPPNAME, PGTARGETSESSIONATTRS, PGGSSENCMODE…), passed untouched to pg_dump and to the preflight; a name libpq does not know is warned about and ignored.",
-    ),
-    var("DATABASES", "pachyderm,dex", "Databases to dump, comma separated."),
-    var(
-        "DUMP_COMPRESSION",
-        "auto: zstd:1 with pg_dump 16+, else gzip level 1",
-        "pg_dump's --compress: auto, none, 0-9 (gzip levels), or gzip, lz4, zstd with an optional :level (lz4 and zstd need pg_dump 16+).",
-    ),
-    var("PG_BIN_DIR", "PATH", "Directory holding pg_dump, pg_restore and psql (they must be as new as the server)."),
-    var(
-        "DUMP_RECIPIENTS",
-        "unset: dumps unencrypted (warned on every run)",
-        "age public keys (age1…, comma separated) every dump is encrypted to as it streams; the backup holds no key that decrypts it.",
-    ),
-    var("SOURCE_URL", "required", "Pachyderm's bucket: s3://bucket[/prefix], gs://…, az://container[/prefix], file:///dir."),
-    var("TARGET_URL", "required", "The backup bucket and prefix, same schemes."),
-    var(
-        "AWS_*",
-        "unset",
-        "object_store's S3 keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP…), and AWS_CA_BUNDLE (a PEM file of CA certificates to trust beside the system's), for every bucket.",
-    ),
-    var("GOOGLE_*", "unset", "object_store's GCS keys (GOOGLE_SERVICE_ACCOUNT_KEY, GOOGLE_SERVICE_ACCOUNT…), and GOOGLE_CA_BUNDLE, for every bucket."),
-    var("AZURE_*", "unset", "object_store's Azure keys (AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY…), and AZURE_CA_BUNDLE, for every bucket."),
-    var("SOURCE_AWS_*", "unset", "S3 keys for the source bucket only (override AWS_*)."),
-    var("SOURCE_GOOGLE_*", "unset", "GCS keys for the source bucket only."),
-    var("SOURCE_AZURE_*", "unset", "Azure keys for the source bucket only."),
-    var("TARGET_AWS_*", "unset", "S3 keys for the backup bucket only."),
-    var("TARGET_GOOGLE_*", "unset", "GCS keys for the backup bucket only."),
-    var("TARGET_AZURE_*", "unset", "Azure keys for the backup bucket only."),
-    var(
-        "WORKLOAD_IDENTITY",
-        "false",
-        "Buckets without keys use the platform's identity (IRSA, GKE or Azure workload identity). Also SOURCE_/TARGET_/RESTORE_ prefixed.",
-    ),
-    var("SOURCE_WORKLOAD_IDENTITY", "WORKLOAD_IDENTITY", "Workload identity for the source bucket only."),
-    var("TARGET_WORKLOAD_IDENTITY", "WORKLOAD_IDENTITY", "Workload identity for the backup bucket only."),
-    var("OBJECTS", "copy", "`copy` the bucket, or `skip` it (metadata only, like `pachctl extract --no-objects`)."),
-    var("PRECOPY", "true", "Copy the objects once before the pause too, so only the delta is copied while paused."),
-    var("COPY_CONCURRENCY", "32", "Parallel object transfers (1–1024)."),
-    var("KEEP_LAST", "0", "Keep the N newest backups."),
-    var("KEEP_HOURLY", "0", "Keep the newest backup of each of the last N hours that have one."),
-    var("KEEP_DAILY", "7", "Keep the newest backup of each of the last N days that have one."),
-    var("KEEP_WEEKLY", "4", "Keep the newest backup of each of the last N ISO weeks that have one."),
-    var("KEEP_MONTHLY", "6", "Keep the newest backup of each of the last N months that have one."),
-    var("KEEP_YEARLY", "0", "Keep the newest backup of each of the last N years that have one."),
-    var("KEEP_WITHIN", "unset", "Keep every backup younger than this duration (e.g. 3d)."),
-    var("MIN_KEEP", "3", "Never keep fewer complete backups than this."),
-    var(
-        "GC_GRACE",
-        "24h",
-        "Blobs and unfinished backup folders younger than this are never swept. At least MAX_DOWNTIME + PAUSE_TIMEOUT + RESUME_TIMEOUT + 1h (3h15m with the defaults), longer than any run can last.",
-    ),
-    var("PUSHGATEWAY_URL", "unset: no push", "Prometheus Pushgateway, e.g. http://pushgateway.monitoring:9091."),
-    var("PUSHGATEWAY_USERNAME", "unset", "Basic-auth user for the Pushgateway."),
-    var("PUSHGATEWAY_PASSWORD", "unset", "Basic-auth password for the Pushgateway."),
-    var("PUSHGATEWAY_TIMEOUT", "10s", "Timeout of each push; a failed push is a warning, never a failed backup."),
-    var("CLUSTER_NAME", "the namespace", "The `pachyderm_cluster` label of every metric (and of the Pushgateway grouping key), recorded in the manifest."),
-    var(
-        "SCHEDULE",
-        "unset",
-        "The CronJob's spec.schedule, read as Kubernetes reads it (5 fields, day of week 0-6 from Sunday or SUN-SAT, or @daily…), to publish when the next backup is due.",
-    ),
-    var(
-        "SCHEDULE_TIMEZONE",
-        "UTC",
-        "The CronJob's spec.timeZone (an IANA name such as Europe/Paris) that SCHEDULE's times are in; unset, the kube-controller-manager's zone, taken as UTC.",
-    ),
-    var("PROGRESS_INTERVAL", "30s", "Interval of the progress line during long phases."),
-    var("LOG_FORMAT", "text at a terminal, else json", "`json` (one object per line, unique keys) or `text`."),
-    var("RUST_LOG", "info", "Log filter (tracing's EnvFilter syntax)."),
-    var("RESTORE_PGHOST", "required for restore/drill", "PostgreSQL host to restore (or drill) into."),
-    var("RESTORE_PGPORT", "5432", "Its port."),
-    var("RESTORE_PGUSER", "libpq's default", "Its user (must be able to create databases)."),
-    var("RESTORE_PGPASSWORD", "unset", "Its password."),
-    var("RESTORE_PGSSLMODE", "prefer", "Its sslmode."),
-    var("RESTORE_PGSSLROOTCERT", "unset", "Its CA certificate file."),
-    var("RESTORE_PGSSLCERT", "unset", "Its client certificate file."),
-    var("RESTORE_PGSSLKEY", "unset", "That certificate's private key file."),
-    var(
-        "RESTORE_PG*",
-        "unset",
-        "Every other libpq variable for the restore server (RESTORE_PGSSLCRL, RESTORE_PGSERVICE…), passed without its prefix to pg_restore and psql; the PG* variables of the backup's server never reach them.",
-    ),
-    var(
-        "RESTORE_IDENTITY_FILE",
-        "required to restore or drill encrypted dumps",
-        "age identity file (AGE-SECRET-KEY-1… lines) of one of the dumps' recipients; only restore and verify --drill read it.",
-    ),
-    var("RESTORE_URL", "required for restore", "The bucket (and prefix) to restore the objects into."),
-    var("RESTORE_AWS_*", "unset", "S3 keys for the restore bucket only."),
-    var("RESTORE_GOOGLE_*", "unset", "GCS keys for the restore bucket only."),
-    var("RESTORE_AZURE_*", "unset", "Azure keys for the restore bucket only."),
-    var("RESTORE_WORKLOAD_IDENTITY", "WORKLOAD_IDENTITY", "Workload identity for the restore bucket only."),
-];
+impl Variable {
+    /// The value an unset variable stands for, when it has one.
+    pub fn default_value(&self) -> Option<&'static str> {
+        match self.default {
+            Unset::Value(v) => Some(v),
+            Unset::Described(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Unset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unset::Value(s) | Unset::Described(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Declares every variable once, as ripgrep's `flags/defs.rs` declares its flags: its
+/// name, its default and its description make one constant of [`vars`] (which the
+/// checks take, so neither the name nor the default is written again) and one entry
+/// of [`VARIABLES`], in the reference table's order. `IDENT = "NAME*"` declares a
+/// family of variables, read by prefix.
+macro_rules! variables {
+    ($($id:ident $(= $name:literal)?: $default:expr, $description:expr;)*) => {
+        /// Every variable the program reads, one constant each (families end in `_FAMILY`).
+        pub mod vars {
+            use super::Unset::{Described, Value};
+            use super::Variable;
+            $(pub const $id: Variable = Variable { name: variables!(@name $id $($name)?), default: $default, description: $description };)*
+        }
+        /// Every variable the program reads. Names ending in `*` are families.
+        pub const VARIABLES: &[Variable] = &[$(vars::$id),*];
+    };
+    (@name $id:ident) => { stringify!($id) };
+    (@name $id:ident $name:literal) => { $name };
+}
+
+variables! {
+    PACHYDERM_NAMESPACE: Described("the pod's own namespace"), "Namespace where Pachyderm runs.";
+    PACHD_DEPLOYMENT: Value("pachd"), "The pachd Deployment: stopped first, resumed first.";
+    PACHW_DEPLOYMENT: Value("pachw"), "The pachw Deployment (Pachyderm 2.5+); a missing one is fine.";
+    WORKER_SELECTOR: Value("suite=pachyderm,component=worker"), "Label selector of the pipeline worker ReplicationControllers.";
+    PACHD_CONFIGMAP: Value("pachd-config"), "ConfigMap holding MODE, used by PAUSE_MODE=pachyderm.";
+    PAUSE_MODE: Value("scale"), "`scale` (replicas to zero), `pachyderm` (Pachyderm's own paused mode) or `none` (no cluster).";
+    PAUSE_TIMEOUT: Value("5m"), "How long to wait for the paused pods to terminate.";
+    RESUME_TIMEOUT: Value("10m"), "How long to wait for pachd to be ready again.";
+    MAX_DOWNTIME: Value("2h"), "Longest pause: past it the capture is aborted and the cluster resumed.";
+    HELM_RELEASE: Described("unset: not captured"),
+        "Pachyderm's Helm release: its user-supplied values are saved with each backup (needs `list` on Secrets; sensitive).";
+    LEASE_NAME: Value("pachyderm-backup"), "The coordination.k8s.io Lease that keeps runs exclusive.";
+    LEASE_DURATION: Value("60s"), "How long the Lease stays valid without renewal (renewed every third of it).";
+    PREFLIGHT_TIMEOUT: Value("60s"),
+        "Bound on each preflight step (a database check, `pg_dump --version`, a bucket probe, the permission check), for run, restore and the drill.";
+    PGHOST: Described("required (unless PGSERVICE)"), "PostgreSQL host of Pachyderm (the server itself, not pg-bouncer).";
+    PGPORT: Value("5432"), "PostgreSQL port.";
+    PGUSER: Described("libpq's default"), "PostgreSQL user (needs to read every table).";
+    PGPASSWORD: Described("unset"), "PostgreSQL password.";
+    PGSSLMODE: Value("prefer"), "libpq sslmode: disable, allow, prefer, require, verify-ca, verify-full.";
+    PGSSLROOTCERT: Described("unset"), "CA certificate file for verify-ca / verify-full (or `system`).";
+    PGSSLCERT: Described("unset"), "Client certificate file (PEM) for certificate authentication, with PGSSLKEY.";
+    PGSSLKEY: Described("unset"), "Private key file of PGSSLCERT; libpq refuses it unless its mode is 0600 or less (0640 or less when owned by root).";
+    PG_FAMILY = "PG*": Described("unset"),
+        "Every other libpq variable (PGSSLCRL, PGSERVICE, PGPASSFILE, PGCONNECT_TIMEOUT, PGOPTIONS, PGAPPNAME, PGTARGETSESSIONATTRS, PGGSSENCMODE…), passed untouched to pg_dump and to the preflight; a name libpq does not know is warned about and ignored.";
+    DATABASES: Value("pachyderm,dex"), "Databases to dump, comma separated.";
+    DUMP_COMPRESSION: Described("auto: zstd:1 with pg_dump 16+, else gzip level 1"),
+        "pg_dump's --compress: auto, none, 0-9 (gzip levels), or gzip, lz4, zstd with an optional :level (lz4 and zstd need pg_dump 16+).";
+    PG_BIN_DIR: Described("PATH"), "Directory holding pg_dump, pg_restore and psql (they must be as new as the server).";
+    DUMP_RECIPIENTS: Described("unset: dumps unencrypted (warned on every run)"),
+        "age public keys (age1…, comma separated) every dump is encrypted to as it streams; the backup holds no key that decrypts it.";
+    SOURCE_URL: Described("required"), "Pachyderm's bucket: s3://bucket[/prefix], gs://…, az://container[/prefix], file:///dir.";
+    TARGET_URL: Described("required"), "The backup bucket and prefix, same schemes.";
+    AWS_FAMILY = "AWS_*": Described("unset"),
+        "object_store's S3 keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP…), and AWS_CA_BUNDLE (a PEM file of CA certificates to trust beside the system's), for every bucket.";
+    GOOGLE_FAMILY = "GOOGLE_*": Described("unset"),
+        "object_store's GCS keys (GOOGLE_SERVICE_ACCOUNT_KEY, GOOGLE_SERVICE_ACCOUNT…), and GOOGLE_CA_BUNDLE, for every bucket.";
+    AZURE_FAMILY = "AZURE_*": Described("unset"),
+        "object_store's Azure keys (AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY…), and AZURE_CA_BUNDLE, for every bucket.";
+    SOURCE_AWS_FAMILY = "SOURCE_AWS_*": Described("unset"), "S3 keys for the source bucket only (override AWS_*).";
+    SOURCE_GOOGLE_FAMILY = "SOURCE_GOOGLE_*": Described("unset"), "GCS keys for the source bucket only.";
+    SOURCE_AZURE_FAMILY = "SOURCE_AZURE_*": Described("unset"), "Azure keys for the source bucket only.";
+    TARGET_AWS_FAMILY = "TARGET_AWS_*": Described("unset"), "S3 keys for the backup bucket only.";
+    TARGET_GOOGLE_FAMILY = "TARGET_GOOGLE_*": Described("unset"), "GCS keys for the backup bucket only.";
+    TARGET_AZURE_FAMILY = "TARGET_AZURE_*": Described("unset"), "Azure keys for the backup bucket only.";
+    WORKLOAD_IDENTITY: Value("false"),
+        "Buckets without keys use the platform's identity (IRSA, GKE or Azure workload identity). Also SOURCE_/TARGET_/RESTORE_ prefixed.";
+    SOURCE_WORKLOAD_IDENTITY: Described("WORKLOAD_IDENTITY"), "Workload identity for the source bucket only.";
+    TARGET_WORKLOAD_IDENTITY: Described("WORKLOAD_IDENTITY"), "Workload identity for the backup bucket only.";
+    OBJECTS: Value("copy"), "`copy` the bucket, or `skip` it (metadata only, like `pachctl extract --no-objects`).";
+    PRECOPY: Value("true"), "Copy the objects once before the pause too, so only the delta is copied while paused.";
+    COPY_CONCURRENCY: Value("32"), "Parallel object transfers (1–1024).";
+    KEEP_LAST: Value("0"), "Keep the N newest backups.";
+    KEEP_HOURLY: Value("0"), "Keep the newest backup of each of the last N hours that have one.";
+    KEEP_DAILY: Value("7"), "Keep the newest backup of each of the last N days that have one.";
+    KEEP_WEEKLY: Value("4"), "Keep the newest backup of each of the last N ISO weeks that have one.";
+    KEEP_MONTHLY: Value("6"), "Keep the newest backup of each of the last N months that have one.";
+    KEEP_YEARLY: Value("0"), "Keep the newest backup of each of the last N years that have one.";
+    KEEP_WITHIN: Described("unset"), "Keep every backup younger than this duration (e.g. 3d).";
+    MIN_KEEP: Value("3"), "Never keep fewer complete backups than this.";
+    GC_GRACE: Value("24h"),
+        "Blobs and unfinished backup folders younger than this are never swept. At least MAX_DOWNTIME + PAUSE_TIMEOUT + RESUME_TIMEOUT + 1h (3h15m with the defaults), longer than any run can last.";
+    PUSHGATEWAY_URL: Described("unset: no push"), "Prometheus Pushgateway, e.g. http://pushgateway.monitoring:9091.";
+    PUSHGATEWAY_USERNAME: Described("unset"), "Basic-auth user for the Pushgateway.";
+    PUSHGATEWAY_PASSWORD: Described("unset"), "Basic-auth password for the Pushgateway.";
+    PUSHGATEWAY_TIMEOUT: Value("10s"), "Timeout of each push; a failed push is a warning, never a failed backup.";
+    CLUSTER_NAME: Described("the namespace"), "The `pachyderm_cluster` label of every metric (and of the Pushgateway grouping key), recorded in the manifest.";
+    SCHEDULE: Described("unset"),
+        "The CronJob's spec.schedule, read as Kubernetes reads it (5 fields, day of week 0-6 from Sunday or SUN-SAT, or @daily…), to publish when the next backup is due.";
+    SCHEDULE_TIMEZONE: Described("UTC"),
+        "The CronJob's spec.timeZone (an IANA name such as Europe/Paris) that SCHEDULE's times are in; unset, the kube-controller-manager's zone, taken as UTC.";
+    PROGRESS_INTERVAL: Value("30s"), "Interval of the progress line during long phases.";
+    LOG_FORMAT: Described("text at a terminal, else json"), "`json` (one object per line, unique keys) or `text`.";
+    RUST_LOG: Value("info"), "Log filter (tracing's EnvFilter syntax).";
+    RESTORE_PGHOST: Described("required for restore/drill"), "PostgreSQL host to restore (or drill) into.";
+    RESTORE_PGPORT: Value("5432"), "Its port.";
+    RESTORE_PGUSER: Described("libpq's default"), "Its user (must be able to create databases).";
+    RESTORE_PGPASSWORD: Described("unset"), "Its password.";
+    RESTORE_PGSSLMODE: Value("prefer"), "Its sslmode.";
+    RESTORE_PGSSLROOTCERT: Described("unset"), "Its CA certificate file.";
+    RESTORE_PGSSLCERT: Described("unset"), "Its client certificate file.";
+    RESTORE_PGSSLKEY: Described("unset"), "That certificate's private key file.";
+    RESTORE_PG_FAMILY = "RESTORE_PG*": Described("unset"),
+        "Every other libpq variable for the restore server (RESTORE_PGSSLCRL, RESTORE_PGSERVICE…), passed without its prefix to pg_restore and psql; the PG* variables of the backup's server never reach them.";
+    RESTORE_IDENTITY_FILE: Described("required to restore or drill encrypted dumps"),
+        "age identity file (AGE-SECRET-KEY-1… lines) of one of the dumps' recipients; only restore and verify --drill read it.";
+    RESTORE_URL: Described("required for restore"), "The bucket (and prefix) to restore the objects into.";
+    RESTORE_AWS_FAMILY = "RESTORE_AWS_*": Described("unset"), "S3 keys for the restore bucket only.";
+    RESTORE_GOOGLE_FAMILY = "RESTORE_GOOGLE_*": Described("unset"), "GCS keys for the restore bucket only.";
+    RESTORE_AZURE_FAMILY = "RESTORE_AZURE_*": Described("unset"), "Azure keys for the restore bucket only.";
+    RESTORE_WORKLOAD_IDENTITY: Described("WORKLOAD_IDENTITY"), "Workload identity for the restore bucket only.";
+}
 
 /// The raw environment, every value still a string. Field names are the variables'
-/// names in lower case (envy's convention); the prefixed families are read apart.
+/// names in lower case (envy's convention; a test checks them against [`VARIABLES`]);
+/// the prefixed families are read apart.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawEnv {
     pub pachyderm_namespace: Option<String>,
@@ -589,6 +605,9 @@ struct Check {
     problems: Vec<Problem>,
 }
 
+/// What a parse finds wrong with a value: the problem, and what was expected instead.
+type Bad = (String, String);
+
 impl Check {
     fn new() -> Self {
         Check { problems: Vec::new() }
@@ -598,87 +617,108 @@ impl Check {
         self.problems.push(Problem::new(variable, problem, expected));
     }
 
-    fn text(&mut self, variable: &str, value: &Option<String>, default: &str) -> String {
+    /// The setting `v` gives: its value, or when it is unset its default (a
+    /// [`Unset::Value`], parsed by the same `parse`). A bad value is a problem naming
+    /// `v`, and the default stands in for it, so that the checks combining settings
+    /// (the GC_GRACE floor) still see sane ones.
+    fn setting<T>(&mut self, v: &Variable, value: &Option<String>, parse: impl Fn(&str) -> Result<T, Bad>) -> T {
+        let default = || {
+            let text = v.default_value().unwrap_or_else(|| panic!("{} has no default value: read it with `optional`", v.name));
+            // Unreachable: the test `every_default_is_what_an_unset_variable_means`
+            // parses every default with its variable's own parse.
+            parse(text).unwrap_or_else(|(problem, _)| panic!("the default of {}: {problem}", v.name))
+        };
         match value {
-            Some(v) if v.trim().is_empty() => {
-                self.fail(variable, "is empty", "a non-empty value, or the variable unset for the default");
-                default.to_string()
-            }
-            Some(v) => v.trim().to_string(),
-            None => default.to_string(),
+            None => default(),
+            Some(text) => parse(text.trim()).unwrap_or_else(|(problem, expected)| {
+                self.fail(v.name, problem, expected);
+                default()
+            }),
         }
     }
 
-    fn name(&mut self, variable: &str, value: &Option<String>, default: &str) -> String {
-        let v = self.text(variable, value, default);
-        if !is_dns_label(&v) && !is_dns_subdomain(&v) {
-            self.fail(variable, format!("{v:?} is not a Kubernetes object name"), "lower-case letters, digits, '-' and '.', at most 253 characters");
-        }
-        v
-    }
-
-    fn duration(&mut self, variable: &str, value: &Option<String>, default: &str) -> Duration {
-        let v = self.text(variable, value, default);
-        match humantime::parse_duration(&v) {
-            Ok(d) if d.is_zero() => {
-                self.fail(variable, format!("{v:?} is zero"), "a positive duration such as 90s, 10m or 2h");
-                Duration::from_secs(1)
-            }
-            // Far beyond any use, and past what clock arithmetic can hold.
-            Ok(d) if d > MAX_DURATION => {
-                self.fail(variable, format!("{v:?} is too long"), "a duration of at most 100 years, such as 90s, 10m or 2h");
-                Duration::from_secs(1)
-            }
-            Ok(d) => d,
-            Err(e) => {
-                self.fail(variable, format!("{v:?} is not a duration ({e})"), "a duration such as 90s, 10m or 2h");
-                Duration::from_secs(1)
-            }
-        }
-    }
-
-    fn number(&mut self, variable: &str, value: &Option<String>, default: u64, range: std::ops::RangeInclusive<u64>) -> u64 {
-        let Some(v) = value else { return default };
-        match v.trim().parse::<u64>() {
-            Ok(n) if range.contains(&n) => n,
-            Ok(n) => {
-                self.fail(variable, format!("{n} is out of range"), format!("a whole number from {} to {}", range.start(), range.end()));
-                default
-            }
-            Err(_) => {
-                self.fail(variable, format!("{v:?} is not a whole number"), format!("a whole number from {} to {}", range.start(), range.end()));
-                default
-            }
-        }
-    }
-
-    fn boolean(&mut self, variable: &str, value: &Option<String>, default: bool) -> bool {
-        let Some(v) = value else { return default };
-        match v.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => true,
-            "false" | "0" | "no" | "off" => false,
-            _ => {
-                self.fail(variable, format!("{v:?} is not a boolean"), "true or false");
-                default
-            }
-        }
-    }
-
-    fn choice<T: Copy>(&mut self, variable: &str, value: &Option<String>, default: T, choices: &[(&str, T)]) -> T {
-        let Some(v) = value else { return default };
-        let wanted = v.trim().to_ascii_lowercase();
-        match choices.iter().find(|(name, _)| *name == wanted) {
-            Some((_, t)) => *t,
-            None => {
-                let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-                self.fail(variable, format!("{v:?} is not a known value"), format!("one of {}", names.join(", ")));
-                default
+    /// The setting of a variable without a default value: `None` when it is unset, or
+    /// bad (a problem naming it).
+    fn optional<T>(&mut self, v: &Variable, value: &Option<String>, parse: impl Fn(&str) -> Result<T, Bad>) -> Option<T> {
+        match parse(value.as_deref()?.trim()) {
+            Ok(t) => Some(t),
+            Err((problem, expected)) => {
+                self.fail(v.name, problem, expected);
+                None
             }
         }
     }
 
     fn finish<T>(self, value: T) -> Result<T, ConfigError> {
         if self.problems.is_empty() { Ok(value) } else { Err(ConfigError(self.problems)) }
+    }
+}
+
+/// The parses of [`Check::setting`] and [`Check::optional`]: a value, trimmed, to a
+/// setting, or what is wrong with it.
+mod parse {
+    use std::ops::RangeInclusive;
+    use std::time::Duration;
+
+    use super::{Bad, MAX_DURATION, is_dns_label, is_dns_subdomain};
+
+    pub fn text(v: &str) -> Result<String, Bad> {
+        if v.is_empty() {
+            return Err(("is empty".into(), "a non-empty value, or the variable unset for the default".into()));
+        }
+        Ok(v.to_string())
+    }
+
+    /// A Kubernetes object name.
+    pub fn name(v: &str) -> Result<String, Bad> {
+        if !is_dns_label(v) && !is_dns_subdomain(v) {
+            return Err((format!("{v:?} is not a Kubernetes object name"), "lower-case letters, digits, '-' and '.', at most 253 characters".into()));
+        }
+        Ok(v.to_string())
+    }
+
+    /// A positive duration of at most 100 years (past what clock arithmetic holds).
+    pub fn duration(v: &str) -> Result<Duration, Bad> {
+        match humantime::parse_duration(v) {
+            Ok(d) if d.is_zero() => Err((format!("{v:?} is zero"), "a positive duration such as 90s, 10m or 2h".into())),
+            Ok(d) if d > MAX_DURATION => Err((format!("{v:?} is too long"), "a duration of at most 100 years, such as 90s, 10m or 2h".into())),
+            Ok(d) => Ok(d),
+            Err(e) => Err((format!("{v:?} is not a duration ({e})"), "a duration such as 90s, 10m or 2h".into())),
+        }
+    }
+
+    /// A whole number in `range`.
+    pub fn whole(range: RangeInclusive<u64>) -> impl Fn(&str) -> Result<u64, Bad> {
+        move |v| {
+            let expected = || format!("a whole number from {} to {}", range.start(), range.end());
+            match v.parse::<u64>() {
+                Ok(n) if range.contains(&n) => Ok(n),
+                Ok(n) => Err((format!("{n} is out of range"), expected())),
+                Err(_) => Err((format!("{v:?} is not a whole number"), expected())),
+            }
+        }
+    }
+
+    pub fn boolean(v: &str) -> Result<bool, Bad> {
+        match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err((format!("{v:?} is not a boolean"), "true or false".into())),
+        }
+    }
+
+    /// One of `choices`, by name (case-insensitive).
+    pub fn choice<T: Copy>(choices: &'static [(&'static str, T)]) -> impl Fn(&str) -> Result<T, Bad> {
+        move |v| {
+            let wanted = v.to_ascii_lowercase();
+            match choices.iter().find(|(name, _)| *name == wanted) {
+                Some((_, t)) => Ok(*t),
+                None => {
+                    let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+                    Err((format!("{v:?} is not a known value"), format!("one of {}", names.join(", "))))
+                }
+            }
+        }
     }
 }
 
@@ -728,93 +768,93 @@ fn valid_selector(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// One server's libpq variables as given, by the side's prefix ("" or `RESTORE_`).
+/// One server's libpq variables read as fields, each with its value as given: the
+/// backup's server (`PG*`) or the restore server (`RESTORE_PG*`).
 struct PgRaw<'a> {
-    host: &'a Option<String>,
-    port: &'a Option<String>,
+    host: (&'static Variable, &'a Option<String>),
+    port: (&'static Variable, &'a Option<String>),
     user: &'a Option<String>,
     password: &'a Option<Secret>,
-    sslmode: &'a Option<String>,
-    sslrootcert: &'a Option<String>,
-    sslcert: &'a Option<String>,
-    sslkey: &'a Option<String>,
+    sslmode: (&'static Variable, &'a Option<String>),
+    sslrootcert: (&'static Variable, &'a Option<String>),
+    sslcert: (&'static Variable, &'a Option<String>),
+    sslkey: (&'static Variable, &'a Option<String>),
 }
 
 fn pg_raw<'a>(raw: &'a RawEnv, prefix: &str) -> PgRaw<'a> {
     if prefix == RESTORE {
         PgRaw {
-            host: &raw.restore_pghost,
-            port: &raw.restore_pgport,
+            host: (&vars::RESTORE_PGHOST, &raw.restore_pghost),
+            port: (&vars::RESTORE_PGPORT, &raw.restore_pgport),
             user: &raw.restore_pguser,
             password: &raw.restore_pgpassword,
-            sslmode: &raw.restore_pgsslmode,
-            sslrootcert: &raw.restore_pgsslrootcert,
-            sslcert: &raw.restore_pgsslcert,
-            sslkey: &raw.restore_pgsslkey,
+            sslmode: (&vars::RESTORE_PGSSLMODE, &raw.restore_pgsslmode),
+            sslrootcert: (&vars::RESTORE_PGSSLROOTCERT, &raw.restore_pgsslrootcert),
+            sslcert: (&vars::RESTORE_PGSSLCERT, &raw.restore_pgsslcert),
+            sslkey: (&vars::RESTORE_PGSSLKEY, &raw.restore_pgsslkey),
         }
     } else {
         PgRaw {
-            host: &raw.pghost,
-            port: &raw.pgport,
+            host: (&vars::PGHOST, &raw.pghost),
+            port: (&vars::PGPORT, &raw.pgport),
             user: &raw.pguser,
             password: &raw.pgpassword,
-            sslmode: &raw.pgsslmode,
-            sslrootcert: &raw.pgsslrootcert,
-            sslcert: &raw.pgsslcert,
-            sslkey: &raw.pgsslkey,
+            sslmode: (&vars::PGSSLMODE, &raw.pgsslmode),
+            sslrootcert: (&vars::PGSSLROOTCERT, &raw.pgsslrootcert),
+            sslcert: (&vars::PGSSLCERT, &raw.pgsslcert),
+            sslkey: (&vars::PGSSLKEY, &raw.pgsslkey),
         }
     }
+}
+
+/// libpq's sslmode values.
+fn sslmode(v: &str) -> Result<String, Bad> {
+    const MODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
+    if !MODES.contains(&v) {
+        return Err((format!("{v:?} is not an sslmode"), format!("one of {}", MODES.join(", "))));
+    }
+    Ok(v.to_string())
 }
 
 fn pg_server(check: &mut Check, raw: &RawEnv, prefix: &'static str) -> Option<PgServer> {
     let given = pg_raw(raw, prefix);
     // The family first: PGSERVICE may stand in for PGHOST.
     let libpq = libpq_family(check, raw, prefix);
-    let host_var = format!("{prefix}PGHOST");
-    let host = match given.host {
+    let (host_var, host) = given.host;
+    let host = match host {
         Some(h) if !h.trim().is_empty() => h.trim().to_string(),
         Some(_) => {
-            check.fail(&host_var, "is empty", "the PostgreSQL host name or address");
+            check.fail(host_var.name, "is empty", "the PostgreSQL host name or address");
             return None;
         }
         // libpq takes the host from the service file.
         None if libpq.contains_key("PGSERVICE") => String::new(),
         None => {
             check.fail(
-                &host_var,
+                host_var.name,
                 "is not set",
                 format!("the PostgreSQL host name or address (the server itself, not pg-bouncer), or {prefix}PGSERVICE naming a service that gives it"),
             );
             return None;
         }
     };
-    let port = check.number(&format!("{prefix}PGPORT"), given.port, 5432, 1..=65535) as u16;
-    let sslmode_var = format!("{prefix}PGSSLMODE");
-    const MODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
-    let sslmode = match given.sslmode {
-        Some(m) if MODES.contains(&m.trim()) => m.trim().to_string(),
-        Some(m) => {
-            check.fail(&sslmode_var, format!("{m:?} is not an sslmode"), format!("one of {}", MODES.join(", ")));
-            "prefer".into()
-        }
-        None => "prefer".into(),
-    };
+    let port = check.setting(given.port.0, given.port.1, parse::whole(1..=65535)) as u16;
+    let sslmode = check.setting(given.sslmode.0, given.sslmode.1, sslmode);
     // The TLS files, checked now: libpq silently goes on without a client certificate
     // whose file is missing, and the server's refusal would not say why.
-    let file = |check: &mut Check, name: &str, value: &Option<String>, expected: &str| -> Option<String> {
+    let file = |check: &mut Check, (v, value): (&Variable, &Option<String>), expected: &str| -> Option<String> {
         let value = value.as_ref()?.clone();
-        let variable = format!("{prefix}{name}");
+        let libpq = v.name.strip_prefix(prefix).unwrap_or(v.name);
         // `system` (libpq 16+): the system's CAs; `engine:key`: an OpenSSL engine's key.
-        let special = (name == "PGSSLROOTCERT" && value == "system") || (name == "PGSSLKEY" && is_engine_key(&value));
+        let special = (libpq == "PGSSLROOTCERT" && value == "system") || (libpq == "PGSSLKEY" && is_engine_key(&value));
         if !special && let Err(problem) = readable(&value, false) {
-            check.fail(&variable, problem, expected);
+            check.fail(v.name, problem, expected);
         }
         Some(value)
     };
-    let sslrootcert =
-        file(check, "PGSSLROOTCERT", given.sslrootcert, "a readable PEM file of the CA certificates that signed the server's certificate, or system");
-    let sslcert = file(check, "PGSSLCERT", given.sslcert, "a readable PEM file of the client certificate (with its key in PGSSLKEY)");
-    let sslkey = file(check, "PGSSLKEY", given.sslkey, "a readable file of the client certificate's private key (mode 0600, or 0640 owned by root)");
+    let sslrootcert = file(check, given.sslrootcert, "a readable PEM file of the CA certificates that signed the server's certificate, or system");
+    let sslcert = file(check, given.sslcert, "a readable PEM file of the client certificate (with its key in PGSSLKEY)");
+    let sslkey = file(check, given.sslkey, "a readable file of the client certificate's private key (mode 0600, or 0640 owned by root)");
     Some(PgServer {
         prefix,
         host,
@@ -908,15 +948,22 @@ fn check_libpq_value(libpq: &str, v: &str) -> Result<(), (String, String)> {
 /// Builds one side's bucket settings: URL, then the object_store options from the
 /// unprefixed families overridden by the side's prefixed ones. The options' values are
 /// checked once per variable by [`check_store_keys`], not here.
+///
+/// `workload_identity` is `None` when the variable deciding it is bad: that problem is
+/// reported once, by name, and a bucket without keys is then not reported again as
+/// having no credentials.
 fn store(
     check: &mut Check,
-    variable: &'static str,
+    v: &'static Variable,
     side: &str,
     url: &Option<String>,
     raw: &RawEnv,
-    workload_identity: bool,
+    workload_identity: Option<bool>,
     required: bool,
 ) -> Option<StoreSettings> {
+    let variable = v.name;
+    // Unknown: judged as if set, so that the bad variable is the one problem reported.
+    let workload_identity = workload_identity.unwrap_or(true);
     let Some(text) = url.as_ref().map(|u| u.trim()).filter(|u| !u.is_empty()) else {
         if required {
             check.fail(variable, "is not set", "a bucket URL: s3://bucket[/prefix], gs://bucket[/prefix], az://container[/prefix] or file:///dir");
@@ -1736,18 +1783,18 @@ fn common(check: &mut Check, raw: &RawEnv) -> Common {
     let push_url = raw.pushgateway_url.as_ref().map(|u| u.trim()).filter(|u| !u.is_empty()).and_then(|u| match Url::parse(u) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Some(url),
         _ => {
-            check.fail("PUSHGATEWAY_URL", format!("{u:?} is not an http(s) URL"), "http://host:9091 or https://host");
+            check.fail(vars::PUSHGATEWAY_URL.name, format!("{u:?} is not an http(s) URL"), "http://host:9091 or https://host");
             None
         }
     });
     if raw.pushgateway_password.is_some() && raw.pushgateway_username.is_none() {
-        check.fail("PUSHGATEWAY_USERNAME", "is not set but PUSHGATEWAY_PASSWORD is", "both basic-auth variables, or neither");
+        check.fail(vars::PUSHGATEWAY_USERNAME.name, "is not set but PUSHGATEWAY_PASSWORD is", "both basic-auth variables, or neither");
     }
-    let timeout = check.duration("PUSHGATEWAY_TIMEOUT", &raw.pushgateway_timeout, "10s");
+    let timeout = check.setting(&vars::PUSHGATEWAY_TIMEOUT, &raw.pushgateway_timeout, parse::duration);
     let zone = raw.schedule_timezone.as_ref().map(|z| z.trim()).filter(|z| !z.is_empty()).map(|z| match schedule::parse_zone(z) {
         Ok(tz) => tz,
         Err(e) => {
-            check.fail("SCHEDULE_TIMEZONE", format!("{z:?} is not a time zone Kubernetes accepts ({e})"), schedule::EXPECTED_ZONE);
+            check.fail(vars::SCHEDULE_TIMEZONE.name, format!("{z:?} is not a time zone Kubernetes accepts ({e})"), schedule::EXPECTED_ZONE);
             // Still set, for SCHEDULE's check (a TZ= prefix cannot be combined with it).
             chrono_tz::Tz::UTC
         }
@@ -1755,34 +1802,48 @@ fn common(check: &mut Check, raw: &RawEnv) -> Common {
     let schedule = raw.schedule.as_ref().map(|s| s.trim()).filter(|s| !s.is_empty()).and_then(|s| match Schedule::parse(s, zone) {
         Ok(sched) => Some(sched),
         Err(e) => {
-            check.fail("SCHEDULE", format!("{s:?} is not a cron expression Kubernetes accepts ({e})"), schedule::EXPECTED_SCHEDULE);
+            check.fail(vars::SCHEDULE.name, format!("{s:?} is not a cron expression Kubernetes accepts ({e})"), schedule::EXPECTED_SCHEDULE);
             None
         }
     });
     if let Some(name) = &raw.cluster_name {
         let ok = !name.trim().is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if !ok {
-            check.fail("CLUSTER_NAME", format!("{name:?} is not usable as a label value"), "letters, digits, '-', '_' or '.', at most 128 characters");
+            check.fail(vars::CLUSTER_NAME.name, format!("{name:?} is not usable as a label value"), "letters, digits, '-', '_' or '.', at most 128 characters");
         }
     }
-    let _ = check.choice("LOG_FORMAT", &raw.log_format, LogFormat::Json, &[("json", LogFormat::Json), ("text", LogFormat::Text)]);
+    let _ = check.optional(&vars::LOG_FORMAT, &raw.log_format, parse::choice(LOG_FORMATS));
     Common {
         cluster_name: raw.cluster_name.as_ref().map(|n| n.trim().to_string()),
         push: PushSettings { url: push_url, username: raw.pushgateway_username.clone(), password: raw.pushgateway_password.clone(), timeout },
         schedule,
-        progress_interval: check.duration("PROGRESS_INTERVAL", &raw.progress_interval, "30s"),
+        progress_interval: check.setting(&vars::PROGRESS_INTERVAL, &raw.progress_interval, parse::duration),
     }
 }
 
-/// WORKLOAD_IDENTITY, read once per command (whatever the number of buckets).
-fn shared_workload_identity(check: &mut Check, raw: &RawEnv) -> bool {
-    check.boolean("WORKLOAD_IDENTITY", &raw.workload_identity, false)
+/// WORKLOAD_IDENTITY, read once per command (whatever the number of buckets); `None`
+/// when its value is bad (a problem naming it).
+fn shared_workload_identity(check: &mut Check, raw: &RawEnv) -> Option<bool> {
+    match raw.workload_identity {
+        None => Some(check.setting(&vars::WORKLOAD_IDENTITY, &None, parse::boolean)),
+        Some(_) => check.optional(&vars::WORKLOAD_IDENTITY, &raw.workload_identity, parse::boolean),
+    }
+}
+
+/// Whether one bucket uses the platform's identity: its side's variable, else the
+/// shared one. `None` when the variable that decides is bad: that is reported once, by
+/// name, and the bucket's credentials are then not judged (see [`store`]).
+fn side_workload_identity(check: &mut Check, v: &Variable, value: &Option<String>, shared: Option<bool>) -> Option<bool> {
+    match value {
+        None => shared,
+        Some(_) => check.optional(v, value, parse::boolean),
+    }
 }
 
 /// The GC_GRACE floor: longer than any run can last, so that a blob a run copied (not
 /// yet referenced by a manifest) is never swept by a concurrent or later retention.
 fn check_gc_grace_floor(check: &mut Check, gc_grace: Duration, cluster: &ClusterSettings, max_downtime: Duration) {
-    let involved = ["GC_GRACE", "MAX_DOWNTIME", "PAUSE_TIMEOUT", "RESUME_TIMEOUT"];
+    let involved = [vars::GC_GRACE.name, vars::MAX_DOWNTIME.name, vars::PAUSE_TIMEOUT.name, vars::RESUME_TIMEOUT.name];
     if check.problems.iter().any(|p| involved.contains(&p.variable.as_str())) {
         return;
     }
@@ -1790,7 +1851,7 @@ fn check_gc_grace_floor(check: &mut Check, gc_grace: Duration, cluster: &Cluster
     if gc_grace < floor {
         let h = |d: Duration| humantime::format_duration(d).to_string();
         check.fail(
-            "GC_GRACE",
+            vars::GC_GRACE.name,
             format!(
                 "{} is below its floor of {} = MAX_DOWNTIME ({}) + PAUSE_TIMEOUT ({}) + RESUME_TIMEOUT ({}) + 1h",
                 h(gc_grace),
@@ -1807,7 +1868,7 @@ fn check_gc_grace_floor(check: &mut Check, gc_grace: Duration, cluster: &Cluster
 fn bin_dir(check: &mut Check, raw: &RawEnv) -> Option<PathBuf> {
     let dir = raw.pg_bin_dir.as_ref().map(|d| PathBuf::from(d.trim())).filter(|d| !d.as_os_str().is_empty())?;
     if !dir.is_dir() {
-        check.fail("PG_BIN_DIR", format!("{} is not a directory", dir.display()), "a directory holding pg_dump and pg_restore");
+        check.fail(vars::PG_BIN_DIR.name, format!("{} is not a directory", dir.display()), "a directory holding pg_dump and pg_restore");
     }
     Some(dir)
 }
@@ -1815,7 +1876,7 @@ fn bin_dir(check: &mut Check, raw: &RawEnv) -> Option<PathBuf> {
 /// DUMP_RECIPIENTS: age X25519 public keys. Only values shaped like a public key are
 /// echoed in a problem: an identity given by mistake must not reach the logs.
 fn dump_recipients(check: &mut Check, raw: &RawEnv) -> Vec<age::x25519::Recipient> {
-    const VARIABLE: &str = "DUMP_RECIPIENTS";
+    const VARIABLE: &str = vars::DUMP_RECIPIENTS.name;
     const EXPECTED: &str =
         "comma-separated age X25519 public keys, age1… (as printed by `age-keygen -y key.txt`), or the variable unset to store the dumps unencrypted";
     let Some(text) = &raw.dump_recipients else { return Vec::new() };
@@ -1851,7 +1912,7 @@ fn dump_recipients(check: &mut Check, raw: &RawEnv) -> Vec<age::x25519::Recipien
 /// RESTORE_IDENTITY_FILE: read and parsed now, so that a restore never starts without a
 /// usable key. Problems name the file and the line, never its content.
 fn restore_identity(check: &mut Check, raw: &RawEnv) -> Option<DumpIdentity> {
-    const VARIABLE: &str = "RESTORE_IDENTITY_FILE";
+    const VARIABLE: &str = vars::RESTORE_IDENTITY_FILE.name;
     const EXPECTED: &str = "an age identity file: one AGE-SECRET-KEY-1… per line (as written by `age-keygen -o key.txt`), # comments allowed";
     let file = raw.restore_identity_file.as_ref().map(|f| PathBuf::from(f.trim()))?;
     let fail = |check: &mut Check, problem: String| {
@@ -1889,34 +1950,43 @@ fn restore_identity(check: &mut Check, raw: &RawEnv) -> Option<DumpIdentity> {
 }
 
 fn database_names(check: &mut Check, raw: &RawEnv) -> Vec<String> {
-    let text = check.text("DATABASES", &raw.databases, "pachyderm,dex");
+    let text = check.setting(&vars::DATABASES, &raw.databases, parse::text);
     let names: Vec<String> = text.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect();
     let valid = |d: &String| d.len() <= 63 && d.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-$".contains(&b));
     if names.is_empty() || !names.iter().all(valid) {
-        check.fail("DATABASES", format!("{text:?} is not a list of database names"), "comma-separated names such as pachyderm,dex");
+        check.fail(vars::DATABASES.name, format!("{text:?} is not a list of database names"), "comma-separated names such as pachyderm,dex");
     }
     let mut seen = std::collections::BTreeSet::new();
     for n in &names {
         if !seen.insert(n) {
-            check.fail("DATABASES", format!("{n:?} is listed twice"), "each database once");
+            check.fail(vars::DATABASES.name, format!("{n:?} is listed twice"), "each database once");
         }
     }
     names
 }
 
 fn retention(check: &mut Check, raw: &RawEnv) -> Policy {
-    let n = |check: &mut Check, var: &str, v: &Option<String>, d: u64| check.number(var, v, d, 0..=100_000) as usize;
+    let n = |check: &mut Check, v: &Variable, value: &Option<String>| check.setting(v, value, parse::whole(0..=100_000)) as usize;
     Policy {
-        last: n(check, "KEEP_LAST", &raw.keep_last, 0),
-        hourly: n(check, "KEEP_HOURLY", &raw.keep_hourly, 0),
-        daily: n(check, "KEEP_DAILY", &raw.keep_daily, 7),
-        weekly: n(check, "KEEP_WEEKLY", &raw.keep_weekly, 4),
-        monthly: n(check, "KEEP_MONTHLY", &raw.keep_monthly, 6),
-        yearly: n(check, "KEEP_YEARLY", &raw.keep_yearly, 0),
-        within: raw.keep_within.as_ref().map(|_| check.duration("KEEP_WITHIN", &raw.keep_within, "0s")),
-        min_keep: n(check, "MIN_KEEP", &raw.min_keep, 3),
+        last: n(check, &vars::KEEP_LAST, &raw.keep_last),
+        hourly: n(check, &vars::KEEP_HOURLY, &raw.keep_hourly),
+        daily: n(check, &vars::KEEP_DAILY, &raw.keep_daily),
+        weekly: n(check, &vars::KEEP_WEEKLY, &raw.keep_weekly),
+        monthly: n(check, &vars::KEEP_MONTHLY, &raw.keep_monthly),
+        yearly: n(check, &vars::KEEP_YEARLY, &raw.keep_yearly),
+        within: check.optional(&vars::KEEP_WITHIN, &raw.keep_within, parse::duration),
+        min_keep: n(check, &vars::MIN_KEEP, &raw.min_keep),
     }
 }
+
+/// COPY_CONCURRENCY, for the run's copy and the restore's.
+fn copy_concurrency(check: &mut Check, raw: &RawEnv) -> usize {
+    check.setting(&vars::COPY_CONCURRENCY, &raw.copy_concurrency, parse::whole(1..=1024)) as usize
+}
+
+const PAUSE_MODES: &[(&str, PauseMode)] = &[("scale", PauseMode::Scale), ("pachyderm", PauseMode::Pachyderm), ("none", PauseMode::None)];
+const OBJECTS_MODES: &[(&str, ObjectsMode)] = &[("copy", ObjectsMode::Copy), ("skip", ObjectsMode::Skip)];
+const LOG_FORMATS: &[(&str, LogFormat)] = &[("json", LogFormat::Json), ("text", LogFormat::Text)];
 
 impl RunConfig {
     pub fn from_env(raw: &RawEnv) -> Result<Self, ConfigError> {
@@ -1928,37 +1998,36 @@ impl RunConfig {
         let bin_dir = bin_dir(&mut check, raw);
         let recipients = dump_recipients(&mut check, raw);
         let shared_wi = shared_workload_identity(&mut check, raw);
-        let source_wi = check.boolean("SOURCE_WORKLOAD_IDENTITY", &raw.source_workload_identity, shared_wi);
-        let target_wi = check.boolean("TARGET_WORKLOAD_IDENTITY", &raw.target_workload_identity, shared_wi);
+        let source_wi = side_workload_identity(&mut check, &vars::SOURCE_WORKLOAD_IDENTITY, &raw.source_workload_identity, shared_wi);
+        let target_wi = side_workload_identity(&mut check, &vars::TARGET_WORKLOAD_IDENTITY, &raw.target_workload_identity, shared_wi);
         check_store_keys(&mut check, raw, &["SOURCE_", "TARGET_"]);
-        let objects = check.choice("OBJECTS", &raw.objects, ObjectsMode::Copy, &[("copy", ObjectsMode::Copy), ("skip", ObjectsMode::Skip)]);
-        let source = store(&mut check, "SOURCE_URL", "SOURCE_", &raw.source_url, raw, source_wi, objects == ObjectsMode::Copy);
-        let target = store(&mut check, "TARGET_URL", "TARGET_", &raw.target_url, raw, target_wi, true);
+        let objects = check.setting(&vars::OBJECTS, &raw.objects, parse::choice(OBJECTS_MODES));
+        let source = store(&mut check, &vars::SOURCE_URL, "SOURCE_", &raw.source_url, raw, source_wi, objects == ObjectsMode::Copy);
+        let target = store(&mut check, &vars::TARGET_URL, "TARGET_", &raw.target_url, raw, target_wi, true);
         let copy = CopySettings {
             objects,
-            precopy: check.boolean("PRECOPY", &raw.precopy, true),
-            concurrency: check.number("COPY_CONCURRENCY", &raw.copy_concurrency, 32, 1..=1024) as usize,
+            precopy: check.setting(&vars::PRECOPY, &raw.precopy, parse::boolean),
+            concurrency: copy_concurrency(&mut check, raw),
             full: false,
         };
-        let max_downtime = check.duration("MAX_DOWNTIME", &raw.max_downtime, "2h");
+        let max_downtime = check.setting(&vars::MAX_DOWNTIME, &raw.max_downtime, parse::duration);
         let retention = retention(&mut check, raw);
-        let gc_grace = check.duration("GC_GRACE", &raw.gc_grace, "24h");
+        let gc_grace = check.setting(&vars::GC_GRACE, &raw.gc_grace, parse::duration);
         check_gc_grace_floor(&mut check, gc_grace, &cluster, max_downtime);
-        let preflight_timeout = check.duration("PREFLIGHT_TIMEOUT", &raw.preflight_timeout, "60s");
-        let compression = match raw.dump_compression.as_deref().map(crate::database::DumpCompression::parse) {
-            None => crate::database::DumpCompression::Auto,
-            Some(Ok(c)) => c,
-            Some(Err(problem)) => {
-                check.fail("DUMP_COMPRESSION", problem, "auto, none, 0-9, or gzip, lz4, zstd with an optional :level (gzip:1, zstd:3)");
-                crate::database::DumpCompression::Auto
-            }
-        };
+        let preflight_timeout = check.setting(&vars::PREFLIGHT_TIMEOUT, &raw.preflight_timeout, parse::duration);
+        // Unset, `auto`: decided at the preflight from pg_dump's version.
+        let compression = check
+            .optional(&vars::DUMP_COMPRESSION, &raw.dump_compression, |v| {
+                crate::database::DumpCompression::parse(v)
+                    .map_err(|problem| (problem, "auto, none, 0-9, or gzip, lz4, zstd with an optional :level (gzip:1, zstd:3)".to_string()))
+            })
+            .unwrap_or(crate::database::DumpCompression::Auto);
         if let (Some(s), Some(t)) = (&source, &target) {
             check_apart(&mut check, t, s);
         }
         // An unset SOURCE_URL is fine with OBJECTS=skip; then nothing is read from it.
         let source = source.unwrap_or_else(|| StoreSettings {
-            variable: "SOURCE_URL",
+            variable: vars::SOURCE_URL.name,
             url: Url::parse("file:///nonexistent").expect("static URL"),
             options: BTreeMap::new(),
             ca_bundle: None,
@@ -1981,29 +2050,26 @@ impl RunConfig {
     }
 }
 
+/// A label selector of the equality form Kubernetes accepts.
+fn selector(v: &str) -> Result<String, Bad> {
+    valid_selector(v).map(|()| v.to_string()).map_err(|e| (format!("{v:?}: {e}"), "a label selector such as suite=pachyderm,component=worker".into()))
+}
+
 impl ClusterSettings {
     fn from_env_checked(check: &mut Check, raw: &RawEnv) -> Self {
-        let worker_selector = check.text("WORKER_SELECTOR", &raw.worker_selector, "suite=pachyderm,component=worker");
-        if let Err(e) = valid_selector(&worker_selector) {
-            check.fail("WORKER_SELECTOR", format!("{worker_selector:?}: {e}"), "a label selector such as suite=pachyderm,component=worker");
-        }
+        let worker_selector = check.setting(&vars::WORKER_SELECTOR, &raw.worker_selector, selector);
         ClusterSettings {
-            namespace: raw.pachyderm_namespace.as_ref().map(|_| check.name("PACHYDERM_NAMESPACE", &raw.pachyderm_namespace, "")),
-            pachd: check.name("PACHD_DEPLOYMENT", &raw.pachd_deployment, "pachd"),
-            pachw: check.name("PACHW_DEPLOYMENT", &raw.pachw_deployment, "pachw"),
+            namespace: check.optional(&vars::PACHYDERM_NAMESPACE, &raw.pachyderm_namespace, parse::name),
+            pachd: check.setting(&vars::PACHD_DEPLOYMENT, &raw.pachd_deployment, parse::name),
+            pachw: check.setting(&vars::PACHW_DEPLOYMENT, &raw.pachw_deployment, parse::name),
             worker_selector,
-            pachd_configmap: check.name("PACHD_CONFIGMAP", &raw.pachd_configmap, "pachd-config"),
-            helm_release: raw.helm_release.as_ref().map(|_| check.name("HELM_RELEASE", &raw.helm_release, "")),
-            pause_mode: check.choice(
-                "PAUSE_MODE",
-                &raw.pause_mode,
-                PauseMode::Scale,
-                &[("scale", PauseMode::Scale), ("pachyderm", PauseMode::Pachyderm), ("none", PauseMode::None)],
-            ),
-            pause_timeout: check.duration("PAUSE_TIMEOUT", &raw.pause_timeout, "5m"),
-            resume_timeout: check.duration("RESUME_TIMEOUT", &raw.resume_timeout, "10m"),
-            lease_name: check.name("LEASE_NAME", &raw.lease_name, "pachyderm-backup"),
-            lease_duration: check.duration("LEASE_DURATION", &raw.lease_duration, "60s"),
+            pachd_configmap: check.setting(&vars::PACHD_CONFIGMAP, &raw.pachd_configmap, parse::name),
+            helm_release: check.optional(&vars::HELM_RELEASE, &raw.helm_release, parse::name),
+            pause_mode: check.setting(&vars::PAUSE_MODE, &raw.pause_mode, parse::choice(PAUSE_MODES)),
+            pause_timeout: check.setting(&vars::PAUSE_TIMEOUT, &raw.pause_timeout, parse::duration),
+            resume_timeout: check.setting(&vars::RESUME_TIMEOUT, &raw.resume_timeout, parse::duration),
+            lease_name: check.setting(&vars::LEASE_NAME, &raw.lease_name, parse::name),
+            lease_duration: check.setting(&vars::LEASE_DURATION, &raw.lease_duration, parse::duration),
         }
     }
 
@@ -2032,13 +2098,13 @@ impl CatalogConfig {
         let mut check = Check::new();
         let common = common(&mut check, raw);
         let shared_wi = shared_workload_identity(&mut check, raw);
-        let target_wi = check.boolean("TARGET_WORKLOAD_IDENTITY", &raw.target_workload_identity, shared_wi);
+        let target_wi = side_workload_identity(&mut check, &vars::TARGET_WORKLOAD_IDENTITY, &raw.target_workload_identity, shared_wi);
         check_store_keys(&mut check, raw, &["TARGET_"]);
-        let target = store(&mut check, "TARGET_URL", "TARGET_", &raw.target_url, raw, target_wi, true);
+        let target = store(&mut check, &vars::TARGET_URL, "TARGET_", &raw.target_url, raw, target_wi, true);
         let retention = retention(&mut check, raw);
         let cluster = ClusterSettings::from_env_checked(&mut check, raw);
-        let max_downtime = check.duration("MAX_DOWNTIME", &raw.max_downtime, "2h");
-        let gc_grace = check.duration("GC_GRACE", &raw.gc_grace, "24h");
+        let max_downtime = check.setting(&vars::MAX_DOWNTIME, &raw.max_downtime, parse::duration);
+        let gc_grace = check.setting(&vars::GC_GRACE, &raw.gc_grace, parse::duration);
         check_gc_grace_floor(&mut check, gc_grace, &cluster, max_downtime);
         match target {
             Some(target) => check.finish(CatalogConfig { common, target, retention, gc_grace, cluster }),
@@ -2053,11 +2119,11 @@ impl RestoreConfig {
         let mut check = Check::new();
         let common = common(&mut check, raw);
         let shared_wi = shared_workload_identity(&mut check, raw);
-        let target_wi = check.boolean("TARGET_WORKLOAD_IDENTITY", &raw.target_workload_identity, shared_wi);
-        let restore_wi = check.boolean("RESTORE_WORKLOAD_IDENTITY", &raw.restore_workload_identity, shared_wi);
+        let target_wi = side_workload_identity(&mut check, &vars::TARGET_WORKLOAD_IDENTITY, &raw.target_workload_identity, shared_wi);
+        let restore_wi = side_workload_identity(&mut check, &vars::RESTORE_WORKLOAD_IDENTITY, &raw.restore_workload_identity, shared_wi);
         check_store_keys(&mut check, raw, &["TARGET_", "RESTORE_"]);
-        let target = store(&mut check, "TARGET_URL", "TARGET_", &raw.target_url, raw, target_wi, true);
-        let destination = store(&mut check, "RESTORE_URL", "RESTORE_", &raw.restore_url, raw, restore_wi, need_bucket);
+        let target = store(&mut check, &vars::TARGET_URL, "TARGET_", &raw.target_url, raw, target_wi, true);
+        let destination = store(&mut check, &vars::RESTORE_URL, "RESTORE_", &raw.restore_url, raw, restore_wi, need_bucket);
         if let (Some(d), Some(t)) = (&destination, &target) {
             check_apart(&mut check, d, t);
         }
@@ -2067,8 +2133,8 @@ impl RestoreConfig {
             None
         };
         let bin_dir = bin_dir(&mut check, raw);
-        let concurrency = check.number("COPY_CONCURRENCY", &raw.copy_concurrency, 32, 1..=1024) as usize;
-        let preflight_timeout = check.duration("PREFLIGHT_TIMEOUT", &raw.preflight_timeout, "60s");
+        let concurrency = copy_concurrency(&mut check, raw);
+        let preflight_timeout = check.setting(&vars::PREFLIGHT_TIMEOUT, &raw.preflight_timeout, parse::duration);
         let identity = restore_identity(&mut check, raw);
         match target {
             Some(target) => check.finish(RestoreConfig { common, target, server, destination, bin_dir, concurrency, preflight_timeout, identity }),
@@ -2078,13 +2144,14 @@ impl RestoreConfig {
 }
 
 /// The log settings, read before anything else so that even a configuration error is
-/// logged in the configured format.
+/// logged in the configured format (a bad LOG_FORMAT is json until it is reported).
 pub fn log_settings(raw: &RawEnv) -> (LogFormat, String) {
     let format = match raw.log_format.as_deref().map(|f| f.trim().to_ascii_lowercase()) {
         Some(f) if f == "text" => LogFormat::Text,
         _ => LogFormat::Json,
     };
-    (format, raw.rust_log.clone().unwrap_or_else(|| "info".into()))
+    let filter = raw.rust_log.as_deref().or(vars::RUST_LOG.default_value()).unwrap_or_default();
+    (format, filter.to_string())
 }
 
 #[cfg(test)]
@@ -2122,8 +2189,46 @@ mod tests {
         assert_eq!(c.copy.concurrency, 32);
         assert_eq!((c.retention.daily, c.retention.weekly, c.retention.monthly, c.retention.min_keep), (7, 4, 6, 3));
         for v in VARIABLES {
-            let documented_default = v.default;
-            assert!(!documented_default.is_empty(), "{} has no documented default", v.name);
+            assert!(!v.default.to_string().is_empty(), "{} has no documented default", v.name);
+        }
+    }
+
+    /// Every default declared in VARIABLES parses with its variable's own check and is
+    /// what the settings use when the variable is unset: every command's settings are
+    /// the same with the variable unset as with its default written out.
+    #[test]
+    fn every_default_is_what_an_unset_variable_means() {
+        let base = [
+            ("PGHOST", "db"),
+            ("RESTORE_PGHOST", "scratch"),
+            ("SOURCE_URL", "s3://pach-data"),
+            ("TARGET_URL", "s3://backups/nightly"),
+            ("RESTORE_URL", "s3://restored"),
+            ("AWS_ACCESS_KEY_ID", "AKIA"),
+            ("AWS_SECRET_ACCESS_KEY", "very-secret"),
+        ];
+        let settings = |extra: &[(&str, &str)]| {
+            let raw = env(&base.iter().chain(extra).copied().collect::<Vec<_>>());
+            let shown = |r: Result<String, ConfigError>| r.unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+            [
+                shown(RunConfig::from_env(&raw).map(|c| format!("{c:?}"))),
+                shown(CatalogConfig::from_env(&raw).map(|c| format!("{c:?}"))),
+                shown(RestoreConfig::from_env(&raw, true, true).map(|c| format!("{c:?}"))),
+                shown(ClusterSettings::from_env(&raw).map(|c| format!("{c:?}"))),
+                format!("{:?}", log_settings(&raw)),
+            ]
+        };
+        let unset = settings(&[]);
+        let mut checked = Vec::new();
+        for v in VARIABLES {
+            let Some(default) = v.default_value() else { continue };
+            for (written, unset) in settings(&[(v.name, default)]).iter().zip(&unset) {
+                assert_eq!(written, unset, "{}={default} is not what the settings are with {} unset", v.name, v.name);
+            }
+            checked.push(v.name);
+        }
+        for name in ["GC_GRACE", "COPY_CONCURRENCY", "PAUSE_MODE", "WORKLOAD_IDENTITY", "RESTORE_PGPORT", "RUST_LOG"] {
+            assert!(checked.contains(&name), "{name} has no default value");
         }
     }
 
@@ -2593,6 +2698,30 @@ mod tests {
         assert_eq!(e.0.iter().filter(|p| p.variable == "WORKLOAD_IDENTITY").count(), 1, "{e}");
         let e = RunConfig::from_env(&env(&with(&[("WORKLOAD_IDENTITY", "sure")]))).unwrap_err();
         assert_eq!(e.0.iter().filter(|p| p.variable == "WORKLOAD_IDENTITY").count(), 1, "{e}");
+    }
+
+    /// A bad WORKLOAD_IDENTITY (or side-prefixed one) is one problem: the buckets that
+    /// would have used the identity are not reported again as having no credentials.
+    #[test]
+    fn a_bad_workload_identity_is_reported_once_not_again_as_missing_credentials() {
+        let keyless = [("PGHOST", "db"), ("SOURCE_URL", "s3://pach-data"), ("TARGET_URL", "gs://backups"), ("RESTORE_URL", "az://restored")];
+        let with_keyless = |extra: &[(&str, &str)]| env(&keyless.iter().chain(extra).copied().collect::<Vec<_>>());
+        let only = |e: ConfigError, variable: &str| {
+            let named: Vec<&str> = e.0.iter().map(|p| p.variable.as_str()).collect();
+            assert_eq!(named, vec![variable], "{e}");
+            assert_eq!(e.to_string().matches("WORKLOAD_IDENTITY").count(), 1, "{e}");
+        };
+        let shared = with_keyless(&[("WORKLOAD_IDENTITY", "sure"), ("AZURE_STORAGE_ACCOUNT_NAME", "acct")]);
+        only(RunConfig::from_env(&shared).unwrap_err(), "WORKLOAD_IDENTITY");
+        only(CatalogConfig::from_env(&shared).unwrap_err(), "WORKLOAD_IDENTITY");
+        only(RestoreConfig::from_env(&shared, false, true).unwrap_err(), "WORKLOAD_IDENTITY");
+        // A bad side variable stands in for the shared one on its bucket only.
+        let side = with_keyless(&[("WORKLOAD_IDENTITY", "true"), ("SOURCE_WORKLOAD_IDENTITY", "sure")]);
+        only(RunConfig::from_env(&side).unwrap_err(), "SOURCE_WORKLOAD_IDENTITY");
+        // Still reported when the variable is fine and the bucket has no credentials.
+        let e = RunConfig::from_env(&with_keyless(&[("SOURCE_WORKLOAD_IDENTITY", "false"), ("TARGET_WORKLOAD_IDENTITY", "true")])).unwrap_err();
+        let named: Vec<&str> = e.0.iter().map(|p| p.variable.as_str()).collect();
+        assert_eq!(named, vec!["SOURCE_URL"], "{e}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::catalog::{self, Catalog, DatabaseEntry, Manifest, ObjectsEntry, Objec
 use crate::cluster::{Cluster, ClusterError, LeaseGuard, PauseReport};
 use crate::config::{ObjectsMode, PauseMode, RunConfig};
 use crate::database::{self, Tools};
+use crate::exit::ExitCode;
 use crate::metrics::{Pusher, RunReport, Sample};
 use crate::objects;
 use crate::progress::Progress;
@@ -85,14 +86,12 @@ pub enum RunError {
 }
 
 impl RunError {
-    /// 1 backup failed (cluster resumed or never paused), 2 invalid configuration,
-    /// 3 another run holds the Lease, 4 resume failed.
-    pub fn exit_code(&self) -> u8 {
+    pub fn exit_code(&self) -> ExitCode {
         match self {
-            RunError::Config(_) => 2,
-            RunError::Locked(_) => 3,
-            RunError::Failed { .. } | RunError::RetentionFailed { .. } => 1,
-            RunError::ResumeFailed { .. } => 4,
+            RunError::Config(_) => ExitCode::Config,
+            RunError::Locked(_) => ExitCode::Locked,
+            RunError::Failed { .. } | RunError::RetentionFailed { .. } => ExitCode::Failed,
+            RunError::ResumeFailed { .. } => ExitCode::ResumeFailed,
         }
     }
 }

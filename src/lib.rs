@@ -9,6 +9,7 @@ pub mod config;
 pub mod cycle;
 pub mod database;
 pub mod demo;
+pub mod exit;
 pub mod metrics;
 pub mod object_lock;
 pub mod objects;
@@ -16,6 +17,7 @@ pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
+pub mod verify;
 
 /// An error with its causes, on one line (each cause once).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,12 +1,11 @@
 //! The command line: parse arguments, set up logging and signals, run a command, map
-//! its outcome to an exit code (0 ok, 1 failed, 2 bad configuration, 3 locked,
-//! 4 resume failed). Everything else lives in the library.
-
-use std::process::ExitCode;
+//! its outcome to its exit code (`exit::ExitCode`: 0 ok, 1 failed, 2 bad configuration,
+//! 3 locked, 4 resume failed). Everything else lives in the library.
 
 use clap::{Parser, Subcommand};
 use pachyderm_backup::commands::{self, Failure};
-use pachyderm_backup::config::{self, LogFormat, RawEnv};
+use pachyderm_backup::config::{self, LogFormat, RawEnv, vars};
+use pachyderm_backup::exit::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -123,7 +122,9 @@ fn init_logging(raw: &RawEnv) {
         LogFormat::Json
     };
     // Whatever RUST_LOG says, the failure's last line is written.
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")).add_directive(EXIT_DIRECTIVE.parse().expect("a valid directive"));
+    let filter = EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| EnvFilter::new(vars::RUST_LOG.default_value().unwrap_or_default()))
+        .add_directive(EXIT_DIRECTIVE.parse().expect("a valid directive"));
     match format {
         LogFormat::Json => tracing_subscriber::registry().with(filter).with(tracing_flat_json::FlatJsonLayer::new(std::io::stderr)).init(),
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(terminal).init(),
@@ -134,7 +135,7 @@ fn init_logging(raw: &RawEnv) {
 const EXIT_TARGET: &str = "pachyderm_backup::exit";
 const EXIT_DIRECTIVE: &str = "pachyderm_backup::exit=error";
 
-fn main() -> ExitCode {
+fn main() -> std::process::ExitCode {
     // Files this process creates (a file:// backup bucket, restored objects) hold
     // dumps with Pachyderm's chunk keys: owner-only, whatever umask the pod has.
     // SAFETY: umask only swaps the process's creation mask; no memory is involved.
@@ -146,7 +147,7 @@ fn main() -> ExitCode {
         Ok(raw) => raw,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(2);
+            return ExitCode::Config.into();
         }
     };
     let command = cli.command;
@@ -155,7 +156,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::Failed.into();
         }
     };
     let result = runtime.block_on(async move {
@@ -175,12 +176,12 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::Ok.into(),
         // Once, as the last line: what failed, what state the cluster is in, what to do.
         Err(Failure { code, message, phase, reason, span }) => {
             let _in_run = span.as_ref().map(tracing::Span::enter);
-            tracing::error!(target: EXIT_TARGET, exit_code = code, phase, reason, "{message}");
-            ExitCode::from(code)
+            tracing::error!(target: EXIT_TARGET, exit_code = code.code(), phase, reason, "{message}");
+            code.into()
         }
     }
 }
