@@ -131,6 +131,13 @@ pub struct ObjectsEntry {
     pub counts: ObjectCounts,
 }
 
+impl ObjectsEntry {
+    /// OBJECTS=skip: no listing, nothing counted.
+    pub fn skipped() -> Self {
+        ObjectsEntry { mode: ObjectsMode::Skip, index: None, listing: None, listing_sha256: None, counts: ObjectCounts::default() }
+    }
+}
+
 /// Objects of a backup and how many bytes crossed: copied by this backup, or reused
 /// from the pool.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -245,21 +252,90 @@ pub fn backup_path(id: &str, file: &str) -> Path {
     Path::from(format!("{BACKUPS_DIR}/{id}/{file}"))
 }
 
-/// Writes the listing compressed in memory: a few dozen bytes an object.
+/// A compressed listing, spilled to an anonymous temporary file (gone with its last
+/// clone). Even compressed a listing is tens of bytes an object (its hashes do not
+/// compress): the 12.5 million chunks of a 100 TB bucket would be most of a gigabyte
+/// held in memory, per listing. Cheap to clone; each reader reads it from the start.
+#[derive(Clone)]
+pub struct Listing {
+    file: Arc<std::fs::File>,
+    len: u64,
+}
+
+impl Listing {
+    /// A listing of these compressed bytes.
+    pub fn from_bytes(bytes: &[u8]) -> std::io::Result<Listing> {
+        let mut file = tempfile::tempfile()?;
+        file.write_all(bytes)?;
+        Ok(Listing { file: Arc::new(file), len: bytes.len() as u64 })
+    }
+
+    /// Compressed bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut ListingBytes { file: self.file.clone(), pos: 0, len: self.len }, &mut out).expect("read the temporary file");
+        out
+    }
+
+    /// The compressed bytes, in chunks of `size`, for an upload.
+    pub fn chunks(&self, size: usize) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        let (file, len) = (self.file.clone(), self.len);
+        futures::stream::try_unfold(0u64, move |pos| {
+            let file = file.clone();
+            async move {
+                if pos >= len {
+                    return Ok(None);
+                }
+                let n = (len - pos).min(size as u64) as usize;
+                let mut buf = vec![0u8; n];
+                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, pos)?;
+                Ok(Some((Bytes::from(buf), pos + n as u64)))
+            }
+        })
+    }
+}
+
+/// A reader of a [`Listing`] at its own position (positional reads: clones share the file).
+struct ListingBytes {
+    file: Arc<std::fs::File>,
+    pos: u64,
+    len: u64,
+}
+
+impl std::io::Read for ListingBytes {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let take = (self.len.saturating_sub(self.pos) as usize).min(buf.len());
+        let n = std::os::unix::fs::FileExt::read_at(&*self.file, &mut buf[..take], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes the listing compressed into a temporary file ([`Listing`]).
 pub struct ListingWriter {
-    encoder: zstd::Encoder<'static, Vec<u8>>,
+    encoder: zstd::Encoder<'static, std::io::BufWriter<std::fs::File>>,
     last_key: Option<String>,
     hasher: sha2::Sha256,
 }
 
 impl ListingWriter {
-    pub fn new() -> Self {
+    pub fn new() -> std::io::Result<Self> {
         use sha2::Digest;
-        let mut encoder = zstd::Encoder::new(Vec::new(), 3).expect("zstd level 3 is valid");
+        let file = std::io::BufWriter::with_capacity(1 << 20, tempfile::tempfile()?);
+        let mut encoder = zstd::Encoder::new(file, 3)?;
         // The frame's content checksum: a flipped bit in the stored listing fails the
         // decode instead of naming another blob.
-        encoder.include_checksum(true).expect("the checksum flag is valid");
-        ListingWriter { encoder, last_key: None, hasher: sha2::Sha256::new() }
+        encoder.include_checksum(true)?;
+        Ok(ListingWriter { encoder, last_key: None, hasher: sha2::Sha256::new() })
     }
 
     pub fn push(&mut self, record: &ObjectRecord) -> std::io::Result<()> {
@@ -275,24 +351,19 @@ impl ListingWriter {
         Ok(())
     }
 
-    /// The compressed bytes and the SHA-256 of the uncompressed lines.
-    pub fn finish(self) -> std::io::Result<(Bytes, String)> {
+    /// The listing and the SHA-256 of the uncompressed lines.
+    pub fn finish(self) -> std::io::Result<(Listing, String)> {
         use sha2::Digest;
-        let bytes = self.encoder.finish()?;
-        Ok((Bytes::from(bytes), hex::encode(self.hasher.finalize())))
-    }
-}
-
-impl Default for ListingWriter {
-    fn default() -> Self {
-        Self::new()
+        let file = self.encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
+        let len = file.metadata()?.len();
+        Ok((Listing { file: Arc::new(file), len }, hex::encode(self.hasher.finalize())))
     }
 }
 
 /// Reads a listing record by record from its compressed bytes, hashing the lines as
 /// read (not as re-serialised), so that `verify_whole` checks exactly what is stored.
 pub struct ListingReader {
-    lines: std::io::BufReader<zstd::Decoder<'static, std::io::BufReader<std::io::Cursor<Bytes>>>>,
+    lines: std::io::BufReader<zstd::Decoder<'static, std::io::BufReader<ListingBytes>>>,
     what: String,
     buf: String,
     hasher: sha2::Sha256,
@@ -300,16 +371,18 @@ pub struct ListingReader {
 }
 
 impl ListingReader {
-    pub fn new(compressed: Bytes, what: String) -> Result<Self, CatalogError> {
+    pub fn new(listing: &Listing, what: String) -> Result<Self, CatalogError> {
         use sha2::Digest;
-        let decoder = zstd::Decoder::new(std::io::Cursor::new(compressed)).map_err(|e| CatalogError::Corrupt { what: what.clone(), detail: e.to_string() })?;
+        let bytes = ListingBytes { file: listing.file.clone(), pos: 0, len: listing.len };
+        let decoder = zstd::Decoder::new(bytes).map_err(|e| CatalogError::Corrupt { what: what.clone(), detail: e.to_string() })?;
         Ok(ListingReader { lines: std::io::BufReader::new(decoder), what, buf: String::new(), hasher: sha2::Sha256::new(), count: 0 })
     }
 
     /// An empty listing, for a backup without objects.
-    pub fn empty() -> Self {
-        let (bytes, _) = ListingWriter::new().finish().expect("an empty zstd frame");
-        ListingReader::new(bytes, "empty listing".into()).expect("an empty zstd frame decodes")
+    pub fn empty() -> Result<Self, CatalogError> {
+        let io = |e: std::io::Error| CatalogError::Corrupt { what: "an empty listing".into(), detail: e.to_string() };
+        let (listing, _) = ListingWriter::new().and_then(ListingWriter::finish).map_err(io)?;
+        ListingReader::new(&listing, "empty listing".into())
     }
 
     pub fn next_record(&mut self) -> Result<Option<ObjectRecord>, CatalogError> {
@@ -606,33 +679,42 @@ impl Catalog {
         unreachable!("the attempts are unbounded")
     }
 
-    /// A listing's compressed bytes and its path (None: a backup without objects).
-    async fn listing_bytes(&self, id: &str, manifest: &Manifest) -> Result<Option<(String, Bytes)>, CatalogError> {
+    /// A backup's listing, downloaded into a temporary file, and its path (None: a
+    /// backup without objects).
+    async fn download_listing(&self, id: &str, manifest: &Manifest) -> Result<Option<(String, Listing)>, CatalogError> {
         let Some(file) = &manifest.objects.listing else { return Ok(None) };
         let path = backup_path(id, file);
-        let bytes = match self.store.get(&path).await {
-            Ok(r) => r.bytes().await.map_err(store_err(format!("reading {path}")))?,
+        let read_err = store_err(format!("reading {path}"));
+        let mut body = match self.store.get(&path).await {
+            Ok(r) => r.into_stream(),
             Err(object_store::Error::NotFound { .. }) => return Err(CatalogError::Missing { what: path.to_string() }),
-            Err(e) => return Err(store_err(format!("reading {path}"))(e)),
+            Err(e) => return Err(read_err(e)),
         };
-        Ok(Some((path.to_string(), bytes)))
+        let spill = |e: std::io::Error| CatalogError::Corrupt { what: path.to_string(), detail: format!("spilling to a temporary file: {e}") };
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tempfile::tempfile().map_err(spill)?);
+        while let Some(chunk) = body.try_next().await.map_err(store_err(format!("reading {path}")))? {
+            out.write_all(&chunk).map_err(spill)?;
+        }
+        let file = out.into_inner().map_err(|e| spill(e.into_error()))?;
+        let len = file.metadata().map_err(spill)?.len();
+        Ok(Some((path.to_string(), Listing { file: Arc::new(file), len })))
     }
 
     pub async fn read_listing(&self, id: &str, manifest: &Manifest) -> Result<ListingReader, CatalogError> {
-        match self.listing_bytes(id, manifest).await? {
-            Some((what, bytes)) => ListingReader::new(bytes, what),
-            None => Ok(ListingReader::empty()),
+        match self.download_listing(id, manifest).await? {
+            Some((what, listing)) => ListingReader::new(&listing, what),
+            None => ListingReader::empty(),
         }
     }
 
-    /// A backup's listing, compressed as stored, once read whole and checked against
-    /// its manifest: the reference a run plans from.
-    pub async fn verified_listing(&self, manifest: &Manifest) -> Result<Option<Bytes>, CatalogError> {
-        let Some((what, bytes)) = self.listing_bytes(&manifest.backup_id, manifest).await? else { return Ok(None) };
-        let mut reader = ListingReader::new(bytes.clone(), what)?;
+    /// A backup's listing, as stored, once read whole and checked against its manifest:
+    /// the reference a run plans from.
+    pub async fn verified_listing(&self, manifest: &Manifest) -> Result<Option<Listing>, CatalogError> {
+        let Some((what, listing)) = self.download_listing(&manifest.backup_id, manifest).await? else { return Ok(None) };
+        let mut reader = ListingReader::new(&listing, what)?;
         while reader.next_record()?.is_some() {}
         reader.verify_whole(&manifest.objects)?;
-        Ok(Some(bytes))
+        Ok(Some(listing))
     }
 
     /// Reads a backup's whole listing, handing each record to `each`, and checks it
@@ -648,6 +730,29 @@ impl Catalog {
 
     pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<(), CatalogError> {
         self.store.put(path, PutPayload::from_bytes(bytes)).await.map_err(store_err(format!("writing {path}")))?;
+        Ok(())
+    }
+
+    /// Uploads a listing from its file, a part at a time.
+    pub async fn put_listing(&self, path: &Path, listing: &Listing) -> Result<(), CatalogError> {
+        const PART: usize = 5 * 1024 * 1024;
+        let write_err = store_err(format!("writing {path}"));
+        let read_err = |e: std::io::Error| CatalogError::Corrupt { what: path.to_string(), detail: format!("reading the temporary file: {e}") };
+        let mut chunks = std::pin::pin!(listing.chunks(PART));
+        if listing.len() <= PART as u64 {
+            let bytes = chunks.try_next().await.map_err(read_err)?.unwrap_or_default();
+            return self.put(path, bytes).await;
+        }
+        let upload = self.store.put_multipart(path).await.map_err(store_err(format!("writing {path}")))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+        while let Some(chunk) = chunks.try_next().await.map_err(read_err)? {
+            if let Err(e) = writer.wait_for_capacity(4).await {
+                let _ = writer.abort().await;
+                return Err(write_err(e));
+            }
+            writer.put(chunk);
+        }
+        writer.finish().await.map_err(write_err)?;
         Ok(())
     }
 
@@ -808,7 +913,7 @@ mod tests {
         };
         let sha = hex::encode(sha2::Sha256::digest(text.as_bytes()));
         let read = |bytes: &[u8]| {
-            let mut r = ListingReader::new(Bytes::from(zstd::encode_all(bytes, 3).expect("zstd")), "t".into()).expect("decodes");
+            let mut r = ListingReader::new(&Listing::from_bytes(&zstd::encode_all(bytes, 3).expect("zstd")).expect("spill"), "t".into()).expect("decodes");
             while r.next_record().expect("record").is_some() {}
             r
         };
@@ -816,13 +921,13 @@ mod tests {
         assert!(read(text.as_bytes()).verify_whole(&objects(2, &sha)).is_err(), "count");
         assert!(read(text.as_bytes()).verify_whole(&objects(1, "00")).is_err(), "sha");
         // A written listing carries the frame checksum: a flipped bit fails the decode.
-        let mut w = ListingWriter::new();
+        let mut w = ListingWriter::new().expect("a temporary file");
         w.push(&ObjectRecord { key: "a".into(), size: 1, etag: None, blob: "blobs/a@0".into(), sha256: "00".into(), since: "b1".into() }).expect("push");
         let (bytes, _) = w.finish().expect("finish");
-        let mut flipped = bytes.to_vec();
+        let mut flipped = bytes.bytes();
         let at = flipped.len() - 6;
         flipped[at] ^= 1;
-        let mut r = ListingReader::new(Bytes::from(flipped), "t".into()).expect("header");
+        let mut r = ListingReader::new(&Listing::from_bytes(&flipped).expect("spill"), "t".into()).expect("header");
         let mut failed = false;
         loop {
             match r.next_record() {
@@ -839,17 +944,17 @@ mod tests {
 
     #[test]
     fn listing_round_trips_and_refuses_disorder() {
-        let mut w = ListingWriter::new();
+        let mut w = ListingWriter::new().expect("a temporary file");
         let r = |k: &str| ObjectRecord { key: k.into(), size: 1, etag: None, blob: format!("blobs/{k}@0"), sha256: "00".into(), since: "b1".into() };
         w.push(&r("a")).expect("first");
         w.push(&r("b")).expect("second");
         assert!(w.push(&r("a")).is_err());
         let (bytes, sha) = w.finish().expect("finish");
         assert_eq!(sha.len(), 64);
-        let mut reader = ListingReader::new(bytes, "test".into()).expect("decodes");
+        let mut reader = ListingReader::new(&bytes, "test".into()).expect("decodes");
         assert_eq!(reader.next_record().expect("ok"), Some(r("a")));
         assert_eq!(reader.next_record().expect("ok"), Some(r("b")));
         assert_eq!(reader.next_record().expect("ok"), None);
-        assert_eq!(ListingReader::empty().next_record().expect("ok"), None);
+        assert_eq!(ListingReader::empty().expect("empty").next_record().expect("ok"), None);
     }
 }

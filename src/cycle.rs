@@ -40,6 +40,9 @@ pub enum Phase {
     Pause,
     Capture,
     Resume,
+    /// After the resume: the backup's listing, from the live chunks of the dump's
+    /// snapshot merged with what the pre-copy and the pause copied.
+    Listing,
     Commit,
     Retention,
 }
@@ -54,6 +57,7 @@ impl Phase {
             Phase::Pause => "pause",
             Phase::Capture => "capture",
             Phase::Resume => "resume",
+            Phase::Listing => "listing",
             Phase::Commit => "commit",
             Phase::Retention => "retention",
         }
@@ -203,6 +207,26 @@ struct Captured {
     written_bytes: u64,
     /// Every file written to the backup folder, with its size: checked at the commit.
     parts: Vec<(String, u64)>,
+    /// The listing left for after the resume (`objects` is then still empty).
+    deferred: Option<Deferred>,
+}
+
+/// What the pause leaves for after the resume when the database is the index and the
+/// pre-copy ran: the pause copied only the chunks past the generation floor; the full
+/// merge of the live set (read at the still-held snapshot) with everything copied is
+/// no longer in the downtime.
+struct Deferred {
+    database: String,
+    snapshot: database::Snapshot,
+    /// The records the pause's copy wrote (or reused).
+    paused: catalog::Listing,
+}
+
+/// The pre-copy's split of the live set: the generation floor read before it listed,
+/// and its records of the chunks past that floor (the pause's only reuse candidates).
+struct Recent {
+    floor: i64,
+    records: catalog::Listing,
 }
 
 /// The run's notion of now: wall time, or a start time injected by a caller (the
@@ -630,7 +654,7 @@ async fn run_locked(
 
     // What the pool already holds: the newest complete backup whose listing verifies
     // (a damaged one is skipped and reported; its objects are then copied again).
-    let mut reference_listing: Option<(String, Bytes)> = None;
+    let mut reference_listing: Option<(String, catalog::Listing)> = None;
     for m in previous.iter().rev() {
         match catalog.verified_listing(m).await {
             Ok(bytes) => {
@@ -686,15 +710,24 @@ async fn run_locked(
     }
     let reference = || async {
         match &reference_listing {
-            Some((id, bytes)) => catalog::ListingReader::new(bytes.clone(), format!("the listing of {id}")),
-            None => Ok(catalog::ListingReader::empty()),
+            Some((id, listing)) => catalog::ListingReader::new(listing, format!("the listing of {id}")),
+            None => catalog::ListingReader::empty(),
         }
     };
 
     // Pre-copy, cluster running: most objects cross before the pause.
-    let mut precopied: Option<Bytes> = None;
+    let mut precopied: Option<catalog::Listing> = None;
     let mut precopied_objects = None;
+    let mut recent = None;
     if let (Some(src), true) = (&source, cfg.copy.precopy) {
+        // Read before the pre-copy lists: every chunk uploaded after it has a higher
+        // generation, so the pause copies those alone.
+        let floor = match index_database(&servers) {
+            Some(db) => bounded(limit, "reading the chunk generation floor", database::gen_floor(&cfg.database.server, &tools, db))
+                .await
+                .map_err(fail(Phase::Precopy, UNTOUCHED))?,
+            None => None,
+        };
         let work = async {
             let progress = Progress::start("precopy", cfg.common.progress_interval);
             let (listing, stats) =
@@ -707,6 +740,13 @@ async fn run_locked(
         tokio::select! {
             r = t.time(Phase::Precopy, work) => {
                 let (bytes, count) = r.map_err(fail(Phase::Precopy, UNTOUCHED))?;
+                if let Some(floor) = floor {
+                    let records = catalog::ListingReader::new(&bytes, "the pre-copy listing".into())
+                        .map_err(objects::ObjectsError::from)
+                        .and_then(|listing| objects::recent(listing, floor))
+                        .map_err(|e| fail(Phase::Precopy, UNTOUCHED)(e.into()))?;
+                    recent = Some(Recent { floor, records });
+                }
                 precopied = Some(bytes);
                 precopied_objects = Some(count);
             }
@@ -753,10 +793,10 @@ async fn run_locked(
         }
         current.set(Phase::Capture);
         let reference = match &precopied {
-            Some(bytes) => catalog::ListingReader::new(bytes.clone(), "the pre-copy listing".into())?,
+            Some(listing) => catalog::ListingReader::new(listing, "the pre-copy listing".into())?,
             None => reference().await?,
         };
-        let captured = t.time(Phase::Capture, capture(cfg, cluster, source.as_ref(), catalog, &heal, &servers, &tools, reference)).await?;
+        let captured = t.time(Phase::Capture, capture(cfg, cluster, source.as_ref(), catalog, &heal, &servers, &tools, reference, recent.as_ref())).await?;
         Ok::<_, StepError>(captured)
     };
     // A panic (a bug) inside the pause or capture must not unwind past the resume.
@@ -792,13 +832,41 @@ async fn run_locked(
     if cluster.is_some() {
         t.downtime = Some(downtime);
     }
-    let captured = match captured {
+    let mut captured = match captured {
         Ok(c) => c,
         Err((phase, e)) => {
             let state = if pause_report.paused_by_us() || phase == Phase::Pause { "resumed" } else { "as it was (this run did not pause it)" };
             return Err(fail(phase, state)(e));
         }
     };
+
+    // LISTING, cluster running again: the full live set at the dump's snapshot.
+    if let (Some(deferred), Some(src), Some(precopied)) = (captured.deferred.take(), &source, &precopied) {
+        let work = async {
+            let progress = Progress::start("listing", cfg.common.progress_interval);
+            let live = live_chunks(cfg, &tools, &deferred.database, &deferred.snapshot.id, None).await?;
+            let entries = objects::indexed(src, live).await?;
+            let reference = objects::merge(
+                catalog::ListingReader::new(precopied, "the pre-copy listing".into())?,
+                catalog::ListingReader::new(&deferred.paused, "the paused copy's listing".into())?,
+            )?;
+            let reference = catalog::ListingReader::new(&reference, "the pre-copy and paused listings".into())?;
+            let (listing, stats) = objects::copy_entries(src, entries, catalog.store(), reference, &heal, cfg.copy.concurrency, false, &progress).await?;
+            write_listing(catalog, backup_id, listing, stats, ObjectsIndex::Database).await
+        };
+        let lost = |what: &str| StepError { reason: "lease_lost", message: format!("the {what} was lost: another run may be starting") };
+        let (objects, size) = tokio::select! {
+            r = t.time(Phase::Listing, work) => r.map_err(fail(Phase::Listing, "resumed"))?,
+            s = stopped(stop) => return Err(interrupted(Phase::Listing, s, "resumed")),
+            _ = lease_lost(lease) => return Err(fail(Phase::Listing, "resumed")(lost("Lease"))),
+            _ = bucket_lock.lost() => return Err(fail(Phase::Listing, "resumed")(StepError { reason: "lock_lost", ..lost("bucket lock") })),
+        };
+        // The snapshot's session ends here: the listing no longer needs it.
+        drop(deferred);
+        captured.written_bytes += objects.counts.copied_bytes + size;
+        captured.parts.push((catalog::LISTING.to_string(), size));
+        captured.objects = objects;
+    }
     if !pause_report.operator_paused.is_empty() {
         info!(objects = %pause_report.operator_paused.join(","), "left stopped, as its operator had it");
     }
@@ -875,6 +943,7 @@ async fn capture(
     servers: &[database::ServerInfo],
     tools: &Tools,
     reference: catalog::ListingReader,
+    recent: Option<&Recent>,
 ) -> Result<Captured, StepError> {
     let backup_id = heal.backup_id.as_str();
     let progress = Progress::start("capture", cfg.common.progress_interval);
@@ -882,9 +951,8 @@ async fn capture(
     let compress = compress.as_str();
     // Pachyderm's metadata at one instant: its dump and the live chunks read the same
     // snapshot, so the objects captured are exactly those the dump names.
-    let index_db = servers.iter().find(|s| s.database == PACHYDERM_DATABASE).or(servers.first());
-    let snapshot = match (source, index_db) {
-        (Some(_), Some(info)) => Some((info.database.as_str(), database::Snapshot::export(&cfg.database.server, tools, &info.database).await?)),
+    let snapshot = match (source, index_database(servers)) {
+        (Some(_), Some(db)) => Some((db, database::Snapshot::export(&cfg.database.server, tools, db).await?)),
         _ => None,
     };
     let dumps = futures::future::try_join_all(servers.iter().map(|info| {
@@ -899,19 +967,21 @@ async fn capture(
         }
     }));
     let objects = async {
-        let Some(src) = source else {
-            return Ok::<_, StepError>((
-                ObjectsEntry { mode: ObjectsMode::Skip, index: None, listing: None, listing_sha256: None, counts: ObjectCounts::default() },
-                0,
-            ));
-        };
+        let Some(src) = source else { return Ok::<_, StepError>(CapturedObjects::Done(ObjectsEntry::skipped(), 0)) };
         let (entries, index) = match &snapshot {
             Some((db, s)) if s.chunk_index => {
+                if let Some(recent) = recent {
+                    info!(database = %db, floor = recent.floor, "objects indexed by storage.chunk_objects at the dump's snapshot: the pause copies the chunks written since the pre-copy began; the listing is made after the resume");
+                    let live = live_chunks(cfg, tools, db, &s.id, Some(recent.floor)).await?;
+                    let reference = catalog::ListingReader::new(&recent.records, "the pre-copy's recent chunks".into())?;
+                    let entries = live.map_ok(objects::Entry::Live).boxed();
+                    let (listing, _) = objects::copy_entries(src, entries, catalog.store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
+                    let (paused, _) =
+                        listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the paused copy's listing: {e}") })?;
+                    return Ok(CapturedObjects::Deferred(paused));
+                }
                 info!(database = %db, "objects indexed by storage.chunk_objects at the dump's snapshot: only what lies outside chunk/ is listed");
-                let rows = database::rows_at(&cfg.database.server, tools, db, database::LIVE_CHUNKS, Some(&s.id)).await?;
-                let live = futures::stream::try_unfold(rows, |mut rows| async move { Ok(rows.next().await?.map(|key| (key, rows))) })
-                    .map_err(|e: database::DatabaseError| objects::ObjectsError::Index(error_chain(&e)))
-                    .boxed();
+                let live = live_chunks(cfg, tools, db, &s.id, None).await?;
                 (objects::indexed(src, live).await?, ObjectsIndex::Database)
             }
             other => {
@@ -923,15 +993,9 @@ async fn capture(
                 (objects::listed(src, objects::lists_sorted(&cfg.source)).await?, ObjectsIndex::Listing)
             }
         };
-        let (listing, stats): (_, ObjectCounts) =
-            objects::copy_entries(src, entries, catalog.store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
-        let (bytes, sha) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the listing: {e}") })?;
-        let size = bytes.len() as u64;
-        catalog.put(&catalog::backup_path(backup_id, catalog::LISTING), bytes).await?;
-        Ok((
-            ObjectsEntry { mode: ObjectsMode::Copy, index: Some(index), listing: Some(catalog::LISTING.into()), listing_sha256: Some(sha), counts: stats },
-            size,
-        ))
+        let (listing, stats) = objects::copy_entries(src, entries, catalog.store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
+        let (entry, size) = write_listing(catalog, backup_id, listing, stats, index).await?;
+        Ok(CapturedObjects::Done(entry, size))
     };
     let kube_objects = async {
         let Some(c) = cluster else { return Ok::<_, StepError>((Vec::new(), BTreeMap::new(), 0)) };
@@ -947,15 +1011,66 @@ async fn capture(
         }
         Ok((names, capture.replicas, size))
     };
-    let (databases, (objects, listing_size), (cluster_objects, original_replicas, cluster_size)) = tokio::try_join!(dumps, objects, kube_objects)?;
-    let written_bytes = databases.iter().map(|d| d.size).sum::<u64>() + objects.counts.copied_bytes + listing_size + cluster_size;
+    let (databases, objects, (cluster_objects, original_replicas, cluster_size)) = tokio::try_join!(dumps, objects, kube_objects)?;
     let mut parts: Vec<(String, u64)> = databases.iter().map(|d| (d.file.clone(), d.size)).collect();
-    if let Some(listing) = &objects.listing {
-        parts.push((listing.clone(), listing_size));
-    }
+    let mut written_bytes = databases.iter().map(|d| d.size).sum::<u64>() + cluster_size;
     parts.extend(cluster_objects.iter().cloned());
     let cluster_objects = cluster_objects.into_iter().map(|(file, _)| file).collect();
-    Ok(Captured { databases, objects, cluster_objects, original_replicas, written_bytes, parts })
+    let (objects, deferred) = match (objects, snapshot) {
+        (CapturedObjects::Done(entry, listing_size), _) => {
+            if let Some(listing) = &entry.listing {
+                parts.push((listing.clone(), listing_size));
+            }
+            written_bytes += entry.counts.copied_bytes + listing_size;
+            (entry, None)
+        }
+        (CapturedObjects::Deferred(paused), Some((db, snapshot))) => (ObjectsEntry::skipped(), Some(Deferred { database: db.to_string(), snapshot, paused })),
+        (CapturedObjects::Deferred(_), None) => {
+            return Err(StepError { reason: "panic", message: "internal error (a bug, please report it): a deferred listing without a snapshot".into() });
+        }
+    };
+    Ok(Captured { databases, objects, cluster_objects, original_replicas, written_bytes, parts, deferred })
+}
+
+/// The capture's objects: done, or (database index with a pre-copy) only the chunks
+/// past the floor copied, the listing left for after the resume.
+enum CapturedObjects {
+    Done(ObjectsEntry, u64),
+    Deferred(catalog::Listing),
+}
+
+/// The database whose `storage.chunk_objects` indexes the objects: the one named
+/// `pachyderm` in DATABASES, else the first listed.
+fn index_database(servers: &[database::ServerInfo]) -> Option<&str> {
+    servers.iter().find(|s| s.database == PACHYDERM_DATABASE).or(servers.first()).map(|s| s.database.as_str())
+}
+
+/// The live chunk keys of `database` at `snapshot`, past the generation `after` if given.
+async fn live_chunks(
+    cfg: &RunConfig,
+    tools: &Tools,
+    database: &str,
+    snapshot: &str,
+    after: Option<i64>,
+) -> Result<futures::stream::BoxStream<'static, Result<String, objects::ObjectsError>>, StepError> {
+    let rows = database::rows_at(&cfg.database.server, tools, database, &database::live_chunks(after), Some(snapshot)).await?;
+    Ok(futures::stream::try_unfold(rows, |mut rows| async move { Ok(rows.next().await?.map(|key| (key, rows))) })
+        .map_err(|e: database::DatabaseError| objects::ObjectsError::Index(error_chain(&e)))
+        .boxed())
+}
+
+/// Writes the backup's listing; its manifest entry and size.
+async fn write_listing(
+    catalog: &Catalog,
+    backup_id: &str,
+    listing: catalog::ListingWriter,
+    counts: ObjectCounts,
+    index: ObjectsIndex,
+) -> Result<(ObjectsEntry, u64), StepError> {
+    let (listing, sha) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the listing: {e}") })?;
+    let size = listing.len();
+    catalog.put_listing(&catalog::backup_path(backup_id, catalog::LISTING), &listing).await?;
+    Ok((ObjectsEntry { mode: ObjectsMode::Copy, index: Some(index), listing: Some(catalog::LISTING.into()), listing_sha256: Some(sha), counts }, size))
 }
 
 #[cfg(test)]

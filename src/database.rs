@@ -307,9 +307,28 @@ impl Rows {
 /// bucket (its start-up probe `test/<uuid>` is deleted at once). `ORDER BY chunk_id,
 /// gen` is the keys' byte order (hex keeps bytea's order, `.` sorts before every hex
 /// digit, the generation is fixed-width), so the primary key streams them unsorted.
-pub const LIVE_CHUNKS: &str = "SELECT 'chunk/' || encode(chunk_id, 'hex') || '.' || lpad(to_hex(gen), 16, '0') FROM storage.chunk_objects WHERE uploaded AND NOT tombstone ORDER BY chunk_id, gen";
+/// With `after`, only the generations past it (see [`gen_floor`]).
+pub fn live_chunks(after: Option<i64>) -> String {
+    let after = after.map(|g| format!(" AND gen > {g}")).unwrap_or_default();
+    format!(
+        "SELECT 'chunk/' || encode(chunk_id, 'hex') || '.' || lpad(to_hex(gen), 16, '0') FROM storage.chunk_objects WHERE uploaded AND NOT tombstone{after} ORDER BY chunk_id, gen"
+    )
+}
 
-/// The columns [`LIVE_CHUNKS`] reads, with their types: a table of another shape (another
+/// The highest chunk generation whose object, if live, was in the bucket before now:
+/// `gen` is a sequence, so every chunk uploaded from now on has a higher one, except
+/// those already being uploaded (rows not yet `uploaded`), which the floor stays below.
+/// Read before the pre-copy lists, it splits the live set into what the pre-copy may
+/// hold and the few chunks the pause must copy. `None`: no table of the known shape.
+pub async fn gen_floor(server: &PgServer, tools: &Tools, database: &str) -> Result<Option<i64>, DatabaseError> {
+    let sql = format!(
+        "SELECT ({CHUNK_COLUMNS}) = 4 AS known \\gset\n\\if :known\nSELECT 'floor ' || coalesce(least(max(gen), min(gen) FILTER (WHERE NOT uploaded AND NOT tombstone) - 1), 0) FROM storage.chunk_objects;\n\\endif\n"
+    );
+    let out = psql(server, tools, database, &sql, &[]).await?;
+    Ok(out.lines().find_map(|l| l.strip_prefix("floor ")).and_then(|g| g.trim().parse().ok()))
+}
+
+/// The columns [`live_chunks`] reads, with their types: a table of another shape (another
 /// Pachyderm version) is not read as an index.
 const CHUNK_COLUMNS: &str = "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'storage' AND table_name = 'chunk_objects' AND ((column_name = 'chunk_id' AND data_type = 'bytea') OR (column_name = 'gen' AND data_type = 'bigint') OR (column_name IN ('uploaded', 'tombstone') AND data_type = 'boolean'))";
 
@@ -318,7 +337,7 @@ const CHUNK_COLUMNS: &str = "SELECT count(*) FROM information_schema.columns WHE
 /// dropped, so `pg_dump --snapshot` and the live-chunk query read the same instant.
 pub struct Snapshot {
     pub id: String,
-    /// `storage.chunk_objects` exists with the columns [`LIVE_CHUNKS`] reads.
+    /// `storage.chunk_objects` exists with the columns [`live_chunks`] reads.
     pub chunk_index: bool,
     // Closing psql's input ends the session (and the transaction); kill_on_drop ends it
     // too if psql does not read.
@@ -337,7 +356,11 @@ impl Snapshot {
         let stderr = tokio::spawn(tail_stderr(child.stderr.take().ok_or_else(|| missing("stderr"))?));
         // psql prints each result as soon as it has it: the line arrives while the
         // transaction stays open behind it.
-        let script = format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot() || ' ' || ({CHUNK_COLUMNS});\n");
+        // The session idles in its transaction until the listing after the resume
+        // imports the snapshot: a server-wide idle timeout must not end it first.
+        let script = format!(
+            "SET idle_in_transaction_session_timeout = 0;\nBEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot() || ' ' || ({CHUNK_COLUMNS});\n"
+        );
         let _ = stdin.write_all(script.as_bytes()).await;
         let _ = stdin.flush().await;
         let mut lines = tokio::io::BufReader::new(stdout).lines();

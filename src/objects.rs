@@ -315,13 +315,13 @@ pub struct ReuseCheck {
 /// size counts: an unreadable answer is a store problem, not damage.
 pub async fn check_reused(
     store: &Arc<dyn ObjectStore>,
-    reference: &Bytes,
+    reference: &catalog::Listing,
     what: &str,
     salt: &str,
     sample: usize,
     concurrency: usize,
 ) -> Result<ReuseCheck, ObjectsError> {
-    let reader = || ListingReader::new(reference.clone(), what.to_string());
+    let reader = || ListingReader::new(reference, what.to_string());
     let mut lowest: BTreeMap<[u8; 16], ObjectRecord> = BTreeMap::new();
     for record in reader()? {
         let record = record?;
@@ -457,6 +457,56 @@ impl Planner {
     }
 }
 
+/// The generation of a Pachyderm chunk key (`chunk/<hex>.<gen as %016x>`).
+fn chunk_gen(key: &str) -> Option<i64> {
+    let (_, generation) = key.strip_prefix("chunk/")?.rsplit_once('.')?;
+    i64::from_str_radix(generation, 16).ok()
+}
+
+/// The records of `listing` whose chunk generation is past `floor`: what the pre-copy
+/// holds of the chunks written since the floor was read, the reference of the pause's
+/// copy (the only records it can reuse). Few: the bucket's growth during the pre-copy.
+pub fn recent(listing: ListingReader, floor: i64) -> Result<catalog::Listing, ObjectsError> {
+    let mut out = ListingWriter::new().map_err(|source| ObjectsError::Read { what: "the recent chunks".into(), source })?;
+    for record in listing {
+        let record = record?;
+        if chunk_gen(&record.key).is_some_and(|g| g > floor) {
+            out.push(&record).map_err(|source| ObjectsError::Read { what: "the recent chunks".into(), source })?;
+        }
+    }
+    Ok(out.finish().map_err(|source| ObjectsError::Read { what: "the recent chunks".into(), source })?.0)
+}
+
+/// Two listings merged in key order (`newer`'s record kept for a key in both).
+pub fn merge(mut older: ListingReader, mut newer: ListingReader) -> Result<catalog::Listing, ObjectsError> {
+    let err = |source| ObjectsError::Read { what: "the merged reference listing".into(), source };
+    let mut out = ListingWriter::new().map_err(err)?;
+    let (mut a, mut b) = (older.next_record()?, newer.next_record()?);
+    loop {
+        let record = match (a.take(), b.take()) {
+            (None, None) => break,
+            (Some(x), None) => {
+                a = older.next_record()?;
+                x
+            }
+            (Some(x), Some(y)) if x.key < y.key => {
+                (a, b) = (older.next_record()?, Some(y));
+                x
+            }
+            (x, Some(y)) => {
+                a = match x {
+                    Some(x) if x.key == y.key => older.next_record()?,
+                    x => x,
+                };
+                b = newer.next_record()?;
+                y
+            }
+        };
+        out.push(&record).map_err(err)?;
+    }
+    Ok(out.finish().map_err(err)?.0)
+}
+
 /// The source listed whole, in key order: resumed from the last key on a failed page
 /// when the store lists sorted, else listed once and sorted.
 pub async fn listed(source: &Arc<dyn ObjectStore>, sorted: bool) -> Result<futures::stream::BoxStream<'static, Result<Entry, ObjectsError>>, ObjectsError> {
@@ -588,7 +638,7 @@ pub async fn copy_entries(
     // Records come back out of order; the listing is written in key order.
     let mut waiting: BTreeMap<u64, Option<ObjectRecord>> = BTreeMap::new();
     let mut next = 1u64;
-    let mut writer = ListingWriter::new();
+    let mut writer = ListingWriter::new().map_err(|source| ObjectsError::Read { what: "the new listing".into(), source })?;
     let mut stats = ObjectCounts::default();
     while let Some((seq, record)) = jobs.try_next().await? {
         waiting.insert(seq, record);
@@ -848,7 +898,7 @@ mod tests {
     }
 
     fn reference(records: &[(&str, u64, &str)]) -> ListingReader {
-        let mut w = ListingWriter::new();
+        let mut w = ListingWriter::new().expect("a temporary file");
         for (k, size, etag) in records {
             w.push(&ObjectRecord {
                 key: k.to_string(),
@@ -861,7 +911,22 @@ mod tests {
             .expect("sorted");
         }
         let (bytes, _) = w.finish().expect("finish");
-        ListingReader::new(bytes, "test".into()).expect("decodes")
+        ListingReader::new(&bytes, "test".into()).expect("decodes")
+    }
+
+    #[test]
+    fn recent_keeps_chunks_past_the_floor_and_merge_keeps_key_order() {
+        let key = |g: u64| format!("chunk/ab.{g:016x}");
+        let (k1, k5, k9) = (key(1), key(5), key(9));
+        let listing = reference(&[("a-outside", 1, "t"), (&k1, 1, "t"), (&k5, 1, "t"), (&k9, 1, "t")]);
+        let recent = ListingReader::new(&super::recent(listing, 4).expect("recent"), "r".into()).expect("reader");
+        assert_eq!(recent.map(|r| r.expect("record").key).collect::<Vec<_>>(), vec![k5.clone(), k9.clone()]);
+
+        let older = reference(&[("a", 1, "old"), ("c", 1, "old"), ("e", 1, "old")]);
+        let newer = reference(&[("b", 2, "new"), ("c", 2, "new"), ("f", 2, "new")]);
+        let merged = ListingReader::new(&super::merge(older, newer).expect("merge"), "m".into()).expect("reader");
+        let got: Vec<(String, u64)> = merged.map(|r| r.map(|r| (r.key, r.size)).expect("record")).collect();
+        assert_eq!(got, vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 2), ("e".into(), 1), ("f".into(), 2)]);
     }
 
     #[test]
@@ -884,13 +949,13 @@ mod tests {
         let healed = catalog::fresh_blob_key(&blob("b", 2), "B2");
         assert!(matches!(p.plan("b", 2, Some("e"), t0()).expect("ok"), Plan::Copy { blob, .. } if blob == healed));
         // A later run reuses the fresh key: it is the same object.
-        let mut w = ListingWriter::new();
+        let mut w = ListingWriter::new().expect("a temporary file");
         w.push(&ObjectRecord { key: "b".into(), size: 2, etag: Some("e".into()), blob: healed.clone(), sha256: "s".into(), since: "B2".into() }).expect("push");
         let (bytes, _) = w.finish().expect("finish");
-        let mut later = Planner::new(ListingReader::new(bytes, "t".into()).expect("decodes"));
+        let mut later = Planner::new(ListingReader::new(&bytes, "t".into()).expect("decodes"));
         assert!(matches!(later.plan("b", 2, Some("e"), t0()).expect("ok"), Plan::Reuse(r) if r.blob == healed));
         let full = Heal { damaged: Default::default(), full: true, backup_id: "B3".into() };
-        let mut p = Planner::healing(ListingReader::empty(), full);
+        let mut p = Planner::healing(ListingReader::empty().expect("empty"), full);
         assert!(matches!(p.plan("a", 1, Some("e"), t0()).expect("ok"), Plan::Copy { blob: b, .. } if b == catalog::fresh_blob_key(&blob("a", 1), "B3")));
     }
 

@@ -217,7 +217,7 @@ async fn missing_chunks(
     catalog: &Catalog,
     manifest: &Manifest,
 ) -> Result<(Vec<String>, u64, u64), VerifyError> {
-    let mut rows = database::rows(server, tools, database, database::LIVE_CHUNKS).await?;
+    let mut rows = database::rows(server, tools, database, &database::live_chunks(None)).await?;
     let mut listing = catalog.read_listing(&manifest.backup_id, manifest).await?;
     let mut pending = listing.next_record()?;
     let (mut missing, mut count, mut checked) = (Vec::new(), 0u64, 0u64);

@@ -39,9 +39,10 @@ enum Phase {
     Precopy,
     /// Paused (every workload at 0, annotated), waiting for pods that never terminate.
     Pause,
-    /// The dump of `pachyderm` blocked on a lock; the dump of `dex` and the listing written.
+    /// The dump of `pachyderm` blocked on a lock; the dump of `dex` written (the listing
+    /// is made after the resume).
     DumpPachyderm,
-    /// The dump of `dex` blocked on a lock; the dump of `pachyderm` and the listing written.
+    /// The dump of `dex` blocked on a lock; the dump of `pachyderm` written.
     DumpDex,
     /// The capture's object copy (PRECOPY=false) through a slow wire, cluster paused.
     Copy,
@@ -253,24 +254,19 @@ async fn kill_at(phase: Phase) {
         DumpPachyderm | DumpDex => {
             let (held, other) = if phase == DumpPachyderm { ("pachyderm", "dex") } else { ("dex", "pachyderm") };
             let (bed, folders_before) = (&bed, &folders_before);
-            hold_until(&mut running, &format!("pg_dump of {held} blocked, the {other} dump and the listing written"), limit, || async move {
+            hold_until(&mut running, &format!("pg_dump of {held} blocked, the {other} dump written"), limit, || async move {
                 if !dump_blocked_in(&bed.pg, held) {
                     return false;
                 }
                 let Some(id) = new_folder(bed, folders_before).await else { return false };
-                let f = files(bed, &id).await;
-                f.contains(&format!("databases/{other}.pgdump")) && f.contains(catalog::LISTING)
+                files(bed, &id).await.contains(&format!("databases/{other}.pgdump"))
             })
             .await;
         }
         Commit | RetentionMark | RetentionPrune | RetentionSweep => {
             let (bed_ref, folders_before) = (&bed, &folders_before);
-            hold_until(&mut running, "pg_dump of pachyderm blocked, the listing written", limit, || async move {
-                if !dump_is_blocked(&bed_ref.pg) {
-                    return false;
-                }
-                let Some(id) = new_folder(bed_ref, folders_before).await else { return false };
-                files(bed_ref, &id).await.contains(catalog::LISTING)
+            hold_until(&mut running, "pg_dump of pachyderm blocked, the run's folder claimed", limit, || async move {
+                dump_is_blocked(&bed_ref.pg) && new_folder(bed_ref, folders_before).await.is_some()
             })
             .await;
             let claimed = new_folder(&bed, &folders_before).await.expect("the run's folder");
@@ -287,7 +283,8 @@ async fn kill_at(phase: Phase) {
                 _ => target_path(&earlier[1], catalog::LISTING),
             };
             let latency = if phase == Commit || phase == RetentionMark { Duration::from_secs(120) } else { Duration::from_secs(1) };
-            proxy.set(Faults { latency, only_path_prefix: Some(held.clone()), ..Default::default() });
+            // Reads only: the listing is written after the resume, once the lock is released.
+            proxy.set(Faults { latency, only_path_prefix: Some(held.clone()), only_method: Some("GET"), ..Default::default() });
             proxy.clear_requests();
             lock.take().expect("lock").release().await;
             let what = match phase {

@@ -451,7 +451,12 @@ async fn chunks_written_before_the_pause_are_read_from_the_database_not_listed()
     let running = Running::start(bed.command(&["run"]));
     wait_until("pachd scaled to 0 by the pause", Duration::from_secs(120), || bed.kube.replicas("deployments", "pachd") == Some(0)).await;
     proxy.clear_requests();
-    bed.add_chunks(31..=33).await;
+    // Generations past the floor (the fixture's pending rows hold it at 2,000,000), as
+    // Pachyderm's sequence gives new chunks: copied by the pause. And one below it, as a
+    // chunk whose row was created before the pre-copy and uploaded after it listed:
+    // copied after the resume by the listing, the snapshot's live set being whole.
+    bed.add_chunks(3_000_001..=3_000_003).await;
+    bed.add_chunks(31..=31).await;
     bed.kube.pods_never_terminate(false);
     let out = running.finish().await;
     out.expect_code(0);
@@ -460,12 +465,13 @@ async fn chunks_written_before_the_pause_are_read_from_the_database_not_listed()
     assert_eq!(m.objects.index, Some(catalog::ObjectsIndex::Database));
     assert_eq!(
         (m.objects.counts.count, m.objects.counts.copied),
-        (34, 34),
-        "30 pre-copied + 3 new chunks + 1 object outside chunk/, all copied by this backup"
+        (35, 35),
+        "30 pre-copied + 4 new chunks + 1 object outside chunk/, all copied by this backup"
     );
+    assert!(m.phases.contains_key("listing"), "the listing is made after the resume: {:?}", m.phases);
     let records = listing(&bed, &m).await;
     let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
-    for i in 31..=33 {
+    for i in [31, 3_000_001, 3_000_002, 3_000_003] {
         assert!(keys.contains(&pachyderm_backup::demo::chunk_key(i).as_str()), "chunk {i} in the listing");
     }
     assert_eq!(keys.last(), Some(&"zz-other/notes.txt"));
@@ -479,13 +485,17 @@ async fn chunks_written_before_the_pause_are_read_from_the_database_not_listed()
     assert!(paused.iter().any(|r| r.is_list() && prefix(&r.query).starts_with("zz-other")), "the prefix outside chunk/ is listed: {paused:?}");
     assert!(chunk_listings.is_empty(), "no listing of chunk/ while paused: {chunk_listings:?}");
     let heads: Vec<_> = paused.iter().filter(|r| r.method == "HEAD" && r.path.contains("/chunk/")).collect();
-    assert_eq!(heads.len(), 3, "one HEAD per new chunk: {heads:?}");
-    assert!(out.logs().iter().any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("objects indexed by storage.chunk_objects"))), "{}", out.stderr);
+    assert_eq!(heads.len(), 4, "one HEAD per new chunk: {heads:?}");
+    assert!(
+        out.logs().iter().any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("objects indexed by storage.chunk_objects")) && l["floor"] == 2_000_000),
+        "{}",
+        out.stderr
+    );
 
     // The next run reuses all of it, and the drill finds every live chunk.
     bed.run(&["run"]).await.expect_code(0);
     let next = bed.manifests().await.pop().expect("second backup");
-    assert_eq!((next.objects.counts.copied, next.objects.counts.reused), (0, 34));
+    assert_eq!((next.objects.counts.copied, next.objects.counts.reused), (0, 35));
     run_with(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await.expect_code(0);
 }
 
@@ -494,14 +504,18 @@ async fn chunks_written_before_the_pause_are_read_from_the_database_not_listed()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_chunk_missing_from_the_bucket_fails_the_run_and_names_it() {
     let mut bed = Bed::new(BedOptions { chunks: 10, ..Default::default() }).await;
-    bed.set("PRECOPY", "false");
     let lost = pachyderm_backup::demo::chunk_key(7);
     object_store::ObjectStoreExt::delete(&*bed.source, &lost.as_str().into()).await.expect("delete");
-    let out = bed.run(&["run"]).await;
-    out.expect_code(1);
-    assert!(out.stderr.contains(&lost) && out.stderr.contains("storage.chunk_objects"), "{}", out.stderr);
-    assert!(bed.manifests().await.is_empty(), "no backup");
-    bed.assert_resumed();
+    // Found while paused (no pre-copy: the whole live set is joined in the pause), and
+    // found by the listing after the resume (with a pre-copy).
+    for precopy in ["false", "true"] {
+        bed.set("PRECOPY", precopy);
+        let out = bed.run(&["run"]).await;
+        out.expect_code(1);
+        assert!(out.stderr.contains(&lost) && out.stderr.contains("storage.chunk_objects"), "PRECOPY={precopy}: {}", out.stderr);
+        assert!(bed.manifests().await.is_empty(), "no backup");
+        bed.assert_resumed();
+    }
 }
 
 /// A Pachyderm whose database has no `storage.chunk_objects` of the known shape: the
@@ -522,4 +536,41 @@ async fn without_the_chunk_table_the_whole_bucket_is_listed() {
         "{}",
         out.stderr
     );
+}
+
+/// A listing larger than one part (millions of objects make hundreds of megabytes) goes
+/// up from its temporary file in parts, and reads back record for record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_of_many_parts_is_uploaded_from_its_file_and_reads_back() {
+    use futures::TryStreamExt;
+    let moto = Moto::start().await;
+    moto.create_bucket("backups");
+    let catalog = pachyderm_backup::catalog::Catalog::new(moto.store("backups"));
+    let mut writer = catalog::ListingWriter::new().expect("a temporary file");
+    let record = |i: u32| {
+        let sha = hex::encode(Sha256::digest(i.to_le_bytes()));
+        ObjectRecord {
+            key: format!("chunk/{sha}.{i:016x}"),
+            size: u64::from(i),
+            etag: None,
+            blob: format!("blobs/chunk/{sha}@{i}"),
+            sha256: sha,
+            since: "b1".into(),
+        }
+    };
+    let mut records: Vec<ObjectRecord> = (0..200_000).map(record).collect();
+    records.sort_by(|a, b| a.key.cmp(&b.key));
+    for r in &records {
+        writer.push(r).expect("push");
+    }
+    let (listing, _) = writer.finish().expect("finish");
+    assert!(listing.len() > 2 * 5 * 1024 * 1024, "more than two parts: {} bytes", listing.len());
+    let path = catalog::backup_path("b1", catalog::LISTING);
+    catalog.put_listing(&path, &listing).await.expect("upload");
+    let stored = read(&moto.store("backups"), path.as_ref()).await;
+    let local: Vec<bytes::Bytes> = listing.chunks(1 << 20).try_collect().await.expect("read the file");
+    assert_eq!(stored, local.concat(), "the object is the file, byte for byte");
+    let back = catalog::Listing::from_bytes(&stored).expect("spill");
+    let read_back: Vec<String> = catalog::ListingReader::new(&back, "back".into()).expect("reader").map(|r| r.expect("record").key).collect();
+    assert_eq!(read_back, records.iter().map(|r| r.key.clone()).collect::<Vec<_>>());
 }

@@ -202,7 +202,7 @@ async fn verify_drill_checks_metadata_against_objects() {
     // listed a bucket which had lost the object looks like this.
     let m = bed.manifests().await.pop().expect("backup");
     let mut reader = bed.catalog().read_listing(&m.backup_id, &m).await.expect("listing");
-    let mut writer = pachyderm_backup::catalog::ListingWriter::new();
+    let mut writer = pachyderm_backup::catalog::ListingWriter::new().expect("a temporary file");
     while let Some(r) = reader.next_record().expect("record") {
         if r.key != chunk_key(7) {
             writer.push(&r).expect("push");
@@ -213,7 +213,7 @@ async fn verify_drill_checks_metadata_against_objects() {
     damaged.objects.listing_sha256 = Some(sha);
     damaged.objects.counts.count -= 1;
     let path = |file: &str| pachyderm_backup::catalog::backup_path(&m.backup_id, file);
-    bed.target.put(&path(pachyderm_backup::catalog::LISTING), bytes.into()).await.expect("put listing");
+    bed.catalog().put_listing(&path(pachyderm_backup::catalog::LISTING), &bytes).await.expect("put listing");
     bed.target.put(&path(pachyderm_backup::catalog::MANIFEST), serde_json::to_vec(&damaged).expect("json").into()).await.expect("put manifest");
     let out = run_with(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await;
     out.expect_code(1);

@@ -277,13 +277,15 @@ async fn commit_checks_every_part_it_names() {
     let running = Running::start(bed.command(&["run"]));
     wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
     let target = bed.dir.path().join("target/backups");
-    let listing = || std::fs::read_dir(&target).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.path().join(catalog::LISTING));
-    wait_until("the listing written", Duration::from_secs(60), || listing().is_some_and(|p| p.is_file())).await;
-    std::fs::remove_file(listing().expect("listing")).expect("remove the listing");
+    // The dex dump, written while the pachyderm dump waits (the listing is written
+    // after the resume, so the dump is the part removed under the run's feet).
+    let dex = || std::fs::read_dir(&target).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.path().join("databases/dex.pgdump"));
+    wait_until("the dex dump written", Duration::from_secs(60), || dex().is_some_and(|p| p.is_file())).await;
+    std::fs::remove_file(dex().expect("dex dump")).expect("remove the dex dump");
     lock.release().await;
     let out = running.finish().await;
     out.expect_code(1);
-    assert!(out.stderr.contains("objects.jsonl.zst is missing") && out.stderr.contains("not committed"), "{}", out.stderr);
+    assert!(out.stderr.contains("dex.pgdump is missing") && out.stderr.contains("not committed"), "{}", out.stderr);
     assert!(bed.manifests().await.is_empty(), "a manifest names a removed part");
 }
 

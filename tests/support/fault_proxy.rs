@@ -68,6 +68,9 @@ pub struct Faults {
     /// Only requests whose path starts with this are faulted (e.g. "/pach-data": the
     /// source bucket only); None: all.
     pub only_path_prefix: Option<String>,
+    /// Only requests of this method (e.g. "GET": a file read back, not its upload) are
+    /// faulted; None: all.
+    pub only_method: Option<&'static str>,
 }
 
 /// One request as the proxy saw it.
@@ -290,9 +293,9 @@ fn key_draw(seed: u64, key: &str) -> f64 {
     draw(seed, h, 0xF11F)
 }
 
-fn decide(rules: &mut Rules, path: &str, query: &str, kind: Kind) -> Decision {
+fn decide(rules: &mut Rules, method: &str, path: &str, query: &str, kind: Kind) -> Decision {
     let f = &rules.faults;
-    let applies = f.only_path_prefix.as_deref().is_none_or(|p| path.starts_with(p));
+    let applies = f.only_path_prefix.as_deref().is_none_or(|p| path.starts_with(p)) && f.only_method.is_none_or(|m| m == method);
     let mut d = Decision { applies, forwarded_query: query.to_string(), ..Decision::default() };
     if !applies {
         return d;
@@ -381,7 +384,7 @@ async fn handle(shared: Arc<Shared>, conn_reset: Arc<AtomicBool>, req: Request<I
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let kind = Kind::classify(&method, &path, &query, req.headers().contains_key("x-amz-copy-source"));
-    let d = decide(&mut shared.rules.lock().expect("rules"), &path, &query, kind);
+    let d = decide(&mut shared.rules.lock().expect("rules"), &method, &path, &query, kind);
 
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let sent = Arc::new(AtomicU64::new(0));
