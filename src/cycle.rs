@@ -841,7 +841,12 @@ async fn run_locked(
     };
 
     // LISTING, cluster running again: the full live set at the dump's snapshot.
-    if let (Some(deferred), Some(src), Some(precopied)) = (captured.deferred.take(), &source, &precopied) {
+    if let Some(deferred) = captured.deferred.take() {
+        // A deferral exists only after a pre-copy of a source: never a silent skip.
+        let (Some(src), Some(precopied)) = (&source, &precopied) else {
+            let bug = StepError { reason: "panic", message: "internal error (a bug, please report it): a deferred listing without a pre-copy".into() };
+            return Err(fail(Phase::Listing, "resumed")(bug));
+        };
         let work = async {
             let progress = Progress::start("listing", cfg.common.progress_interval);
             let live = live_chunks(cfg, &tools, &deferred.database, &deferred.snapshot.id, None).await?;
