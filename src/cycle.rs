@@ -730,9 +730,17 @@ async fn run_locked(
         };
         let work = async {
             let progress = Progress::start("precopy", cfg.common.progress_interval);
-            let (listing, stats) =
-                objects::sync(src, objects::lists_sorted(&cfg.source), catalog.store(), reference().await?, &heal, cfg.copy.concurrency, true, &progress)
-                    .await?;
+            let (listing, stats) = objects::copy_entries(
+                src,
+                objects::listed(src, objects::lists_sorted(&cfg.source)).await?,
+                catalog.store(),
+                reference().await?,
+                &heal,
+                cfg.copy.concurrency,
+                true,
+                &progress,
+            )
+            .await?;
             info!(objects = stats.count, copied = stats.copied, copied_bytes = stats.copied_bytes, reused = stats.reused, "pre-copy done");
             let (bytes, _) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the pre-copy listing: {e}") })?;
             Ok::<_, StepError>((bytes, stats.count))

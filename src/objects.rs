@@ -545,30 +545,14 @@ pub async fn indexed<'a>(
     Ok(before.chain(live.map_ok(Entry::Live)).chain(after).boxed())
 }
 
-/// Copies the source bucket into the pool: every object not in `reference` is copied,
-/// the others reused. Returns the new listing (compressed) and its counts; an object
-/// counts as copied when this backup (`backup_id`) stored its blob, in this call or in
-/// the pre-copy whose listing is `reference`.
+/// Copies what `entries` name (in key order: [`listed`], or [`indexed`] and the live
+/// chunks) into the pool: every object not in `reference` is copied, the others
+/// reused. A live chunk the reference does not hold is read from the source (HEAD)
+/// first; one that is not there fails the copy, naming it. Returns the new listing and
+/// its counts; an object counts as copied when this backup (`backup_id`) stored its
+/// blob, in this call or in the pre-copy whose listing is `reference`.
 /// `vanished_ok`: while Pachyderm runs (pre-copy), its garbage collector may delete an
 /// object between listing and reading; such an object is left out, not an error.
-#[allow(clippy::too_many_arguments)]
-pub async fn sync(
-    source: &Arc<dyn ObjectStore>,
-    sorted: bool,
-    pool: &Arc<dyn ObjectStore>,
-    reference: ListingReader,
-    heal: &Heal,
-    concurrency: usize,
-    vanished_ok: bool,
-    progress: &Progress,
-) -> Result<(ListingWriter, ObjectCounts), ObjectsError> {
-    let entries = listed(source, sorted).await?;
-    copy_entries(source, entries, pool, reference, heal, concurrency, vanished_ok, progress).await
-}
-
-/// Copies what `entries` name (in key order) into the pool, as [`sync`] does for a
-/// listing. A live chunk the reference does not hold is read from the source (HEAD)
-/// first; one that is not there fails the copy, naming it.
 #[allow(clippy::too_many_arguments)]
 pub async fn copy_entries(
     source: &Arc<dyn ObjectStore>,
