@@ -220,7 +220,12 @@ pub async fn resume(raw: &RawEnv, if_stale: bool) -> Result<(), Failure> {
             println!("resumed: {}", resumed.join(", "));
             Ok(())
         }
-        Err(e) => Err(Failure::new(ExitCode::ResumeFailed, format!("RESUME FAILED: {}; THE CLUSTER MAY STILL BE PAUSED", error_chain(&e)))),
+        Err(e) => {
+            // The run's own RESUME FAILED message, with what still carries a pause.
+            let still_paused = cluster.paused_objects().await.unwrap_or_default();
+            let err = RunError::ResumeFailed { message: error_chain(&e), still_paused };
+            Err(Failure::new(ExitCode::ResumeFailed, err.to_string()))
+        }
     }
 }
 

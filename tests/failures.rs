@@ -118,14 +118,24 @@ async fn a_failed_resume_exits_4_and_says_what_is_still_paused() {
     out.expect_code(4);
     assert!(out.stderr.contains("RESUME FAILED") && out.stderr.contains("deployment/pachd"), "{}", out.stderr);
     assert_eq!(bed.kube.replicas("deployments", "pachd"), Some(0));
+    // 13.5: `resume` failing the same way says the same, with what is still paused.
+    let out = bed.run(&["resume"]).await;
+    out.expect_code(4);
+    assert!(
+        out.stderr.contains("RESUME FAILED") && out.stderr.contains("Objects still carrying pause annotations") && out.stderr.contains("deployment/pachd"),
+        "{}",
+        out.stderr
+    );
     bed.kube.clear_faults();
     bed.run(&["resume"]).await.expect_code(0);
     bed.assert_resumed();
     // 10.4: the story on pachd, for `kubectl describe`.
     let reasons: Vec<String> = bed.kube.events().iter().filter_map(|e| e["reason"].as_str().map(str::to_string)).collect();
-    assert_eq!(reasons, ["Paused", "ResumeFailed", "BackupFailed", "Resumed"]);
+    // The run's failed resume, its failed backup, the `resume` command's failure, then
+    // its success.
+    assert_eq!(reasons, ["Paused", "ResumeFailed", "BackupFailed", "ResumeFailed", "Resumed"]);
     let warnings = bed.kube.events().iter().filter(|e| e["type"] == "Warning").count();
-    assert_eq!(warnings, 2, "a failed resume and a failed backup are warnings");
+    assert_eq!(warnings, 3, "failed resumes and a failed backup are warnings");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
