@@ -166,6 +166,18 @@ async fn stopped(stop: &mut Stop) -> &'static str {
     }
 }
 
+/// Why a step was cut short by a lost lock: (reason, message), one wording for every phase.
+struct Lost(&'static str, &'static str);
+
+const LEASE_LOST: Lost = Lost("lease_lost", "the Lease was lost: another run may be starting");
+const LOCK_LOST: Lost = Lost("lock_lost", "the bucket lock was lost: another writer may be starting");
+
+impl Lost {
+    fn error(&self) -> StepError {
+        StepError { reason: self.0, message: self.1.into() }
+    }
+}
+
 async fn lease_lost(lease: &mut Option<LeaseGuard>) {
     match lease {
         Some(l) => l.lost().await,
@@ -819,8 +831,8 @@ async fn run_locked(
         },
         _ = tokio::time::sleep(cfg.max_downtime) => Err((current.get(), StepError { reason: "max_downtime", message: format!("MAX_DOWNTIME ({}) reached: capture aborted", humantime::format_duration(cfg.max_downtime)) })),
         s = stopped(stop) => Err((current.get(), StepError { reason: "signal", message: format!("interrupted by {s}") })),
-        _ = lease_lost(lease) => Err((current.get(), StepError { reason: "lease_lost", message: "the Lease was lost: another run may be starting".into() })),
-        _ = bucket_lock.lost() => Err((current.get(), StepError { reason: "lock_lost", message: "the bucket lock was lost: another writer may be starting".into() })),
+        _ = lease_lost(lease) => Err((current.get(), LEASE_LOST.error())),
+        _ = bucket_lock.lost() => Err((current.get(), LOCK_LOST.error())),
     };
     if let Err((phase, _)) = &captured {
         warn!(failed_phase = %phase, "capture aborted: resuming the cluster (the error follows once the cluster is resumed)");
@@ -867,12 +879,11 @@ async fn run_locked(
             let (listing, stats) = objects::copy_entries(src, entries, catalog.store(), reference, &heal, cfg.copy.concurrency, false, &progress).await?;
             write_listing(catalog, backup_id, listing, stats, ObjectsIndex::Database).await
         };
-        let lost = |what: &str| StepError { reason: "lease_lost", message: format!("the {what} was lost: another run may be starting") };
         let (objects, size) = tokio::select! {
             r = t.time(Phase::Listing, work) => r.map_err(fail(Phase::Listing, "resumed"))?,
             s = stopped(stop) => return Err(interrupted(Phase::Listing, s, "resumed")),
-            _ = lease_lost(lease) => return Err(fail(Phase::Listing, "resumed")(lost("Lease"))),
-            _ = bucket_lock.lost() => return Err(fail(Phase::Listing, "resumed")(StepError { reason: "lock_lost", ..lost("bucket lock") })),
+            _ = lease_lost(lease) => return Err(fail(Phase::Listing, "resumed")(LEASE_LOST.error())),
+            _ = bucket_lock.lost() => return Err(fail(Phase::Listing, "resumed")(LOCK_LOST.error())),
         };
         // The snapshot's session ends here: the listing no longer needs it.
         drop(deferred);

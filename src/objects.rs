@@ -1,10 +1,11 @@
 //! Object stores: opening buckets, preflight probes, and the streamed, parallel copy of
 //! the source bucket into the target's blob pool.
 //!
-//! Memory stays flat in the size of the bucket: the source listing is consumed as a
-//! stream and merge-joined, in key order, with the previous backup's listing (itself
-//! streamed); only the transfers in flight and the records waiting for an earlier key
-//! to finish are held.
+//! Memory stays flat in the size of the bucket: the source listing (or the database's
+//! live chunks) is consumed as a stream and merge-joined, in key order, with a reference
+//! listing streamed from its temporary file; only the transfers in flight and the
+//! records waiting for an earlier key to finish are held. The exception is a local
+//! directory, which object_store lists unsorted: its listing is sorted in memory.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
