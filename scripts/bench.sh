@@ -146,9 +146,9 @@ for i in range(a, b + 1):
 PY
     psql_b -d pachyderm -c "INSERT INTO storage.chunk_objects (chunk_id, gen, uploaded, tombstone, size) SELECT sha256(convert_to('chunk-' || i, 'UTF8')), i, true, false, 64 FROM generate_series($2, $3) i" >/dev/null
   }
-  capture_of() { python3 -c "import glob,json,sys;m=json.load(open(sorted(glob.glob(sys.argv[1]+'/backups/*/manifest.json'))[-1]));print(f\"{m['phases']['capture']:.2f} {m['objects']['index']} {m['objects']['copied']}\")" "$1"; }
+  capture_of() { python3 -c "import glob,json,sys;m=json.load(open(sorted(glob.glob(sys.argv[1]+'/backups/*/manifest.json'))[-1]));print(f\"{m['phases']['capture']:.2f} {m['objects']['index']} {m['objects']['copied']} {m['phases'].get('dump', 0):.2f}\")" "$1"; }
   echo "== downtime: the paused interval of a nightly run (100 chunks new since the last backup), local directories, $TRANSFERS transfers"
-  printf '   %-10s | %-22s | %-22s | %-18s | %-14s | %s\n' "chunks" "ours, database index" "ours, bucket listing" "manual: dump+sync" "bare pg_dump×2" "peak RSS (db index)"
+  printf '   %-10s | %-22s | %-22s | %-18s | %-14s | %-20s | %s\n' "chunks" "ours, database index" "ours, bucket listing" "manual: dump+sync" "bare pg_dump×2" "our dumps (resumed)" "peak RSS (db index)"
   for n in ${DOWNTIME_SIZES:-10000 100000 1000000}; do
     d="$work/dt-$n"; src="$d/src"; rm -rf "$d"; mkdir -p "$d"
     psql_b -d postgres -c 'DROP DATABASE IF EXISTS pachyderm' -c 'CREATE DATABASE pachyderm' >/dev/null
@@ -178,7 +178,7 @@ PY
     "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -Fc -Z1 -f "$d/p2.dump" pachyderm &
     "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -Fc -Z1 -f "$d/d2.dump" dex; wait
     bare=$(secs "$start")
-    printf '   %-10s | %-22s | %-22s | %-18s | %-14s | %s MiB\n' "$n" "$(echo "$db" | awk '{print $1"s ("$3" copied)"}')" "$(echo "$listing" | awk '{print $1"s ("$3" copied)"}')" "${manual}s" "${bare}s" "$((rss / 1024))"
+    printf '   %-10s | %-22s | %-22s | %-18s | %-14s | %-20s | %s MiB\n' "$n" "$(echo "$db" | awk '{print $1"s ("$3" copied)"}')" "$(echo "$listing" | awk '{print $1"s ("$3" copied)"}')" "${manual}s" "${bare}s" "$(echo "$db" | awk '{print $4"s"}')" "$((rss / 1024))"
     rm -rf "$d"
   done
 fi

@@ -14,13 +14,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, warn};
 
 use crate::catalog::ObjectCounts;
-use crate::catalog::{self, Catalog, DatabaseEntry, Manifest, ObjectsEntry, ObjectsIndex};
+use crate::catalog::{self, Catalog, Manifest, ObjectsEntry, ObjectsIndex};
 use crate::cluster::{Cluster, ClusterError, LeaseGuard, PauseReport};
 use crate::config::{ObjectsMode, PauseMode, RunConfig};
 use crate::database::{self, Tools};
@@ -40,6 +40,8 @@ pub enum Phase {
     Pause,
     Capture,
     Resume,
+    /// After the resume: the database dumps, each at the snapshot exported while paused.
+    Dump,
     /// After the resume: the backup's listing, from the live chunks of the dump's
     /// snapshot merged with what the pre-copy and the pause copied.
     Listing,
@@ -57,6 +59,7 @@ impl Phase {
             Phase::Pause => "pause",
             Phase::Capture => "capture",
             Phase::Resume => "resume",
+            Phase::Dump => "dump",
             Phase::Listing => "listing",
             Phase::Commit => "commit",
             Phase::Retention => "retention",
@@ -203,16 +206,27 @@ struct Timings {
 
 impl Timings {
     async fn time<T>(&mut self, phase: Phase, f: impl Future<Output = T>) -> T {
-        let start = Instant::now();
-        let out = f.instrument(tracing::error_span!("phase", phase = phase.name())).await;
-        *self.phases.entry(phase.name().to_string()).or_default() += start.elapsed().as_secs_f64();
+        let (out, seconds) = timed(phase, f).await;
+        self.add(phase, seconds);
         out
+    }
+
+    fn add(&mut self, phase: Phase, seconds: f64) {
+        *self.phases.entry(phase.name().to_string()).or_default() += seconds;
     }
 }
 
-/// The parts written during the capture.
+/// `f` in its phase's span, and how long it took: for phases that run side by side.
+async fn timed<T>(phase: Phase, f: impl Future<Output = T>) -> (T, f64) {
+    let start = Instant::now();
+    let out = f.instrument(tracing::error_span!("phase", phase = phase.name())).await;
+    (out, start.elapsed().as_secs_f64())
+}
+
+/// The parts written during the capture, and what it leaves for after the resume.
 struct Captured {
-    databases: Vec<DatabaseEntry>,
+    /// Every database at the pause's instant, by name: dumped after the resume.
+    snapshots: Vec<(String, database::Snapshot)>,
     objects: ObjectsEntry,
     cluster_objects: Vec<String>,
     original_replicas: BTreeMap<String, i32>,
@@ -228,8 +242,8 @@ struct Captured {
 /// merge of the live set (read at the still-held snapshot) with everything copied is
 /// no longer in the downtime.
 struct Deferred {
+    /// The database whose snapshot (in `Captured::snapshots`) the listing reads.
     database: String,
-    snapshot: database::Snapshot,
     /// The records the pause's copy wrote (or reused).
     paused: catalog::Listing,
 }
@@ -255,21 +269,32 @@ impl Clock {
     }
 }
 
-/// The downtime to expect from the last (up to 3) paused runs, `(downtime seconds,
-/// objects)` oldest first: the longest of them, each scaled by the bucket's growth since
-/// (objects now over objects then, never below 1: the paused listing is linear in the
-/// objects). `None` without history.
-pub fn downtime_estimate(history: &[(f64, u64)], objects_now: Option<u64>) -> Option<f64> {
+/// One earlier paused run, as its manifest tells it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PausedRun {
+    pub downtime: f64,
+    pub objects: u64,
+    /// Its objects were indexed by listing the whole bucket while paused (no table of
+    /// the known shape): its downtime grew with the bucket.
+    pub listed: bool,
+}
+
+/// The downtime to expect from the last (up to 3) paused runs, oldest first: the
+/// longest of them. A run that listed the bucket while paused is scaled by the
+/// bucket's growth since (objects now over objects then, never below 1: that listing
+/// is linear in the objects); a run indexed by the database is not, its pause holding
+/// only the snapshots and the chunks written since the pre-copy. `None` without history.
+pub fn downtime_estimate(history: &[PausedRun], objects_now: Option<u64>) -> Option<f64> {
     history
         .iter()
         .rev()
         .take(3)
-        .map(|(downtime, objects)| {
-            let growth = match (objects_now, *objects) {
-                (Some(now), then) if then > 0 => (now as f64 / then as f64).max(1.0),
+        .map(|run| {
+            let growth = match (objects_now, run.objects, run.listed) {
+                (Some(now), then, true) if then > 0 => (now as f64 / then as f64).max(1.0),
                 _ => 1.0,
             };
-            downtime * growth
+            run.downtime * growth
         })
         .reduce(f64::max)
 }
@@ -778,15 +803,22 @@ async fn run_locked(
     // MAX_DOWNTIME is refused now, before anything is paused, instead of being
     // aborted at MAX_DOWNTIME with that much downtime spent for nothing.
     if cluster.is_some() {
-        let history: Vec<(f64, u64)> =
-            previous.iter().filter(|m| m.paused_by_us && m.downtime_seconds > 0.0).map(|m| (m.downtime_seconds, m.objects.counts.count)).collect();
+        let history: Vec<PausedRun> = previous
+            .iter()
+            .filter(|m| m.paused_by_us && m.downtime_seconds > 0.0)
+            .map(|m| PausedRun { downtime: m.downtime_seconds, objects: m.objects.counts.count, listed: m.objects.index == Some(ObjectsIndex::Listing) })
+            .collect();
         if let Some(estimate) = downtime_estimate(&history, precopied_objects) {
             t.estimate = Some(estimate);
             let limit = cfg.max_downtime.as_secs_f64();
-            info!(estimate_seconds = estimate, max_downtime_seconds = limit, "downtime estimate: the last paused runs, scaled by the bucket's growth since");
+            info!(
+                estimate_seconds = estimate,
+                max_downtime_seconds = limit,
+                "downtime estimate: the longest of the last paused runs (those that listed the bucket while paused scaled by its growth since)"
+            );
             if estimate > limit {
                 let message = format!(
-                    "the expected downtime, {estimate:.0}s (the last paused runs' downtime, scaled by the bucket's growth since), exceeds MAX_DOWNTIME ({}): the run would be aborted at MAX_DOWNTIME after pausing that long for nothing. Raise MAX_DOWNTIME, or find what made the last runs slow (their phases are in their manifests)",
+                    "the expected downtime, {estimate:.0}s (the longest of the last paused runs' downtime; those that listed the bucket while paused scaled by its growth since), exceeds MAX_DOWNTIME ({}): the run would be aborted at MAX_DOWNTIME after pausing that long for nothing. Raise MAX_DOWNTIME, or find what made the last runs slow (their phases are in their manifests)",
                     humantime::format_duration(cfg.max_downtime)
                 );
                 return Err(fail(Phase::Precopy, UNTOUCHED)(StepError { reason: "downtime_estimate", message }));
@@ -860,33 +892,71 @@ async fn run_locked(
         }
     };
 
-    // LISTING, cluster running again: the full live set at the dump's snapshot.
-    if let Some(deferred) = captured.deferred.take() {
+    // DUMP and LISTING, side by side with the cluster running again: both read the
+    // snapshots the pause exported, so they hold the paused instant whatever the
+    // cluster writes now.
+    let snapshots = std::mem::take(&mut captured.snapshots);
+    let deferred = captured.deferred.take();
+    let tools = &tools;
+    let dumps = async {
+        let progress = Progress::start("dump", cfg.common.progress_interval);
+        let compress = dump_compression(cfg, tools)?;
+        let compress = compress.as_str();
+        futures::future::try_join_all(servers.iter().map(|info| {
+            let file = format!("databases/{}.pgdump", info.database);
+            let path = catalog::backup_path(backup_id, &file);
+            let progress = &progress;
+            let at = snapshots.iter().find(|(db, _)| *db == info.database).map(|(_, s)| s.id.as_str());
+            async move {
+                let Some(at) = at else {
+                    return Err(StepError { reason: "panic", message: format!("internal error (a bug, please report it): no snapshot of {}", info.database) });
+                };
+                database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, &cfg.database.recipients, compress, Some(at), progress)
+                    .await
+                    .map_err(StepError::from)
+            }
+        }))
+        .await
+    };
+    let listing = async {
+        let Some(deferred) = &deferred else { return Ok(None) };
         // A deferral exists only after a pre-copy of a source: never a silent skip.
-        let (Some(src), Some(precopied)) = (&source, &precopied) else {
-            let bug = StepError { reason: "panic", message: "internal error (a bug, please report it): a deferred listing without a pre-copy".into() };
-            return Err(fail(Phase::Listing, "resumed")(bug));
+        let (Some(src), Some(precopied), Some((_, snapshot))) = (&source, &precopied, snapshots.iter().find(|(db, _)| *db == deferred.database)) else {
+            return Err(StepError {
+                reason: "panic",
+                message: "internal error (a bug, please report it): a deferred listing without a pre-copy or a snapshot".into(),
+            });
         };
-        let work = async {
-            let progress = Progress::start("listing", cfg.common.progress_interval);
-            let live = live_chunks(cfg, &tools, &deferred.database, &deferred.snapshot.id, None).await?;
-            let entries = objects::indexed(src, live).await?;
-            let reference = objects::merge(
-                catalog::ListingReader::new(precopied, "the pre-copy listing".into())?,
-                catalog::ListingReader::new(&deferred.paused, "the paused copy's listing".into())?,
-            )?;
-            let reference = catalog::ListingReader::new(&reference, "the pre-copy and paused listings".into())?;
-            let (listing, stats) = objects::copy_entries(src, entries, catalog.store(), reference, &heal, cfg.copy.concurrency, false, &progress).await?;
-            write_listing(catalog, backup_id, listing, stats, ObjectsIndex::Database).await
-        };
-        let (objects, size) = tokio::select! {
-            r = t.time(Phase::Listing, work) => r.map_err(fail(Phase::Listing, "resumed"))?,
-            s = stopped(stop) => return Err(interrupted(Phase::Listing, s, "resumed")),
-            _ = lease_lost(lease) => return Err(fail(Phase::Listing, "resumed")(LEASE_LOST.error())),
-            _ = bucket_lock.lost() => return Err(fail(Phase::Listing, "resumed")(LOCK_LOST.error())),
-        };
-        // The snapshot's session ends here: the listing no longer needs it.
-        drop(deferred);
+        let progress = Progress::start("listing", cfg.common.progress_interval);
+        let live = live_chunks(cfg, tools, &deferred.database, &snapshot.id, None).await?;
+        let entries = objects::indexed(src, live).await?;
+        let reference = objects::merge(
+            catalog::ListingReader::new(precopied, "the pre-copy listing".into())?,
+            catalog::ListingReader::new(&deferred.paused, "the paused copy's listing".into())?,
+        )?;
+        let reference = catalog::ListingReader::new(&reference, "the pre-copy and paused listings".into())?;
+        let (listing, stats) = objects::copy_entries(src, entries, catalog.store(), reference, &heal, cfg.copy.concurrency, false, &progress).await?;
+        write_listing(catalog, backup_id, listing, stats, ObjectsIndex::Database).await.map(Some)
+    };
+    let after = futures::future::try_join(
+        timed(Phase::Dump, dumps).map(|(r, secs)| r.map(|v| (v, secs)).map_err(|e| (Phase::Dump, e))),
+        timed(Phase::Listing, listing).map(|(r, secs)| r.map(|v| (v, secs)).map_err(|e| (Phase::Listing, e))),
+    );
+    let ((databases, dump_secs), (listed, listing_secs)) = tokio::select! {
+        r = after => r.map_err(|(phase, e)| fail(phase, "resumed")(e))?,
+        s = stopped(stop) => return Err(interrupted(Phase::Dump, s, "resumed")),
+        _ = lease_lost(lease) => return Err(fail(Phase::Dump, "resumed")(LEASE_LOST.error())),
+        _ = bucket_lock.lost() => return Err(fail(Phase::Dump, "resumed")(LOCK_LOST.error())),
+    };
+    // The snapshots' sessions end here: the dumps and the listing no longer need them.
+    drop(snapshots);
+    t.add(Phase::Dump, dump_secs);
+    captured.parts.extend(databases.iter().map(|d| (d.file.clone(), d.size)));
+    captured.written_bytes += databases.iter().map(|d| d.size).sum::<u64>();
+    if deferred.is_some() {
+        t.add(Phase::Listing, listing_secs);
+    }
+    if let Some((objects, size)) = listed {
         captured.written_bytes += objects.counts.copied_bytes + size;
         captured.parts.push((catalog::LISTING.to_string(), size));
         captured.objects = objects;
@@ -912,7 +982,7 @@ async fn run_locked(
         downtime_seconds: if cluster.is_some() { downtime } else { 0.0 },
         phases: t.phases.clone(),
         source_url: source.as_ref().map(|_| redact_url(&cfg.source.url)),
-        databases: captured.databases,
+        databases,
         objects: captured.objects,
         cluster_objects: captured.cluster_objects,
         original_replicas: captured.original_replicas,
@@ -956,7 +1026,8 @@ fn redact_url(url: &url::Url) -> String {
 /// it (else the first listed).
 const PACHYDERM_DATABASE: &str = "pachyderm";
 
-/// The capture, its parts in parallel: databases ∥ objects ∥ cluster objects.
+/// The capture, while paused: every database's snapshot, then objects ∥ cluster
+/// objects. The dumps are not in it: they read the snapshots after the resume.
 #[allow(clippy::too_many_arguments)]
 async fn capture(
     cfg: &RunConfig,
@@ -971,25 +1042,20 @@ async fn capture(
 ) -> Result<Captured, StepError> {
     let backup_id = heal.backup_id.as_str();
     let progress = Progress::start("capture", cfg.common.progress_interval);
-    let compress = dump_compression(cfg, tools)?;
-    let compress = compress.as_str();
-    // Pachyderm's metadata at one instant: its dump and the live chunks read the same
-    // snapshot, so the objects captured are exactly those the dump names.
+    // Every database at the pause's instant, held open until the dumps after the resume
+    // have read it (pg_dump --snapshot): the dumps grow with the metadata (a row per
+    // chunk), the downtime does not. Pachyderm's live chunks are read at the same
+    // snapshot as its dump, so the objects captured are exactly those the dump names.
+    let snapshots = futures::future::try_join_all(
+        servers
+            .iter()
+            .map(|info| async move { database::Snapshot::export(&cfg.database.server, tools, &info.database).await.map(|s| (info.database.clone(), s)) }),
+    )
+    .await?;
     let snapshot = match (source, index_database(servers)) {
-        (Some(_), Some(db)) => Some((db, database::Snapshot::export(&cfg.database.server, tools, db).await?)),
+        (Some(_), Some(db)) => snapshots.iter().find(|(name, _)| name == db).map(|(name, s)| (name.as_str(), s)),
         _ => None,
     };
-    let dumps = futures::future::try_join_all(servers.iter().map(|info| {
-        let file = format!("databases/{}.pgdump", info.database);
-        let path = catalog::backup_path(backup_id, &file);
-        let progress = &progress;
-        let at = snapshot.as_ref().filter(|(db, _)| *db == info.database).map(|(_, s)| s.id.as_str());
-        async move {
-            database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, &cfg.database.recipients, compress, at, progress)
-                .await
-                .map_err(StepError::from)
-        }
-    }));
     let objects = async {
         let Some(src) = source else { return Ok::<_, StepError>(CapturedObjects::Done(ObjectsEntry::skipped(), 0)) };
         let (entries, index) = match &snapshot {
@@ -1035,10 +1101,9 @@ async fn capture(
         }
         Ok((names, capture.replicas, size))
     };
-    let (databases, objects, (cluster_objects, original_replicas, cluster_size)) = tokio::try_join!(dumps, objects, kube_objects)?;
-    let mut parts: Vec<(String, u64)> = databases.iter().map(|d| (d.file.clone(), d.size)).collect();
-    let mut written_bytes = databases.iter().map(|d| d.size).sum::<u64>() + cluster_size;
-    parts.extend(cluster_objects.iter().cloned());
+    let (objects, (cluster_objects, original_replicas, cluster_size)) = tokio::try_join!(objects, kube_objects)?;
+    let mut parts: Vec<(String, u64)> = cluster_objects.clone();
+    let mut written_bytes = cluster_size;
     let cluster_objects = cluster_objects.into_iter().map(|(file, _)| file).collect();
     let (objects, deferred) = match (objects, snapshot) {
         (CapturedObjects::Done(entry, listing_size), _) => {
@@ -1048,12 +1113,12 @@ async fn capture(
             written_bytes += entry.counts.copied_bytes + listing_size;
             (entry, None)
         }
-        (CapturedObjects::Deferred(paused), Some((db, snapshot))) => (ObjectsEntry::skipped(), Some(Deferred { database: db.to_string(), snapshot, paused })),
+        (CapturedObjects::Deferred(paused), Some((db, _))) => (ObjectsEntry::skipped(), Some(Deferred { database: db.to_string(), paused })),
         (CapturedObjects::Deferred(_), None) => {
             return Err(StepError { reason: "panic", message: "internal error (a bug, please report it): a deferred listing without a snapshot".into() });
         }
     };
-    Ok(Captured { databases, objects, cluster_objects, original_replicas, written_bytes, parts, deferred })
+    Ok(Captured { snapshots, objects, cluster_objects, original_replicas, written_bytes, parts, deferred })
 }
 
 /// The capture's objects: done, or (database index with a pre-copy) only the chunks
@@ -1099,21 +1164,26 @@ async fn write_listing(
 
 #[cfg(test)]
 mod tests {
-    use super::downtime_estimate;
+    use super::{PausedRun, downtime_estimate};
 
     #[test]
-    fn the_estimate_is_the_longest_recent_downtime_scaled_by_growth() {
-        let cases: &[(&[(f64, u64)], Option<u64>, Option<f64>)] = &[
+    fn the_estimate_is_the_longest_recent_downtime_scaled_by_growth_when_it_listed() {
+        let listed = |downtime, objects| PausedRun { downtime, objects, listed: true };
+        let indexed = |downtime, objects| PausedRun { downtime, objects, listed: false };
+        let cases: &[(&[PausedRun], Option<u64>, Option<f64>)] = &[
             (&[], Some(100), None),
-            (&[(10.0, 100)], None, Some(10.0)),
-            (&[(10.0, 100)], Some(100), Some(10.0)),
+            (&[listed(10.0, 100)], None, Some(10.0)),
+            (&[listed(10.0, 100)], Some(100), Some(10.0)),
             // The bucket doubled since: the paused listing takes twice as long.
-            (&[(10.0, 100)], Some(200), Some(20.0)),
+            (&[listed(10.0, 100)], Some(200), Some(20.0)),
+            // Indexed by the database, the pause does not grow with the bucket.
+            (&[indexed(10.0, 100)], Some(200), Some(10.0)),
+            (&[indexed(10.0, 100), listed(4.0, 100)], Some(300), Some(12.0)),
             // A smaller bucket never lowers it.
-            (&[(10.0, 100)], Some(50), Some(10.0)),
+            (&[listed(10.0, 100)], Some(50), Some(10.0)),
             // The longest of the last three; older runs no longer count.
-            (&[(99.0, 100), (5.0, 100), (12.0, 100), (8.0, 100)], Some(100), Some(12.0)),
-            (&[(10.0, 0)], Some(1000), Some(10.0)),
+            (&[indexed(99.0, 100), indexed(5.0, 100), indexed(12.0, 100), indexed(8.0, 100)], Some(100), Some(12.0)),
+            (&[listed(10.0, 0)], Some(1000), Some(10.0)),
         ];
         for (history, now, want) in cases {
             assert_eq!(downtime_estimate(history, *now), *want, "{history:?}, {now:?}");

@@ -1,11 +1,10 @@
 //! Object stores: opening buckets, preflight probes, and the streamed, parallel copy of
 //! the source bucket into the target's blob pool.
 //!
-//! Memory stays flat in the size of the bucket: the source listing (or the database's
-//! live chunks) is consumed as a stream and merge-joined, in key order, with a reference
-//! listing streamed from its temporary file; only the transfers in flight and the
-//! records waiting for an earlier key to finish are held. The exception is a local
-//! directory, which object_store lists unsorted: its listing is sorted in memory.
+//! Memory stays flat in the size of the bucket: the source listing ([`scan`]) or the
+//! database's live chunks is consumed as a stream and merge-joined, in key order, with a
+//! reference listing streamed from its temporary file; only the transfers in flight and
+//! the records waiting for an earlier key to finish are held.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +24,7 @@ use crate::catalog::{self, ListingReader, ListingWriter, ObjectCounts, ObjectRec
 use crate::config::StoreSettings;
 use crate::object_lock::{self, ObjectLock};
 use crate::progress::Progress;
+use crate::scan;
 
 /// Objects up to this size are sent in one PUT; larger ones in parts of this size,
 /// PARTS_IN_FLIGHT at a time (rclone's defaults: measured faster and leaner than 8 MiB × 2).
@@ -190,12 +190,14 @@ pub async fn probe_writable(store: &Arc<dyn ObjectStore>, side: &'static str, pa
 /// Listing pages fetched again after a failure, from the last key received.
 const LIST_ATTEMPTS: u32 = 5;
 
-/// Lists `prefix`, resuming after the last key received when a page fails (a reset
-/// or a cut body on page 4,000 of a large bucket must not fail the run). Only stores
-/// that list in key order can resume from a key; the others are listed once.
+/// Lists `prefix` (the keys above `after`, when given), resuming after the last key
+/// received when a page fails (a reset or a cut body on page 4,000 of a large bucket
+/// must not fail the run). Only stores that list in key order can resume from a key;
+/// the others are listed once.
 pub fn list_resuming(
     store: Arc<dyn ObjectStore>,
     prefix: Option<Path>,
+    after: Option<Path>,
     sorted: bool,
 ) -> futures::stream::BoxStream<'static, Result<ObjectMeta, object_store::Error>> {
     struct State {
@@ -207,8 +209,11 @@ pub fn list_resuming(
         sorted: bool,
         done: bool,
     }
-    let pages = store.list(prefix.as_ref());
-    let state = State { store, prefix, pages, last: None, failures: 0, sorted, done: false };
+    let pages = match &after {
+        Some(after) => store.list_with_offset(prefix.as_ref(), after),
+        None => store.list(prefix.as_ref()),
+    };
+    let state = State { store, prefix, pages, last: after, failures: 0, sorted, done: false };
     futures::stream::unfold(state, |mut s| async move {
         if s.done {
             return None;
@@ -508,17 +513,10 @@ pub fn merge(mut older: ListingReader, mut newer: ListingReader) -> Result<catal
     Ok(out.finish().map_err(err)?.0)
 }
 
-/// The source listed whole, in key order: resumed from the last key on a failed page
-/// when the store lists sorted, else listed once and sorted.
+/// The source listed whole, in key order ([`scan::sorted`]: key ranges listed at once,
+/// or a local directory sorted through temporary files).
 pub async fn listed(source: &Arc<dyn ObjectStore>, sorted: bool) -> Result<futures::stream::BoxStream<'static, Result<Entry, ObjectsError>>, ObjectsError> {
-    let list_err = |source| ObjectsError::Store { side: "source", what: "listing".into(), source };
-    Ok(if sorted {
-        list_resuming(source.clone(), None, true).map_ok(Entry::Listed).map_err(list_err).boxed()
-    } else {
-        let mut all: Vec<ObjectMeta> = source.list(None).try_collect().await.map_err(list_err)?;
-        all.sort_by(|a, b| a.location.cmp(&b.location));
-        futures::stream::iter(all.into_iter().map(|m| Ok(Entry::Listed(m)))).boxed()
-    })
+    Ok(scan::sorted(source, sorted, scan::RUN).await?.map_ok(Entry::Listed).boxed())
 }
 
 /// The prefix of Pachyderm's chunks in its bucket.

@@ -368,7 +368,7 @@ pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: Dat
     // order (a local directory) may then skip some blobs: they are swept next time; a
     // skipped blob is only never deleted, so nothing referenced is at risk.
     let mut locked_blobs = 0;
-    let doomed = crate::objects::list_resuming(store.clone(), Some(pool), true)
+    let doomed = crate::objects::list_resuming(store.clone(), Some(pool), None, true)
         .map_err(|source| RetentionError::Store { what: "listing the blob pool".into(), source })
         .try_filter_map(|meta| {
             let mut delete = sweep_deletes(&referenced, meta.location.as_ref(), meta.last_modified, now, grace);

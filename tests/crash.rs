@@ -63,7 +63,7 @@ const PHASES: [Phase; 10] = [Preflight, Precopy, Pause, DumpPachyderm, DumpDex, 
 impl Phase {
     /// The cluster is paused by the dead run (and must be resumed by the next one).
     fn paused_at_kill(self) -> bool {
-        matches!(self, Pause | DumpPachyderm | DumpDex | Copy)
+        matches!(self, Pause | Copy)
     }
 
     /// The killed run had committed its backup (killed in its retention).
@@ -364,17 +364,24 @@ async fn kill_at(phase: Phase) {
             assert_eq!(f, BTreeSet::from([catalog::CLAIM.to_string()]), "{phase:?}: only the claim");
             at_kill = format!("cluster never paused; folder {{{}}}{}", names(&f), if phase == Precopy { pool(&bed).await } else { String::new() });
         }
-        Pause | Copy | DumpPachyderm | DumpDex => {
+        Pause | Copy => {
             assert!(workloads_at_zero(&bed), "{phase:?}: a SIGKILL cannot resume");
             assert_eq!(annotations.len(), 4, "{phase:?}: the original replicas are on every paused object: {annotations:?}");
             match phase {
                 Pause => assert_eq!(f, BTreeSet::from([catalog::CLAIM.to_string()]), "{phase:?}: nothing captured yet"),
-                Copy => assert!(!f.contains(catalog::LISTING), "{phase:?}: the copy had not finished: {f:?}"),
-                DumpPachyderm => assert!(f.contains("databases/dex.pgdump") && !f.contains("databases/pachyderm.pgdump"), "{phase:?}: {f:?}"),
-                _ => assert!(f.contains("databases/pachyderm.pgdump") && !f.contains("databases/dex.pgdump"), "{phase:?}: {f:?}"),
+                _ => assert!(!f.contains(catalog::LISTING), "{phase:?}: the copy had not finished: {f:?}"),
             }
             at_kill =
                 format!("paused ({} annotated); folder {{{}}}{}", annotations.len(), names(&f), if phase == Copy { pool(&bed).await } else { String::new() });
+        }
+        // The dumps run after the resume, at the snapshots the pause exported.
+        DumpPachyderm | DumpDex => {
+            bed.assert_resumed();
+            match phase {
+                DumpPachyderm => assert!(f.contains("databases/dex.pgdump") && !f.contains("databases/pachyderm.pgdump"), "{phase:?}: {f:?}"),
+                _ => assert!(f.contains("databases/pachyderm.pgdump") && !f.contains("databases/dex.pgdump"), "{phase:?}: {f:?}"),
+            }
+            at_kill = format!("resumed; folder {{{}}}", names(&f));
         }
         Commit => {
             bed.assert_resumed();

@@ -251,9 +251,7 @@ async fn a_held_lease_exits_3_and_an_expired_one_is_taken_over() {
 async fn a_run_killed_while_paused_is_resumed_by_the_next_run_and_by_resume() {
     for recover_with in ["run", "resume"] {
         let bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
-        let lock = TableLock::take(&bed.pg).await;
-        let running = Running::start(bed.command(&["run"]));
-        wait_until("pg_dump blocked while paused", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+        let (running, lock) = bed.start_held(&["run"]).await;
         assert_eq!(bed.kube.replicas("deployments", "pachd"), Some(0));
         running.signal("KILL");
         let out = running.finish().await;
@@ -387,9 +385,9 @@ async fn logs_are_json_lines_with_unique_keys_and_the_run_on_each() {
     let ok = bed.run(&["run"]).await;
     ok.expect_code(0);
     bed.set("MAX_DOWNTIME", "2s");
-    let lock = TableLock::take(&bed.pg).await;
+    bed.kube.pods_never_terminate(true);
     let failed = bed.run(&["run"]).await;
-    lock.release().await;
+    bed.kube.pods_never_terminate(false);
     failed.expect_code(1);
 
     for out in [&ok, &failed] {
@@ -573,4 +571,76 @@ async fn a_listing_of_many_parts_is_uploaded_from_its_file_and_reads_back() {
     let back = catalog::Listing::from_bytes(&stored).expect("spill");
     let read_back: Vec<String> = catalog::ListingReader::new(&back, "back".into()).expect("reader").map(|r| r.expect("record").key).collect();
     assert_eq!(read_back, records.iter().map(|r| r.key.clone()).collect::<Vec<_>>());
+}
+
+/// The pre-copy lists the source in 16 key ranges (split at `chunk/1` … `chunk/f`),
+/// in small pages here, and the listing it makes is exactly what one lister sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pre_copy_lists_sixteen_key_ranges_and_misses_nothing() {
+    use support::fault_proxy::{FaultProxy, Faults};
+    let mut bed = Bed::new(BedOptions { chunks: 64, ..Default::default() }).await;
+    let proxy = FaultProxy::start(bed.moto.as_ref().expect("an S3 bed").port).await;
+    proxy.set(Faults { max_keys: Some(3), ..Default::default() });
+    bed.set("SOURCE_AWS_ENDPOINT", &proxy.url());
+    // Before, between (`chunk0` sorts after every `chunk/` key) and after the chunks.
+    for key in ["a-first/x", "chunk0", "zz-other/notes.txt"] {
+        object_store::ObjectStoreExt::put(&*bed.source, &key.into(), bytes::Bytes::from_static(b"not a chunk").into()).await.expect("put");
+    }
+    let one_lister: Vec<String> =
+        futures::TryStreamExt::try_collect::<Vec<_>>(bed.source.list(None)).await.expect("list").into_iter().map(|m| m.location.to_string()).collect();
+
+    bed.run(&["run"]).await.expect_code(0);
+    let m = bed.manifests().await.pop().expect("a backup");
+    let keys: Vec<String> = listing(&bed, &m).await.into_iter().map(|r| r.key).collect();
+    let mut sorted_keys = one_lister.clone();
+    sorted_keys.sort();
+    assert_eq!(keys, sorted_keys, "the listing holds every object once, in key order");
+
+    let starts: BTreeSet<String> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.is_list() && r.path.contains("pach-data"))
+        .filter_map(|r| r.query.split('&').find_map(|p| p.strip_prefix("start-after=")).map(|s| s.replace("%2F", "/")))
+        .collect();
+    for digit in "123456789abcdef".chars() {
+        assert!(starts.contains(&format!("chunk/{digit}")), "a listing starts after chunk/{digit}: {starts:?}");
+    }
+}
+
+/// The pause holds only the snapshots: the dumps run after the resume and still hold
+/// the paused instant. Tables locked in both databases from before the run hold
+/// pg_dump, not the pause, which ends; rows written in those locks' transactions once
+/// the cluster is back are in neither dump, and the rows from before are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dumps_run_after_the_resume_and_hold_the_paused_instant() {
+    let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    let dex = TableLock::take_on(&bed.pg, "dex", "connector").await;
+    let pachyderm = TableLock::take_on(&bed.pg, "pachyderm", "storage.keys").await;
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("both dumps blocked", Duration::from_secs(120), || dump_blocked_in(&bed.pg, "dex") && dump_blocked_in(&bed.pg, "pachyderm")).await;
+    bed.assert_resumed();
+    dex.commit_with("INSERT INTO connector VALUES ('after-resume', 'oidc', 'written once the cluster was back', NULL)").await;
+    pachyderm.commit_with("INSERT INTO storage.keys VALUES ('after-resume', '\\x00')").await;
+    let out = running.finish().await;
+    out.expect_code(0);
+
+    let m = bed.manifests().await.pop().expect("a backup");
+    assert!(m.phases.contains_key("dump") && m.phases.contains_key("capture"), "{:?}", m.phases);
+    for (db, table, key) in [("dex", "connector", "id"), ("pachyderm", "storage.keys", "name")] {
+        let entry = m.databases.iter().find(|d| d.name == db).expect("dumped");
+        let file = bed.dir.path().join(format!("{db}.pgdump"));
+        std::fs::write(&file, read(&bed.target, &format!("backups/{}/{}", m.backup_id, entry.file)).await).expect("write dump");
+        let copy = format!("{db}_at_pause");
+        bed.pg.psql("postgres", &format!("CREATE DATABASE {copy}")).expect("create");
+        let status = std::process::Command::new(bed.pg.bin.join("pg_restore"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &bed.pg.port.to_string(), "--exit-on-error", "-d", &copy])
+            .arg(&file)
+            .status()
+            .expect("pg_restore");
+        assert!(status.success(), "pg_restore of {db}");
+        let count =
+            |database: &str, filter: &str| bed.pg.psql(database, &format!("SELECT count(*) FROM {table} WHERE {filter}")).expect("count").trim().to_string();
+        assert_eq!(count(&copy, &format!("{key} = 'after-resume'")), "0", "{db}: a row written after the resume");
+        assert_eq!(count(&copy, "true"), (count(db, "true").parse::<u64>().expect("count") - 1).to_string(), "{db}: every row from before");
+    }
 }

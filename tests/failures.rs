@@ -33,7 +33,7 @@ async fn postgres_stopped_during_the_dump() {
     let out = running.finish().await;
     assert_failed_cleanly(&bed, &out, "server closed the connection").await;
     assert!(out.stderr.contains("pg_dump of"), "names the dump: {}", out.stderr);
-    assert!(out.logs().iter().any(|l| l["phase"] == "capture" && l["reason"] == "database"), "failure logged with its phase and reason");
+    assert!(out.logs().iter().any(|l| l["phase"] == "dump" && l["reason"] == "database"), "failure logged with its phase and reason");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,28 +63,42 @@ async fn target_bucket_failing_during_the_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_capture() {
     let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
-    let lock = TableLock::take(&bed.pg).await;
-    let running = Running::start(bed.command(&["run"]));
-    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    let (running, lock) = bed.start_held(&["run"]).await;
     assert_eq!(bed.kube.replicas("deployments", "pachd"), Some(0), "paused");
     running.signal("TERM");
     let out = running.finish().await;
     lock.release().await;
     assert_failed_cleanly(&bed, &out, "interrupted by SIGTERM").await;
+    assert!(!dump_is_blocked(&bed.pg), "the capture's session was ended with the run");
+}
+
+/// After the resume, the dumps: a SIGTERM there ends pg_dump too, and no manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_the_dump_after_the_resume() {
+    let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
+    let lock = TableLock::take(&bed.pg).await;
+    let running = Running::start(bed.command(&["run"]));
+    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    bed.assert_resumed();
+    running.signal("TERM");
+    let out = running.finish().await;
+    lock.release().await;
+    assert_failed_cleanly(&bed, &out, "interrupted by SIGTERM").await;
+    assert!(out.logs().iter().any(|l| l["phase"] == "dump" && l["reason"] == "signal"), "{}", out.stderr);
     assert!(!dump_is_blocked(&bed.pg), "pg_dump was killed with the run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_downtime_aborts_the_capture_and_resumes() {
     let mut bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
-    bed.set("MAX_DOWNTIME", "3s");
-    let lock = TableLock::take(&bed.pg).await;
-    let out = bed.run(&["run"]).await;
+    bed.set("MAX_DOWNTIME", "8s");
+    let (running, lock) = bed.start_held(&["run"]).await;
+    let out = running.finish().await;
     lock.release().await;
-    assert_failed_cleanly(&bed, &out, "MAX_DOWNTIME (3s) reached").await;
+    assert_failed_cleanly(&bed, &out, "MAX_DOWNTIME (8s) reached").await;
     // A long phase logs a progress line at PROGRESS_INTERVAL (1s in the bed).
     let progress = out.logs().into_iter().filter(|l| l["phase"] == "capture" && l["message"].as_str().is_some_and(|m| m.starts_with("progress:"))).count();
-    assert!(progress >= 1, "no progress line during a 3s capture:\n{}", out.stderr);
+    assert!(progress >= 1, "no progress line during a capture cut at 8s:\n{}", out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,9 +122,7 @@ async fn an_api_error_half_way_through_the_pause_resumes_what_was_paused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_resume_exits_4_and_says_what_is_still_paused() {
     let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
-    let lock = TableLock::take(&bed.pg).await;
-    let running = Running::start(bed.command(&["run"]));
-    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    let (running, lock) = bed.start_held(&["run"]).await;
     bed.kube.fail(Method::PATCH, "deployments/pachd", 500, 1000);
     running.signal("TERM");
     let out = running.finish().await;
@@ -188,9 +200,7 @@ async fn preflight_failures_touch_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_api_error_during_resume_is_retried() {
     let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
-    let lock = TableLock::take(&bed.pg).await;
-    let running = Running::start(bed.command(&["run"]));
-    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    let (running, lock) = bed.start_held(&["run"]).await;
     // kube retries 429/503/504 by itself; a 500 is ours to retry.
     bed.kube.fail(Method::PATCH, "deployments/pachd", 500, 2);
     running.signal("TERM");
@@ -248,9 +258,7 @@ async fn lease_renewal_survives_a_blip_and_stops_when_taken() {
     bed.assert_resumed();
 
     let bed = Bed::new(BedOptions { chunks: 5, ..Default::default() }).await;
-    let lock = TableLock::take(&bed.pg).await;
-    let running = Running::start(bed.command(&["run"]));
-    wait_until("pg_dump blocked on the lock", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    let (running, lock) = bed.start_held(&["run"]).await;
     bed.kube.hold_lease("pachyderm-backup", "another-run", Duration::from_secs(0), 600);
     let out = running.finish().await;
     lock.release().await;

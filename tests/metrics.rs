@@ -267,9 +267,7 @@ async fn metrics_dashboard_and_alerts_tell_the_truth() {
     // A run killed while paused leaves the paused gauge at 1, and the paused alert's
     // expression (its age threshold set to zero) selects it.
     bed.set("PGPORT", &bed.pg.port.to_string());
-    let lock = TableLock::take(&bed.pg).await;
-    let running = Running::start(bed.command(&["run"]));
-    wait_until("pg_dump blocked while paused", Duration::from_secs(60), || dump_is_blocked(&bed.pg)).await;
+    let (running, lock) = bed.start_held(&["run"]).await;
     running.signal("KILL");
     let _ = running.finish().await;
     lock.release().await;

@@ -384,6 +384,21 @@ impl Bed {
     }
 
     /// The stand-in's workloads are back at their seeded replicas, unannotated.
+    /// Starts `args` (a run) and holds it paused in its capture for as long as the test
+    /// needs: the pause is held (pods that do not terminate) until a lock on
+    /// `storage.chunk_objects` is in place, then the capture's read of the chunks written
+    /// since the pre-copy waits on it. (The dumps run after the resume: a lock taken
+    /// before the run holds them there, not in the pause.)
+    pub async fn start_held(&self, args: &[&str]) -> (Running, TableLock) {
+        self.kube.pods_never_terminate(true);
+        let running = Running::start(self.command(args));
+        wait_until("pachd scaled to 0 by the pause", Duration::from_secs(120), || self.kube.replicas("deployments", "pachd") == Some(0)).await;
+        let lock = TableLock::chunks(&self.pg).await;
+        self.kube.pods_never_terminate(false);
+        wait_until("the paused capture blocked on storage.chunk_objects", Duration::from_secs(60), || dump_is_blocked(&self.pg)).await;
+        (running, lock)
+    }
+
     pub fn assert_resumed(&self) {
         assert_eq!(self.kube.replicas("deployments", "pachd"), Some(1), "pachd replicas");
         if self.kube.get("deployments", "pachw").is_some() {
@@ -541,8 +556,9 @@ pub async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool
     }
 }
 
-/// Holds an ACCESS EXCLUSIVE lock on a fixture table, so that pg_dump blocks on it:
-/// a capture that stays in progress for as long as the test needs.
+/// Holds an ACCESS EXCLUSIVE lock on a fixture table, so that what reads it blocks:
+/// pg_dump (after the resume) on a table taken before the run, or the paused capture's
+/// read of the new chunks ([`Bed::start_held`]).
 pub struct TableLock {
     conn: Option<sqlx::PgConnection>,
 }
@@ -568,6 +584,18 @@ impl TableLock {
         TableLock { conn: Some(conn) }
     }
 
+    /// The lock on `pachyderm`'s `storage.chunk_objects`, which the paused capture reads.
+    pub async fn chunks(pg: &TempPostgres) -> TableLock {
+        TableLock::take_on(pg, "pachyderm", "storage.chunk_objects").await
+    }
+
+    /// Runs `sql` in the lock's transaction, then commits it (and so releases the lock).
+    pub async fn commit_with(mut self, sql: &str) {
+        use sqlx::Executor;
+        let mut c = self.conn.take().expect("a held lock");
+        c.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{sql}; COMMIT")))).await.expect("write and commit");
+    }
+
     pub async fn release(mut self) {
         use sqlx::Executor;
         if let Some(mut c) = self.conn.take() {
@@ -576,7 +604,8 @@ impl TableLock {
     }
 }
 
-/// Whether a pg_dump session waits on a lock in `pachyderm`.
+/// Whether a session of pachyderm-backup (pg_dump, or the capture's psql) waits on a
+/// lock in `pachyderm`.
 pub fn dump_is_blocked(pg: &TempPostgres) -> bool {
     dump_blocked_in(pg, "pachyderm")
 }
