@@ -131,7 +131,7 @@ pub async fn check(raw: &RawEnv) -> Result<(), Failure> {
 
 /// The backup bucket, its Object Lock read.
 async fn open_catalog(target: &crate::config::StoreSettings) -> Result<Catalog, Failure> {
-    let (store, lock) = objects::open_backup_bucket(target, false).await.map_err(failed)?;
+    let (store, lock) = objects::open_backup_bucket(target, objects::Create::Never).await.map_err(failed)?;
     Ok(Catalog::new(store).with_object_lock(lock))
 }
 

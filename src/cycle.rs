@@ -26,7 +26,7 @@ use crate::config::{ObjectsMode, PauseMode, RunConfig};
 use crate::database::{self, Tools};
 use crate::exit::ExitCode;
 use crate::metrics::{Pusher, RunReport, Sample};
-use crate::objects;
+use crate::objects::{self, Create};
 use crate::progress::Progress;
 use crate::retention;
 
@@ -344,12 +344,12 @@ pub async fn check(cfg: &RunConfig) -> Vec<CheckLine> {
         Err(e) => line("pg_dump".into(), Err(e)),
     }
     if cfg.copy.objects == ObjectsMode::Copy {
-        let listed = async { objects::probe_listable(&objects::open(&cfg.source, false)?, "source").await };
+        let listed = async { objects::probe_listable(&objects::open(&cfg.source, Create::Never)?, "source").await };
         line(format!("source bucket {}", redact_url(&cfg.source.url)), bounded(limit, "listing the source bucket", listed).await.map(|()| "listable".into()));
     }
     let probe = catalog::backup_path(&format!("check-{}", Utc::now().format("%Y%m%dT%H%M%SZ")), catalog::PROBE);
     let written = async {
-        let (store, lock) = objects::open_backup_bucket(&cfg.target, false).await?;
+        let (store, lock) = objects::open_backup_bucket(&cfg.target, Create::Never).await?;
         objects::probe_writable(&store, "target", &probe).await?;
         Ok::<_, objects::ObjectsError>(format!("writable; S3 Object Lock {lock}"))
     };
@@ -431,10 +431,10 @@ async fn attempt(
 
     // Buckets first: opening them touches nothing.
     let source: Option<Arc<dyn ObjectStore>> = match cfg.copy.objects {
-        ObjectsMode::Copy => Some(objects::open(&cfg.source, false).map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?),
+        ObjectsMode::Copy => Some(objects::open(&cfg.source, Create::Never).map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?),
         ObjectsMode::Skip => None,
     };
-    let (target, object_lock) = bounded(cfg.preflight_timeout, "opening the target bucket", objects::open_backup_bucket(&cfg.target, true))
+    let (target, object_lock) = bounded(cfg.preflight_timeout, "opening the target bucket", objects::open_backup_bucket(&cfg.target, Create::IfMissing))
         .await
         .map_err(fail(Phase::Preflight, UNTOUCHED))?;
     let catalog = Catalog::new(target.clone()).with_object_lock(object_lock);

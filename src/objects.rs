@@ -113,12 +113,21 @@ impl ClientKey for object_store::azure::AzureConfigKey {
     }
 }
 
+/// Whether opening a local directory (`file://`) as a bucket creates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// A bucket written to (the backup bucket of a run, a restore's): created if absent.
+    IfMissing,
+    /// A bucket that must already be there: a missing directory is a wrong URL.
+    Never,
+}
+
 /// Opens a bucket, rooted at the URL's prefix.
-pub fn open(settings: &StoreSettings, create_local: bool) -> Result<Arc<dyn ObjectStore>, ObjectsError> {
+pub fn open(settings: &StoreSettings, create: Create) -> Result<Arc<dyn ObjectStore>, ObjectsError> {
     let open_err = |detail: String| ObjectsError::Open { variable: settings.variable, url: settings.url.to_string(), detail };
     if settings.url.scheme() == "file" {
         let dir = settings.url.to_file_path().map_err(|()| open_err("not a local path".into()))?;
-        if create_local {
+        if create == Create::IfMissing {
             std::fs::create_dir_all(&dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         } else if !dir.is_dir() {
             return Err(open_err(format!("{} is not a directory", dir.display())));
@@ -148,10 +157,10 @@ pub fn open(settings: &StoreSettings, create_local: bool) -> Result<Arc<dyn Obje
 
 /// Opens the backup bucket after reading its Object Lock: a locked bucket takes writes
 /// only with checksums, and retention must leave what the lock protects.
-pub async fn open_backup_bucket(settings: &StoreSettings, create_local: bool) -> Result<(Arc<dyn ObjectStore>, ObjectLock), ObjectsError> {
+pub async fn open_backup_bucket(settings: &StoreSettings, create: Create) -> Result<(Arc<dyn ObjectStore>, ObjectLock), ObjectsError> {
     let lock = object_lock::detect(settings).await?;
     match &lock {
-        ObjectLock::Off => return Ok((open(settings, create_local)?, lock)),
+        ObjectLock::Off => return Ok((open(settings, create)?, lock)),
         ObjectLock::Unknown(why) => warn!(
             variable = settings.variable,
             "cannot tell whether the backup bucket has Object Lock ({why}): uploads carry checksums as a locked bucket requires, and retention may put delete markers over locked versions; grant s3:GetBucketObjectLockConfiguration"

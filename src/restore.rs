@@ -15,7 +15,7 @@ use crate::catalog::{self, Catalog, CatalogError, Manifest, ObjectRecord};
 use crate::config::{RestoreConfig, vars};
 use crate::database::{self, DatabaseError, Tools};
 use crate::exit::ExitCode;
-use crate::objects::{self, ObjectsError};
+use crate::objects::{self, Create, ObjectsError};
 use crate::progress::Progress;
 use crate::verify::sha256_of;
 
@@ -82,8 +82,11 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
         None
     };
     let restore_objects = opts.objects && manifest.objects.listing.is_some();
-    let destination =
-        if restore_objects { Some(objects::open(cfg.destination.as_ref().ok_or(RestoreError::Missing(vars::RESTORE_URL.name))?, true)?) } else { None };
+    let destination = if restore_objects {
+        Some(objects::open(cfg.destination.as_ref().ok_or(RestoreError::Missing(vars::RESTORE_URL.name))?, Create::IfMissing)?)
+    } else {
+        None
+    };
 
     // Every check before the first write.
     let tools = match server {
