@@ -248,7 +248,8 @@ pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
     };
     // And under the bucket lock, which every writer takes whatever the pause mode.
     let bucket_lock = if dry_run { None } else { Some(catalog.lock(&holder("retention"), "retention", cfg.cluster.lease_duration).await.map_err(locked)?) };
-    let outcome = retention::apply(&catalog, &cfg.retention, cfg.gc_grace, Utc::now(), dry_run).await;
+    let mode = if dry_run { retention::Mode::DryRun } else { retention::Mode::Delete };
+    let outcome = retention::apply(&catalog, &cfg.retention, cfg.gc_grace, Utc::now(), mode).await;
     if let Some(l) = bucket_lock {
         l.release().await;
     }

@@ -538,9 +538,11 @@ async fn attempt(
     }
     // Retention only after a committed backup, still under the Lease.
     let retention = match &outcome {
-        Ok(_) => {
-            Some(t.time(Phase::Retention, retention::apply(&catalog, &cfg.retention, cfg.gc_grace, clock.now(), false)).await.map_err(|e| error_chain(&e)))
-        }
+        Ok(_) => Some(
+            t.time(Phase::Retention, retention::apply(&catalog, &cfg.retention, cfg.gc_grace, clock.now(), retention::Mode::Delete))
+                .await
+                .map_err(|e| error_chain(&e)),
+        ),
         Err(_) => {
             info!("retention skipped: it runs only after a committed backup");
             None

@@ -307,11 +307,20 @@ async fn mark(catalog: &Catalog, entries: &[catalog::Entry], policy: &Policy, no
     }
 }
 
+/// Whether [`apply`] deletes what it decides to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Delete,
+    /// `retention --dry-run`: decides and counts, deletes nothing.
+    DryRun,
+}
+
 /// Applies the policy: decide and mark (every kept listing read and verified), then
 /// delete dropped backups (manifest first), remove dead runs' folders, and sweep
 /// unreferenced blobs. Nothing is deleted before everything kept has been read, and
-/// nothing is swept while any folder is damaged. `dry_run` decides and counts only.
-pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: DateTime<Utc>, dry_run: bool) -> Result<Outcome, RetentionError> {
+/// nothing is swept while any folder is damaged. [`Mode::DryRun`] decides and counts only.
+pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: DateTime<Utc>, mode: Mode) -> Result<Outcome, RetentionError> {
+    let dry_run = mode == Mode::DryRun;
     let entries = catalog.entries().await?;
     let clusters: std::collections::BTreeSet<&str> = entries.iter().filter_map(|e| e.manifest.as_ref()).map(|m| m.cluster.as_str()).collect();
     if clusters.len() > 1 {

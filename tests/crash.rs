@@ -483,7 +483,8 @@ async fn kill_at(phase: Phase) {
     let kept_before = complete_ids(&bed).await;
     let keep_all = Policy { last: 100, min_keep: 1, ..Default::default() };
     let grace = Duration::from_secs(24 * 3600);
-    let outcome = retention::apply(&bed.catalog(), &keep_all, grace, Utc::now() + chrono::Duration::days(30), false).await.expect("retention");
+    let outcome =
+        retention::apply(&bed.catalog(), &keep_all, grace, Utc::now() + chrono::Duration::days(30), retention::Mode::Delete).await.expect("retention");
     assert_eq!(outcome.leftovers_removed, leftovers.len(), "{phase:?}: every leftover collected");
     assert!(outcome.damaged.is_empty() && outcome.swept, "{phase:?}: {outcome:?}");
     assert!(partial_ids(&bed).await.is_empty(), "{phase:?}: no folder without manifest is left");

@@ -42,7 +42,9 @@ fn lines_of(records: &[ObjectRecord]) -> Vec<u8> {
 
 /// Retention as the nightly run applies it, a month from now (every blob past grace).
 async fn retention_later(bed: &Bed, policy: &Policy) -> retention::Outcome {
-    retention::apply(&bed.catalog(), policy, Duration::from_secs(3600), Utc::now() + chrono::Duration::days(30), false).await.expect("retention")
+    retention::apply(&bed.catalog(), policy, Duration::from_secs(3600), Utc::now() + chrono::Duration::days(30), retention::Mode::Delete)
+        .await
+        .expect("retention")
 }
 
 /// 14.1: a kept listing that does not match its manifest (one flipped character that
