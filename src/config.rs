@@ -3,8 +3,13 @@
 //! Every variable is first read as a raw string with `envy` (so a bad value can never
 //! abort the read half-way), then validated as a whole: every problem is collected and
 //! reported at once, by variable name, with what was expected. Nothing outside this
-//! module reads the process environment: the prefixed families (the object-store keys
-//! `AWS_*`, `SOURCE_AWS_*`…, and libpq's `PG*`, `RESTORE_PG*`) are gathered here too.
+//! module reads the program's configuration from the environment: the prefixed
+//! families (the object-store keys `AWS_*`, `SOURCE_AWS_*`…, and libpq's `PG*`,
+//! `RESTORE_PG*`) are gathered here too. Other modules read only the process's
+//! context: `HOSTNAME` (who holds a lock, the Lease, an Event), `PATH` (pg_dump when
+//! PG_BIN_DIR is unset), the names of the inherited `PG*` variables (to remove them
+//! from a child's environment, so libpq sees only the settings given) and
+//! `PG_SERVER_BIN_DIR` (where `demo` and the tests find a throwaway server's programs).
 //!
 //! Each variable is declared once, in `variables!`: its name, default and
 //! description make a constant of [`vars`], and every check takes that constant, so an

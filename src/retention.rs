@@ -596,10 +596,10 @@ mod tests {
     fn a_blob_inside_the_grace_period_survives_even_unreferenced() {
         let now = t("2026-11-21T02:00:00Z");
         let none = Referenced::default();
-        assert!(!sweep_deletes(&none, "blobs/a~1", t("2026-11-20T03:00:00Z"), now, Duration::from_secs(86400)));
-        assert!(sweep_deletes(&none, "blobs/a~1", t("2026-11-20T01:00:00Z"), now, Duration::from_secs(86400)));
-        let referenced: Referenced = [blob_fingerprint("blobs/a~1")].into_iter().collect();
-        assert!(!sweep_deletes(&referenced, "blobs/a~1", t("2020-01-01T00:00:00Z"), now, Duration::from_secs(86400)));
+        assert!(!sweep_deletes(&none, "blobs/a@1", t("2026-11-20T03:00:00Z"), now, Duration::from_secs(86400)));
+        assert!(sweep_deletes(&none, "blobs/a@1", t("2026-11-20T01:00:00Z"), now, Duration::from_secs(86400)));
+        let referenced: Referenced = [blob_fingerprint("blobs/a@1")].into_iter().collect();
+        assert!(!sweep_deletes(&referenced, "blobs/a@1", t("2020-01-01T00:00:00Z"), now, Duration::from_secs(86400)));
     }
 
     fn arb_history() -> impl Strategy<Value = Vec<(String, DateTime<Utc>)>> {
