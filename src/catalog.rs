@@ -14,13 +14,6 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT_VERSION: u32 = 1;
 pub const BACKUPS_DIR: &str = "backups";
 pub const BLOBS_DIR: &str = "blobs";
-pub const MANIFEST: &str = "manifest.json";
-pub const LISTING: &str = "objects.jsonl.zst";
-/// Written first, with a create-if-absent put: whoever writes it owns the backup id.
-pub const CLAIM: &str = "claim.json";
-/// Written and deleted by the preflight, inside the claimed folder: a run killed
-/// before deleting it leaves it where retention collects dead runs' leftovers.
-pub const PROBE: &str = "preflight-probe";
 /// At the prefix's root: the writer (run, retention, restore) that holds the bucket.
 pub const LOCK: &str = "lock.json";
 /// Pool blobs that `verify` found missing or wrong, one record each: the next run
@@ -248,8 +241,159 @@ pub fn backup_id(time: DateTime<Utc>, attempt: u32) -> String {
     if attempt <= 1 { base } else { format!("{base}-{attempt}") }
 }
 
-pub fn backup_path(id: &str, file: &str) -> Path {
+/// A file of a backup folder (docs/FORMAT.md, Layout). Its [`name`](BackupFile::name),
+/// relative to the folder, is what a manifest records; writers name files only
+/// through it, so the layout is spelled once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupFile {
+    /// Written first, with a create-if-absent put: whoever writes it owns the backup id.
+    Claim,
+    /// Written and deleted by the preflight, inside the claimed folder: a run killed
+    /// before deleting it leaves it where retention collects dead runs' leftovers.
+    Probe,
+    /// Written last: what makes the backup exist.
+    Manifest,
+    /// The source bucket's listing (none with OBJECTS=skip).
+    Listing,
+    /// The dump of a database, stored as pg_dump wrote it.
+    Dump(String),
+    /// The dump of a database, encrypted with age (DUMP_RECIPIENTS).
+    AgeDump(String),
+    /// A file of the cluster capture, as [`BackupFile::cluster_object`] or
+    /// [`BackupFile::helm_values`] name it under `cluster/`.
+    Cluster(String),
+}
+
+const CLUSTER_DIR: &str = "cluster";
+const HELM_DIR: &str = "helm";
+
+impl BackupFile {
+    /// The name relative to the backup folder, as the manifest records it.
+    pub fn name(&self) -> String {
+        match self {
+            BackupFile::Claim => "claim.json".into(),
+            BackupFile::Probe => "preflight-probe".into(),
+            BackupFile::Manifest => "manifest.json".into(),
+            BackupFile::Listing => "objects.jsonl.zst".into(),
+            BackupFile::Dump(database) => format!("databases/{database}.pgdump"),
+            BackupFile::AgeDump(database) => format!("databases/{database}.pgdump.age"),
+            BackupFile::Cluster(name) => format!("{CLUSTER_DIR}/{name}"),
+        }
+    }
+
+    /// Its key in the bucket, in backup `id`'s folder.
+    pub fn path(&self, id: &str) -> Path {
+        folder_path(id, &self.name())
+    }
+
+    /// A Kubernetes object of the capture (`kind` as the API's plural: `deployments`).
+    pub fn cluster_object(kind: &str, name: &str) -> BackupFile {
+        BackupFile::Cluster(format!("{kind}/{name}.json"))
+    }
+
+    /// The user values of Helm release `release` (HELM_RELEASE).
+    pub fn helm_values(release: &str) -> BackupFile {
+        BackupFile::Cluster(format!("{HELM_DIR}/{release}-values.json"))
+    }
+
+    /// Whether a file a manifest names among its `cluster_objects` is Helm values
+    /// rather than an object for `kubectl apply`.
+    pub fn is_helm_values(recorded: &str) -> bool {
+        recorded.starts_with(&format!("{CLUSTER_DIR}/{HELM_DIR}/"))
+    }
+}
+
+/// The key of `file` (a name relative to the folder) in backup `id`'s folder.
+fn folder_path(id: &str, file: &str) -> Path {
     Path::from(format!("{BACKUPS_DIR}/{id}/{file}"))
+}
+
+/// The prefix every file of backup `id` is under.
+fn folder_prefix(id: &str) -> Path {
+    Path::from(format!("{BACKUPS_DIR}/{id}"))
+}
+
+/// One backup folder, for the code that streams its files through object_store
+/// itself (pg_dump into a multipart upload, pg_restore and `verify` from downloads,
+/// the preflight's probe). Displays as `backups/<id>/`.
+#[derive(Clone)]
+pub struct Folder {
+    store: Arc<dyn ObjectStore>,
+    id: String,
+}
+
+impl Folder {
+    /// The bucket, to stream a file whose key [`path`](Folder::path) or
+    /// [`recorded`](Folder::recorded) gave: uploads and downloads go through
+    /// object_store's own streaming and multipart calls, which take the store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The key of a file a writer names.
+    pub fn path(&self, file: &BackupFile) -> Path {
+        file.path(&self.id)
+    }
+
+    /// The key of a file as the manifest names it: a reader follows the manifest,
+    /// whichever writer of the format filled it.
+    pub fn recorded(&self, file: &str) -> Path {
+        folder_path(&self.id, file)
+    }
+}
+
+impl std::fmt::Display for Folder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{BACKUPS_DIR}/{}/", self.id)
+    }
+}
+
+/// The blob pool (`blobs/`, keys made by [`blob_key`] and [`fresh_blob_key`] and
+/// recorded in listings), for the code that copies, checks and sweeps blobs.
+#[derive(Clone)]
+pub struct Pool {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Pool {
+    /// The bucket a recorded blob key ([`recorded_path`]) is read from or written to:
+    /// `objects`' copy and check functions take any store (the source, the pool, a
+    /// restore bucket) and stream through object_store themselves.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Every blob, listed again from the last key after a failed page. A store that
+    /// does not list in key order (a local directory) may then skip some: a blob
+    /// skipped by a sweep is only not deleted yet, so nothing referenced is at risk.
+    pub fn list(&self) -> futures::stream::BoxStream<'static, Result<object_store::ObjectMeta, object_store::Error>> {
+        crate::objects::list_resuming(self.store.clone(), Some(Path::from(BLOBS_DIR)), None, true)
+    }
+
+    /// Deletes `blobs` with the store's bulk API; one already gone is not an error.
+    pub async fn delete(&self, blobs: Vec<Path>) -> Result<(), object_store::Error> {
+        let mut deleted = self.store.delete_stream(futures::stream::iter(blobs.into_iter().map(Ok)).boxed());
+        while let Some(r) = deleted.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A damage record's key: one per blob, named by the first 16 bytes of its SHA-256.
+fn damage_path(blob: &str) -> Path {
+    use sha2::Digest;
+    let name = hex::encode(&sha2::Sha256::digest(blob.as_bytes())[..16]);
+    Path::from(format!("{DAMAGE_DIR}/{name}.json"))
+}
+
+/// The folder `check` probes in: `check-<time>`, never a backup id (those start with
+/// a digit), left to retention's collection of dead runs if `check` dies in between.
+fn check_id(time: DateTime<Utc>) -> String {
+    format!("check-{}", time.format("%Y%m%dT%H%M%SZ"))
 }
 
 /// A compressed listing, spilled to an anonymous temporary file (gone with its last
@@ -479,25 +623,40 @@ async fn read_lock(store: &Arc<dyn ObjectStore>) -> Result<Option<LockRecord>, C
 #[derive(Clone)]
 pub struct Catalog {
     store: Arc<dyn ObjectStore>,
+    pool: Pool,
     object_lock: crate::object_lock::ObjectLock,
 }
 
 impl Catalog {
+    /// The backup bucket of `settings` (TARGET_URL), with its S3 Object Lock.
+    pub async fn open(settings: &crate::config::StoreSettings, create: crate::objects::Create) -> Result<Catalog, crate::objects::ObjectsError> {
+        let (store, object_lock) = crate::objects::open_backup_bucket(settings, create).await?;
+        Ok(Catalog { object_lock, ..Catalog::new(store) })
+    }
+
+    /// A bucket already open, without Object Lock.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Catalog { store, object_lock: crate::object_lock::ObjectLock::Off }
+        Catalog { pool: Pool { store: store.clone() }, store, object_lock: crate::object_lock::ObjectLock::Off }
     }
 
     /// The bucket's S3 Object Lock, as read when it was opened.
-    pub fn with_object_lock(self, object_lock: crate::object_lock::ObjectLock) -> Self {
-        Catalog { object_lock, ..self }
-    }
-
     pub fn object_lock(&self) -> &crate::object_lock::ObjectLock {
         &self.object_lock
     }
 
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
+    /// Backup `id`'s folder.
+    pub fn folder(&self, id: &str) -> Folder {
+        Folder { store: self.store.clone(), id: id.to_string() }
+    }
+
+    /// The folder `check` writes its probe in, named for `time`.
+    pub fn check_folder(&self, time: DateTime<Utc>) -> Folder {
+        self.folder(&check_id(time))
+    }
+
+    /// The blob pool every backup shares.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Takes the bucket lock for `command` (create-if-absent; an expired lock is taken
@@ -598,10 +757,9 @@ impl Catalog {
             match self.manifest(&id).await {
                 Ok(m) => Ok(Entry { id, manifest: Some(m), damaged: None, newest_modified: None }),
                 Err(CatalogError::NotFound(_)) => {
-                    let prefix = Path::from(format!("{BACKUPS_DIR}/{id}"));
                     let newest = self
                         .store
-                        .list(Some(&prefix))
+                        .list(Some(&folder_prefix(&id)))
                         .map_ok(|m| m.last_modified)
                         .try_fold(None, |acc: Option<DateTime<Utc>>, t| async move { Ok(Some(acc.map_or(t, |a| a.max(t)))) })
                         .await
@@ -609,7 +767,7 @@ impl Catalog {
                     Ok(Entry { id, manifest: None, damaged: None, newest_modified: newest })
                 }
                 Err(e) if e.is_damage() => {
-                    tracing::warn!(folder = %format!("{BACKUPS_DIR}/{id}/"), problem = %e, "damaged backup: {DAMAGED_ADVICE}");
+                    tracing::warn!(folder = %self.folder(&id), problem = %e, "damaged backup: {DAMAGED_ADVICE}");
                     Ok(Entry { id, manifest: None, damaged: Some(e.to_string()), newest_modified: None })
                 }
                 Err(e) => Err(e),
@@ -622,7 +780,7 @@ impl Catalog {
     }
 
     pub async fn manifest(&self, id: &str) -> Result<Manifest, CatalogError> {
-        let path = backup_path(id, MANIFEST);
+        let path = BackupFile::Manifest.path(id);
         let bytes = match self.store.get(&path).await {
             Ok(r) => r.bytes().await.map_err(store_err(format!("reading {path}")))?,
             Err(object_store::Error::NotFound { .. }) => return Err(CatalogError::NotFound(id.to_string())),
@@ -657,12 +815,11 @@ impl Catalog {
         let body = Bytes::from(serde_json::json!({ "holder": holder, "claimed_at": Utc::now() }).to_string());
         for attempt in 1.. {
             let id = backup_id(time, attempt);
-            let prefix = Path::from(format!("{BACKUPS_DIR}/{id}"));
-            let taken = self.store.list(Some(&prefix)).next().await.transpose().map_err(store_err(format!("checking backups/{id}")))?.is_some();
+            let taken = self.store.list(Some(&folder_prefix(&id))).next().await.transpose().map_err(store_err(format!("checking backups/{id}")))?.is_some();
             if taken {
                 continue;
             }
-            let path = backup_path(&id, CLAIM);
+            let path = BackupFile::Claim.path(&id);
             let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
             match self.store.put_opts(&path, PutPayload::from_bytes(body.clone()), opts).await {
                 Ok(_) => return Ok(id),
@@ -683,7 +840,7 @@ impl Catalog {
     /// backup without objects).
     async fn download_listing(&self, id: &str, manifest: &Manifest) -> Result<Option<(String, Listing)>, CatalogError> {
         let Some(file) = &manifest.objects.listing else { return Ok(None) };
-        let path = backup_path(id, file);
+        let path = folder_path(id, file);
         let read_err = store_err(format!("reading {path}"));
         let mut body = match self.store.get(&path).await {
             Ok(r) => r.into_stream(),
@@ -728,14 +885,27 @@ impl Catalog {
         reader.verify_whole(&manifest.objects)
     }
 
-    pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<(), CatalogError> {
+    async fn put(&self, path: &Path, bytes: Bytes) -> Result<(), CatalogError> {
         self.store.put(path, PutPayload::from_bytes(bytes)).await.map_err(store_err(format!("writing {path}")))?;
         Ok(())
     }
 
-    /// Uploads a listing from its file, a part at a time.
-    pub async fn put_listing(&self, path: &Path, listing: &Listing) -> Result<(), CatalogError> {
+    /// Writes a file of backup `id`.
+    pub async fn put_file(&self, id: &str, file: &BackupFile, bytes: Bytes) -> Result<(), CatalogError> {
+        self.put(&file.path(id), bytes).await
+    }
+
+    /// Reads a file of backup `id` whole, as its manifest names it.
+    pub async fn read_file(&self, id: &str, recorded: &str) -> Result<Bytes, CatalogError> {
+        let path = folder_path(id, recorded);
+        let read_err = || store_err(format!("reading {path}"));
+        self.store.get(&path).await.map_err(read_err())?.bytes().await.map_err(read_err())
+    }
+
+    /// Uploads backup `id`'s listing from its file, a part at a time.
+    pub async fn put_listing(&self, id: &str, listing: &Listing) -> Result<(), CatalogError> {
         const PART: usize = 5 * 1024 * 1024;
+        let path = &BackupFile::Listing.path(id);
         let write_err = store_err(format!("writing {path}"));
         let read_err = |e: std::io::Error| CatalogError::Corrupt { what: path.to_string(), detail: format!("reading the temporary file: {e}") };
         let mut chunks = std::pin::pin!(listing.chunks(PART));
@@ -761,7 +931,7 @@ impl Catalog {
     /// same id, may have removed something), then writes the manifest, last.
     pub async fn commit(&self, manifest: &Manifest, holder: &str, parts: &[(String, u64)]) -> Result<(), CatalogError> {
         let id = &manifest.backup_id;
-        let prefix = Path::from(format!("{BACKUPS_DIR}/{id}"));
+        let prefix = folder_prefix(id);
         let present: std::collections::HashMap<String, u64> = self
             .store
             .list(Some(&prefix))
@@ -770,7 +940,7 @@ impl Catalog {
             .await
             .map_err(store_err(format!("listing backups/{id} before the commit")))?;
         let Some(claimed_by) = self.claim_holder(id).await? else {
-            return Err(CatalogError::Incomplete { id: id.clone(), detail: format!("its {CLAIM} is gone (removed by a retention run?)") });
+            return Err(CatalogError::Incomplete { id: id.clone(), detail: format!("its {} is gone (removed by a retention run?)", BackupFile::Claim.name()) });
         };
         if claimed_by != holder {
             return Err(CatalogError::ClaimLost { id: id.clone(), holder: claimed_by });
@@ -783,12 +953,12 @@ impl Catalog {
             }
         }
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| CatalogError::Corrupt { what: "the manifest".into(), detail: e.to_string() })?;
-        self.put(&backup_path(id, MANIFEST), Bytes::from(json)).await
+        self.put(&BackupFile::Manifest.path(id), Bytes::from(json)).await
     }
 
     /// Who claimed a backup id (None: no claim; an unreadable claim names nobody).
     async fn claim_holder(&self, id: &str) -> Result<Option<String>, CatalogError> {
-        match self.store.get(&backup_path(id, CLAIM)).await {
+        match self.store.get(&BackupFile::Claim.path(id)).await {
             Ok(r) => {
                 let bytes = r.bytes().await.map_err(store_err(format!("reading the claim of {id}")))?;
                 let holder = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["holder"].as_str().map(str::to_string));
@@ -801,10 +971,8 @@ impl Catalog {
 
     /// Records a damaged pool blob (idempotent: one record per blob).
     pub async fn record_damage(&self, record: &DamageRecord) -> Result<Path, CatalogError> {
-        use sha2::Digest;
-        let name = hex::encode(&sha2::Sha256::digest(record.blob.as_bytes())[..16]);
         let json = serde_json::to_vec(record).map_err(|e| CatalogError::Corrupt { what: "a damage record".into(), detail: e.to_string() })?;
-        let path = Path::from(format!("{DAMAGE_DIR}/{name}.json"));
+        let path = damage_path(&record.blob);
         self.put(&path, Bytes::from(json)).await?;
         Ok(path)
     }
@@ -842,7 +1010,7 @@ impl Catalog {
     /// removed now is collected by retention after GC_GRACE.
     pub async fn abandon(&self, id: &str, holder: &str) {
         let ours = matches!(self.claim_holder(id).await, Ok(Some(h)) if h == holder);
-        let committed = self.store.head(&backup_path(id, MANIFEST)).await.is_ok();
+        let committed = self.store.head(&BackupFile::Manifest.path(id)).await.is_ok();
         if !ours || committed {
             return;
         }
@@ -854,12 +1022,11 @@ impl Catalog {
 
     /// Deletes a backup folder, manifest first: a half-deleted backup is never complete.
     pub async fn delete_backup(&self, id: &str) -> Result<(), CatalogError> {
-        match self.store.delete(&backup_path(id, MANIFEST)).await {
+        match self.store.delete(&BackupFile::Manifest.path(id)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(store_err(format!("deleting the manifest of {id}"))(e)),
         }
-        let prefix = Path::from(format!("{BACKUPS_DIR}/{id}"));
-        let locations = self.store.list(Some(&prefix)).map_ok(|m| m.location).boxed();
+        let locations = self.store.list(Some(&folder_prefix(id))).map_ok(|m| m.location).boxed();
         let mut deleted = self.store.delete_stream(locations);
         while let Some(r) = deleted.next().await {
             match r {
@@ -885,6 +1052,67 @@ mod tests {
         assert!(backup_id(a, 2) < backup_id(b, 1));
     }
 
+    /// docs/FORMAT.md's Layout, key by key: this module is the only one that spells it.
+    #[test]
+    fn every_key_is_where_format_md_puts_it() {
+        use sha2::Digest;
+        let t = Utc.with_ymd_and_hms(2026, 11, 21, 2, 0, 0).single().expect("valid");
+        let id = backup_id(t, 1);
+        let files = [
+            (BackupFile::Claim, "claim.json"),
+            (BackupFile::Probe, "preflight-probe"),
+            (BackupFile::Manifest, "manifest.json"),
+            (BackupFile::Dump("pachyderm".into()), "databases/pachyderm.pgdump"),
+            (BackupFile::AgeDump("pachyderm".into()), "databases/pachyderm.pgdump.age"),
+            (BackupFile::Listing, "objects.jsonl.zst"),
+            (BackupFile::cluster_object("deployments", "pachd"), "cluster/deployments/pachd.json"),
+            (BackupFile::helm_values("pachyderm"), "cluster/helm/pachyderm-values.json"),
+        ];
+        let catalog = Catalog::new(Arc::new(object_store::memory::InMemory::new()));
+        let folder = catalog.folder(&id);
+        for (file, name) in &files {
+            assert_eq!(file.name(), *name);
+            assert_eq!(file.path(&id).as_ref(), format!("backups/20261121T020000Z/{name}"));
+            assert_eq!(folder.path(file), folder.recorded(name), "a reader finds {name} where the writer put it");
+        }
+        assert_eq!(folder.to_string(), "backups/20261121T020000Z/");
+        assert_eq!(catalog.check_folder(t).path(&BackupFile::Probe).as_ref(), "backups/check-20261121T020000Z/preflight-probe");
+        assert!(BackupFile::is_helm_values(&BackupFile::helm_values("pachyderm").name()));
+        assert!(!BackupFile::is_helm_values(&BackupFile::cluster_object("configmaps", "helm").name()));
+        assert_eq!(Path::from(LOCK).as_ref(), "lock.json");
+        let blob = blob_key("chunk/ab.0000000000000001", Some("\"e\""), t, 1);
+        let tag = hex::encode(&sha2::Sha256::digest(b"etag:e:1")[..8]);
+        assert_eq!(blob, format!("blobs/chunk/ab.0000000000000001@{tag}"));
+        assert_eq!(fresh_blob_key(&blob, &id), format!("{blob}.20261121T020000Z"));
+        let name = hex::encode(&sha2::Sha256::digest(blob.as_bytes())[..16]);
+        assert_eq!(damage_path(&blob).as_ref(), format!("damage/{name}.json"));
+    }
+
+    #[tokio::test]
+    async fn the_catalog_writes_and_the_pool_lists_where_the_layout_says() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let catalog = Catalog::new(store.clone());
+        let id = "20261121T020000Z";
+        catalog.put_file(id, &BackupFile::helm_values("pachyderm"), Bytes::from_static(b"{}")).await.expect("put");
+        let (listing, _) = ListingWriter::new().and_then(ListingWriter::finish).expect("an empty listing");
+        catalog.put_listing(id, &listing).await.expect("put the listing");
+        let blob = blob_key("chunk/a", None, Utc::now(), 1);
+        let record = DamageRecord { blob: blob.clone(), problem: "missing".into(), found_at: Utc::now(), backup_id: id.into() };
+        let damage = catalog.record_damage(&record).await.expect("record");
+        store.put(&recorded_path(&blob), PutPayload::from_static(b"x")).await.expect("put a blob");
+        let mut keys: Vec<String> = store.list(None).map_ok(|m| m.location.to_string()).try_collect().await.expect("list");
+        keys.sort();
+        let mut want =
+            vec![BackupFile::helm_values("pachyderm").path(id).to_string(), BackupFile::Listing.path(id).to_string(), damage.to_string(), blob.clone()];
+        want.sort();
+        assert_eq!(keys, want);
+        let pooled: Vec<String> = catalog.pool().list().map_ok(|m| m.location.to_string()).try_collect().await.expect("list the pool");
+        assert_eq!(pooled, vec![blob.clone()]);
+        assert_eq!(catalog.read_file(id, "cluster/helm/pachyderm-values.json").await.expect("read").as_ref(), b"{}");
+        catalog.pool().delete(vec![recorded_path(&blob), recorded_path("blobs/gone@0")]).await.expect("a blob already gone is no error");
+        assert!(catalog.pool().list().try_next().await.expect("list").is_none());
+    }
+
     #[test]
     fn a_changed_object_is_a_new_blob() {
         let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("valid");
@@ -907,7 +1135,7 @@ mod tests {
         let objects = |count, sha: &str| ObjectsEntry {
             mode: ObjectsMode::Copy,
             index: Some(ObjectsIndex::Listing),
-            listing: Some(LISTING.into()),
+            listing: Some(BackupFile::Listing.name()),
             listing_sha256: Some(sha.into()),
             counts: ObjectCounts { count, ..Default::default() },
         };

@@ -6,15 +6,16 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::catalog::Catalog;
+use crate::catalog::{BackupFile, Catalog};
 use crate::cluster::{Cluster, ClusterError, LeaseState};
 use crate::config::{CatalogConfig, ClusterSettings, ConfigError, PauseMode, RawEnv, RestoreConfig, RunConfig, VARIABLES, vars};
 use crate::cycle::{self, RunError, Stop, error_chain};
 use crate::exit::ExitCode;
 use crate::metrics::{Pusher, verify_sample};
+use crate::objects::Create;
 use crate::progress::human_bytes;
 use crate::restore::{self, RestoreOptions};
-use crate::{demo, objects, retention, verify};
+use crate::{demo, retention, verify};
 
 /// A command's failure: the exit code and what to tell the operator.
 #[derive(Debug)]
@@ -129,15 +130,9 @@ pub async fn check(raw: &RawEnv) -> Result<(), Failure> {
     }
 }
 
-/// The backup bucket, its Object Lock read.
-async fn open_catalog(target: &crate::config::StoreSettings) -> Result<Catalog, Failure> {
-    let (store, lock) = objects::open_backup_bucket(target, objects::Create::Never).await.map_err(failed)?;
-    Ok(Catalog::new(store).with_object_lock(lock))
-}
-
 pub async fn list(raw: &RawEnv, json: bool, all: bool) -> Result<(), Failure> {
     let cfg = CatalogConfig::from_env(raw)?;
-    let catalog = open_catalog(&cfg.target).await?;
+    let catalog = Catalog::open(&cfg.target, Create::Never).await.map_err(failed)?;
     let entries = catalog.entries().await.map_err(failed)?;
     let complete: Vec<_> = entries.iter().filter_map(|e| e.manifest.as_ref().map(|m| (m.backup_id.clone(), m.started_at))).collect();
     let decisions = retention::plan(&complete, &cfg.retention);
@@ -231,7 +226,7 @@ pub async fn resume(raw: &RawEnv, if_stale: bool) -> Result<(), Failure> {
 
 pub async fn retention(raw: &RawEnv, dry_run: bool) -> Result<(), Failure> {
     let cfg = CatalogConfig::from_env(raw)?;
-    let catalog = open_catalog(&cfg.target).await?;
+    let catalog = Catalog::open(&cfg.target, Create::Never).await.map_err(failed)?;
     // Under the Lease, so that no run commits a backup while blobs are swept. A dry
     // run deletes nothing: it needs no Lease, nor any access to Kubernetes.
     let cluster = match cfg.cluster.pause_mode {
@@ -384,11 +379,10 @@ async fn print_cluster_objects(catalog: &Catalog, manifest: &crate::catalog::Man
     let mut items = Vec::new();
     let mut helm = Vec::new();
     for file in &manifest.cluster_objects {
-        let path = crate::catalog::backup_path(id, file);
-        let bytes = object_store::ObjectStoreExt::get(&**catalog.store(), &path).await.map_err(failed)?.bytes().await.map_err(failed)?;
+        let bytes = catalog.read_file(id, file).await.map_err(failed)?;
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| Failure::new(ExitCode::Failed, format!("{file} of backup {id} is not JSON: {e}")))?;
-        if file.starts_with("cluster/helm/") { helm.push(value) } else { items.push(value) }
+        if BackupFile::is_helm_values(file) { helm.push(value) } else { items.push(value) }
     }
     if helm_values {
         if helm.is_empty() {
@@ -424,7 +418,7 @@ async fn print_cluster_objects(catalog: &Catalog, manifest: &crate::catalog::Man
 pub async fn restore(raw: &RawEnv, args: RestoreArgs) -> Result<(), Failure> {
     let print_only = args.cluster_objects || args.helm_values;
     let cfg = RestoreConfig::from_env(raw, !print_only && !args.skip_databases, !print_only && !args.skip_objects)?;
-    let catalog = open_catalog(&cfg.target).await?;
+    let catalog = Catalog::open(&cfg.target, Create::Never).await.map_err(failed)?;
     let manifest = restore::choose(&catalog, args.backup.as_deref()).await.map_err(failed)?;
     if print_only {
         return print_cluster_objects(&catalog, &manifest, args.helm_values).await;
@@ -464,7 +458,7 @@ pub async fn verify(raw: &RawEnv, args: VerifyArgs) -> Result<(), Failure> {
 }
 
 async fn verify_backups(cfg: &RestoreConfig, args: &VerifyArgs, cluster: &mut Option<String>) -> Result<(), Failure> {
-    let catalog = open_catalog(&cfg.target).await?;
+    let catalog = Catalog::open(&cfg.target, Create::Never).await.map_err(failed)?;
     let mut problems = Vec::new();
     let manifests = if args.all {
         let entries = catalog.entries().await.map_err(failed)?;

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, error, info, warn};
 
 use crate::catalog::ObjectCounts;
-use crate::catalog::{self, Catalog, Manifest, ObjectsEntry, ObjectsIndex};
+use crate::catalog::{self, BackupFile, Catalog, Manifest, ObjectsEntry, ObjectsIndex};
 use crate::cluster::{Cluster, ClusterError, LeaseGuard, PauseReport};
 use crate::config::{ObjectsMode, PauseMode, RunConfig};
 use crate::database::{self, Tools};
@@ -347,11 +347,11 @@ pub async fn check(cfg: &RunConfig) -> Vec<CheckLine> {
         let listed = async { objects::probe_listable(&objects::open(&cfg.source, Create::Never)?, "source").await };
         line(format!("source bucket {}", redact_url(&cfg.source.url)), bounded(limit, "listing the source bucket", listed).await.map(|()| "listable".into()));
     }
-    let probe = catalog::backup_path(&format!("check-{}", Utc::now().format("%Y%m%dT%H%M%SZ")), catalog::PROBE);
     let written = async {
-        let (store, lock) = objects::open_backup_bucket(&cfg.target, Create::Never).await?;
-        objects::probe_writable(&store, "target", &probe).await?;
-        Ok::<_, objects::ObjectsError>(format!("writable; S3 Object Lock {lock}"))
+        let catalog = Catalog::open(&cfg.target, Create::Never).await?;
+        let folder = catalog.check_folder(Utc::now());
+        objects::probe_writable(folder.store(), "target", &folder.path(&BackupFile::Probe)).await?;
+        Ok::<_, objects::ObjectsError>(format!("writable; S3 Object Lock {}", catalog.object_lock()))
     };
     line(format!("target bucket {}", redact_url(&cfg.target.url)), bounded(limit, "writing a probe to the target bucket", written).await);
     let pusher = Pusher::new(cfg.common.push.clone(), cfg.common.cluster_name.clone().unwrap_or_default());
@@ -434,10 +434,9 @@ async fn attempt(
         ObjectsMode::Copy => Some(objects::open(&cfg.source, Create::Never).map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?),
         ObjectsMode::Skip => None,
     };
-    let (target, object_lock) = bounded(cfg.preflight_timeout, "opening the target bucket", objects::open_backup_bucket(&cfg.target, Create::IfMissing))
+    let catalog = bounded(cfg.preflight_timeout, "opening the target bucket", Catalog::open(&cfg.target, Create::IfMissing))
         .await
         .map_err(fail(Phase::Preflight, UNTOUCHED))?;
-    let catalog = Catalog::new(target.clone()).with_object_lock(object_lock);
 
     // Kubernetes: connect, and check every permission before the first call that needs
     // one (the Lease, the recovery), so a missing one is named in the preflight's list.
@@ -673,12 +672,8 @@ async fn run_locked(
         if let Some(s) = &source {
             bounded(limit, "listing the source bucket", objects::probe_listable(s, "source")).await?;
         }
-        bounded(
-            limit,
-            "writing a probe to the target bucket",
-            objects::probe_writable(catalog.store(), "target", &catalog::backup_path(backup_id, catalog::PROBE)),
-        )
-        .await?;
+        let folder = catalog.folder(backup_id);
+        bounded(limit, "writing a probe to the target bucket", objects::probe_writable(folder.store(), "target", &folder.path(&BackupFile::Probe))).await?;
         let version = match cluster {
             Some(c) => bounded(limit, "reading Pachyderm's version", c.pachyderm_version()).await?,
             None => None,
@@ -701,7 +696,7 @@ async fn run_locked(
                 break;
             }
             Err(e) if e.is_damage() => {
-                warn!(folder = %format!("{}/{}/", catalog::BACKUPS_DIR, m.backup_id), problem = %e, "damaged backup, not used as the reference for this run: {}", catalog::DAMAGED_ADVICE)
+                warn!(folder = %catalog.folder(&m.backup_id), problem = %e, "damaged backup, not used as the reference for this run: {}", catalog::DAMAGED_ADVICE)
             }
             Err(e) => return Err(fail(Phase::Preflight, UNTOUCHED)(e.into())),
         }
@@ -721,7 +716,7 @@ async fn run_locked(
     // recorded (so a failed run does not forget it) and healed by this run.
     if let (Some((id, bytes)), Some(_)) = (&reference_listing, &source) {
         let what = format!("the listing of {id}");
-        let guard = objects::check_reused(catalog.store(), bytes, &what, backup_id, objects::REUSE_SAMPLE, cfg.copy.concurrency);
+        let guard = objects::check_reused(catalog.pool().store(), bytes, &what, backup_id, objects::REUSE_SAMPLE, cfg.copy.concurrency);
         let found = tokio::select! {
             r = guard => r.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?,
             s = stopped(stop) => return Err(interrupted(Phase::Preflight, s, UNTOUCHED)),
@@ -772,7 +767,7 @@ async fn run_locked(
             let (listing, stats) = objects::copy_entries(
                 src,
                 objects::listed(src, objects::lists_sorted(&cfg.source)).await?,
-                catalog.store(),
+                catalog.pool().store(),
                 reference().await?,
                 &heal,
                 cfg.copy.concurrency,
@@ -905,15 +900,13 @@ async fn run_locked(
         let compress = dump_compression(cfg, tools)?;
         let compress = compress.as_str();
         futures::future::try_join_all(servers.iter().map(|info| {
-            let file = format!("databases/{}.pgdump", info.database);
-            let path = catalog::backup_path(backup_id, &file);
             let progress = &progress;
             let at = snapshots.iter().find(|(db, _)| *db == info.database).map(|(_, s)| s.id.as_str());
             async move {
                 let Some(at) = at else {
                     return Err(StepError { reason: "panic", message: format!("internal error (a bug, please report it): no snapshot of {}", info.database) });
                 };
-                database::dump(&cfg.database.server, info, tools, catalog.store(), &path, file, &cfg.database.recipients, compress, Some(at), progress)
+                database::dump(&cfg.database.server, info, tools, &catalog.folder(backup_id), &cfg.database.recipients, compress, Some(at), progress)
                     .await
                     .map_err(StepError::from)
             }
@@ -937,7 +930,7 @@ async fn run_locked(
             catalog::ListingReader::new(&deferred.paused, "the paused copy's listing".into())?,
         )?;
         let reference = catalog::ListingReader::new(&reference, "the pre-copy and paused listings".into())?;
-        let (listing, stats) = objects::copy_entries(src, entries, catalog.store(), reference, &heal, cfg.copy.concurrency, false, &progress).await?;
+        let (listing, stats) = objects::copy_entries(src, entries, catalog.pool().store(), reference, &heal, cfg.copy.concurrency, false, &progress).await?;
         write_listing(catalog, backup_id, listing, stats, ObjectsIndex::Database).await.map(Some)
     };
     let after = futures::future::try_join(
@@ -960,7 +953,7 @@ async fn run_locked(
     }
     if let Some((objects, size)) = listed {
         captured.written_bytes += objects.counts.copied_bytes + size;
-        captured.parts.push((catalog::LISTING.to_string(), size));
+        captured.parts.push((BackupFile::Listing.name(), size));
         captured.objects = objects;
     }
     if !pause_report.operator_paused.is_empty() {
@@ -1067,7 +1060,8 @@ async fn capture(
                     let live = live_chunks(cfg, tools, db, &s.id, Some(recent.floor)).await?;
                     let reference = catalog::ListingReader::new(&recent.records, "the pre-copy's recent chunks".into())?;
                     let entries = live.map_ok(objects::Entry::Live).boxed();
-                    let (listing, _) = objects::copy_entries(src, entries, catalog.store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
+                    let (listing, _) =
+                        objects::copy_entries(src, entries, catalog.pool().store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
                     let (paused, _) =
                         listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the paused copy's listing: {e}") })?;
                     return Ok(CapturedObjects::Deferred(paused));
@@ -1085,7 +1079,7 @@ async fn capture(
                 (objects::listed(src, objects::lists_sorted(&cfg.source)).await?, ObjectsIndex::Listing)
             }
         };
-        let (listing, stats) = objects::copy_entries(src, entries, catalog.store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
+        let (listing, stats) = objects::copy_entries(src, entries, catalog.pool().store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
         let (entry, size) = write_listing(catalog, backup_id, listing, stats, index).await?;
         Ok(CapturedObjects::Done(entry, size))
     };
@@ -1095,11 +1089,11 @@ async fn capture(
         let mut size = 0;
         let capture = c.capture().await?;
         for (name, json) in capture.files {
-            let file = format!("cluster/{name}");
+            let file = BackupFile::Cluster(name);
             let len = json.len() as u64;
-            catalog.put(&catalog::backup_path(backup_id, &file), Bytes::from(json)).await?;
+            catalog.put_file(backup_id, &file, Bytes::from(json)).await?;
             size += len;
-            names.push((file, len));
+            names.push((file.name(), len));
         }
         Ok((names, capture.replicas, size))
     };
@@ -1160,8 +1154,8 @@ async fn write_listing(
 ) -> Result<(ObjectsEntry, u64), StepError> {
     let (listing, sha) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the listing: {e}") })?;
     let size = listing.len();
-    catalog.put_listing(&catalog::backup_path(backup_id, catalog::LISTING), &listing).await?;
-    Ok((ObjectsEntry { mode: ObjectsMode::Copy, index: Some(index), listing: Some(catalog::LISTING.into()), listing_sha256: Some(sha), counts }, size))
+    catalog.put_listing(backup_id, &listing).await?;
+    Ok((ObjectsEntry { mode: ObjectsMode::Copy, index: Some(index), listing: Some(BackupFile::Listing.name()), listing_sha256: Some(sha), counts }, size))
 }
 
 #[cfg(test)]

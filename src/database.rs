@@ -14,13 +14,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStoreExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tracing::{info, warn};
 
-use crate::catalog::{DatabaseEntry, DumpEncryption};
+use crate::catalog::{BackupFile, DatabaseEntry, DumpEncryption, Folder};
 use crate::config::{DumpIdentity, PgServer};
 use crate::objects::{self, ObjectsError};
 use crate::progress::Progress;
@@ -417,8 +416,6 @@ async fn tail_stderr(mut stderr: tokio::process::ChildStderr) -> String {
 
 /// The `format` of an age-encrypted dump in the manifest.
 pub const AGE_FORMAT: &str = "age";
-/// Appended to the name of an encrypted dump: `databases/<db>.pgdump.age`.
-pub const AGE_SUFFIX: &str = ".age";
 
 /// Where the encryptor writes: the ciphertext waits here until the upload takes it.
 #[derive(Clone, Default)]
@@ -531,35 +528,33 @@ impl DumpCompression {
     }
 }
 
-/// Streams `pg_dump -Fc` of one database into `path`, compressed with `compress` (pg_dump's `--compress`), hashing on the way, at `snapshot` when given. With
+/// Streams `pg_dump -Fc` of one database into its file of `folder`, compressed with `compress` (pg_dump's `--compress`), hashing on the way, at `snapshot` when given. With
 /// `recipients` (DUMP_RECIPIENTS) the dump is encrypted to them with age as it streams,
-/// and stored as `path` and `file` with `.age` appended; the size and SHA-256 recorded
-/// are of the stored (encrypted) bytes.
+/// and stored as an age file; the size and SHA-256 recorded are of the stored
+/// (encrypted) bytes.
 #[allow(clippy::too_many_arguments)]
 pub async fn dump(
     server: &PgServer,
     info: &ServerInfo,
     tools: &Tools,
-    store: &Arc<dyn ObjectStore>,
-    path: &Path,
-    file: String,
+    folder: &Folder,
     recipients: &[age::x25519::Recipient],
     compress: &str,
     snapshot: Option<&str>,
     progress: &Progress,
 ) -> Result<DatabaseEntry, DatabaseError> {
     let database = &info.database;
-    let (path, file, encryption) = if recipients.is_empty() {
+    let (file, encryption) = if recipients.is_empty() {
         warn!(
             database = %database,
             "DUMP_RECIPIENTS is unset: the dump of {database} is stored UNENCRYPTED in the backup bucket; the pachyderm database holds Pachyderm's chunk-encryption keys, so whoever can read the bucket can read all of Pachyderm's data. Set DUMP_RECIPIENTS to an age public key (age-keygen) to encrypt the dumps"
         );
-        (path.clone(), file, None)
+        (BackupFile::Dump(database.clone()), None)
     } else {
         let encryption = DumpEncryption { format: AGE_FORMAT.into(), recipients: recipients.iter().map(|r| r.to_string()).collect() };
-        (crate::catalog::recorded_path(&format!("{path}{AGE_SUFFIX}")), format!("{file}{AGE_SUFFIX}"), Some(encryption))
+        (BackupFile::AgeDump(database.clone()), Some(encryption))
     };
-    let path = &path;
+    let (store, path) = (folder.store(), &folder.path(&file));
     let mut cmd = Command::new(&tools.pg_dump);
     libpq_env(&mut cmd, server);
     cmd.arg("--format=custom").arg(format!("--compress={compress}")).arg("--no-password").arg(format!("--dbname={}", conninfo_dbname(database)));
@@ -599,7 +594,7 @@ pub async fn dump(
     info!(database = %database, size, encrypted = encryption.is_some(), "database dumped");
     Ok(DatabaseEntry {
         name: database.clone(),
-        file,
+        file: file.name(),
         size,
         sha256,
         server_version: info.version.clone(),
@@ -699,16 +694,11 @@ fn decrypt_error(database: &str, entry: &DatabaseEntry, identity: Option<&DumpId
 /// Checks, before anything is written, that an encrypted dump opens with `identity`:
 /// its header (a few hundred bytes) is read from the bucket and its file key unwrapped.
 /// A dump stored in plaintext needs nothing.
-pub async fn check_decryptable(
-    store: &Arc<dyn ObjectStore>,
-    database: &str,
-    entry: &DatabaseEntry,
-    path: &Path,
-    identity: Option<&DumpIdentity>,
-) -> Result<(), DatabaseError> {
+pub async fn check_decryptable(folder: &Folder, database: &str, entry: &DatabaseEntry, identity: Option<&DumpIdentity>) -> Result<(), DatabaseError> {
     let Some(identities) = identities_for(database, entry, identity)? else { return Ok(()) };
+    let path = &folder.recorded(&entry.file);
     // The header and nonce: about 100 bytes a recipient.
-    let head = store.get_range(path, 0..entry.size.min(1024 * 1024)).await.map_err(|source| ObjectsError::Store {
+    let head = folder.store().get_range(path, 0..entry.size.min(1024 * 1024)).await.map_err(|source| ObjectsError::Store {
         side: "target",
         what: format!("reading {path}"),
         source,
@@ -770,9 +760,8 @@ pub async fn restore(
     server: &PgServer,
     database: &str,
     tools: &Tools,
-    store: &Arc<dyn ObjectStore>,
+    folder: &Folder,
     entry: &DatabaseEntry,
-    path: &Path,
     identity: Option<&DumpIdentity>,
     clean: bool,
     progress: &Progress,
@@ -792,7 +781,8 @@ pub async fn restore(
     let stdin = child.stdin.take().ok_or_else(|| DatabaseError::Io { tool: "pg_restore".into(), source: std::io::Error::other("no stdin") })?;
     let stderr = child.stderr.take().ok_or_else(|| DatabaseError::Io { tool: "pg_restore".into(), source: std::io::Error::other("no stderr") })?;
     let stderr = tokio::spawn(tail_stderr(stderr));
-    let body = store.get(path).await.map_err(|source| ObjectsError::Store { side: "target", what: format!("reading {path}"), source })?;
+    let path = &folder.recorded(&entry.file);
+    let body = folder.store().get(path).await.map_err(|source| ObjectsError::Store { side: "target", what: format!("reading {path}"), source })?;
     // The reader hashes every stored byte and hands it on while the feeder takes it
     // (a few chunks in flight); once the feeder has stopped, it reads on for the checksum.
     let (tx, rx) = futures::channel::mpsc::channel::<std::io::Result<Bytes>>(4);

@@ -94,9 +94,10 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
         None => None,
     };
     // Encrypted dumps: the identity opens each one's header.
+    let folder = catalog.folder(&manifest.backup_id);
     if server.is_some() {
         for db in &manifest.databases {
-            database::check_decryptable(catalog.store(), &db.name, db, &catalog::backup_path(&manifest.backup_id, &db.file), cfg.identity.as_ref()).await?;
+            database::check_decryptable(&folder, &db.name, db, cfg.identity.as_ref()).await?;
         }
     }
     if let (Some(server), Some(tools)) = (server, &tools) {
@@ -128,8 +129,7 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
         for db in &manifest.databases {
             let progress = Progress::start("restore-database", std::time::Duration::from_secs(30));
             database::ensure_database(server, tools, &db.name).await?;
-            let path = catalog::backup_path(&manifest.backup_id, &db.file);
-            let bytes = database::restore(server, &db.name, tools, catalog.store(), db, &path, cfg.identity.as_ref(), opts.clean, &progress).await?;
+            let bytes = database::restore(server, &db.name, tools, &folder, db, cfg.identity.as_ref(), opts.clean, &progress).await?;
             info!(database = %db.name, bytes, "database restored");
             summary.databases.push((db.name.clone(), bytes));
         }
@@ -159,14 +159,13 @@ async fn restore_objects_into(
     let progress = Progress::start("restore-objects", interval);
     progress.add_total(manifest.objects.counts.count, manifest.objects.counts.bytes);
     progress.totals_known();
-    let pool = catalog.store().clone();
+    let pool = catalog.pool();
     let (mut restored, mut bytes, mut skipped) = (0, 0, 0);
     {
         let records = futures::stream::iter(listing.by_ref());
         let results = records
             .map_err(RestoreError::from)
             .map_ok(|record: ObjectRecord| {
-                let pool = pool.clone();
                 let dest = dest.clone();
                 let progress = &progress;
                 async move {
@@ -176,7 +175,7 @@ async fn restore_objects_into(
                         return Ok::<_, RestoreError>((0u64, 0u64, 1u64));
                     }
                     let expect = objects::Expect::recorded(record.size, &record.sha256);
-                    objects::copy_verified(&pool, "target", &record.blob, &dest, &record.key, expect, progress).await?;
+                    objects::copy_verified(pool.store(), "target", &record.blob, &dest, &record.key, expect, progress).await?;
                     progress.add_done(1, 0);
                     Ok((1, record.size, 0))
                 }

@@ -11,7 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -294,7 +294,7 @@ async fn mark(catalog: &Catalog, entries: &[catalog::Entry], policy: &Policy, no
                 }
                 Err(e) if e.is_damage() => {
                     referenced.truncate(before);
-                    warn!(folder = %format!("{}/{}/", catalog::BACKUPS_DIR, d.id), problem = %e, "damaged backup: {}", catalog::DAMAGED_ADVICE);
+                    warn!(folder = %catalog.folder(&d.id), problem = %e, "damaged backup: {}", catalog::DAMAGED_ADVICE);
                     damaged.push((d.id.clone(), e.to_string()));
                     newly_damaged = true;
                 }
@@ -371,22 +371,16 @@ pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: Dat
     }
     outcome.swept = true;
     // Sweep, batched deletes through object_store's bulk API.
-    let store = catalog.store();
-    let pool = object_store::path::Path::from(catalog::BLOBS_DIR);
-    // Resumed from the last key after a failed page. A store that does not list in key
-    // order (a local directory) may then skip some blobs: they are swept next time; a
-    // skipped blob is only never deleted, so nothing referenced is at risk.
+    let pool = catalog.pool();
     let mut locked_blobs = 0;
-    let doomed = crate::objects::list_resuming(store.clone(), Some(pool), None, true)
-        .map_err(|source| RetentionError::Store { what: "listing the blob pool".into(), source })
-        .try_filter_map(|meta| {
-            let mut delete = sweep_deletes(&referenced, meta.location.as_ref(), meta.last_modified, now, grace);
-            if delete && lock.protects(meta.last_modified, now).is_some() {
-                locked_blobs += 1;
-                delete = false;
-            }
-            futures::future::ready(Ok(delete.then_some(meta)))
-        });
+    let doomed = pool.list().map_err(|source| RetentionError::Store { what: "listing the blob pool".into(), source }).try_filter_map(|meta| {
+        let mut delete = sweep_deletes(&referenced, meta.location.as_ref(), meta.last_modified, now, grace);
+        if delete && lock.protects(meta.last_modified, now).is_some() {
+            locked_blobs += 1;
+            delete = false;
+        }
+        futures::future::ready(Ok(delete.then_some(meta)))
+    });
     futures::pin_mut!(doomed);
     let mut batch = Vec::new();
     loop {
@@ -399,15 +393,7 @@ pub async fn apply(catalog: &Catalog, policy: &Policy, grace: Duration, now: Dat
         }
         if (batch.len() >= 1000 || done) && !batch.is_empty() {
             if !dry_run {
-                let locations = futures::stream::iter(std::mem::take(&mut batch).into_iter().map(Ok)).boxed();
-                let mut deleted = store.delete_stream(locations);
-                while let Some(r) = deleted.next().await {
-                    if let Err(e) = r {
-                        if !matches!(e, object_store::Error::NotFound { .. }) {
-                            return Err(RetentionError::Store { what: "deleting unreferenced blobs".into(), source: e });
-                        }
-                    }
-                }
+                pool.delete(std::mem::take(&mut batch)).await.map_err(|source| RetentionError::Store { what: "deleting unreferenced blobs".into(), source })?;
             }
             batch.clear();
         }

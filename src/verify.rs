@@ -50,17 +50,16 @@ pub struct Findings {
 pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurrency: usize, interval: std::time::Duration) -> Result<Findings, VerifyError> {
     let id = &manifest.backup_id;
     let mut f = Findings { backup_id: id.clone(), ..Default::default() };
-    let store = catalog.store().clone();
+    let folder = catalog.folder(id);
     for db in &manifest.databases {
-        let path = catalog::backup_path(id, &db.file);
         f.checked_files += 1;
-        if let Some(problem) = check(&store, &path, db.size, deep.then_some(db.sha256.as_str())).await {
+        if let Some(problem) = check(folder.store(), &folder.recorded(&db.file), db.size, deep.then_some(db.sha256.as_str())).await {
             f.problems.push(format!("database {}: {problem}", db.name));
         }
     }
     for file in &manifest.cluster_objects {
         f.checked_files += 1;
-        if let Err(e) = store.head(&catalog::backup_path(id, file)).await {
+        if let Err(e) = folder.store().head(&folder.recorded(file)).await {
             f.problems.push(format!("{file}: {e}"));
         }
     }
@@ -78,14 +77,14 @@ pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurre
         progress.add_total(manifest.objects.counts.count, manifest.objects.counts.bytes);
         progress.totals_known();
         let mut unreadable = None;
+        let pool = catalog.pool();
         {
             let checks = futures::stream::iter(reader.by_ref())
                 .map(|r| {
-                    let store = store.clone();
                     let progress = &progress;
                     async move {
                         let r = r?;
-                        let problem = check(&store, &catalog::recorded_path(&r.blob), r.size, deep.then_some(r.sha256.as_str())).await;
+                        let problem = check(pool.store(), &catalog::recorded_path(&r.blob), r.size, deep.then_some(r.sha256.as_str())).await;
                         if let Some(p) = &problem {
                             // Recorded in the bucket: the next run copies this object
                             // again instead of reusing the damaged blob.
@@ -168,8 +167,9 @@ pub async fn drill(
     f: &mut Findings,
 ) -> Result<(), VerifyError> {
     let tools = Tools::find(bin_dir).await?;
+    let folder = catalog.folder(&manifest.backup_id);
     for db in &manifest.databases {
-        database::check_decryptable(catalog.store(), &db.name, db, &catalog::backup_path(&manifest.backup_id, &db.file), identity).await?;
+        database::check_decryptable(&folder, &db.name, db, identity).await?;
     }
     let suffix = manifest.backup_id.to_ascii_lowercase().replace('-', "_");
     let mut scratch = Vec::new();
@@ -180,8 +180,7 @@ pub async fn drill(
             database::ensure_database(server, &tools, &name).await?;
             scratch.push(name.clone());
             let progress = Progress::start("drill", std::time::Duration::from_secs(30));
-            let path = catalog::backup_path(&manifest.backup_id, &db.file);
-            if let Err(e) = database::restore(server, &name, &tools, catalog.store(), db, &path, identity, false, &progress).await {
+            if let Err(e) = database::restore(server, &name, &tools, &folder, db, identity, false, &progress).await {
                 f.problems.push(format!("database {} does not restore cleanly: {e}", db.name));
             }
         }

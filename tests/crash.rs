@@ -25,7 +25,7 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
-use pachyderm_backup::catalog;
+use pachyderm_backup::catalog::{self, BackupFile};
 use pachyderm_backup::retention::{self, Policy};
 use support::fault_proxy::{FaultProxy, Faults, Recorded};
 use support::*;
@@ -276,11 +276,11 @@ async fn kill_at(phase: Phase) {
             let held = match phase {
                 // The commit lists the folder, then reads the claim back: held there,
                 // every part is written and nothing is left to write but the manifest.
-                Commit => target_path(&claimed, catalog::CLAIM),
+                Commit => target_path(&claimed, &BackupFile::Claim.name()),
                 // Retention's mark reads the kept listings, newest first: the new
                 // backup's, then the previous one's (its last read before the prune).
-                RetentionMark => target_path(&claimed, catalog::LISTING),
-                _ => target_path(&earlier[1], catalog::LISTING),
+                RetentionMark => target_path(&claimed, &BackupFile::Listing.name()),
+                _ => target_path(&earlier[1], &BackupFile::Listing.name()),
             };
             let latency = if phase == Commit || phase == RetentionMark { Duration::from_secs(120) } else { Duration::from_secs(1) };
             // Reads only: the listing is written after the resume, once the lock is released.
@@ -361,15 +361,15 @@ async fn kill_at(phase: Phase) {
     match phase {
         Preflight | Precopy => {
             assert!(never_paused(&bed), "{phase:?}: nothing but the Lease was written to the cluster");
-            assert_eq!(f, BTreeSet::from([catalog::CLAIM.to_string()]), "{phase:?}: only the claim");
+            assert_eq!(f, BTreeSet::from([BackupFile::Claim.name()]), "{phase:?}: only the claim");
             at_kill = format!("cluster never paused; folder {{{}}}{}", names(&f), if phase == Precopy { pool(&bed).await } else { String::new() });
         }
         Pause | Copy => {
             assert!(workloads_at_zero(&bed), "{phase:?}: a SIGKILL cannot resume");
             assert_eq!(annotations.len(), 4, "{phase:?}: the original replicas are on every paused object: {annotations:?}");
             match phase {
-                Pause => assert_eq!(f, BTreeSet::from([catalog::CLAIM.to_string()]), "{phase:?}: nothing captured yet"),
-                _ => assert!(!f.contains(catalog::LISTING), "{phase:?}: the copy had not finished: {f:?}"),
+                Pause => assert_eq!(f, BTreeSet::from([BackupFile::Claim.name()]), "{phase:?}: nothing captured yet"),
+                _ => assert!(!f.contains(&BackupFile::Listing.name()), "{phase:?}: the copy had not finished: {f:?}"),
             }
             at_kill =
                 format!("paused ({} annotated); folder {{{}}}{}", annotations.len(), names(&f), if phase == Copy { pool(&bed).await } else { String::new() });
@@ -385,11 +385,11 @@ async fn kill_at(phase: Phase) {
         }
         Commit => {
             bed.assert_resumed();
-            for part in [catalog::CLAIM, "databases/pachyderm.pgdump", "databases/dex.pgdump", catalog::LISTING] {
-                assert!(f.contains(part), "{phase:?}: {part} written before the commit: {f:?}");
+            for part in [BackupFile::Claim, BackupFile::Dump("pachyderm".into()), BackupFile::Dump("dex".into()), BackupFile::Listing].map(|p| p.name()) {
+                assert!(f.contains(&part), "{phase:?}: {part} written before the commit: {f:?}");
             }
             assert!(f.iter().any(|p| p.starts_with("cluster/")), "{phase:?}: cluster objects written: {f:?}");
-            assert!(!f.contains(catalog::MANIFEST), "{phase:?}: no manifest");
+            assert!(!f.contains(&BackupFile::Manifest.name()), "{phase:?}: no manifest");
             at_kill = format!("resumed; every part written ({} files), no manifest", f.len());
         }
         RetentionMark | RetentionPrune | RetentionSweep => {
@@ -400,7 +400,7 @@ async fn kill_at(phase: Phase) {
             match phase {
                 RetentionMark => assert!(complete.contains(&oldest), "{phase:?}: nothing deleted during the mark"),
                 RetentionPrune => assert!(
-                    !oldest_files.is_empty() && !oldest_files.contains(catalog::MANIFEST),
+                    !oldest_files.is_empty() && !oldest_files.contains(&BackupFile::Manifest.name()),
                     "{phase:?}: the pruned backup's manifest deleted first, its files still there: {oldest_files:?}"
                 ),
                 _ => assert!(oldest_files.is_empty(), "{phase:?}: the pruned backup was deleted before the sweep: {oldest_files:?}"),
@@ -409,7 +409,7 @@ async fn kill_at(phase: Phase) {
                 "new backup committed; oldest {}; lock.json left",
                 if oldest_files.is_empty() {
                     "deleted".to_string()
-                } else if oldest_files.contains(catalog::MANIFEST) {
+                } else if oldest_files.contains(&BackupFile::Manifest.name()) {
                     "intact".to_string()
                 } else {
                     format!("without manifest ({} files left)", oldest_files.len())

@@ -563,8 +563,8 @@ async fn a_listing_of_many_parts_is_uploaded_from_its_file_and_reads_back() {
     }
     let (listing, _) = writer.finish().expect("finish");
     assert!(listing.len() > 2 * 5 * 1024 * 1024, "more than two parts: {} bytes", listing.len());
-    let path = catalog::backup_path("b1", catalog::LISTING);
-    catalog.put_listing(&path, &listing).await.expect("upload");
+    let path = catalog::BackupFile::Listing.path("b1");
+    catalog.put_listing("b1", &listing).await.expect("upload");
     let stored = read(&moto.store("backups"), path.as_ref()).await;
     let local: Vec<bytes::Bytes> = listing.chunks(1 << 20).try_collect().await.expect("read the file");
     assert_eq!(stored, local.concat(), "the object is the file, byte for byte");

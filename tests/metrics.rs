@@ -335,7 +335,7 @@ async fn every_verify_failure_reaches_the_pushgateway() {
     assert!(pushed().is_some_and(|l| l.ends_with(" 1")), "{:?}", pushed());
 
     use object_store::ObjectStoreExt;
-    let listing = pachyderm_backup::catalog::backup_path(&m.backup_id, pachyderm_backup::catalog::LISTING);
+    let listing = pachyderm_backup::catalog::BackupFile::Listing.path(&m.backup_id);
     let bytes = read(&bed.target, listing.as_ref()).await;
     bed.target.put(&listing, bytes.slice(..bytes.len() / 2).into()).await.expect("truncate the listing");
     bed.run(&["verify"]).await.expect_code(1);
@@ -343,7 +343,7 @@ async fn every_verify_failure_reaches_the_pushgateway() {
 
     bed.target.put(&listing, bytes.into()).await.expect("repair");
     bed.run(&["verify"]).await.expect_code(0);
-    let manifest = pachyderm_backup::catalog::backup_path(&m.backup_id, pachyderm_backup::catalog::MANIFEST);
+    let manifest = pachyderm_backup::catalog::BackupFile::Manifest.path(&m.backup_id);
     bed.target.put(&manifest, bytes::Bytes::from_static(b"{ truncated").into()).await.expect("damage the manifest");
     bed.run(&["verify", "--backup", &m.backup_id]).await.expect_code(1);
     assert!(pushed().is_some_and(|l| l.ends_with(" 0") && l.contains("pachyderm_cluster=\"e2e\"")), "a damaged manifest: {:?}", pushed());

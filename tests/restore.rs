@@ -212,9 +212,11 @@ async fn verify_drill_checks_metadata_against_objects() {
     let mut damaged = m.clone();
     damaged.objects.listing_sha256 = Some(sha);
     damaged.objects.counts.count -= 1;
-    let path = |file: &str| pachyderm_backup::catalog::backup_path(&m.backup_id, file);
-    bed.catalog().put_listing(&path(pachyderm_backup::catalog::LISTING), &bytes).await.expect("put listing");
-    bed.target.put(&path(pachyderm_backup::catalog::MANIFEST), serde_json::to_vec(&damaged).expect("json").into()).await.expect("put manifest");
+    bed.catalog().put_listing(&m.backup_id, &bytes).await.expect("put listing");
+    bed.target
+        .put(&pachyderm_backup::catalog::BackupFile::Manifest.path(&m.backup_id), serde_json::to_vec(&damaged).expect("json").into())
+        .await
+        .expect("put manifest");
     let out = run_with(&bed, restore_env(&bed.pg, ""), &["verify", "--drill"]).await;
     out.expect_code(1);
     assert!(out.stdout.contains("1 live chunk(s) referenced by storage.chunk_objects are missing") && out.stdout.contains(&chunk_key(7)), "{}", out.stdout);

@@ -28,7 +28,7 @@ async fn exists(store: &std::sync::Arc<dyn ObjectStore>, key: &str) -> bool {
 }
 
 fn listing_path(m: &Manifest) -> object_store::path::Path {
-    catalog::backup_path(&m.backup_id, catalog::LISTING)
+    catalog::BackupFile::Listing.path(&m.backup_id)
 }
 
 /// A listing as an older writer stored it: plain zstd, no frame checksum.
@@ -143,7 +143,7 @@ async fn a_damaged_manifest_is_skipped_and_reported_never_fatal() {
         bed.run(&["run"]).await.expect_code(0);
     }
     let all = bed.manifests().await;
-    let manifest_path = |m: &Manifest| catalog::backup_path(&m.backup_id, catalog::MANIFEST);
+    let manifest_path = |m: &Manifest| catalog::BackupFile::Manifest.path(&m.backup_id);
     let text = serde_json::to_string_pretty(&all[1]).expect("json");
     let too_new = text.replacen("\"format_version\": 1", "\"format_version\": 99", 1);
     let other_id = text.replacen(&all[1].backup_id, "19990101T000000Z", 1);
@@ -200,7 +200,7 @@ async fn one_prefix_one_cluster_one_run_per_id() {
     let mut foreign = m.clone();
     foreign.backup_id = "20000101T000000Z".into();
     foreign.cluster = "beta".into();
-    bed.target.put(&catalog::backup_path(&foreign.backup_id, catalog::MANIFEST), serde_json::to_vec(&foreign).expect("json").into()).await.expect("put");
+    bed.target.put(&catalog::BackupFile::Manifest.path(&foreign.backup_id), serde_json::to_vec(&foreign).expect("json").into()).await.expect("put");
     bed.set("CLUSTER_NAME", "alpha");
     bed.set("KEEP_LAST", "1");
     bed.set("KEEP_DAILY", "0");
@@ -299,7 +299,7 @@ async fn a_damaged_dump_never_restores_silently() {
     quiet(&mut bed);
     bed.run(&["run"]).await.expect_code(0);
     let m = bed.manifests().await.pop().expect("backup");
-    let dump = catalog::backup_path(&m.backup_id, &m.databases[0].file);
+    let dump = bed.catalog().folder(&m.backup_id).recorded(&m.databases[0].file);
     let mut bytes = read(&bed.target, dump.as_ref()).await.to_vec();
     // Inside the table of contents, near the start of the custom format.
     bytes[200] ^= 0x20;
@@ -454,7 +454,7 @@ async fn a_bucket_under_object_lock_is_written_once_and_never_pruned_early() {
     let versions = moto.versions("backups");
     let mut seen = BTreeSet::new();
     for (key, marker) in &versions {
-        if key.ends_with(catalog::LOCK) || key.ends_with(catalog::CLAIM) || key.ends_with(catalog::PROBE) {
+        if key.ends_with(catalog::LOCK) || key.ends_with(&catalog::BackupFile::Claim.name()) || key.ends_with(&catalog::BackupFile::Probe.name()) {
             continue;
         }
         assert!(!marker, "{key} was deleted (a delete marker over a locked version)");
