@@ -9,7 +9,10 @@
 #      comparison, by a listing of the whole bucket (the table renamed away), beside the
 #      seeds' manual procedure on the same data (pg_dump of both databases, then
 #      `rclone sync` of the bucket), and bare pg_dump of both databases.
-# Usage: scripts/bench.sh [memory|copy|downtime|all]   (env: OBJECTS_N, TRANSFERS, BIN, DOWNTIME_SIZES)
+#   4. scale: peak RSS of a nightly run's object pipeline at SCALE_SIZES objects
+#      (default 1,000,000 and 10,000,000; examples/scale.rs: a synthetic source that
+#      makes its listing pages on demand, so no disk holds the objects).
+# Usage: scripts/bench.sh [memory|copy|downtime|scale|all]   (env: OBJECTS_N, TRANSFERS, BIN, DOWNTIME_SIZES, SCALE_SIZES)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -180,5 +183,15 @@ PY
     bare=$(secs "$start")
     printf '   %-10s | %-22s | %-22s | %-18s | %-14s | %-20s | %s MiB\n' "$n" "$(echo "$db" | awk '{print $1"s ("$3" copied)"}')" "$(echo "$listing" | awk '{print $1"s ("$3" copied)"}')" "${manual}s" "${bare}s" "$(echo "$db" | awk '{print $4"s"}')" "$((rss / 1024))"
     rm -rf "$d"
+  done
+fi
+
+if [ "$what" = scale ] || [ "$what" = all ]; then
+  cargo build --release --locked --example scale >/dev/null 2>&1 || { echo "cargo build --release --example scale FAILED" >&2; exit 1; }
+  echo "== scale: a nightly run's object pipeline (everything reused), synthetic source"
+  for n in ${SCALE_SIZES:-1000000 10000000}; do
+    /usr/bin/time -v "$root/target/release/examples/scale" "$n" >"$work/scale.out" 2>"$work/scale.err" || { echo "scale $n FAILED"; cat "$work/scale.err"; exit 1; }
+    sed 's/^/   /' "$work/scale.out"
+    echo "   $n objects: peak RSS $(( $(grep 'Maximum resident set size' "$work/scale.err" | awk '{print $6}') / 1024 )) MiB, $(grep 'Elapsed' "$work/scale.err" | awk '{print $8}') wall"
   done
 fi
