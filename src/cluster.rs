@@ -481,14 +481,8 @@ impl Cluster {
                 let name = &self.settings.pachd_configmap;
                 let cm = cms.get(name).await.map_err(api_err(format!("reading ConfigMap {name}")))?;
                 let (_, written) = patch_guarded(&cms, cm, &format!("setting MODE=paused in ConfigMap {name}"), |cm| {
-                    let mode = cm.data.as_ref().and_then(|d| d.get("MODE")).cloned().unwrap_or_else(|| "full".into());
-                    let ours = cm.annotations().contains_key(ANNOTATION_MODE);
-                    Ok((mode != "paused" || ours).then(|| {
-                        json!({
-                            "metadata": { "annotations": { ANNOTATION_MODE: mode, ANNOTATION_PAUSED_BY: run_id, PACHYDERM_UPDATED_AT: Utc::now().to_rfc3339() } },
-                            "data": { "MODE": "paused" }
-                        })
-                    }))
+                    let mode = cm.data.as_ref().and_then(|d| d.get("MODE")).map(String::as_str);
+                    Ok(mode_pause_patch(mode, cm.annotations().contains_key(ANNOTATION_MODE), run_id, Utc::now()))
                 })
                 .await?;
                 if !written {
@@ -515,15 +509,11 @@ impl Cluster {
         let label = format!("{}/{}", K::KIND, obj.name_any());
         let mut original = String::new();
         let (obj, written) = patch_guarded(api, obj, &format!("scaling {label} to 0"), |obj| {
-            let ours = obj.annotations().get(ANNOTATION_REPLICAS);
-            if obj.replicas() == 0 && ours.is_none() {
-                return Ok(None);
-            }
-            original = ours.cloned().unwrap_or_else(|| obj.replicas().to_string());
-            Ok(Some(json!({
-                "metadata": { "annotations": { ANNOTATION_REPLICAS: original, ANNOTATION_PAUSED_BY: run_id } },
-                "spec": { "replicas": 0 }
-            })))
+            let kept = obj.annotations().get(ANNOTATION_REPLICAS).map(String::as_str);
+            Ok(scale_down_patch(obj.replicas(), kept, run_id).map(|(keeps, patch)| {
+                original = keeps;
+                patch
+            }))
         })
         .await?;
         if written {
@@ -651,12 +641,7 @@ impl Cluster {
             let name = &self.settings.pachd_configmap;
             if let Some(cm) = cms.get_opt(name).await.map_err(api_err(format!("reading ConfigMap {name}")))? {
                 let (_, written) = patch_guarded(&cms, cm, &format!("restoring MODE in ConfigMap {name}"), |cm| {
-                    Ok(cm.annotations().get(ANNOTATION_MODE).map(|mode| {
-                        json!({
-                            "metadata": { "annotations": { ANNOTATION_MODE: null, ANNOTATION_PAUSED_BY: null, PACHYDERM_UPDATED_AT: Utc::now().to_rfc3339() } },
-                            "data": { "MODE": mode }
-                        })
-                    }))
+                    Ok(mode_resume_patch(cm.annotations().get(ANNOTATION_MODE).map(String::as_str), Utc::now()))
                 })
                 .await?;
                 if written {
@@ -696,12 +681,11 @@ impl Cluster {
         let label = format!("{}/{}", K::KIND, obj.name_any());
         let mut replicas = 0;
         let (_, written) = patch_guarded(api, obj, &format!("restoring the replicas of {label}"), |obj| {
-            let Some(original) = obj.annotations().get(ANNOTATION_REPLICAS) else { return Ok(None) };
-            replicas = original.trim().parse().map_err(|_| ClusterError::BadAnnotation(label.clone(), original.clone()))?;
-            Ok(Some(json!({
-                "metadata": { "annotations": { ANNOTATION_REPLICAS: null, ANNOTATION_PAUSED_BY: null } },
-                "spec": { "replicas": replicas }
-            })))
+            let kept = obj.annotations().get(ANNOTATION_REPLICAS).map(String::as_str);
+            Ok(scale_up_patch(&label, kept)?.map(|(restores, patch)| {
+                replicas = restores;
+                patch
+            }))
         })
         .await?;
         if written {
@@ -810,6 +794,68 @@ where
         }
     }
     unreachable!("the loop returns")
+}
+
+// ---- the pause and resume patches ----
+//
+// Pure, so that every case is a row of a table test; `patch_guarded` writes them and
+// calls them again with the fresh state after a conflict.
+
+/// The merge patch that scales a workload at `replicas` to zero, and the replicas it
+/// keeps in `pachyderm-backup/replicas`: `kept`, that annotation, when a pause already
+/// wrote it (a repeated pause must not record the zero it set), else `replicas`.
+/// `None` for a workload at zero without the annotation: its operator stopped it, so
+/// the pause leaves it and no resume will start it.
+fn scale_down_patch(replicas: i32, kept: Option<&str>, run_id: &str) -> Option<(String, Value)> {
+    if replicas == 0 && kept.is_none() {
+        return None;
+    }
+    let original = kept.map_or_else(|| replicas.to_string(), str::to_string);
+    let patch = json!({
+        "metadata": { "annotations": { ANNOTATION_REPLICAS: original, ANNOTATION_PAUSED_BY: run_id } },
+        "spec": { "replicas": 0 }
+    });
+    Some((original, patch))
+}
+
+/// The merge patch that gives `label` back the replicas its `pachyderm-backup/replicas`
+/// annotation `kept`, and that count; `None` without the annotation (no run paused it).
+/// An annotation that is not an integer is an error rather than a guess. A negative one
+/// is not checked here: the API server refuses the patch, so the annotation stays and
+/// the resume fails naming the object.
+fn scale_up_patch(label: &str, kept: Option<&str>) -> Result<Option<(i32, Value)>, ClusterError> {
+    let Some(original) = kept else { return Ok(None) };
+    let replicas: i32 = original.trim().parse().map_err(|_| ClusterError::BadAnnotation(label.to_string(), original.to_string()))?;
+    let patch = json!({
+        "metadata": { "annotations": { ANNOTATION_REPLICAS: null, ANNOTATION_PAUSED_BY: null } },
+        "spec": { "replicas": replicas }
+    });
+    Ok(Some((replicas, patch)))
+}
+
+/// The merge patch that sets `MODE: paused` in `pachd-config`, keeping its `mode`
+/// (Pachyderm's default, `full`, when unset) in `pachyderm-backup/mode`. `None` when it
+/// is already paused and not `ours` (without that annotation): its operator paused
+/// Pachyderm, and it stays paused.
+fn mode_pause_patch(mode: Option<&str>, ours: bool, run_id: &str, now: DateTime<Utc>) -> Option<Value> {
+    let mode = mode.unwrap_or("full");
+    (mode != "paused" || ours).then(|| {
+        json!({
+            "metadata": { "annotations": { ANNOTATION_MODE: mode, ANNOTATION_PAUSED_BY: run_id, PACHYDERM_UPDATED_AT: now.to_rfc3339() } },
+            "data": { "MODE": "paused" }
+        })
+    })
+}
+
+/// The merge patch that puts back in `pachd-config` the MODE a pause `kept` in
+/// `pachyderm-backup/mode`, removing the pause's annotations; `None` without it.
+fn mode_resume_patch(kept: Option<&str>, now: DateTime<Utc>) -> Option<Value> {
+    kept.map(|mode| {
+        json!({
+            "metadata": { "annotations": { ANNOTATION_MODE: null, ANNOTATION_PAUSED_BY: null, PACHYDERM_UPDATED_AT: now.to_rfc3339() } },
+            "data": { "MODE": mode }
+        })
+    })
 }
 
 /// A Deployment is ready when the controller has seen its spec and every wanted replica
@@ -1000,6 +1046,98 @@ mod tests {
         assert!(pach.contains(&"patch configmaps/pachd-config".to_string()));
         assert!(!pach.contains(&"patch replicationcontrollers".to_string()));
         assert!(!pach.iter().chain(scale.iter()).any(|p| p.contains("secrets") || p.contains('*')));
+    }
+
+    #[test]
+    fn scale_down_patches() {
+        let down = |kept: &str| {
+            json!({
+                "metadata": { "annotations": { "pachyderm-backup/replicas": kept, "pachyderm-backup/paused-by": "run-1" } },
+                "spec": { "replicas": 0 }
+            })
+        };
+        // (replicas, the replicas annotation, the replicas kept or None for left alone)
+        let cases: &[(i32, Option<&str>, Option<&str>)] = &[
+            (3, None, Some("3")),
+            (1, None, Some("1")),
+            (0, None, None),               // stopped by its operator
+            (0, Some("2"), Some("2")),     // paused already: what the first pause saw
+            (5, Some("2"), Some("2")),     // scaled up by hand since: still what the first pause saw
+            (0, Some("two"), Some("two")), // a bad annotation is kept for the resume to refuse
+        ];
+        for (replicas, kept, want) in cases {
+            let got = scale_down_patch(*replicas, *kept, "run-1");
+            assert_eq!(got, want.map(|k| (k.to_string(), down(k))), "replicas {replicas}, annotation {kept:?}");
+        }
+    }
+
+    #[test]
+    fn scale_up_patches() {
+        let up = |replicas: i32| {
+            json!({
+                "metadata": { "annotations": { "pachyderm-backup/replicas": null, "pachyderm-backup/paused-by": null } },
+                "spec": { "replicas": replicas }
+            })
+        };
+        // (the replicas annotation, Ok(replicas restored, None for left alone) or Err for malformed)
+        let cases: &[(Option<&str>, Result<Option<i32>, ()>)] = &[
+            (None, Ok(None)), // not paused by a run
+            (Some("3"), Ok(Some(3))),
+            (Some("0"), Ok(Some(0))),
+            (Some(" 2\n"), Ok(Some(2))), // edited by hand
+            (Some("-1"), Ok(Some(-1))),  // refused by the API server, not here
+            (Some("two"), Err(())),
+            (Some(""), Err(())),
+            (Some("2.5"), Err(())),
+            (Some("2147483648"), Err(())),
+        ];
+        for (kept, want) in cases {
+            match (scale_up_patch("deployment/pachd", *kept), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want.map(|r| (r, up(r))), "annotation {kept:?}"),
+                (Err(ClusterError::BadAnnotation(label, value)), Err(())) => {
+                    assert_eq!((label.as_str(), Some(value.as_str())), ("deployment/pachd", *kept));
+                }
+                (got, want) => panic!("annotation {kept:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn configmap_pause_and_resume_patches() {
+        let now = Utc::now();
+        let paused = |kept: &str| {
+            json!({
+                "metadata": { "annotations": {
+                    "pachyderm-backup/mode": kept, "pachyderm-backup/paused-by": "run-1", "pachyderm.com/updatedAt": now.to_rfc3339()
+                } },
+                "data": { "MODE": "paused" }
+            })
+        };
+        // (MODE, our mode annotation present, the mode kept or None for left alone)
+        let pauses: &[(Option<&str>, bool, Option<&str>)] = &[
+            (Some("full"), false, Some("full")),
+            (None, false, Some("full")),   // no MODE: Pachyderm's default
+            (Some("paused"), false, None), // paused by its operator
+        ];
+        for (mode, ours, want) in pauses {
+            assert_eq!(mode_pause_patch(*mode, *ours, "run-1", now), want.map(paused), "MODE {mode:?}, ours {ours}");
+        }
+        let resumed = |mode: &str| {
+            json!({
+                "metadata": { "annotations": {
+                    "pachyderm-backup/mode": null, "pachyderm-backup/paused-by": null, "pachyderm.com/updatedAt": now.to_rfc3339()
+                } },
+                "data": { "MODE": mode }
+            })
+        };
+        // (our mode annotation, the MODE put back or None for left alone)
+        let resumes: &[(Option<&str>, Option<&str>)] = &[
+            (Some("full"), Some("full")), // written explicitly even when the pause found no MODE
+            (None, None),                 // not paused by a run, or by its operator
+        ];
+        for (kept, want) in resumes {
+            assert_eq!(mode_resume_patch(*kept, now), want.map(resumed), "annotation {kept:?}");
+        }
     }
 
     #[test]
