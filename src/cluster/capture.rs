@@ -12,12 +12,11 @@ use serde_json::{Value, json};
 use super::{ANNOTATION_MODE, ANNOTATION_PAUSED_BY, ANNOTATION_REPLICAS, Cluster, ClusterError, api_err};
 
 impl Cluster {
-    /// The deployment's objects (never Secrets), cleaned of server-side fields, as
-    /// `(file name, JSON)` pairs for `cluster/`.
-    /// What `kubectl apply` can re-create in another cluster: pachd and pachw at their
-    /// original replicas (the capture runs while they are paused), the Services without
-    /// the addresses the old cluster allocated, the ConfigMaps nobody else makes. Not
-    /// the pipeline workers (pachd re-creates them) nor objects a controller owns; their
+    /// What `kubectl apply` can re-create in another cluster, as `(file name, JSON)` pairs
+    /// for the backup's `cluster/` (never Secrets): pachd and pachw at their original
+    /// replicas (the capture runs while they are paused), the Services without the
+    /// addresses the old cluster allocated, the ConfigMaps nobody else makes. Not the
+    /// pipeline workers (pachd re-creates them) nor objects a controller owns; their
     /// original replicas go to the manifest with the others'.
     pub async fn capture(&self) -> Result<Capture, ClusterError> {
         let mut out = Capture::default();
@@ -84,8 +83,6 @@ impl Cluster {
     }
 }
 
-/// Drops what the API server owns (status, uid, resourceVersion, managed fields) and our
-/// own annotations, so the file can be re-applied to a new cluster.
 /// The cluster objects of a backup and the original replicas of every workload
 /// (`kind/name`), pipeline workers included.
 #[derive(Debug, Default)]

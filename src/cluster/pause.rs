@@ -237,9 +237,8 @@ impl Cluster {
     }
 
     /// Puts back every object carrying our annotations (see `resume_once`), trying again
-    /// after a transient API error: a resume that gives up leaves the cluster paused.
-    /// Resumes (see `resume_once`), retrying transient API errors, and records the
-    /// outcome as an Event on pachd; `by` names who resumes, for the Event.
+    /// after a transient API error: a resume that gives up leaves the cluster paused. The
+    /// outcome is recorded as an Event on pachd, where `by` names who resumed.
     pub async fn resume(&self, by: &str) -> Result<Vec<String>, ClusterError> {
         let mut attempt = 1;
         let result = loop {
