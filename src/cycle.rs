@@ -1088,8 +1088,7 @@ async fn capture(
         let mut names = Vec::new();
         let mut size = 0;
         let capture = c.capture().await?;
-        for (name, json) in capture.files {
-            let file = BackupFile::Cluster(name);
+        for (file, json) in capture.files {
             let len = json.len() as u64;
             catalog.put_file(backup_id, &file, Bytes::from(json)).await?;
             size += len;

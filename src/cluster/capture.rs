@@ -9,6 +9,8 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
+use crate::catalog::BackupFile;
+
 use super::{ANNOTATION_MODE, ANNOTATION_PAUSED_BY, ANNOTATION_REPLICAS, Cluster, ClusterError, api_err};
 
 impl Cluster {
@@ -53,7 +55,7 @@ impl Cluster {
     /// The user-supplied values of the newest revision of a Helm release, from the
     /// Secret Helm keeps it in (`sh.helm.release.v1.<name>.v<N>`: base64 of gzip of
     /// JSON inside the Secret's `release` key).
-    async fn helm_values(&self, release: &str) -> Result<(String, Vec<u8>), ClusterError> {
+    async fn helm_values(&self, release: &str) -> Result<(BackupFile, Vec<u8>), ClusterError> {
         use std::io::Read;
         let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let list = secrets
@@ -79,7 +81,7 @@ impl Cluster {
             "values": parsed["config"],
         });
         let bytes = serde_json::to_vec_pretty(&out).map_err(|e| bad(e.to_string()))?;
-        Ok((format!("helm/{release}-values.json"), bytes))
+        Ok((BackupFile::helm_values(release), bytes))
     }
 }
 
@@ -87,7 +89,7 @@ impl Cluster {
 /// (`kind/name`), pipeline workers included.
 #[derive(Debug, Default)]
 pub struct Capture {
-    pub files: Vec<(String, Vec<u8>)>,
+    pub files: Vec<(BackupFile, Vec<u8>)>,
     pub replicas: BTreeMap<String, i32>,
 }
 
@@ -104,7 +106,7 @@ fn made_by_the_cluster<K: ResourceExt>(obj: &K) -> bool {
 }
 
 fn with_replicas(json: &[u8], replicas: i32) -> Result<Vec<u8>, ClusterError> {
-    let bad = |e: serde_json::Error| ClusterError::Connect(format!("cannot rewrite a captured object: {e}"));
+    let bad = |e: serde_json::Error| ClusterError::Captured(format!("cannot rewrite a captured object: {e}"));
     let mut v: Value = serde_json::from_slice(json).map_err(bad)?;
     v["spec"]["replicas"] = json!(replicas);
     serde_json::to_vec_pretty(&v).map_err(bad)
@@ -113,9 +115,9 @@ fn with_replicas(json: &[u8], replicas: i32) -> Result<Vec<u8>, ClusterError> {
 /// An object as `kubectl apply` takes it in another cluster: no status, no server-set
 /// metadata, none of our annotations, and no address the old cluster allocated (a
 /// Service's cluster IPs, outside the new cluster's range, are refused).
-fn clean<K: serde::Serialize + ResourceExt>(dir: &str, obj: &K) -> Result<(String, Vec<u8>), ClusterError> {
+fn clean<K: serde::Serialize + ResourceExt>(dir: &str, obj: &K) -> Result<(BackupFile, Vec<u8>), ClusterError> {
     let name = obj.name_any();
-    let mut v = serde_json::to_value(obj).map_err(|e| ClusterError::Connect(format!("cannot serialize {dir}/{name}: {e}")))?;
+    let mut v = serde_json::to_value(obj).map_err(|e| ClusterError::Captured(format!("cannot serialize {dir}/{name}: {e}")))?;
     if let Some(o) = v.as_object_mut() {
         o.remove("status");
     }
@@ -139,6 +141,6 @@ fn clean<K: serde::Serialize + ResourceExt>(dir: &str, obj: &K) -> Result<(Strin
         }
         spec.remove("healthCheckNodePort");
     }
-    let json = serde_json::to_vec_pretty(&v).map_err(|e| ClusterError::Connect(format!("cannot serialize {dir}/{name}: {e}")))?;
-    Ok((format!("{dir}/{name}.json"), json))
+    let json = serde_json::to_vec_pretty(&v).map_err(|e| ClusterError::Captured(format!("cannot serialize {dir}/{name}: {e}")))?;
+    Ok((BackupFile::cluster_object(dir, &name), json))
 }

@@ -70,6 +70,10 @@ pub enum ClusterError {
     PausedByOtherMode(String),
     #[error("cannot read the values of Helm release {0}: {1}")]
     HelmRelease(String, String),
+    /// A captured object that cannot be written as JSON (a bug, or an object the API
+    /// server sent that serde cannot represent).
+    #[error("capturing the cluster's objects failed: {0}")]
+    Captured(String),
     #[error("{0} has a malformed {ANNOTATION_REPLICAS} annotation {1:?}; set its replicas by hand and remove the annotation")]
     BadAnnotation(String, String),
 }

@@ -114,7 +114,7 @@ impl Cluster {
                 let cm = cms.get(name).await.map_err(api_err(format!("reading ConfigMap {name}")))?;
                 let (_, written) = patch_guarded(&cms, cm, &format!("setting MODE=paused in ConfigMap {name}"), |cm| {
                     let mode = cm.data.as_ref().and_then(|d| d.get("MODE")).map(String::as_str);
-                    Ok(mode_pause_patch(mode, cm.annotations().contains_key(ANNOTATION_MODE), run_id, Utc::now()))
+                    Ok(mode_pause_patch(mode, cm.annotations().get(ANNOTATION_MODE).map(String::as_str), run_id, Utc::now()))
                 })
                 .await?;
                 if !written {
@@ -364,17 +364,22 @@ fn scale_up_patch(label: &str, kept: Option<&str>) -> Result<Option<(i32, Value)
 }
 
 /// The merge patch that sets `MODE: paused` in `pachd-config`, keeping its `mode`
-/// (Pachyderm's default, `full`, when unset) in `pachyderm-backup/mode`. `None` when it
-/// is already paused and not `ours` (without that annotation): its operator paused
+/// (Pachyderm's default, `full`, when unset) in `pachyderm-backup/mode`. Already
+/// paused by a pause of ours (`kept`, the annotation): the mode it kept stays the one
+/// to restore (recording `paused` would make the resume leave Pachyderm paused, as if
+/// its operator had). `None` when paused without that annotation: its operator paused
 /// Pachyderm, and it stays paused.
-fn mode_pause_patch(mode: Option<&str>, ours: bool, run_id: &str, now: DateTime<Utc>) -> Option<Value> {
+fn mode_pause_patch(mode: Option<&str>, kept: Option<&str>, run_id: &str, now: DateTime<Utc>) -> Option<Value> {
     let mode = mode.unwrap_or("full");
-    (mode != "paused" || ours).then(|| {
-        json!({
-            "metadata": { "annotations": { ANNOTATION_MODE: mode, ANNOTATION_PAUSED_BY: run_id, PACHYDERM_UPDATED_AT: now.to_rfc3339() } },
-            "data": { "MODE": "paused" }
-        })
-    })
+    let restore = match kept {
+        Some(kept) => kept,
+        None if mode == "paused" => return None,
+        None => mode,
+    };
+    Some(json!({
+        "metadata": { "annotations": { ANNOTATION_MODE: restore, ANNOTATION_PAUSED_BY: run_id, PACHYDERM_UPDATED_AT: now.to_rfc3339() } },
+        "data": { "MODE": "paused" }
+    }))
 }
 
 /// The merge patch that puts back in `pachd-config` the MODE a pause `kept` in
@@ -466,14 +471,18 @@ mod tests {
                 "data": { "MODE": "paused" }
             })
         };
-        // (MODE, our mode annotation present, the mode kept or None for left alone)
-        let pauses: &[(Option<&str>, bool, Option<&str>)] = &[
-            (Some("full"), false, Some("full")),
-            (None, false, Some("full")),   // no MODE: Pachyderm's default
-            (Some("paused"), false, None), // paused by its operator
+        // (MODE, our mode annotation, the mode kept or None for left alone)
+        let pauses: &[(Option<&str>, Option<&str>, Option<&str>)] = &[
+            (Some("full"), None, Some("full")),
+            (None, None, Some("full")),   // no MODE: Pachyderm's default
+            (Some("paused"), None, None), // paused by its operator
+            // Paused by a pause of ours already (a write applied whose answer was lost,
+            // then recomputed): the mode to restore is still the one it kept.
+            (Some("paused"), Some("full"), Some("full")),
+            (Some("paused"), Some("enterprise"), Some("enterprise")),
         ];
-        for (mode, ours, want) in pauses {
-            assert_eq!(mode_pause_patch(*mode, *ours, "run-1", now), want.map(paused), "MODE {mode:?}, ours {ours}");
+        for (mode, kept, want) in pauses {
+            assert_eq!(mode_pause_patch(*mode, *kept, "run-1", now), want.map(paused), "MODE {mode:?}, kept {kept:?}");
         }
         let resumed = |mode: &str| {
             json!({
