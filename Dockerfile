@@ -32,9 +32,8 @@ RUN set -eux; \
     cargo build --locked --profile "${CARGO_PROFILE}"; \
     rm -rf src
 
-# The program itself (the demo embeds the test fixtures' SQL).
+# The program itself (the demo's SQL fixtures live in src/demo/, embedded).
 COPY src ./src
-COPY tests/fixtures ./tests/fixtures
 RUN set -eux; \
     find src -name '*.rs' -exec touch {} +; \
     cargo build --locked --profile "${CARGO_PROFILE}"; \

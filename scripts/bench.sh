@@ -42,8 +42,8 @@ PGDATA_DIR="$work/pg/data"
 as_pg "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --no-locale --no-sync >/dev/null
 as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$work/pg/log" -w -t 30 -o "-c listen_addresses=127.0.0.1 -p $PGPORT_BENCH -k $work/pg -c fsync=off" start >/dev/null
 "$PGBIN/psql" -q -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -c 'CREATE DATABASE pachyderm' -c 'CREATE DATABASE dex' >/dev/null
-sed 's/{{CHUNKS}}/100/' tests/fixtures/pachyderm.sql | "$PGBIN/psql" -q -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -d pachyderm -v ON_ERROR_STOP=1 >/dev/null
-"$PGBIN/psql" -q -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -d dex -v ON_ERROR_STOP=1 -f tests/fixtures/dex.sql >/dev/null
+sed 's/{{CHUNKS}}/100/' src/demo/pachyderm.sql | "$PGBIN/psql" -q -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -d pachyderm -v ON_ERROR_STOP=1 >/dev/null
+"$PGBIN/psql" -q -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -d dex -v ON_ERROR_STOP=1 -f src/demo/dex.sql >/dev/null
 common_env=(PAUSE_MODE=none PGHOST=127.0.0.1 PGPORT="$PGPORT_BENCH" PGUSER=postgres PGSSLMODE=disable PG_BIN_DIR="$PGBIN" LOG_FORMAT=json PROGRESS_INTERVAL=10s)
 
 start_s3s() {
@@ -155,7 +155,7 @@ PY
   for n in ${DOWNTIME_SIZES:-10000 100000 1000000}; do
     d="$work/dt-$n"; src="$d/src"; rm -rf "$d"; mkdir -p "$d"
     psql_b -d postgres -c 'DROP DATABASE IF EXISTS pachyderm' -c 'CREATE DATABASE pachyderm' >/dev/null
-    sed 's/{{CHUNKS}}/0/' tests/fixtures/pachyderm.sql | psql_b -d pachyderm >/dev/null
+    sed 's/{{CHUNKS}}/0/' src/demo/pachyderm.sql | psql_b -d pachyderm >/dev/null
     chunks "$src/chunk" 1 "$n"
     run_env=(env -i PATH="$PATH" "${common_env[@]}" SOURCE_URL="file://$src" COPY_CONCURRENCY="$TRANSFERS" KEEP_LAST=100)
     # The first backup, and the manual procedure's first sync: not timed.

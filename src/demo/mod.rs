@@ -10,8 +10,8 @@ use bytes::Bytes;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
-pub const PACHYDERM_FIXTURE: &str = include_str!("../tests/fixtures/pachyderm.sql");
-pub const DEX_FIXTURE: &str = include_str!("../tests/fixtures/dex.sql");
+pub const PACHYDERM_FIXTURE: &str = include_str!("pachyderm.sql");
+pub const DEX_FIXTURE: &str = include_str!("dex.sql");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
