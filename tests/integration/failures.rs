@@ -1,12 +1,10 @@
 //! Every way a run can fail ends with the cluster at its original replicas and no
 //! manifest; nothing is paused before preflight has passed.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use axum::http::Method;
-use support::*;
 
 /// The run failed with exit 1, the cluster is back, and no backup was recorded.
 async fn assert_failed_cleanly(bed: &Bed, out: &Output, says: &str) {
@@ -14,12 +12,6 @@ async fn assert_failed_cleanly(bed: &Bed, out: &Output, says: &str) {
     assert!(out.stderr.contains(says), "the error should say {says:?}:\n{}", out.stderr);
     bed.assert_resumed();
     assert!(bed.manifests().await.is_empty(), "a failed run left a manifest");
-}
-
-/// Nothing but the Lease was written: no pause was attempted.
-fn assert_never_paused(bed: &Bed) {
-    let writes: Vec<String> = bed.kube.mutating_requests().iter().filter(|r| !r.path.contains("/leases")).map(|r| format!("{} {}", r.method, r.path)).collect();
-    assert!(writes.is_empty(), "writes before preflight passed: {writes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,35 +149,35 @@ async fn preflight_failures_touch_nothing() {
     bed.kube.deny("patch replicationcontrollers");
     let out = bed.run(&["run"]).await;
     assert_failed_cleanly(&bed, &out, "patch replicationcontrollers").await;
-    assert_never_paused(&bed);
+    bed.assert_never_paused();
 
     // Unreachable database.
     let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
     bed.set("PGPORT", &pachyderm_backup::demo::free_port().to_string());
     let out = bed.run(&["run"]).await;
     assert_failed_cleanly(&bed, &out, "cannot connect to database pachyderm").await;
-    assert_never_paused(&bed);
+    bed.assert_never_paused();
 
     // A database that does not exist.
     let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
     bed.set("DATABASES", "pachyderm,nosuchdb");
     let out = bed.run(&["run"]).await;
     assert_failed_cleanly(&bed, &out, "nosuchdb").await;
-    assert_never_paused(&bed);
+    bed.assert_never_paused();
 
     // A target bucket that does not exist (not writable).
     let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
     bed.set("TARGET_URL", "s3://no-such-bucket/x");
     let out = bed.run(&["run"]).await;
     assert_failed_cleanly(&bed, &out, "target bucket failed").await;
-    assert_never_paused(&bed);
+    bed.assert_never_paused();
 
     // 15.4: a compression this pg_dump (15, the bed's) does not have.
     let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
     bed.set("DUMP_COMPRESSION", "zstd:1");
     let out = bed.run(&["run"]).await;
     assert_failed_cleanly(&bed, &out, "DUMP_COMPRESSION: pg_dump 15 compresses with gzip only").await;
-    assert_never_paused(&bed);
+    bed.assert_never_paused();
 
     // pg_dump missing from PG_BIN_DIR.
     let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
@@ -194,7 +186,7 @@ async fn preflight_failures_touch_nothing() {
     bed.set("PG_BIN_DIR", &empty.display().to_string());
     let out = bed.run(&["run"]).await;
     assert_failed_cleanly(&bed, &out, "pg_dump not found").await;
-    assert_never_paused(&bed);
+    bed.assert_never_paused();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +210,7 @@ async fn a_preflight_step_that_hangs_is_bounded() {
     bed.set("PREFLIGHT_TIMEOUT", "2s");
     let out = bed.run(&["run"]).await;
     assert_failed_cleanly(&bed, &out, "checking database pachyderm did not finish within PREFLIGHT_TIMEOUT (2s)").await;
-    assert_never_paused(&bed);
+    bed.assert_never_paused();
 
     // A pg_dump whose `--version` never returns.
     let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
@@ -233,7 +225,7 @@ async fn a_preflight_step_that_hangs_is_bounded() {
     bed.set("PREFLIGHT_TIMEOUT", "2s");
     let out = bed.run(&["run"]).await;
     assert_failed_cleanly(&bed, &out, "finding pg_dump and its version did not finish within PREFLIGHT_TIMEOUT (2s)").await;
-    assert_never_paused(&bed);
+    bed.assert_never_paused();
 }
 
 /// 10.7: one failed renewal (a 500, then a 409) no longer aborts a capture while two

@@ -4,12 +4,12 @@
 //! its source object, or exits 1 and commits nothing. On the real test bed (moto),
 //! through `support::fault_proxy`; the first tests check the proxy itself.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::fault_proxy::{FaultProxy, Faults, Recorded};
+use crate::support::*;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
@@ -18,8 +18,6 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 use pachyderm_backup::catalog::{Catalog, Manifest, ObjectRecord};
 use sha2::{Digest, Sha256};
-use support::fault_proxy::{FaultProxy, Faults, Recorded};
-use support::*;
 
 // ---------------------------------------------------------------------------------
 // The proxy itself, driven with object_store.

@@ -1,17 +1,15 @@
 //! Retention and garbage collection over 14 simulated nights (injected clock) against
 //! the real S3 server: the kept set, the swept pool, and every kept backup still whole.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::support::*;
 use chrono::{TimeZone, Utc};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use pachyderm_backup::config::{RawEnv, RunConfig};
 use pachyderm_backup::cycle;
 use pachyderm_backup::demo::{chunk_content, chunk_key, chunk_size};
-use support::*;
 
 fn config(bed: &Bed) -> RunConfig {
     let mut env = bed.env();
@@ -73,9 +71,8 @@ async fn fourteen_nights_keep_the_expected_backups_and_sweep_the_rest() {
     let mut logical = 0u64;
     for m in bed.manifests().await {
         logical += m.objects.counts.bytes + m.databases.iter().map(|d| d.size).sum::<u64>();
-        let mut reader = bed.catalog().read_listing(&m.backup_id, &m).await.expect("listing");
         let mut keys = BTreeSet::new();
-        while let Some(r) = reader.next_record().expect("record") {
+        for r in bed.listing(&m).await {
             // Every kept backup still restores byte-identical objects.
             let i: u64 = contents[&m.backup_id]
                 .iter()

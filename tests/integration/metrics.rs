@@ -3,15 +3,13 @@
 //! rules loaded, and every dashboard query and alert expression is checked against
 //! what the runs produced.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -2,25 +2,18 @@
 //! removed under a run: nothing is deleted that a kept backup needs, nothing broken is
 //! reported whole, and one bad folder never stops the rest. On the real test bed.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use chrono::Utc;
 use object_store::{ObjectStore, ObjectStoreExt};
 use pachyderm_backup::catalog::{self, Manifest, ObjectRecord};
 use pachyderm_backup::retention::{self, Policy};
-use support::*;
 
 fn quiet(bed: &mut Bed) {
     bed.set("PAUSE_MODE", "none");
-}
-
-/// Every record of a backup's listing (read without any check).
-async fn records(bed: &Bed, m: &Manifest) -> Vec<ObjectRecord> {
-    bed.catalog().read_listing(&m.backup_id, m).await.expect("listing").map(|r| r.expect("record")).collect()
 }
 
 async fn exists(store: &std::sync::Arc<dyn ObjectStore>, key: &str) -> bool {
@@ -56,7 +49,7 @@ async fn retention_never_sweeps_from_a_listing_that_does_not_verify() {
     quiet(&mut bed);
     bed.run(&["run"]).await.expect_code(0);
     let newest = bed.manifests().await.pop().expect("a backup");
-    let original = records(&bed, &newest).await;
+    let original = bed.listing(&newest).await;
     let stored = read(&bed.target, listing_path(&newest).as_ref()).await;
 
     let mut renamed = original.clone();
@@ -122,7 +115,7 @@ async fn retention_keeps_the_newest_backup_that_verifies() {
         let folders = bed.folders().await;
         assert!(folders.contains(&good.backup_id) && folders.contains(&bad.backup_id), "{damage}: {folders:?}");
         bed.catalog().read_verified_listing(&good, |_| {}).await.expect("the kept backup verifies");
-        for r in records(&bed, &good).await {
+        for r in bed.listing(&good).await {
             assert!(exists(&bed.target, &r.blob).await, "{damage}: blob {} of the kept backup was deleted", r.blob);
         }
         let out = bed.run(&["verify", "--backup", &good.backup_id, "--deep"]).await;
@@ -346,7 +339,7 @@ async fn a_damaged_pool_heals() {
     bed.set("KEEP_LAST", "100");
     bed.run(&["run"]).await.expect_code(0);
     let first = bed.manifests().await.pop().expect("backup");
-    let listed = records(&bed, &first).await;
+    let listed = bed.listing(&first).await;
     let (gone, flipped) = (&listed[0], &listed[1]);
     bed.target.delete(&catalog::recorded_path(&gone.blob)).await.expect("delete a blob");
     let bad = vec![0x5au8; flipped.size as usize];
@@ -366,7 +359,7 @@ async fn a_damaged_pool_heals() {
     out.expect_code(0);
     let healed = bed.manifests().await.pop().expect("backup");
     assert_eq!((healed.objects.counts.copied, healed.objects.counts.reused), (2, 18), "exactly the damaged objects copied again");
-    for r in records(&bed, &healed).await {
+    for r in bed.listing(&healed).await {
         if r.key == gone.key || r.key == flipped.key {
             assert_eq!(r.blob, catalog::fresh_blob_key(if r.key == gone.key { &gone.blob } else { &flipped.blob }, &healed.backup_id), "a fresh key");
         }
@@ -385,7 +378,7 @@ async fn a_damaged_pool_heals() {
     out.expect_code(0);
     let full = bed.manifests().await.pop().expect("backup");
     assert_eq!((full.objects.counts.copied, full.objects.counts.reused), (20, 0));
-    assert!(records(&bed, &full).await.iter().all(|r| r.blob.ends_with(&format!(".{}", full.backup_id))), "every blob under a fresh key");
+    assert!(bed.listing(&full).await.iter().all(|r| r.blob.ends_with(&format!(".{}", full.backup_id))), "every blob under a fresh key");
     bed.run(&["verify", "--backup", &full.backup_id, "--deep"]).await.expect_code(0);
 }
 
@@ -400,7 +393,7 @@ async fn blobs_lost_unseen_are_found_and_healed_by_the_next_run() {
     bed.set("KEEP_LAST", "100");
     bed.run(&["run"]).await.expect_code(0);
     let first = bed.manifests().await.pop().expect("backup");
-    let listed = records(&bed, &first).await;
+    let listed = bed.listing(&first).await;
     assert!(listed.len() > pachyderm_backup::objects::REUSE_SAMPLE, "the bed must hold more objects than the sample");
     // More lost than the sample can miss (80 − 30 < 64), so the widening is exercised.
     let lost: Vec<&ObjectRecord> = listed.iter().step_by(2).take(30).collect();

@@ -1,10 +1,8 @@
 //! Bad input gets a clear error, exit 2, and touches nothing: not a single request
 //! reaches the Kubernetes stand-in.
 
-mod support;
-
-use support::kube_standin::StandIn;
-use support::*;
+use crate::support::kube_standin::StandIn;
+use crate::support::*;
 
 fn good(kube: &StandIn, dir: &std::path::Path) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
@@ -337,7 +335,7 @@ async fn garbage_in_any_variable_is_an_error_never_a_panic() {
         }
         env
     };
-    let outcomes: Vec<(String, String, support::Output)> = futures::stream::iter(runs.into_iter().enumerate())
+    let outcomes: Vec<(String, String, crate::support::Output)> = futures::stream::iter(runs.into_iter().enumerate())
         .map(|(i, (variable, value, s3))| {
             let mut env = base(i, s3);
             // The variable under test replaces the base's (the later TARGET_URL too).
@@ -376,12 +374,6 @@ async fn garbage_in_any_variable_is_an_error_never_a_panic() {
     eprintln!("{} runs in {:.1}s: {counts:?}", outcomes.len(), started.elapsed().as_secs_f64());
 }
 
-/// Nothing but the Lease was written: no pause was attempted.
-fn assert_never_paused(bed: &Bed) {
-    let writes: Vec<String> = bed.kube.mutating_requests().iter().filter(|r| !r.path.contains("/leases")).map(|r| format!("{} {}", r.method, r.path)).collect();
-    assert!(writes.is_empty(), "writes before preflight passed: {writes:?}");
-}
-
 /// 10.8: a backup bucket behind a private CA (MinIO and on-premises S3 often are) is
 /// reached once its CA is given as TARGET_AWS_CA_BUNDLE (the AWS CLI's AWS_CA_BUNDLE,
 /// per side). Without it the run stops at once, before anything is paused, naming the
@@ -406,7 +398,7 @@ async fn a_backup_bucket_behind_a_private_ca_is_trusted_through_its_ca_bundle() 
         "names the certificate error and the variable:\n{}",
         out.stderr
     );
-    assert_never_paused(&bed);
+    bed.assert_never_paused();
 
     bed.set("TARGET_AWS_CA_BUNDLE", &ca.cert.display().to_string());
     let out = bed.run(&["run"]).await;
@@ -447,7 +439,7 @@ async fn client_certificates_reach_the_preflight_pg_dump_and_the_drill() {
         "the preflight says why:\n{}",
         out.stderr
     );
-    assert_never_paused(&bed);
+    bed.assert_never_paused();
     assert!(bed.manifests().await.is_empty());
 
     // With it: the preflight and pg_dump both log in with the certificate (pg_hba.conf

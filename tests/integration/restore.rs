@@ -1,13 +1,11 @@
 //! Restore and verify, proved by round trips on the real test bed.
 
-mod support;
-
 use std::path::PathBuf;
 
+use crate::support::*;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use pachyderm_backup::demo::{chunk_content, chunk_key, chunk_size};
-use support::*;
 
 /// A toolset of another PostgreSQL major, fetched by scripts/fetch-postgres.sh.
 fn pg_tools(major: u32) -> PathBuf {
@@ -201,12 +199,9 @@ async fn verify_drill_checks_metadata_against_objects() {
     // makes one (it fails, naming the chunk); a backup written by an older version that
     // listed a bucket which had lost the object looks like this.
     let m = bed.manifests().await.pop().expect("backup");
-    let mut reader = bed.catalog().read_listing(&m.backup_id, &m).await.expect("listing");
     let mut writer = pachyderm_backup::catalog::ListingWriter::new().expect("a temporary file");
-    while let Some(r) = reader.next_record().expect("record") {
-        if r.key != chunk_key(7) {
-            writer.push(&r).expect("push");
-        }
+    for r in bed.listing(&m).await.into_iter().filter(|r| r.key != chunk_key(7)) {
+        writer.push(&r).expect("push");
     }
     let (bytes, sha) = writer.finish().expect("finish");
     let mut damaged = m.clone();

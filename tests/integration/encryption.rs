@@ -2,16 +2,14 @@
 //! the real test bed: what the bucket holds, verify without the key, restore and the
 //! drill with it, and every way of getting the keys wrong.
 
-mod support;
-
 use std::io::Read;
 
+use crate::support::*;
 use age::secrecy::ExposeSecret;
 use age::x25519::Identity;
 use object_store::ObjectStoreExt;
 use pachyderm_backup::catalog::DumpEncryption;
 use sha2::Digest;
-use support::*;
 
 /// An identity file as `age-keygen -o` writes it.
 fn identity_file(dir: &std::path::Path, name: &str, identity: &Identity) -> (String, String) {

@@ -14,21 +14,19 @@
 //! Every hold is a condition polled, never a sleep: a phase is killed only once the bed
 //! shows the run is in it, and the state found after the kill proves it.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::support::fault_proxy::{FaultProxy, Faults, Recorded};
+use crate::support::*;
 use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use pachyderm_backup::catalog::{self, BackupFile};
 use pachyderm_backup::retention::{self, Policy};
-use support::fault_proxy::{FaultProxy, Faults, Recorded};
-use support::*;
 
 /// Where the run is killed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -399,6 +399,18 @@ impl Bed {
         (running, lock)
     }
 
+    /// Every record of backup `m`'s listing, read as a run reads it.
+    pub async fn listing(&self, m: &Manifest) -> Vec<pachyderm_backup::catalog::ObjectRecord> {
+        self.catalog().read_listing(&m.backup_id, m).await.expect("listing").map(|r| r.expect("record")).collect()
+    }
+
+    /// Nothing but the Lease was written to the cluster: no pause was attempted.
+    pub fn assert_never_paused(&self) {
+        let writes: Vec<String> =
+            self.kube.mutating_requests().iter().filter(|r| !r.path.contains("/leases")).map(|r| format!("{} {}", r.method, r.path)).collect();
+        assert!(writes.is_empty(), "writes before preflight passed: {writes:?}");
+    }
+
     pub fn assert_resumed(&self) {
         assert_eq!(self.kube.replicas("deployments", "pachd"), Some(1), "pachd replicas");
         if self.kube.get("deployments", "pachw").is_some() {

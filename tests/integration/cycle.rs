@@ -1,24 +1,12 @@
 //! Full cycles against real PostgreSQL, a real S3 server (moto) or local directories,
 //! and the Kubernetes stand-in, through the real binary.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::*;
 use pachyderm_backup::catalog::{self, ObjectRecord};
 use sha2::{Digest, Sha256};
-use support::*;
-
-/// Every record of a backup's listing.
-async fn listing(bed: &Bed, m: &catalog::Manifest) -> Vec<ObjectRecord> {
-    let mut reader = bed.catalog().read_listing(&m.backup_id, m).await.expect("listing");
-    let mut out = Vec::new();
-    while let Some(r) = reader.next_record().expect("record") {
-        out.push(r);
-    }
-    out
-}
 
 /// Restores every dump of `m` into fresh databases and compares every table's rows.
 async fn assert_dumps_restore(bed: &Bed, m: &catalog::Manifest) {
@@ -42,7 +30,7 @@ async fn assert_dumps_restore(bed: &Bed, m: &catalog::Manifest) {
 }
 
 async fn assert_pool_identical(bed: &Bed, m: &catalog::Manifest) {
-    let records = listing(bed, m).await;
+    let records = bed.listing(m).await;
     assert_eq!(records.len() as u64, bed.chunks, "listing size");
     let mut keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
     let sorted = {
@@ -155,7 +143,7 @@ async fn second_cycle_copies_only_new_objects() {
     assert_eq!(second.objects.counts.count, 35);
     assert_eq!(second.objects.counts.copied, 5, "exactly the 5 new objects are copied");
     assert_eq!(second.objects.counts.reused, 30);
-    let records = listing(&bed, second).await;
+    let records = bed.listing(second).await;
     assert_eq!(records.iter().filter(|r| r.since == second.backup_id).count(), 5);
     // Without pre-copy the delta is copied while paused: same counts.
     let mut bed = bed;
@@ -438,7 +426,7 @@ async fn the_demo_ends_with_a_command_that_works_as_printed() {
 /// lies outside `chunk/` is listed and kept. The drill passes on the backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_written_before_the_pause_are_read_from_the_database_not_listed() {
-    use support::fault_proxy::FaultProxy;
+    use crate::support::fault_proxy::FaultProxy;
     let mut bed = Bed::new(BedOptions { chunks: 30, ..Default::default() }).await;
     let proxy = FaultProxy::start(bed.moto.as_ref().expect("an S3 bed").port).await;
     bed.set("SOURCE_AWS_ENDPOINT", &proxy.url());
@@ -467,7 +455,7 @@ async fn chunks_written_before_the_pause_are_read_from_the_database_not_listed()
         "30 pre-copied + 4 new chunks + 1 object outside chunk/, all copied by this backup"
     );
     assert!(m.phases.contains_key("listing"), "the listing is made after the resume: {:?}", m.phases);
-    let records = listing(&bed, &m).await;
+    let records = bed.listing(&m).await;
     let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
     for i in [31, 3_000_001, 3_000_002, 3_000_003] {
         assert!(keys.contains(&pachyderm_backup::demo::chunk_key(i).as_str()), "chunk {i} in the listing");
@@ -577,7 +565,7 @@ async fn a_listing_of_many_parts_is_uploaded_from_its_file_and_reads_back() {
 /// in small pages here, and the listing it makes is exactly what one lister sees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pre_copy_lists_sixteen_key_ranges_and_misses_nothing() {
-    use support::fault_proxy::{FaultProxy, Faults};
+    use crate::support::fault_proxy::{FaultProxy, Faults};
     let mut bed = Bed::new(BedOptions { chunks: 64, ..Default::default() }).await;
     let proxy = FaultProxy::start(bed.moto.as_ref().expect("an S3 bed").port).await;
     proxy.set(Faults { max_keys: Some(3), ..Default::default() });
@@ -591,7 +579,7 @@ async fn the_pre_copy_lists_sixteen_key_ranges_and_misses_nothing() {
 
     bed.run(&["run"]).await.expect_code(0);
     let m = bed.manifests().await.pop().expect("a backup");
-    let keys: Vec<String> = listing(&bed, &m).await.into_iter().map(|r| r.key).collect();
+    let keys: Vec<String> = bed.listing(&m).await.into_iter().map(|r| r.key).collect();
     let mut sorted_keys = one_lister.clone();
     sorted_keys.sort();
     assert_eq!(keys, sorted_keys, "the listing holds every object once, in key order");
