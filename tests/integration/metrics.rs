@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::fault_proxy::{FaultProxy, Faults};
 use crate::support::*;
+use axum::http::Method;
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -291,6 +293,105 @@ async fn metrics_dashboard_and_alerts_tell_the_truth() {
             assert_ne!(r["health"], "err", "rule {} failed: {}", r["name"], r["lastError"]);
         }
     }
+}
+
+/// What the Pushgateway holds of `metric` in the group of `cluster`: each series' labels
+/// and value, as it exposes them.
+fn pushed(port: u16, metric: &str, cluster: &str) -> Vec<(String, f64)> {
+    let (prefix, group) = (format!("{metric}{{"), format!("pachyderm_cluster=\"{cluster}\""));
+    http_get(port, "/metrics")
+        .1
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(&group))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn values(series: &[(String, f64)]) -> Vec<f64> {
+    series.iter().map(|(_, v)| *v).collect()
+}
+
+/// A run succeeds and pushes `last_run_success 1`: what a failure after it must replace.
+async fn succeeds(bed: &Bed, port: u16) {
+    bed.run(&["run"]).await.expect_code(0);
+    assert_eq!(values(&pushed(port, "pachyderm_backup_last_run_success", "e2e")), [1.0]);
+}
+
+/// The run with `extra` fails with `code` saying `says`, and pushes `last_run_success 0`
+/// with `(phase, reason)` as its last failure, at the failed run's time.
+async fn pushes_its_failure(bed: &Bed, port: u16, extra: &[(&str, &str)], code: i32, (phase, reason): (&str, &str), says: &str) {
+    let out = run_with(bed, extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), &["run"]).await;
+    out.expect_code(code);
+    assert!(out.stderr.contains(says), "{phase}/{reason}: the error should say {says:?}:\n{}", out.stderr);
+    let success = pushed(port, "pachyderm_backup_last_run_success", "e2e");
+    assert_eq!(values(&success), [0.0], "{phase}/{reason}: last_run_success\n{}", out.stderr);
+    let failure = pushed(port, "pachyderm_backup_last_failure_timestamp_seconds", "e2e");
+    let labels = format!("phase=\"{phase}\",reason=\"{reason}\"");
+    assert!(failure.len() == 1 && failure[0].0.contains(&labels), "{phase}/{reason}: last failure {failure:?}\n{}", out.stderr);
+    let ran = pushed(port, "pachyderm_backup_last_run_timestamp_seconds", "e2e");
+    assert_eq!(values(&ran), values(&failure), "{phase}/{reason}: the failure's time is the failed run's");
+}
+
+/// 13.2: every run that fails before it holds the Lease pushes its failure with the
+/// phase it failed in. Before, an unreachable or misnamed target bucket, a cluster
+/// that could not be reached or a failed listing of the backup ids pushed nothing, so
+/// `last_run_success` kept the previous night's 1 and the failed-backup alert never
+/// fired. Each failure follows a success, so its 0 is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_before_the_lease_pushes_its_phase() {
+    let mon = Monitoring::start().await;
+    let mut bed = Bed::new(BedOptions { chunks: 3, ..Default::default() }).await;
+    bed.set("PUSHGATEWAY_URL", &format!("http://127.0.0.1:{}", mon.push_port));
+    bed.set("CLUSTER_NAME", "e2e");
+    let port = mon.push_port;
+
+    // The target bucket: unreachable (its endpoint never answers), then misnamed.
+    let hanging = format!("http://127.0.0.1:{}", hanging_port().0);
+    succeeds(&bed, port).await;
+    let unreachable = [("TARGET_AWS_ENDPOINT", hanging.as_str()), ("PREFLIGHT_TIMEOUT", "2s")];
+    pushes_its_failure(&bed, port, &unreachable, 1, ("preflight", "timeout"), "opening the target bucket did not finish within PREFLIGHT_TIMEOUT").await;
+    succeeds(&bed, port).await;
+    pushes_its_failure(&bed, port, &[("TARGET_URL", "s3://no-such-bucket/nightly")], 1, ("preflight", "target_bucket"), "NoSuchBucket").await;
+
+    // Kubernetes: no configuration to connect with; an API server that refuses.
+    succeeds(&bed, port).await;
+    pushes_its_failure(&bed, port, &[("KUBECONFIG", "/nonexistent/kubeconfig")], 1, ("lock", "kubernetes"), "cannot reach the Kubernetes API").await;
+    let refused = bed.dir.path().join("refused-kubeconfig");
+    let server = format!("http://127.0.0.1:{}", pachyderm_backup::demo::free_port());
+    std::fs::write(
+        &refused,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: {server}\ncontexts:\n- name: gone\n  context:\n    cluster: gone\n    user: gone\n    namespace: pachyderm\ncurrent-context: gone\nusers:\n- name: gone\n  user:\n    token: gone\n"
+        ),
+    )
+    .expect("write the kubeconfig");
+    let refused = refused.display().to_string();
+    succeeds(&bed, port).await;
+    pushes_its_failure(&bed, port, &[("KUBECONFIG", refused.as_str())], 1, ("preflight", "kubernetes"), "Connection refused").await;
+
+    // The backup bucket's second listing, the one that claims a backup id (the first
+    // lists the backups), cut by a reset: under the bucket lock, released again.
+    let proxy = FaultProxy::start(bed.moto.as_ref().expect("an S3 bed").port).await;
+    let through = proxy.url();
+    succeeds(&bed, port).await;
+    proxy.set(Faults { reset_list_pages: vec![2], only_path_prefix: Some("/backups".into()), ..Default::default() });
+    pushes_its_failure(&bed, port, &[("TARGET_AWS_ENDPOINT", through.as_str())], 1, ("preflight", "target_bucket"), "checking backups/").await;
+
+    // The Lease cannot be read.
+    succeeds(&bed, port).await;
+    bed.kube.fail(Method::GET, "/leases/", 403, 1);
+    pushes_its_failure(&bed, port, &[], 1, ("lock", "kubernetes"), "reading Lease").await;
+
+    // A prefix holding another cluster's backups is refused (exit 2), under this run's
+    // own label.
+    let out = run_with(&bed, vec![("CLUSTER_NAME".into(), "other".into())], &["run"]).await;
+    out.expect_code(2);
+    let failure = pushed(port, "pachyderm_backup_last_failure_timestamp_seconds", "other");
+    assert!(failure.len() == 1 && failure[0].0.contains("phase=\"preflight\",reason=\"config\""), "{failure:?}\n{}", out.stderr);
+    assert_eq!(values(&pushed(port, "pachyderm_backup_last_run_success", "other")), [0.0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
