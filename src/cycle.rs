@@ -31,7 +31,7 @@ use crate::progress::Progress;
 use crate::retention;
 
 /// The phases, as named in logs, metrics and the manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     Lock,
     Recover,
@@ -195,13 +195,15 @@ pub struct Summary {
     pub retention: Option<retention::Outcome>,
 }
 
-struct Timings {
-    phases: BTreeMap<String, f64>,
+/// How a run went in time, as its report and its manifest tell it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    pub phases: BTreeMap<Phase, f64>,
     /// The downtime this run expected before it paused (`downtime_estimate`).
-    estimate: Option<f64>,
-    /// The paused interval, once resumed: also when the capture was cut short (a
-    /// phase cut short is not in `phases`).
-    downtime: Option<f64>,
+    pub estimate: Option<f64>,
+    /// The paused interval, `resumed_at − paused_at`, once resumed: also when the
+    /// capture was cut short (a phase cut short is not in `phases`).
+    pub downtime: Option<f64>,
 }
 
 impl Timings {
@@ -212,7 +214,16 @@ impl Timings {
     }
 
     fn add(&mut self, phase: Phase, seconds: f64) {
-        *self.phases.entry(phase.name().to_string()).or_default() += seconds;
+        *self.phases.entry(phase).or_default() += seconds;
+    }
+
+    fn resumed(&mut self, paused_at: DateTime<Utc>, resumed_at: DateTime<Utc>) {
+        self.downtime = Some((resumed_at - paused_at).as_seconds_f64());
+    }
+
+    /// The phases by name, as the manifest records them.
+    fn named(&self) -> BTreeMap<String, f64> {
+        self.phases.iter().map(|(phase, seconds)| (phase.name().to_string(), *seconds)).collect()
     }
 }
 
@@ -426,7 +437,7 @@ async fn attempt(
 ) -> Result<Summary, RunError> {
     let clock = Clock { origin: start, real: Instant::now() };
     let started_at = clock.now();
-    let mut t = Timings { phases: BTreeMap::new(), estimate: None, downtime: None };
+    let mut t = Timings::default();
     let mode = cfg.cluster.pause_mode;
 
     // Buckets first: opening them touches nothing.
@@ -564,7 +575,7 @@ async fn attempt(
                 committed: true,
                 failure: retention_error.as_ref().map(|_| ("retention".to_string(), "retention".to_string())),
                 duration: clock.real.elapsed().as_secs_f64(),
-                downtime: Some(manifest.downtime_seconds),
+                downtime: t.downtime,
                 downtime_estimate: t.estimate,
                 phases: t.phases.clone(),
                 databases: manifest.databases.iter().map(|d| (d.name.clone(), d.size)).collect(),
@@ -825,7 +836,6 @@ async fn run_locked(
 
     // PAUSE and CAPTURE, bounded by MAX_DOWNTIME, signals and the Lease.
     let paused_at = clock.now();
-    let pause_clock = Instant::now();
     let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.to_string());
     if cluster.is_some() {
         pusher.push(&Sample::paused(paused_at.timestamp() as f64)).await;
@@ -877,9 +887,8 @@ async fn run_locked(
         }
     }
     let resumed_at = clock.now();
-    let downtime = pause_clock.elapsed().as_secs_f64();
     if cluster.is_some() {
-        t.downtime = Some(downtime);
+        t.resumed(paused_at, resumed_at);
     }
     let mut captured = match captured {
         Ok(c) => c,
@@ -974,8 +983,8 @@ async fn run_locked(
         paused_at: cluster.map(|_| paused_at),
         resumed_at: cluster.map(|_| resumed_at),
         finished_at: clock.now(),
-        downtime_seconds: if cluster.is_some() { downtime } else { 0.0 },
-        phases: t.phases.clone(),
+        downtime_seconds: t.downtime.unwrap_or(0.0),
+        phases: t.named(),
         source_url: source.as_ref().map(|_| redact_url(&cfg.source.url)),
         databases,
         objects: captured.objects,
@@ -1159,7 +1168,20 @@ async fn write_listing(
 
 #[cfg(test)]
 mod tests {
-    use super::{PausedRun, downtime_estimate};
+    use super::{PausedRun, Phase, Timings, downtime_estimate};
+
+    #[test]
+    fn the_manifest_names_the_phases_and_the_downtime_is_resumed_at_minus_paused_at() {
+        let mut t = Timings::default();
+        t.add(Phase::Dump, 1.5);
+        t.add(Phase::Lock, 0.25);
+        t.add(Phase::Dump, 0.5);
+        let named: Vec<(String, f64)> = t.named().into_iter().collect();
+        assert_eq!(named, [("dump".to_string(), 2.0), ("lock".to_string(), 0.25)]);
+        let paused_at = chrono::Utc::now();
+        t.resumed(paused_at, paused_at + chrono::Duration::milliseconds(2750));
+        assert_eq!(t.downtime, Some(2.75));
+    }
 
     #[test]
     fn the_estimate_is_the_longest_recent_downtime_scaled_by_growth_when_it_listed() {

@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
 use crate::config::PushSettings;
+use crate::cycle::Phase;
 
 pub const JOB: &str = "pachyderm-backup";
 /// The label (and grouping-key entry) holding CLUSTER_NAME.
@@ -95,7 +96,7 @@ pub struct RunReport {
     pub downtime: Option<f64>,
     /// The downtime expected before the pause (from the last paused runs).
     pub downtime_estimate: Option<f64>,
-    pub phases: BTreeMap<String, f64>,
+    pub phases: BTreeMap<Phase, f64>,
     pub databases: Vec<(String, u64)>,
     pub objects_bytes: Option<u64>,
     pub transferred: Option<u64>,
@@ -137,7 +138,7 @@ impl RunReport {
             s.set("downtime_estimate_seconds", "Downtime the last run expected before pausing (the last paused runs, scaled by the bucket's growth); above MAX_DOWNTIME the run refuses to pause", &[], estimate);
         }
         for (phase, secs) in &self.phases {
-            s.set("phase_duration_seconds", "Duration of each phase of the last run", &[("phase", phase)], *secs);
+            s.set("phase_duration_seconds", "Duration of each phase of the last run", &[("phase", phase.name())], *secs);
         }
         if self.committed {
             for (db, size) in &self.databases {
