@@ -25,7 +25,7 @@ use crate::cluster::{Cluster, ClusterError, LeaseGuard, PauseReport};
 use crate::config::{ObjectsMode, PauseMode, RunConfig};
 use crate::database::{self, Tools};
 use crate::exit::ExitCode;
-use crate::metrics::{Pusher, RunReport, Sample};
+use crate::metrics::{Ended, Pusher, RunReport, Sample};
 use crate::objects::{self, Create};
 use crate::progress::Progress;
 use crate::retention;
@@ -99,6 +99,18 @@ impl RunError {
             RunError::Locked(_) => ExitCode::Locked,
             RunError::Failed { .. } | RunError::RetentionFailed { .. } => ExitCode::Failed,
             RunError::ResumeFailed { .. } => ExitCode::ResumeFailed,
+        }
+    }
+
+    /// The phase and reason the failure is pushed with. `None` for `Locked`, whose
+    /// holder reports for itself, and for `RetentionFailed`, reported with the backup
+    /// it follows (`RunReport::success`).
+    pub fn reported_as(&self) -> Option<(Phase, &'static str)> {
+        match self {
+            RunError::Config(_) => Some((Phase::Preflight, "config")),
+            RunError::Failed { phase, reason, .. } => Some((*phase, *reason)),
+            RunError::ResumeFailed { .. } => Some((Phase::Resume, "resume")),
+            RunError::Locked(_) | RunError::RetentionFailed { .. } => None,
         }
     }
 }
@@ -379,44 +391,64 @@ pub async fn run(cfg: RunConfig, stop: Stop) -> Result<Summary, RunError> {
 
 /// Runs one full cycle as if it started at `start` (ids, manifest times, retention).
 pub async fn run_at(cfg: RunConfig, stop: Stop, start: DateTime<Utc>) -> Result<Summary, RunError> {
-    let real = Instant::now();
-    let reported = Cell::new(false);
-    let named = std::cell::RefCell::new(None);
-    let result = attempt(&cfg, stop, start, &reported, &named).await;
-    // Every failure reaches the Pushgateway, also one before the Lease (an unreachable
-    // target bucket, a refused foreign prefix) that the run had no report for yet:
-    // otherwise last_run_success keeps the previous night's 1 and no alert fires.
-    if let Err(e) = &result {
-        let (phase, reason) = match e {
-            RunError::Failed { phase, reason, .. } => (*phase, *reason),
-            RunError::Config(_) => (Phase::Preflight, "config"),
-            RunError::ResumeFailed { .. } => (Phase::Resume, "resume"),
-            // Another run holds the cluster or the bucket: it reports for itself.
-            RunError::Locked(_) | RunError::RetentionFailed { .. } => return result,
-        };
-        if !reported.get() {
-            let cluster_name = match named.into_inner() {
-                Some(name) => name,
-                None => early_cluster_name(&cfg).await,
-            };
-            let report = RunReport {
-                finished_at: (start + chrono::Duration::from_std(real.elapsed()).unwrap_or_default()).timestamp() as f64,
-                success: false,
-                failure: Some((phase.name().to_string(), reason.to_string())),
-                duration: real.elapsed().as_secs_f64(),
-                next_due: cfg.common.schedule.as_ref().and_then(|s| s.next_after(&Utc::now())).map(|t| t.timestamp() as f64),
-                resumed: phase != Phase::Resume,
-                ..Default::default()
-            };
-            Pusher::new(cfg.common.push.clone(), cluster_name).push(&report.sample()).await;
-        }
-    }
-    result
+    let mut run = Run::new(cfg, stop, start).await;
+    let outcome = run.attempt().await;
+    run.report(outcome).await
 }
 
-/// The cluster's metric label when the run failed before connecting: CLUSTER_NAME,
-/// else the namespace, as a connected run would have found it (no request is made).
-async fn early_cluster_name(cfg: &RunConfig) -> String {
+/// One run: what its steps share, from the configuration to the report.
+struct Run {
+    cfg: RunConfig,
+    stop: Stop,
+    clock: Clock,
+    timings: Timings,
+    /// When the next run is due (SCHEDULE), as of this one's start.
+    next_due: Option<DateTime<Utc>>,
+    /// The metric label and the manifest's `cluster`.
+    cluster_name: String,
+    pusher: Pusher,
+    /// Once connected (never with PAUSE_MODE=none).
+    cluster: Option<Cluster>,
+    /// This run's backup id once it holds its locks (the bucket lock, and the Lease when
+    /// connected): from then on its failure is also an Event on pachd.
+    locked: Option<String>,
+}
+
+/// This run's backup: where it is written, what it copies from, and its claim.
+struct Backup {
+    catalog: Catalog,
+    source: Option<Arc<dyn ObjectStore>>,
+    id: String,
+    run_token: String,
+}
+
+/// The locks a run holds until its report; losing either aborts it.
+struct Locks {
+    lease: Option<LeaseGuard>,
+    bucket: catalog::BucketLock,
+}
+
+impl Locks {
+    async fn release(self) {
+        if let Some(l) = self.lease {
+            l.release().await;
+        }
+        self.bucket.release().await;
+    }
+}
+
+/// A committed backup, and how the retention after it went (`Err`: its message).
+struct Committed {
+    manifest: Manifest,
+    written_bytes: u64,
+    retention: Result<retention::Outcome, String>,
+}
+
+/// The cluster's metric label, as the run finds it before connecting: CLUSTER_NAME,
+/// else the namespace (PACHYDERM_NAMESPACE, else the kubeconfig's or the pod's, as
+/// the client will read it: no request is made), else `local`. Known from the start,
+/// so a run that fails before it connects is reported under the same label.
+async fn cluster_name(cfg: &RunConfig) -> String {
     if let Some(name) = cfg.common.cluster_name.clone().or_else(|| cfg.cluster.namespace.clone()) {
         return name;
     }
@@ -426,230 +458,164 @@ async fn early_cluster_name(cfg: &RunConfig) -> String {
     }
 }
 
-/// One run; `reported` is set once a report was pushed, `named` once the cluster's
-/// metric label is known.
-async fn attempt(
-    cfg: &RunConfig,
-    mut stop: Stop,
-    start: DateTime<Utc>,
-    reported: &Cell<bool>,
-    named: &std::cell::RefCell<Option<String>>,
-) -> Result<Summary, RunError> {
-    let clock = Clock { origin: start, real: Instant::now() };
-    let started_at = clock.now();
-    let mut t = Timings::default();
-    let mode = cfg.cluster.pause_mode;
+impl Run {
+    async fn new(cfg: RunConfig, stop: Stop, start: DateTime<Utc>) -> Run {
+        let clock = Clock { origin: start, real: Instant::now() };
+        let next_due = cfg.common.schedule.as_ref().and_then(|s| s.next_after(&start));
+        let cluster_name = cluster_name(&cfg).await;
+        let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.clone());
+        Run { cfg, stop, clock, timings: Timings::default(), next_due, cluster_name, pusher, cluster: None, locked: None }
+    }
 
-    // Buckets first: opening them touches nothing.
-    let source: Option<Arc<dyn ObjectStore>> = match cfg.copy.objects {
-        ObjectsMode::Copy => Some(objects::open(&cfg.source, Create::Never).map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?),
-        ObjectsMode::Skip => None,
-    };
-    let catalog = bounded(cfg.preflight_timeout, "opening the target bucket", Catalog::open(&cfg.target, Create::IfMissing))
-        .await
-        .map_err(fail(Phase::Preflight, UNTOUCHED))?;
+    /// The run up to its report: connect, lock, claim, then `run_locked` and, after a
+    /// commit, retention; every lock released again.
+    async fn attempt(&mut self) -> Result<Committed, RunError> {
+        let cfg = &self.cfg;
+        let started_at = self.clock.now();
+        let mode = cfg.cluster.pause_mode;
 
-    // Kubernetes: connect, and check every permission before the first call that needs
-    // one (the Lease, the recovery), so a missing one is named in the preflight's list.
-    let cluster = match mode {
-        PauseMode::None => None,
-        _ => Some(Cluster::connect(&cfg.cluster).await.map_err(|e| fail(Phase::Lock, UNTOUCHED)(e.into()))?),
-    };
-    if let Some(c) = &cluster {
-        t.time(Phase::Preflight, bounded(cfg.preflight_timeout, "checking Kubernetes permissions", c.check_permissions()))
+        // Buckets first: opening them touches nothing.
+        let source: Option<Arc<dyn ObjectStore>> = match cfg.copy.objects {
+            ObjectsMode::Copy => Some(objects::open(&cfg.source, Create::Never).map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?),
+            ObjectsMode::Skip => None,
+        };
+        let catalog = bounded(cfg.preflight_timeout, "opening the target bucket", Catalog::open(&cfg.target, Create::IfMissing))
             .await
             .map_err(fail(Phase::Preflight, UNTOUCHED))?;
-    }
-    let cluster_name = cfg.common.cluster_name.clone().unwrap_or_else(|| cluster.as_ref().map(|c| c.namespace().to_string()).unwrap_or_else(|| "local".into()));
-    named.replace(Some(cluster_name.clone()));
-    let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.clone());
-    let next_due = cfg.common.schedule.as_ref().and_then(|s| s.next_after(&clock.now())).map(|t| t.timestamp() as f64);
-    let report_failure = |t: &Timings, phase: Phase, reason: &str, downtime: Option<f64>, resumed: bool| RunReport {
-        finished_at: clock.now().timestamp() as f64,
-        success: false,
-        failure: Some((phase.name().to_string(), reason.to_string())),
-        duration: clock.real.elapsed().as_secs_f64(),
-        downtime,
-        downtime_estimate: t.estimate,
-        phases: t.phases.clone(),
-        next_due,
-        resumed,
-        ..Default::default()
-    };
 
-    // The backup bucket: complete backups of this cluster only (another cluster's would
-    // be pruned and swept by this one), then a backup id claimed for this run alone.
-    let entries = catalog.entries().await.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
-    if let Some(other) = entries.iter().filter_map(|e| e.manifest.as_ref()).find(|m| m.cluster != cluster_name) {
-        return Err(RunError::Config(foreign_cluster(&other.cluster, &other.backup_id, &cluster_name)));
-    }
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pachyderm-backup".into());
-    // Unique to this run, also among runs of one process (the tests run several).
-    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let run_token = format!("{host}/{}-{}", std::process::id(), RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    // The bucket lock: one writer of the backup bucket at a time, in every pause mode.
-    let mut bucket_lock = match t.time(Phase::Lock, catalog.lock(&run_token, "run", cfg.cluster.lease_duration)).await {
-        Ok(l) => l,
-        Err(e @ catalog::CatalogError::Locked { .. }) => return Err(RunError::Locked(e.to_string())),
-        Err(e) => return Err(fail(Phase::Lock, UNTOUCHED)(e.into())),
-    };
-    let backup_id = match catalog.claim_backup_id(started_at, &run_token).await {
-        Ok(id) => id,
-        Err(e) => {
-            bucket_lock.release().await;
-            return Err(fail(Phase::Preflight, UNTOUCHED)(e.into()));
+        // Kubernetes: connect, and check every permission before the first call that needs
+        // one (the Lease, the recovery), so a missing one is named in the preflight's list.
+        if mode != PauseMode::None {
+            self.cluster = Some(Cluster::connect(&cfg.cluster).await.map_err(|e| fail(Phase::Lock, UNTOUCHED)(e.into()))?);
         }
-    };
-    let holder = format!("{host}/{backup_id}");
-    // The caller's "run" span, if any, carries the id from here on.
-    tracing::Span::current().record("backup_id", backup_id.as_str());
-    info!(cluster = %cluster_name, pause_mode = %format!("{mode:?}").to_ascii_lowercase(), "run starting");
+        if let Some(c) = &self.cluster {
+            self.timings
+                .time(Phase::Preflight, bounded(cfg.preflight_timeout, "checking Kubernetes permissions", c.check_permissions()))
+                .await
+                .map_err(fail(Phase::Preflight, UNTOUCHED))?;
+        }
+        let cluster_name = &self.cluster_name;
 
-    let mut lease = None;
-    if let Some(c) = &cluster {
-        match t.time(Phase::Lock, c.acquire_lease(&holder)).await {
-            Ok(l) => lease = Some(l),
-            Err(e @ ClusterError::LeaseHeld { .. }) => {
-                catalog.abandon(&backup_id, &run_token).await;
-                bucket_lock.release().await;
-                return Err(RunError::Locked(e.to_string()));
+        // The backup bucket: complete backups of this cluster only (another cluster's would
+        // be pruned and swept by this one), then a backup id claimed for this run alone.
+        let entries = catalog.entries().await.map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?;
+        if let Some(other) = entries.iter().filter_map(|e| e.manifest.as_ref()).find(|m| m.cluster != *cluster_name) {
+            return Err(RunError::Config(foreign_cluster(&other.cluster, &other.backup_id, cluster_name)));
+        }
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pachyderm-backup".into());
+        // Unique to this run, also among runs of one process (the tests run several).
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let run_token = format!("{host}/{}-{}", std::process::id(), RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        // The bucket lock: one writer of the backup bucket at a time, in every pause mode.
+        let bucket = match self.timings.time(Phase::Lock, catalog.lock(&run_token, "run", cfg.cluster.lease_duration)).await {
+            Ok(l) => l,
+            Err(e @ catalog::CatalogError::Locked { .. }) => return Err(RunError::Locked(e.to_string())),
+            Err(e) => return Err(fail(Phase::Lock, UNTOUCHED)(e.into())),
+        };
+        let backup_id = match catalog.claim_backup_id(started_at, &run_token).await {
+            Ok(id) => id,
+            Err(e) => {
+                bucket.release().await;
+                return Err(fail(Phase::Preflight, UNTOUCHED)(e.into()));
+            }
+        };
+        let holder = format!("{host}/{backup_id}");
+        // The caller's "run" span, if any, carries the id from here on.
+        tracing::Span::current().record("backup_id", backup_id.as_str());
+        info!(cluster = %cluster_name, pause_mode = %format!("{mode:?}").to_ascii_lowercase(), "run starting");
+
+        let mut lease = None;
+        if let Some(c) = &self.cluster {
+            match self.timings.time(Phase::Lock, c.acquire_lease(&holder)).await {
+                Ok(l) => lease = Some(l),
+                Err(e) => {
+                    catalog.abandon(&backup_id, &run_token).await;
+                    bucket.release().await;
+                    return Err(match e {
+                        e @ ClusterError::LeaseHeld { .. } => RunError::Locked(e.to_string()),
+                        e => fail(Phase::Lock, UNTOUCHED)(e.into()),
+                    });
+                }
+            }
+        }
+
+        let previous: Vec<Manifest> = entries.into_iter().filter_map(|e| e.manifest).filter(|m| m.objects.listing.is_some()).collect();
+        self.locked = Some(backup_id.clone());
+        let backup = Backup { catalog, source, id: backup_id, run_token };
+        let mut locks = Locks { lease, bucket };
+        let committed = match run_locked(self, &backup, &mut locks, previous).await {
+            // Retention only after a committed backup, still under the Lease.
+            Ok((manifest, written_bytes)) => {
+                let retention = retention::apply(&backup.catalog, &self.cfg.retention, self.cfg.gc_grace, self.clock.now(), retention::Mode::Delete);
+                let retention = self.timings.time(Phase::Retention, retention).await.map_err(|e| error_chain(&e));
+                Ok(Committed { manifest, written_bytes, retention })
             }
             Err(e) => {
-                catalog.abandon(&backup_id, &run_token).await;
-                bucket_lock.release().await;
-                let err = fail(Phase::Lock, UNTOUCHED)(e.into());
-                pusher.push(&report_failure(&t, Phase::Lock, "kubernetes", None, true).sample()).await;
-                reported.set(true);
-                return Err(err);
+                // Still under the bucket lock: the failed run's partial folder goes now.
+                backup.catalog.abandon(&backup.id, &backup.run_token).await;
+                info!("retention skipped: it runs only after a committed backup");
+                Err(e)
             }
-        }
+        };
+        locks.release().await;
+        committed
     }
 
-    let previous: Vec<Manifest> = entries.into_iter().filter_map(|e| e.manifest).filter(|m| m.objects.listing.is_some()).collect();
-    let outcome = run_locked(
-        &cfg,
-        &mut t,
-        &mut stop,
-        &mut lease,
-        &mut bucket_lock,
-        cluster.as_ref(),
-        source,
-        &catalog,
-        &backup_id,
-        &run_token,
-        previous,
-        &cluster_name,
-        clock,
-    )
-    .await;
-    if outcome.is_err() {
-        // Still under the bucket lock: the failed run's partial folder goes now.
-        catalog.abandon(&backup_id, &run_token).await;
-    }
-    // Retention only after a committed backup, still under the Lease.
-    let retention = match &outcome {
-        Ok(_) => Some(
-            t.time(Phase::Retention, retention::apply(&catalog, &cfg.retention, cfg.gc_grace, clock.now(), retention::Mode::Delete))
-                .await
-                .map_err(|e| error_chain(&e)),
-        ),
-        Err(_) => {
-            info!("retention skipped: it runs only after a committed backup");
-            None
-        }
-    };
-    if let Some(l) = lease {
-        l.release().await;
-    }
-    bucket_lock.release().await;
-    match outcome {
-        Ok((manifest, written_bytes)) => {
-            let (kept, retention_error) = match retention {
-                Some(Ok(o)) => (Some(o), None),
-                Some(Err(e)) => (None, Some(e)),
-                None => (None, None),
-            };
-            let report = RunReport {
-                finished_at: clock.now().timestamp() as f64,
-                success: retention_error.is_none(),
-                committed: true,
-                failure: retention_error.as_ref().map(|_| ("retention".to_string(), "retention".to_string())),
-                duration: clock.real.elapsed().as_secs_f64(),
-                downtime: t.downtime,
-                downtime_estimate: t.estimate,
-                phases: t.phases.clone(),
-                databases: manifest.databases.iter().map(|d| (d.name.clone(), d.size)).collect(),
-                objects_bytes: Some(manifest.objects.counts.bytes),
-                transferred: Some(written_bytes),
-                copied: Some(manifest.objects.counts.copied),
-                reused: Some(manifest.objects.counts.reused),
-                retained: kept.as_ref().map(|r| r.retained),
-                pruned: kept.as_ref().map(|r| r.pruned),
-                freed: kept.as_ref().map(|r| r.bytes_freed),
-                damaged: kept.as_ref().map(|r| r.damaged.len()),
-                next_due,
-                resumed: true,
-            };
-            pusher.push(&report.sample()).await;
-            reported.set(true);
-            info!(
-                duration_seconds = report.duration,
-                downtime_seconds = manifest.downtime_seconds,
-                databases = manifest.databases.len(),
-                database_bytes = manifest.databases.iter().map(|d| d.size).sum::<u64>(),
-                objects = manifest.objects.counts.count,
-                object_bytes = manifest.objects.counts.bytes,
-                objects_copied = manifest.objects.counts.copied,
-                objects_reused = manifest.objects.counts.reused,
-                transferred_bytes = written_bytes,
-                retained = report.retained,
-                pruned = report.pruned,
-                freed_bytes = report.freed,
-                "backup complete"
-            );
-            if let Some(c) = &cluster {
-                let note = format!("pachyderm-backup run {} completed: {:.0}s of downtime", manifest.backup_id, manifest.downtime_seconds);
-                c.event(false, "BackupSucceeded", "Backup", &note).await;
+    /// The run's one exit: every outcome is pushed, but `Locked` (the run holding the
+    /// cluster or the bucket reports for itself); under the Lease it is an Event too.
+    async fn report(self, outcome: Result<Committed, RunError>) -> Result<Summary, RunError> {
+        let ended = Ended { at: self.clock.now(), duration: self.clock.real.elapsed(), next_due: self.next_due };
+        let (manifest, written_bytes, retention) = match outcome {
+            Ok(Committed { manifest, written_bytes, retention }) => (manifest, written_bytes, retention),
+            Err(e) => {
+                let Some((phase, reason)) = e.reported_as() else { return Err(e) };
+                if let (Some(c), Some(backup_id)) = (&self.cluster, &self.locked) {
+                    c.event(true, "BackupFailed", "Backup", &format!("pachyderm-backup run {backup_id} failed in phase {phase}: {e}")).await;
+                }
+                let resumed = !matches!(e, RunError::ResumeFailed { .. });
+                self.pusher.push(&RunReport::failure(ended, &self.timings, phase, reason, resumed).sample()).await;
+                return Err(e);
             }
-            if let Some(message) = retention_error {
+        };
+        let report = RunReport::success(ended, &self.timings, &manifest, written_bytes, retention.as_ref().map_err(String::as_str));
+        self.pusher.push(&report.sample()).await;
+        info!(
+            duration_seconds = report.duration,
+            downtime_seconds = manifest.downtime_seconds,
+            databases = manifest.databases.len(),
+            database_bytes = manifest.databases.iter().map(|d| d.size).sum::<u64>(),
+            objects = manifest.objects.counts.count,
+            object_bytes = manifest.objects.counts.bytes,
+            objects_copied = manifest.objects.counts.copied,
+            objects_reused = manifest.objects.counts.reused,
+            transferred_bytes = written_bytes,
+            retained = report.retained,
+            pruned = report.pruned,
+            freed_bytes = report.freed,
+            "backup complete"
+        );
+        if let Some(c) = &self.cluster {
+            let note = format!("pachyderm-backup run {} completed: {:.0}s of downtime", manifest.backup_id, manifest.downtime_seconds);
+            c.event(false, "BackupSucceeded", "Backup", &note).await;
+        }
+        match retention {
+            Ok(kept) => Ok(Summary { manifest, retention: Some(kept) }),
+            Err(message) => {
                 error!(error = %message, "retention failed; the new backup is complete");
-                return Err(RunError::RetentionFailed { backup_id: manifest.backup_id.clone(), message });
+                Err(RunError::RetentionFailed { backup_id: manifest.backup_id, message })
             }
-            Ok(Summary { manifest, retention: kept })
-        }
-        Err(e) => {
-            let (phase, reason, resumed) = match &e {
-                RunError::Failed { phase, reason, .. } => (*phase, *reason, true),
-                RunError::ResumeFailed { .. } => (Phase::Resume, "resume", false),
-                _ => (Phase::Preflight, "other", true),
-            };
-            let downtime = t.downtime;
-            if let Some(c) = &cluster {
-                c.event(true, "BackupFailed", "Backup", &format!("pachyderm-backup run {backup_id} failed in phase {phase}: {e}")).await;
-            }
-            pusher.push(&report_failure(&t, phase, reason, downtime, resumed).sample()).await;
-            reported.set(true);
-            Err(e)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_locked(
-    cfg: &RunConfig,
-    t: &mut Timings,
-    stop: &mut Stop,
-    lease: &mut Option<LeaseGuard>,
-    bucket_lock: &mut catalog::BucketLock,
-    cluster: Option<&Cluster>,
-    source: Option<Arc<dyn ObjectStore>>,
-    catalog: &Catalog,
-    backup_id: &str,
-    run_token: &str,
-    previous: Vec<Manifest>,
-    cluster_name: &str,
-    clock: Clock,
-) -> Result<(Manifest, u64), RunError> {
+/// Under the Lease and the bucket lock: recover → preflight → pre-copy → PAUSE →
+/// capture → RESUME → dump ∥ listing → commit; the committed manifest and the bytes
+/// written.
+async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous: Vec<Manifest>) -> Result<(Manifest, u64), RunError> {
+    let Run { cfg, stop, clock, timings: t, cluster_name, pusher, cluster, .. } = run;
+    let (cfg, clock, cluster) = (&*cfg, *clock, cluster.as_ref());
+    let Backup { catalog, source, id: backup_id, run_token } = backup;
+    let Locks { lease, bucket: bucket_lock } = locks;
     let started_at = clock.origin;
     let interrupted = |phase: Phase, signal: &'static str, state: &'static str| RunError::Failed {
         phase,
@@ -836,7 +802,6 @@ async fn run_locked(
 
     // PAUSE and CAPTURE, bounded by MAX_DOWNTIME, signals and the Lease.
     let paused_at = clock.now();
-    let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.to_string());
     if cluster.is_some() {
         pusher.push(&Sample::paused(paused_at.timestamp() as f64)).await;
     }
@@ -855,7 +820,8 @@ async fn run_locked(
             Some(listing) => catalog::ListingReader::new(listing, "the pre-copy listing".into())?,
             None => reference().await?,
         };
-        let captured = t.time(Phase::Capture, capture(cfg, cluster, source.as_ref(), catalog, &heal, &servers, &tools, reference, recent.as_ref())).await?;
+        let plan = Plan { tools: &tools, servers: &servers, heal: &heal, reference, recent: recent.as_ref() };
+        let captured = t.time(Phase::Capture, capture(cfg, cluster, backup, plan)).await?;
         Ok::<_, StepError>(captured)
     };
     // A panic (a bug) inside the pause or capture must not unwind past the resume.
@@ -973,7 +939,7 @@ async fn run_locked(
     let manifest = Manifest {
         format_version: catalog::FORMAT_VERSION,
         backup_id: backup_id.to_string(),
-        cluster: cluster_name.to_string(),
+        cluster: cluster_name.clone(),
         namespace: cluster.map(|c| c.namespace().to_string()),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         pachyderm_version,
@@ -1030,21 +996,20 @@ fn redact_url(url: &url::Url) -> String {
 /// it (else the first listed).
 const PACHYDERM_DATABASE: &str = "pachyderm";
 
+/// What the capture works from: the preflight's findings and what it may reuse.
+struct Plan<'a> {
+    tools: &'a Tools,
+    servers: &'a [database::ServerInfo],
+    heal: &'a objects::Heal,
+    reference: catalog::ListingReader,
+    recent: Option<&'a Recent>,
+}
+
 /// The capture, while paused: every database's snapshot, then objects ∥ cluster
 /// objects. The dumps are not in it: they read the snapshots after the resume.
-#[allow(clippy::too_many_arguments)]
-async fn capture(
-    cfg: &RunConfig,
-    cluster: Option<&Cluster>,
-    source: Option<&Arc<dyn ObjectStore>>,
-    catalog: &Catalog,
-    heal: &objects::Heal,
-    servers: &[database::ServerInfo],
-    tools: &Tools,
-    reference: catalog::ListingReader,
-    recent: Option<&Recent>,
-) -> Result<Captured, StepError> {
-    let backup_id = heal.backup_id.as_str();
+async fn capture(cfg: &RunConfig, cluster: Option<&Cluster>, backup: &Backup, plan: Plan<'_>) -> Result<Captured, StepError> {
+    let Backup { catalog, source, id: backup_id, .. } = backup;
+    let Plan { tools, servers, heal, reference, recent } = plan;
     let progress = Progress::start("capture", cfg.common.progress_interval);
     // Every database at the pause's instant, held open until the dumps after the resume
     // have read it (pg_dump --snapshot): the dumps grow with the metadata (a row per
@@ -1168,7 +1133,18 @@ async fn write_listing(
 
 #[cfg(test)]
 mod tests {
-    use super::{PausedRun, Phase, Timings, downtime_estimate};
+    use super::{PausedRun, Phase, RunError, Timings, UNTOUCHED, downtime_estimate, foreign_cluster};
+
+    #[test]
+    fn every_failure_is_reported_with_its_phase_but_a_lock_held_elsewhere() {
+        let failed = RunError::Failed { phase: Phase::Lock, reason: "kubernetes", message: "connection refused".into(), state: UNTOUCHED };
+        assert_eq!(failed.reported_as(), Some((Phase::Lock, "kubernetes")));
+        assert_eq!(RunError::Config(foreign_cluster("a", "20260101-020000", "b")).reported_as(), Some((Phase::Preflight, "config")));
+        assert_eq!(RunError::ResumeFailed { message: "refused".into(), still_paused: Vec::new() }.reported_as(), Some((Phase::Resume, "resume")));
+        // The holder reports for itself; a failed retention with its committed backup.
+        assert_eq!(RunError::Locked("held".into()).reported_as(), None);
+        assert_eq!(RunError::RetentionFailed { backup_id: "x".into(), message: "m".into() }.reported_as(), None);
+    }
 
     #[test]
     fn the_manifest_names_the_phases_and_the_downtime_is_resumed_at_minus_paused_at() {

@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicU64;
 
 use base64::Engine;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -22,8 +23,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
+use crate::catalog::Manifest;
 use crate::config::PushSettings;
-use crate::cycle::Phase;
+use crate::cycle::{Phase, Timings};
+use crate::retention;
 
 pub const JOB: &str = "pachyderm-backup";
 /// The label (and grouping-key entry) holding CLUSTER_NAME.
@@ -81,8 +84,17 @@ impl Sample {
     }
 }
 
+/// When a run ended, how long it took, and when the next one is due: what every report
+/// of it carries, whatever its outcome.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ended {
+    pub at: DateTime<Utc>,
+    pub duration: std::time::Duration,
+    pub next_due: Option<DateTime<Utc>>,
+}
+
 /// Everything a finished run reports.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct RunReport {
     pub finished_at: f64,
     /// The run did everything it should (backup committed, retention applied).
@@ -91,7 +103,7 @@ pub struct RunReport {
     /// retention after it failed).
     pub committed: bool,
     /// The phase that failed and a short reason (the error's kind).
-    pub failure: Option<(String, String)>,
+    pub failure: Option<(Phase, &'static str)>,
     pub duration: f64,
     pub downtime: Option<f64>,
     /// The downtime expected before the pause (from the last paused runs).
@@ -113,6 +125,48 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// A committed backup: a success, unless the retention after it failed (`Err`, its
+    /// message); the backup's success time and sizes are sent either way.
+    pub fn success(ended: Ended, timings: &Timings, manifest: &Manifest, written_bytes: u64, retention: Result<&retention::Outcome, &str>) -> RunReport {
+        let counts = &manifest.objects.counts;
+        let kept = retention.ok();
+        RunReport {
+            success: retention.is_ok(),
+            committed: true,
+            failure: retention.err().map(|_| (Phase::Retention, "retention")),
+            databases: manifest.databases.iter().map(|d| (d.name.clone(), d.size)).collect(),
+            objects_bytes: Some(counts.bytes),
+            transferred: Some(written_bytes),
+            copied: Some(counts.copied),
+            reused: Some(counts.reused),
+            retained: kept.map(|r| r.retained),
+            pruned: kept.map(|r| r.pruned),
+            freed: kept.map(|r| r.bytes_freed),
+            damaged: kept.map(|r| r.damaged.len()),
+            ..RunReport::ended(ended, timings, true)
+        }
+    }
+
+    /// A run that failed in `phase` for `reason`, nothing committed. `resumed` is false
+    /// only when the resume itself failed: the cluster may still be paused, so the
+    /// gauges the pause set are left as they are.
+    pub fn failure(ended: Ended, timings: &Timings, phase: Phase, reason: &'static str, resumed: bool) -> RunReport {
+        RunReport { success: false, failure: Some((phase, reason)), ..RunReport::ended(ended, timings, resumed) }
+    }
+
+    fn ended(ended: Ended, timings: &Timings, resumed: bool) -> RunReport {
+        RunReport {
+            finished_at: ended.at.timestamp() as f64,
+            duration: ended.duration.as_secs_f64(),
+            downtime: timings.downtime,
+            downtime_estimate: timings.estimate,
+            phases: timings.phases.clone(),
+            next_due: ended.next_due.map(|t| t.timestamp() as f64),
+            resumed,
+            ..Default::default()
+        }
+    }
+
     pub fn sample(&self) -> Sample {
         let mut s = Sample::default();
         s.set("last_run_timestamp_seconds", "When the last run ended", &[], self.finished_at);
@@ -120,7 +174,7 @@ impl RunReport {
         // Only a failed run sends it (replacing the previous failure's series): after a
         // success it still tells when and where the last failure was.
         if !self.success {
-            let (phase, reason) = self.failure.as_ref().map(|(p, r)| (p.as_str(), r.as_str())).unwrap_or(("unknown", "unknown"));
+            let (phase, reason) = self.failure.map(|(p, r)| (p.name(), r)).unwrap_or(("unknown", "unknown"));
             s.set(
                 "last_failure_timestamp_seconds",
                 "When the last failed run ended, with the phase that failed and why (sent by failed runs only)",
@@ -306,8 +360,7 @@ mod tests {
 
     #[test]
     fn a_failed_run_never_sends_last_success() {
-        let failed =
-            RunReport { finished_at: 1700.0, success: false, failure: Some(("capture".into(), "database".into())), resumed: true, ..Default::default() };
+        let failed = RunReport { finished_at: 1700.0, success: false, failure: Some((Phase::Capture, "database")), resumed: true, ..Default::default() };
         let names = failed.sample().names();
         assert!(!names.contains(&"pachyderm_backup_last_success_timestamp_seconds".to_string()));
         assert!(!names.contains(&"pachyderm_backup_size_bytes".to_string()), "sizes of the last success survive too");
@@ -348,10 +401,135 @@ mod tests {
 
     #[test]
     fn a_committed_run_whose_retention_failed_sends_both() {
-        let names =
-            RunReport { success: false, committed: true, failure: Some(("retention".into(), "retention".into())), ..Default::default() }.sample().names();
+        let names = RunReport { success: false, committed: true, failure: Some((Phase::Retention, "retention")), ..Default::default() }.sample().names();
         assert!(names.contains(&"pachyderm_backup_last_success_timestamp_seconds".to_string()), "{names:?}");
         assert!(names.contains(&"pachyderm_backup_last_failure_timestamp_seconds".to_string()), "{names:?}");
+    }
+
+    use chrono::TimeZone;
+
+    use crate::catalog::{DatabaseEntry, ObjectCounts, ObjectsEntry};
+    use crate::config::PauseMode;
+
+    fn ended() -> Ended {
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 2, 0, 30).single().expect("a time");
+        Ended { at, duration: std::time::Duration::from_millis(30_500), next_due: Some(at + chrono::Duration::days(1)) }
+    }
+
+    fn timings() -> Timings {
+        Timings { phases: BTreeMap::from([(Phase::Lock, 0.5), (Phase::Preflight, 1.25)]), estimate: Some(3.0), downtime: None }
+    }
+
+    fn manifest() -> Manifest {
+        let at = ended().at;
+        Manifest {
+            format_version: crate::catalog::FORMAT_VERSION,
+            backup_id: "20260101-020000".into(),
+            cluster: "prod".into(),
+            namespace: None,
+            tool_version: "0".into(),
+            pachyderm_version: None,
+            pause_mode: PauseMode::None,
+            paused_by_us: false,
+            started_at: at,
+            paused_at: None,
+            resumed_at: None,
+            finished_at: at,
+            downtime_seconds: 0.0,
+            phases: BTreeMap::new(),
+            source_url: None,
+            databases: vec![DatabaseEntry {
+                name: "pachyderm".into(),
+                file: "pachyderm.dump".into(),
+                size: 10,
+                sha256: String::new(),
+                server_version: "17".into(),
+                pg_dump_version: "17".into(),
+                compression: None,
+                encryption: None,
+            }],
+            objects: ObjectsEntry {
+                counts: ObjectCounts { count: 7, bytes: 500, copied: 3, copied_bytes: 200, reused: 4, reused_bytes: 300 },
+                ..ObjectsEntry::skipped()
+            },
+            cluster_objects: Vec::new(),
+            original_replicas: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_failure_carries_its_phase_its_times_and_the_phases_it_reached() {
+        let report = RunReport::failure(ended(), &timings(), Phase::Preflight, "target_bucket", true);
+        let expected = RunReport {
+            finished_at: 1767232830.0,
+            success: false,
+            committed: false,
+            failure: Some((Phase::Preflight, "target_bucket")),
+            duration: 30.5,
+            downtime: None,
+            downtime_estimate: Some(3.0),
+            phases: timings().phases,
+            next_due: Some(1767232830.0 + 86400.0),
+            resumed: true,
+            ..Default::default()
+        };
+        assert_eq!(report, expected);
+        let text = report.sample().encode();
+        for needle in [
+            "pachyderm_backup_last_run_success{} 0.0",
+            "pachyderm_backup_last_failure_timestamp_seconds{phase=\"preflight\",reason=\"target_bucket\"} 1767232830.0",
+            "pachyderm_backup_phase_duration_seconds{phase=\"lock\"} 0.5",
+            "pachyderm_backup_phase_duration_seconds{phase=\"preflight\"} 1.25",
+            "pachyderm_backup_downtime_seconds{} 0.0",
+            "pachyderm_backup_downtime_estimate_seconds{} 3.0",
+            "pachyderm_backup_next_due_timestamp_seconds{} 1767319230.0",
+            "pachyderm_backup_cluster_paused{} 0.0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+
+        // After a pause: its downtime. A failed resume leaves the pause's gauges alone.
+        let paused = Timings { downtime: Some(2.5), ..timings() };
+        let text = RunReport::failure(ended(), &paused, Phase::Capture, "signal", true).sample().encode();
+        assert!(text.contains("pachyderm_backup_downtime_seconds{} 2.5"), "{text}");
+        let text = RunReport::failure(ended(), &timings(), Phase::Resume, "resume", false).sample().encode();
+        assert!(!text.contains("cluster_paused") && !text.contains("paused_since"), "{text}");
+    }
+
+    #[test]
+    fn a_committed_backup_reports_its_sizes_and_its_retention() {
+        let kept = retention::Outcome { retained: 7, pruned: 2, bytes_freed: 4096, damaged: vec![("old".into(), "bad listing".into())], ..Default::default() };
+        let paused = Timings { downtime: Some(2.5), ..timings() };
+        let ok = RunReport::success(ended(), &paused, &manifest(), 1234, Ok(&kept));
+        let expected = RunReport {
+            finished_at: 1767232830.0,
+            success: true,
+            committed: true,
+            failure: None,
+            duration: 30.5,
+            downtime: Some(2.5),
+            downtime_estimate: Some(3.0),
+            phases: timings().phases,
+            databases: vec![("pachyderm".into(), 10)],
+            objects_bytes: Some(500),
+            transferred: Some(1234),
+            copied: Some(3),
+            reused: Some(4),
+            retained: Some(7),
+            pruned: Some(2),
+            freed: Some(4096),
+            damaged: Some(1),
+            next_due: Some(1767319230.0),
+            resumed: true,
+        };
+        assert_eq!(ok, expected);
+
+        // The backup is committed whatever the retention after it did.
+        let failed = RunReport::success(ended(), &paused, &manifest(), 1234, Err("the bucket went away"));
+        assert_eq!(
+            failed,
+            RunReport { success: false, failure: Some((Phase::Retention, "retention")), retained: None, pruned: None, freed: None, damaged: None, ..expected }
+        );
     }
 
     #[test]
