@@ -543,7 +543,9 @@ impl Run {
         self.locked = Some(backup_id.clone());
         let backup = Backup { catalog, source, id: backup_id, run_token };
         let mut locks = Locks { lease, bucket };
-        let committed = match run_locked(self, &backup, &mut locks, previous).await {
+        // Boxed: the run's future is mostly this one, and a caller that polls the run
+        // on a small stack (a test thread's 2 MiB, in a debug build) overflows holding it.
+        let committed = match Box::pin(run_locked(self, &backup, &mut locks, previous)).await {
             // Retention only after a committed backup, still under the Lease.
             Ok((manifest, written_bytes)) => {
                 let retention = retention::apply(&backup.catalog, &self.cfg.retention, self.cfg.gc_grace, self.clock.now(), retention::Mode::Delete);
