@@ -6,14 +6,15 @@
 //! that stays stored and billed, and hide it from `list` and `restore`. So retention
 //! must know the bucket's default retention and leave alone what it still protects.
 //! object_store does not read bucket configurations: this module signs one GET with
-//! object_store's own SigV4 signer, credentials and HTTP client options.
+//! object_store's own SigV4 signer, credentials and HTTP client options ([`S3Endpoint`],
+//! which the server-side copy signs its CopyObject with too).
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
-use object_store::client::{ClientOptions, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector};
+use object_store::client::{ClientOptions, HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector};
 use serde::Deserialize;
 
 use crate::config::StoreSettings;
@@ -126,30 +127,14 @@ pub async fn detect(settings: &StoreSettings) -> Result<ObjectLock, LockError> {
         return Ok(ObjectLock::Off);
     }
     let err = |detail: String| LockError::Read { variable: settings.variable, url: settings.url.to_string(), detail };
-    let builder = s3_builder(settings);
-    let get = |key: AmazonS3ConfigKey| builder.get_config_value(&key);
-    let bucket = settings.url.host_str().unwrap_or_default().to_string();
-    let region = get(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
-    let virtual_hosted = get(AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let base = match get(AmazonS3ConfigKey::Endpoint) {
-        Some(e) if virtual_hosted => e.trim_end_matches('/').to_string(),
-        Some(e) => format!("{}/{bucket}", e.trim_end_matches('/')),
-        None if virtual_hosted => format!("https://{bucket}.s3.{region}.amazonaws.com"),
-        None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
-    };
+    let endpoint = S3Endpoint::new(settings).map_err(err)?;
     let mut request: HttpRequest = http::Request::builder()
         .method(http::Method::GET)
-        .uri(format!("{base}/?object-lock"))
+        .uri(format!("{}/?object-lock", endpoint.base))
         .body(HttpRequestBody::empty())
         .map_err(|e| err(format!("cannot build the request: {e}")))?;
-    let skip_signature = get(AmazonS3ConfigKey::SkipSignature).is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let options = client_options(settings);
-    if !skip_signature {
-        let s3 = builder.clone().build().map_err(|e| err(e.to_string()))?;
-        let credential = s3.credentials().get_credential().await.map_err(|e| err(format!("no credentials: {e}")))?;
-        AwsAuthorizer::new(&credential, "s3", &region).try_authorize(&mut request, None).map_err(|e| err(format!("cannot sign the request: {e}")))?;
-    }
-    let client = ReqwestConnector::default().connect(&options).map_err(|e| err(e.to_string()))?;
+    endpoint.sign(&mut request).await.map_err(err)?;
+    let client = endpoint.client;
     // A bucket that cannot be reached is the preflight probe's to report, in
     // object_store's words and with its retries.
     let unreached = |e: object_store::client::HttpError| {
@@ -194,6 +179,45 @@ pub async fn detect(settings: &StoreSettings) -> Result<ObjectLock, LockError> {
             tracing::debug!(code, answer = %text.chars().take(300).collect::<String>(), "no Object Lock configuration read");
             Ok(ObjectLock::Off)
         }
+    }
+}
+
+/// Where a bucket's own requests go (the bucket's URL, path or virtual-hosted style,
+/// at its endpoint) and how they are signed, as object_store would resolve them: for
+/// the requests object_store does not make.
+pub struct S3Endpoint {
+    /// The bucket's URL, without a trailing slash: a key or a query follows.
+    pub base: String,
+    region: String,
+    /// None when the bucket is read unsigned (`AWS_SKIP_SIGNATURE`).
+    credentials: Option<object_store::aws::AwsCredentialProvider>,
+    pub client: HttpClient,
+}
+
+impl S3Endpoint {
+    pub fn new(settings: &StoreSettings) -> Result<S3Endpoint, String> {
+        let builder = s3_builder(settings);
+        let get = |key: AmazonS3ConfigKey| builder.get_config_value(&key);
+        let bucket = settings.url.host_str().unwrap_or_default().to_string();
+        let region = get(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
+        let virtual_hosted = get(AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let base = match get(AmazonS3ConfigKey::Endpoint) {
+            Some(e) if virtual_hosted => e.trim_end_matches('/').to_string(),
+            Some(e) => format!("{}/{bucket}", e.trim_end_matches('/')),
+            None if virtual_hosted => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+            None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+        };
+        let skip_signature = get(AmazonS3ConfigKey::SkipSignature).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let credentials = if skip_signature { None } else { Some(builder.build().map_err(|e| e.to_string())?.credentials().clone()) };
+        let client = ReqwestConnector::default().connect(&client_options(settings)).map_err(|e| e.to_string())?;
+        Ok(S3Endpoint { base, region, credentials, client })
+    }
+
+    /// Signs `request` (SigV4, its body's SHA-256) with the bucket's credentials.
+    pub async fn sign(&self, request: &mut HttpRequest) -> Result<(), String> {
+        let Some(credentials) = &self.credentials else { return Ok(()) };
+        let credential = credentials.get_credential().await.map_err(|e| format!("no credentials: {e}"))?;
+        AwsAuthorizer::new(&credential, "s3", &self.region).try_authorize(request, None).map_err(|e| format!("cannot sign the request: {e}"))
     }
 }
 
