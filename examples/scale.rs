@@ -137,7 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The nightly pre-copy: the source listed (16 ranges at once) and merge-joined.
     let started = Instant::now();
-    let source: Arc<dyn ObjectStore> = Arc::new(synthetic);
+    let source = objects::Source::from(Arc::new(synthetic) as Arc<dyn ObjectStore>);
     let pool: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let heal = objects::Heal { backup_id: "nightly".into(), ..Default::default() };
     let progress = Progress::start("scale", Duration::from_secs(30));

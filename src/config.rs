@@ -157,6 +157,8 @@ variables! {
     OBJECTS: Value("copy"), "`copy` the bucket, or `skip` it (metadata only, like `pachctl extract --no-objects`).";
     PRECOPY: Value("true"), "Copy the objects once before the pause too, so only the delta is copied while paused.";
     COPY_CONCURRENCY: Value("32"), "Parallel object transfers (1–1024).";
+    COPY_MODE: Value("auto"),
+        "`auto`: S3 server-side copies (CopyObject, no object bytes through the pod) when source and backup bucket share endpoint, region and credentials, else streamed; `server`: server-side whenever both are S3; `stream`: always streamed. A refused server-side copy is streamed.";
     KEEP_LAST: Value("0"), "Keep the N newest backups.";
     KEEP_HOURLY: Value("0"), "Keep the newest backup of each of the last N hours that have one.";
     KEEP_DAILY: Value("7"), "Keep the newest backup of each of the last N days that have one.";
@@ -236,6 +238,7 @@ pub struct RawEnv {
     pub objects: Option<String>,
     pub precopy: Option<String>,
     pub copy_concurrency: Option<String>,
+    pub copy_mode: Option<String>,
     pub keep_last: Option<String>,
     pub keep_hourly: Option<String>,
     pub keep_daily: Option<String>,
@@ -414,6 +417,17 @@ pub enum ObjectsMode {
     Skip,
 }
 
+/// How the objects reach the pool (COPY_MODE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// Server-side when source and target are one account on one service.
+    Auto,
+    /// Server-side whenever both buckets are S3's.
+    Server,
+    /// Always through this process.
+    Stream,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -548,6 +562,7 @@ pub struct CopySettings {
     pub objects: ObjectsMode,
     pub precopy: bool,
     pub concurrency: usize,
+    pub mode: CopyMode,
     /// `run --full`: copy every object again under fresh blob keys, trusting nothing
     /// in the pool (set by the command line, not the environment).
     pub full: bool,
@@ -1991,6 +2006,7 @@ fn copy_concurrency(check: &mut Check, raw: &RawEnv) -> usize {
 
 const PAUSE_MODES: &[(&str, PauseMode)] = &[("scale", PauseMode::Scale), ("pachyderm", PauseMode::Pachyderm), ("none", PauseMode::None)];
 const OBJECTS_MODES: &[(&str, ObjectsMode)] = &[("copy", ObjectsMode::Copy), ("skip", ObjectsMode::Skip)];
+const COPY_MODES: &[(&str, CopyMode)] = &[("auto", CopyMode::Auto), ("server", CopyMode::Server), ("stream", CopyMode::Stream)];
 const LOG_FORMATS: &[(&str, LogFormat)] = &[("json", LogFormat::Json), ("text", LogFormat::Text)];
 
 impl RunConfig {
@@ -2013,6 +2029,7 @@ impl RunConfig {
             objects,
             precopy: check.setting(&vars::PRECOPY, &raw.precopy, parse::boolean),
             concurrency: copy_concurrency(&mut check, raw),
+            mode: check.setting(&vars::COPY_MODE, &raw.copy_mode, parse::choice(COPY_MODES)),
             full: false,
         };
         let max_downtime = check.setting(&vars::MAX_DOWNTIME, &raw.max_downtime, parse::duration);
@@ -2029,6 +2046,11 @@ impl RunConfig {
             .unwrap_or(crate::database::DumpCompression::Auto);
         if let (Some(s), Some(t)) = (&source, &target) {
             check_apart(&mut check, t, s);
+            if copy.mode == CopyMode::Server
+                && let crate::server_copy::Route::Stream(why) = crate::server_copy::route(CopyMode::Server, s, t)
+            {
+                check.fail(vars::COPY_MODE.name, format!("is server, but {why}"), "auto or stream, or two S3 buckets (s3://) without SSE-C");
+            }
         }
         // An unset SOURCE_URL is fine with OBJECTS=skip; then nothing is read from it.
         let source = source.unwrap_or_else(|| StoreSettings {

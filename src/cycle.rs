@@ -9,13 +9,11 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use object_store::ObjectStore;
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, warn};
 
@@ -417,7 +415,7 @@ struct Run {
 /// This run's backup: where it is written, what it copies from, and its claim.
 struct Backup {
     catalog: Catalog,
-    source: Option<Arc<dyn ObjectStore>>,
+    source: Option<objects::Source>,
     id: String,
     run_token: String,
 }
@@ -475,8 +473,8 @@ impl Run {
         let mode = cfg.cluster.pause_mode;
 
         // Buckets first: opening them touches nothing.
-        let source: Option<Arc<dyn ObjectStore>> = match cfg.copy.objects {
-            ObjectsMode::Copy => Some(objects::open(&cfg.source, Create::Never).map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?),
+        let source: Option<objects::Source> = match cfg.copy.objects {
+            ObjectsMode::Copy => Some(objects::Source::open(&cfg.source, &cfg.target, cfg.copy.mode).map_err(|e| fail(Phase::Preflight, UNTOUCHED)(e.into()))?),
             ObjectsMode::Skip => None,
         };
         let catalog = bounded(cfg.preflight_timeout, "opening the target bucket", Catalog::open(&cfg.target, Create::IfMissing))

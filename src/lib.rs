@@ -18,6 +18,7 @@ pub mod restore;
 pub mod retention;
 pub mod scan;
 pub mod schedule;
+pub mod server_copy;
 pub mod verify;
 
 /// An error with its causes, on one line (each cause once).

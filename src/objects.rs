@@ -21,10 +21,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{debug, warn};
 
 use crate::catalog::{self, ListingReader, ListingWriter, ObjectCounts, ObjectRecord};
-use crate::config::StoreSettings;
+use crate::config::{CopyMode, StoreSettings};
 use crate::object_lock::{self, ObjectLock};
 use crate::progress::Progress;
 use crate::scan;
+use crate::server_copy::{self, Copied, ServerCopy};
 
 /// Objects up to this size are sent in one PUT; larger ones in parts of this size,
 /// PARTS_IN_FLIGHT at a time (rclone's defaults: measured faster and leaner than 8 MiB × 2).
@@ -153,6 +154,36 @@ pub fn open(settings: &StoreSettings, create: Create) -> Result<Arc<dyn ObjectSt
     };
     let store = built.map_err(|e| open_err(e.to_string()))?;
     if prefix.as_ref().is_empty() { Ok(Arc::from(store)) } else { Ok(Arc::new(PrefixStore::new(store, prefix))) }
+}
+
+/// The source bucket of a run, and its server-side copier when objects are copied by
+/// the store ([`server_copy::route`]). Derefs to the store: listings, probes and HEADs
+/// go through object_store.
+pub struct Source {
+    store: Arc<dyn ObjectStore>,
+    server: Option<ServerCopy>,
+}
+
+impl Source {
+    /// Opens the source bucket and decides, once, how its objects reach `target`.
+    pub fn open(settings: &StoreSettings, target: &StoreSettings, mode: CopyMode) -> Result<Source, ObjectsError> {
+        Ok(Source { store: open(settings, Create::Never)?, server: server_copy::open(mode, settings, target) })
+    }
+}
+
+/// A source read by this process only (no server-side copy).
+impl From<Arc<dyn ObjectStore>> for Source {
+    fn from(store: Arc<dyn ObjectStore>) -> Source {
+        Source { store, server: None }
+    }
+}
+
+impl std::ops::Deref for Source {
+    type Target = Arc<dyn ObjectStore>;
+
+    fn deref(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
 }
 
 /// Opens the backup bucket after reading its Object Lock: a locked bucket takes writes
@@ -563,7 +594,7 @@ pub async fn indexed<'a>(
 /// object between listing and reading; such an object is left out, not an error.
 #[allow(clippy::too_many_arguments)]
 pub async fn copy_entries(
-    source: &Arc<dyn ObjectStore>,
+    source: &Source,
     entries: futures::stream::BoxStream<'_, Result<Entry, ObjectsError>>,
     pool: &Arc<dyn ObjectStore>,
     reference: ListingReader,
@@ -612,7 +643,11 @@ pub async fn copy_entries(
                     (key, meta.size, meta.e_tag, blob)
                 }
             };
-            match copy_verified(source, "source", &key, pool, &blob, Expect::listed(size, etag.as_deref()), progress).await {
+            let copied = match &source.server {
+                Some(server) if server.takes(size) => copy_server_side(server, source, &key, pool, &blob, size, etag.as_deref(), progress).await,
+                _ => copy_verified(source, "source", &key, pool, &blob, Expect::listed(size, etag.as_deref()), progress).await,
+            };
+            match copied {
                 Ok(sha256) => {
                     progress.add_done(1, 0);
                     Ok((seq, Some(ObjectRecord { key, size, etag, blob, sha256, since: backup_id.to_string() })))
@@ -651,6 +686,45 @@ pub async fn copy_entries(
     }
     progress.totals_known();
     Ok((writer, stats))
+}
+
+/// One object copied by the store, its size checked (HEAD) and its SHA-256 the store's;
+/// streamed instead when the store will not, fails, or its copy is not the listed
+/// object (streaming checks the bytes themselves, and overwrites such a copy).
+#[allow(clippy::too_many_arguments)]
+async fn copy_server_side(
+    server: &ServerCopy,
+    source: &Source,
+    key: &str,
+    pool: &Arc<dyn ObjectStore>,
+    blob: &str,
+    size: u64,
+    etag: Option<&str>,
+    progress: &Progress,
+) -> Result<String, ObjectsError> {
+    let stream = || copy_verified(source, "source", key, pool, blob, Expect::listed(size, etag), progress);
+    let sha256 = match server.copy(key, blob, etag).await {
+        Ok(Copied::Done { sha256 }) => sha256,
+        Ok(Copied::Missing) => {
+            let source = object_store::Error::NotFound { path: key.to_string(), source: "the server-side copy found no such source object".into() };
+            return Err(ObjectsError::Store { side: "source", what: format!("copying {key} server-side"), source });
+        }
+        Err(why) => {
+            debug!(key, ?why, "streamed instead of copied server-side");
+            return stream().await;
+        }
+    };
+    match pool.head(&catalog::recorded_path(blob)).await {
+        Ok(meta) if meta.size == size => {
+            progress.add_done(0, size);
+            Ok(sha256)
+        }
+        Ok(meta) => {
+            warn!(key, listed = size, copied = meta.size, "the server-side copy is not the size listed: streaming the object instead");
+            stream().await
+        }
+        Err(source) => Err(ObjectsError::Store { side: "target", what: format!("reading the size of the server-side copy {blob}"), source }),
+    }
 }
 
 fn transient(e: &ObjectsError) -> bool {

@@ -1,0 +1,370 @@
+//! S3 server-side copy: the source's objects copied into the pool by the store itself
+//! (CopyObject), so their bytes never cross this process's network, when one set of
+//! credentials reaches both buckets on one service.
+//!
+//! object_store copies only within one bucket, so the CopyObject is signed here with
+//! object_store's own credentials, signer and client options ([`S3Endpoint`]). Every
+//! copy still records a real SHA-256: the store is asked for it
+//! (`x-amz-checksum-algorithm: SHA256`); a store that does not give it, refuses the
+//! copy, or fails it has that object streamed instead, so a server-side copy never
+//! weakens what the listing says.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use base64::Engine;
+use object_store::aws::AmazonS3ConfigKey;
+use object_store::client::{HttpRequest, HttpRequestBody};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::config::{CopyMode, StoreSettings};
+use crate::object_lock::S3Endpoint;
+
+/// CopyObject's limit: larger objects need UploadPartCopy, which this does not do
+/// (Pachyderm's chunks are at most 20 MB); they are streamed.
+pub const MAX_SERVER_COPY: u64 = 5 * 1024 * 1024 * 1024;
+
+/// How the objects of a run reach the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Server,
+    /// Streamed through this process, and why.
+    Stream(String),
+}
+
+/// Options that shape the writes to one bucket, not who reads or where: they may
+/// differ between the source and the pool of one account.
+const WRITE_SIDE: &[&str] = &[
+    "aws_checksum_algorithm",
+    "aws_conditional_put",
+    "aws_copy_if_not_exists",
+    "aws_disable_tagging",
+    "aws_disable_bulk_delete",
+    "aws_unsigned_payload",
+    "aws_server_side_encryption",
+    "aws_sse_kms_key_id",
+    "aws_sse_bucket_key_enabled",
+];
+
+const SSE_C: &str = "aws_sse_customer_key_base64";
+
+/// A bucket's identity on its service: its S3 options by object_store's canonical name
+/// (credentials, region, endpoint, role…), without the client's and the write-side ones.
+fn identity(settings: &StoreSettings) -> BTreeMap<String, &str> {
+    settings
+        .options
+        .iter()
+        .filter_map(|(k, v)| match AmazonS3ConfigKey::from_str(k) {
+            Ok(AmazonS3ConfigKey::Client(_)) | Ok(AmazonS3ConfigKey::Bucket) | Err(_) => None,
+            Ok(key) => Some((key.as_ref().to_string(), v.expose())),
+        })
+        .filter(|(k, _)| !WRITE_SIDE.contains(&k.as_str()))
+        .collect()
+}
+
+fn is_s3(settings: &StoreSettings) -> bool {
+    matches!(settings.url.scheme(), "s3" | "s3a")
+}
+
+/// Whether the run copies server-side (pure). `auto`: when both buckets are S3's with
+/// the same identity (endpoint, region, credentials: the pool's credentials must read
+/// the source); `server`: whenever both are S3's; never with SSE-C, whose copies need
+/// the source's key sent along.
+pub fn route(mode: CopyMode, source: &StoreSettings, target: &StoreSettings) -> Route {
+    if mode == CopyMode::Stream {
+        return Route::Stream("COPY_MODE=stream".into());
+    }
+    for (side, s) in [("the source", source), ("the backup bucket", target)] {
+        if !is_s3(s) {
+            return Route::Stream(format!("{side} is not an S3 bucket (s3://)"));
+        }
+        if identity(s).contains_key(SSE_C) {
+            return Route::Stream(format!("{side} is encrypted with SSE-C"));
+        }
+    }
+    if mode == CopyMode::Server {
+        return Route::Server;
+    }
+    let (a, b) = (identity(source), identity(target));
+    let differing: Vec<&str> =
+        a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).map(String::as_str).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    if differing.is_empty() {
+        Route::Server
+    } else {
+        Route::Stream(format!(
+            "the source and the backup bucket differ in {} (one set of credentials on one endpoint copies server-side)",
+            differing.join(", ")
+        ))
+    }
+}
+
+/// Why an object is streamed after all.
+#[derive(Debug)]
+pub enum Fallback {
+    /// The store will not copy server-side at all (NotImplemented, or no SHA-256 in its
+    /// answer): the rest of the run streams.
+    Unsupported(String),
+    /// The store refused this copy (AccessDenied: the pool's credentials cannot read
+    /// the source, a KMS key not granted…).
+    Refused(String),
+    /// The copy failed on the way, or its result does not match the listing: streaming
+    /// checks the bytes themselves.
+    Failed(String),
+}
+
+/// What a server-side copy made: the store's SHA-256 of it, in hex.
+#[derive(Debug)]
+pub enum Copied {
+    Done {
+        sha256: String,
+    },
+    /// The source has no such object (S3's NoSuchKey).
+    Missing,
+}
+
+#[derive(Deserialize)]
+struct CopyObjectResult {
+    #[serde(rename = "ChecksumSHA256")]
+    checksum_sha256: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorAnswer {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+/// The SHA-256 (hex) in a CopyObject answer, if it is a full-object one: a composite
+/// checksum of parts (`…-N`) is not the content's.
+pub fn full_object_sha256(xml: &str) -> Option<String> {
+    let result: CopyObjectResult = quick_xml::de::from_str(xml).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(result.checksum_sha256?.trim()).ok()?;
+    (bytes.len() == 32).then(|| hex::encode(bytes))
+}
+
+/// A key percent-encoded as object_store encodes a path (and as SigV4 signs it for S3):
+/// all but unreserved characters and '/'.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A key under a bucket URL's prefix.
+fn under(settings: &StoreSettings, key: &str) -> String {
+    match settings.url.path().trim_matches('/') {
+        "" => key.to_string(),
+        prefix => format!("{prefix}/{key}"),
+    }
+}
+
+/// The server-side copier of one run: CopyObject requests sent to the pool's endpoint
+/// with the pool's credentials.
+pub struct ServerCopy {
+    target: S3Endpoint,
+    source: StoreSettings,
+    target_settings: StoreSettings,
+    /// The pool's SSE-KMS headers: a copy is encrypted as object_store's PUTs are.
+    encryption: http::HeaderMap,
+    off: AtomicBool,
+    refusal_logged: AtomicBool,
+    failure_logged: AtomicBool,
+}
+
+impl ServerCopy {
+    pub fn new(source: &StoreSettings, target: &StoreSettings) -> Result<ServerCopy, String> {
+        let mut encryption = http::HeaderMap::new();
+        for (option, header) in [
+            ("aws_server_side_encryption", "x-amz-server-side-encryption"),
+            ("aws_sse_kms_key_id", "x-amz-server-side-encryption-aws-kms-key-id"),
+            ("aws_sse_bucket_key_enabled", "x-amz-server-side-encryption-bucket-key-enabled"),
+        ] {
+            let value = target.options.iter().find(|(k, _)| AmazonS3ConfigKey::from_str(k).is_ok_and(|key| key.as_ref() == option));
+            if let Some((_, v)) = value {
+                let value = http::HeaderValue::from_str(v.expose()).map_err(|e| format!("{option}: {e}"))?;
+                encryption.insert(header, value);
+            }
+        }
+        Ok(ServerCopy {
+            target: S3Endpoint::new(target)?,
+            source: source.clone(),
+            target_settings: target.clone(),
+            encryption,
+            off: AtomicBool::new(false),
+            refusal_logged: AtomicBool::new(false),
+            failure_logged: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether an object of `size` is to be copied server-side.
+    pub fn takes(&self, size: u64) -> bool {
+        size <= MAX_SERVER_COPY && !self.off.load(Ordering::Relaxed)
+    }
+
+    /// Copies `from_key` of the source to `to_key` of the pool (keys under their
+    /// bucket URL's prefix) with one CopyObject, only if the source still has the ETag
+    /// it was listed with. The caller checks the copy's size.
+    pub async fn copy(&self, from_key: &str, to_key: &str, etag: Option<&str>) -> Result<Copied, Fallback> {
+        let bucket = self.source.url.host_str().unwrap_or_default();
+        let mut builder = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(format!("{}/{}", self.target.base, encode_key(&under(&self.target_settings, to_key))))
+            .header("x-amz-copy-source", format!("/{bucket}/{}", encode_key(&under(&self.source, from_key))))
+            .header("x-amz-checksum-algorithm", "SHA256")
+            .header(http::header::CONTENT_LENGTH, "0");
+        if let Some(etag) = etag {
+            builder = builder.header("x-amz-copy-source-if-match", etag);
+        }
+        let mut request: HttpRequest = builder.body(HttpRequestBody::empty()).map_err(|e| self.failed(format!("cannot build the request: {e}")))?;
+        request.headers_mut().extend(self.encryption.clone());
+        self.target.sign(&mut request).await.map_err(|e| self.failed(e))?;
+        let response = self.target.client.execute(request).await.map_err(|e| self.failed(crate::error_chain(&e)))?;
+        let status = response.status();
+        let body = response.into_body().bytes().await.map_err(|e| self.failed(crate::error_chain(&e)))?;
+        let text = String::from_utf8_lossy(&body);
+        let error: Option<ErrorAnswer> = quick_xml::de::from_str(&text).ok();
+        let code = error.as_ref().and_then(|e| e.code.clone()).unwrap_or_default();
+        let said = || {
+            let message = error.as_ref().and_then(|e| e.message.as_deref()).unwrap_or_default();
+            format!("{status} {code} {message}").trim_end().to_string()
+        };
+        match (status.as_u16(), code.as_str()) {
+            (404, "NoSuchKey") => Ok(Copied::Missing),
+            (501, _) | (_, "NotImplemented") => Err(self.unsupported(format!("the store does not implement CopyObject ({})", said()))),
+            // S3 may answer 200 with an error in the body once the copy has begun.
+            (200, "") => match full_object_sha256(&text) {
+                Some(sha256) => Ok(Copied::Done { sha256 }),
+                None => Err(self.unsupported("the store gave no full-object SHA-256 for CopyObject (x-amz-checksum-algorithm: SHA256)".into())),
+            },
+            (412, _) => Err(Fallback::Failed(format!("the source no longer has the ETag it was listed with ({})", said()))),
+            (400..=499, _) => Err(self.refused(said())),
+            _ => Err(self.failed(said())),
+        }
+    }
+
+    fn unsupported(&self, why: String) -> Fallback {
+        if !self.off.swap(true, Ordering::Relaxed) {
+            warn!("server-side copy is off for the rest of the run, every object is streamed: {why}");
+        }
+        Fallback::Unsupported(why)
+    }
+
+    fn refused(&self, why: String) -> Fallback {
+        if !self.refusal_logged.swap(true, Ordering::Relaxed) {
+            warn!(
+                "the store refused a server-side copy ({why}): such objects are streamed (grant the backup bucket's credentials s3:GetObject on the source, or set COPY_MODE=stream)"
+            );
+        }
+        Fallback::Refused(why)
+    }
+
+    fn failed(&self, why: String) -> Fallback {
+        if !self.failure_logged.swap(true, Ordering::Relaxed) {
+            warn!("a server-side copy failed ({why}): the object is streamed instead (said once a run)");
+        }
+        Fallback::Failed(why)
+    }
+}
+
+/// The run's server-side copier, if its route is server-side (logged either way).
+pub fn open(mode: CopyMode, source: &StoreSettings, target: &StoreSettings) -> Option<ServerCopy> {
+    match route(mode, source, target) {
+        Route::Server => match ServerCopy::new(source, target) {
+            Ok(copier) => {
+                info!("objects are copied server-side (S3 CopyObject): their bytes do not pass through this process");
+                Some(copier)
+            }
+            Err(why) => {
+                warn!("objects are streamed: the server-side copy cannot be set up ({why})");
+                None
+            }
+        },
+        Route::Stream(why) => {
+            info!("objects are streamed through this process: {why}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn bucket(url: &str, options: &[(&str, &str)]) -> StoreSettings {
+        StoreSettings {
+            variable: "TEST_URL",
+            url: url.parse().expect("a URL"),
+            options: options.iter().map(|(k, v)| (k.to_string(), Secret::new(*v))).collect(),
+            ca_bundle: None,
+        }
+    }
+
+    #[test]
+    fn the_route_is_server_side_only_for_one_identity_or_when_forced() {
+        let keys = [("aws_access_key_id", "AK"), ("aws_secret_access_key", "SK"), ("aws_region", "eu-west-1"), ("aws_endpoint", "http://s3.local")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut o: Vec<(&str, &str)> = keys.to_vec();
+            o.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+            o.extend_from_slice(extra);
+            o
+        };
+        let same = with(&[]);
+        let server = || Route::Server;
+        let stream = |why: &str| Route::Stream(why.to_string());
+        #[rustfmt::skip]
+        let cases: Vec<(CopyMode, StoreSettings, StoreSettings, Route)> = vec![
+            (CopyMode::Auto, bucket("s3://src", &same), bucket("s3://dst/p", &same), server()),
+            // Client options and write-side options do not change who reads where.
+            (CopyMode::Auto, bucket("s3://src", &with(&[("timeout", "300s")])), bucket("s3a://dst", &with(&[("aws_server_side_encryption", "aws:kms"), ("aws_checksum_algorithm", "sha256")])), server()),
+            // Short and long names of one key are one key.
+            (CopyMode::Auto, bucket("s3://src", &with(&[("region", "eu-west-1")])), bucket("s3://dst", &same), server()),
+            (CopyMode::Auto, bucket("s3://src", &with(&[("aws_access_key_id", "OTHER")])), bucket("s3://dst", &same), stream("the source and the backup bucket differ in aws_access_key_id (one set of credentials on one endpoint copies server-side)")),
+            (CopyMode::Auto, bucket("s3://src", &same), bucket("s3://dst", &with(&[("aws_endpoint", "http://minio.local")])), stream("the source and the backup bucket differ in aws_endpoint (one set of credentials on one endpoint copies server-side)")),
+            (CopyMode::Auto, bucket("s3://src", &same), bucket("s3://dst", &with(&[("aws_region", "us-east-1"), ("aws_session_token", "T")])), stream("the source and the backup bucket differ in aws_region, aws_session_token (one set of credentials on one endpoint copies server-side)")),
+            (CopyMode::Auto, bucket("gs://src", &[]), bucket("s3://dst", &same), stream("the source is not an S3 bucket (s3://)")),
+            (CopyMode::Auto, bucket("s3://src", &same), bucket("file:///backup", &[]), stream("the backup bucket is not an S3 bucket (s3://)")),
+            (CopyMode::Auto, bucket("s3://src", &with(&[("aws_sse_customer_key_base64", "K")])), bucket("s3://dst", &with(&[("aws_sse_customer_key_base64", "K")])), stream("the source is encrypted with SSE-C")),
+            // Forced: whatever the identities, as long as both are S3's.
+            (CopyMode::Server, bucket("s3://src", &with(&[("aws_access_key_id", "OTHER")])), bucket("s3://dst", &same), server()),
+            (CopyMode::Server, bucket("az://src", &[]), bucket("s3://dst", &same), stream("the source is not an S3 bucket (s3://)")),
+            (CopyMode::Stream, bucket("s3://src", &same), bucket("s3://dst", &same), stream("COPY_MODE=stream")),
+        ];
+        for (mode, source, target, want) in cases {
+            assert_eq!(route(mode, &source, &target), want, "{mode:?} {} {:?} → {} {:?}", source.url, source.options.keys(), target.url, target.options.keys());
+        }
+    }
+
+    #[test]
+    fn only_a_full_object_sha256_is_taken_from_the_answer() {
+        let answer = |checksum: &str| {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><CopyObjectResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><ETag>\"5eb63bbbe01eeed093cb22bb8f5acdc3\"</ETag><LastModified>2026-12-03T20:05:04.000Z</LastModified>{checksum}</CopyObjectResult>"
+            )
+        };
+        assert_eq!(
+            full_object_sha256(&answer("<ChecksumSHA256>uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=</ChecksumSHA256>")).as_deref(),
+            Some("b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9")
+        );
+        assert_eq!(full_object_sha256(&answer("")), None);
+        assert_eq!(full_object_sha256(&answer("<ChecksumSHA256>uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=-3</ChecksumSHA256>")), None);
+        assert_eq!(full_object_sha256("<Error><Code>InternalError</Code></Error>"), None);
+    }
+
+    #[test]
+    fn keys_are_encoded_as_object_store_signs_them() {
+        assert_eq!(encode_key("pool/chunk/ab.00000000000000a1"), "pool/chunk/ab.00000000000000a1");
+        assert_eq!(encode_key("a b+c%/é~"), "a%20b%2Bc%25/%C3%A9~");
+        assert_eq!(under(&bucket("s3://b/some/prefix/", &[]), "k"), "some/prefix/k");
+        assert_eq!(under(&bucket("s3://b", &[]), "k"), "k");
+    }
+}
