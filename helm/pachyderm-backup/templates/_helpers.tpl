@@ -309,6 +309,7 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- include "pachyderm-backup.envVar" (list "OBJECTS" $v.objects.mode) }}
 {{- include "pachyderm-backup.envVar" (list "PRECOPY" $v.objects.precopy) }}
 {{- include "pachyderm-backup.envVar" (list "COPY_CONCURRENCY" (int $v.objects.copyConcurrency)) }}
+{{- include "pachyderm-backup.envVar" (list "COPY_MODE" $v.objects.copyMode) }}
 {{- include "pachyderm-backup.envVar" (list "KEEP_LAST" (int $v.retention.keepLast)) }}
 {{- include "pachyderm-backup.envVar" (list "KEEP_HOURLY" (int $v.retention.keepHourly)) }}
 {{- include "pachyderm-backup.envVar" (list "KEEP_DAILY" (int $v.retention.keepDaily)) }}
