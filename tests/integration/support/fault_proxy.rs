@@ -71,6 +71,9 @@ pub struct Faults {
     /// Only requests of this method (e.g. "GET": a file read back, not its upload) are
     /// faulted; None: all.
     pub only_method: Option<&'static str>,
+    /// Answer every CopyObject (a PUT with `x-amz-copy-source`) with 403 AccessDenied,
+    /// never forwarded: a store whose copier may not read the source.
+    pub refuse_copy: bool,
 }
 
 /// One request as the proxy saw it.
@@ -84,10 +87,12 @@ pub struct Recorded {
     /// before any response.
     pub status: u16,
     /// `error500`, `error503`, `reset_put`, `reset_get`, `truncate_get`, `flip`,
-    /// `reset_list`, or None for a request forwarded untouched.
+    /// `reset_list`, `refuse_copy`, or None for a request forwarded untouched.
     pub fault: Option<String>,
     /// Response body bytes sent to the client.
     pub body_bytes_out: u64,
+    /// A CopyObject: the request named a source (`x-amz-copy-source`).
+    pub copy_source: bool,
 }
 
 impl Recorded {
@@ -383,14 +388,24 @@ async fn handle(shared: Arc<Shared>, conn_reset: Arc<AtomicBool>, req: Request<I
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let kind = Kind::classify(&method, &path, &query, req.headers().contains_key("x-amz-copy-source"));
+    let copy_source = req.headers().contains_key("x-amz-copy-source");
+    let kind = Kind::classify(&method, &path, &query, copy_source);
     let d = decide(&mut shared.rules.lock().expect("rules"), &method, &path, &query, kind);
+    let refuse_copy = d.applies && copy_source && method == "PUT" && shared.rules.lock().expect("rules").faults.refuse_copy;
 
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let sent = Arc::new(AtomicU64::new(0));
     shared.log.lock().expect("log").push(Slot {
         id,
-        recorded: Recorded { method: method.clone(), path: path.clone(), query: d.forwarded_query.clone(), status: 0, fault: None, body_bytes_out: 0 },
+        recorded: Recorded {
+            method: method.clone(),
+            path: path.clone(),
+            query: d.forwarded_query.clone(),
+            status: 0,
+            fault: None,
+            body_bytes_out: 0,
+            copy_source,
+        },
         bytes: sent.clone(),
     });
     let record = |status: u16, fault: Option<&str>| {
@@ -405,13 +420,24 @@ async fn handle(shared: Arc<Shared>, conn_reset: Arc<AtomicBool>, req: Request<I
         tokio::time::sleep(d.latency).await;
     }
 
-    if let Some((status, code, message)) = d.error {
+    let error = match refuse_copy {
+        true => Some((403, "AccessDenied", "Access Denied")),
+        false => d.error,
+    };
+    if let Some((status, code, message)) = error {
         // Read the request first: the client gets the error, not a broken pipe.
         let _ = req.into_body().collect().await;
         let body = format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><Resource>{path}</Resource><RequestId>fault-proxy-{id}</RequestId></Error>"
         );
-        record(status, Some(if status == 500 { "error500" } else { "error503" }));
+        record(
+            status,
+            Some(match status {
+                403 => "refuse_copy",
+                500 => "error500",
+                _ => "error503",
+            }),
+        );
         sent.fetch_add(body.len() as u64, Ordering::Relaxed);
         let response = Response::builder()
             .status(status)
