@@ -364,8 +364,10 @@ async fn a_listing_page_cut_by_a_reset_is_retried() {
 async fn a_hostile_wire_never_yields_a_partial_backup() {
     let mut bed = Bed::new(BedOptions { chunks: 50, ..Default::default() }).await;
     let proxy = proxy_on_source(&mut bed).await;
-    // Both sides through the proxy (the shared AWS_ENDPOINT serves the target).
+    // Both sides through the proxy (the shared AWS_ENDPOINT serves the target), every
+    // object body through the faults (one account would copy server-side).
     bed.set("AWS_ENDPOINT", &proxy.url());
+    bed.set("COPY_MODE", "stream");
     let backups = bed.moto.as_ref().expect("moto").store("backups");
     let hostile = |seed| Faults {
         seed,
