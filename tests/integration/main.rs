@@ -14,4 +14,5 @@ mod faults;
 mod metrics;
 mod restore;
 mod retention;
+mod server_copy;
 mod trust;

@@ -2,14 +2,12 @@
 //! bucket are two buckets of one moto behind the recording proxy, reached with one set
 //! of credentials, so every request of the run is seen and counted there.
 
-mod support;
-
+use crate::support::fault_proxy::{FaultProxy, Faults, Recorded};
+use crate::support::*;
 use object_store::ObjectStore;
 use pachyderm_backup::catalog::{self, ObjectRecord};
 use pachyderm_backup::demo::{chunk_content, chunk_key, chunk_size};
 use sha2::{Digest, Sha256};
-use support::fault_proxy::{FaultProxy, Faults, Recorded};
-use support::*;
 
 const CHUNKS: u64 = 24;
 
