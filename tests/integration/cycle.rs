@@ -9,22 +9,27 @@ use pachyderm_backup::catalog::{self, ObjectRecord};
 use sha2::{Digest, Sha256};
 
 /// Restores every dump of `m` into fresh databases and compares every table's rows.
+/// Restores dump `db` of `m` into a new database `copy` with pg_restore itself.
+async fn restore_dump(bed: &Bed, m: &catalog::Manifest, db: &catalog::DatabaseEntry, copy: &str) {
+    let bytes = read(&bed.target, &format!("backups/{}/{}", m.backup_id, db.file)).await;
+    assert_eq!(bytes.len() as u64, db.size);
+    assert_eq!(hex::encode(Sha256::digest(&bytes)), db.sha256, "dump checksum of {}", db.name);
+    let file = bed.dir.path().join(format!("{}.pgdump", db.name));
+    std::fs::write(&file, &bytes).expect("write dump");
+    bed.pg.psql("postgres", &format!("CREATE DATABASE {copy}")).expect("create");
+    let status = std::process::Command::new(bed.pg.bin.join("pg_restore"))
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &bed.pg.port.to_string(), "--exit-on-error", "-d", copy])
+        .arg(&file)
+        .status()
+        .expect("pg_restore");
+    assert!(status.success(), "pg_restore of {}", db.name);
+}
+
 async fn assert_dumps_restore(bed: &Bed, m: &catalog::Manifest) {
     assert_eq!(m.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), vec!["pachyderm", "dex"]);
     for db in &m.databases {
-        let bytes = read(&bed.target, &format!("backups/{}/{}", m.backup_id, db.file)).await;
-        assert_eq!(bytes.len() as u64, db.size);
-        assert_eq!(hex::encode(Sha256::digest(&bytes)), db.sha256, "dump checksum of {}", db.name);
-        let file = bed.dir.path().join(format!("{}.pgdump", db.name));
-        std::fs::write(&file, &bytes).expect("write dump");
         let copy = format!("{}_restored", db.name);
-        bed.pg.psql("postgres", &format!("CREATE DATABASE {copy}")).expect("create");
-        let status = std::process::Command::new(bed.pg.bin.join("pg_restore"))
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &bed.pg.port.to_string(), "--exit-on-error", "-d", &copy])
-            .arg(&file)
-            .status()
-            .expect("pg_restore");
-        assert!(status.success(), "pg_restore of {}", db.name);
+        restore_dump(bed, m, db, &copy).await;
         assert_eq!(table_checksums(&bed.pg, &db.name), table_checksums(&bed.pg, &copy), "tables of {} differ after restore", db.name);
     }
 }
@@ -616,16 +621,8 @@ async fn the_dumps_run_after_the_resume_and_hold_the_paused_instant() {
     assert!(m.phases.contains_key("dump") && m.phases.contains_key("capture"), "{:?}", m.phases);
     for (db, table, key) in [("dex", "connector", "id"), ("pachyderm", "storage.keys", "name")] {
         let entry = m.databases.iter().find(|d| d.name == db).expect("dumped");
-        let file = bed.dir.path().join(format!("{db}.pgdump"));
-        std::fs::write(&file, read(&bed.target, &format!("backups/{}/{}", m.backup_id, entry.file)).await).expect("write dump");
         let copy = format!("{db}_at_pause");
-        bed.pg.psql("postgres", &format!("CREATE DATABASE {copy}")).expect("create");
-        let status = std::process::Command::new(bed.pg.bin.join("pg_restore"))
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &bed.pg.port.to_string(), "--exit-on-error", "-d", &copy])
-            .arg(&file)
-            .status()
-            .expect("pg_restore");
-        assert!(status.success(), "pg_restore of {db}");
+        restore_dump(&bed, &m, entry, &copy).await;
         let count =
             |database: &str, filter: &str| bed.pg.psql(database, &format!("SELECT count(*) FROM {table} WHERE {filter}")).expect("count").trim().to_string();
         assert_eq!(count(&copy, &format!("{key} = 'after-resume'")), "0", "{db}: a row written after the resume");
