@@ -142,7 +142,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let heal = objects::Heal { backup_id: "nightly".into(), ..Default::default() };
     let progress = Progress::start("scale", Duration::from_secs(30));
     let reference = ListingReader::new(&previous, "the previous listing".into())?;
-    let (listing, counts) = objects::copy_entries(&source, objects::listed(&source, true).await?, &pool, reference, &heal, 16, true, &progress).await?;
+    let (listing, counts) =
+        objects::copy_entries(&source, objects::listed(&source, true).await?, &pool, reference, &heal, 16, objects::Vanished::LeftOut, &progress).await?;
     let (listing, _) = listing.finish()?;
     println!(
         "pre-copy: {} objects, {} reused, {} copied, {:.1}s ({:.0} objects/s); listing {} bytes; peak RSS so far {}",

@@ -748,7 +748,7 @@ async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous:
                 reference().await?,
                 &heal,
                 cfg.copy.concurrency,
-                true,
+                objects::Vanished::LeftOut,
                 &progress,
             )
             .await?;
@@ -905,7 +905,8 @@ async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous:
             catalog::ListingReader::new(&deferred.paused, "the paused copy's listing".into())?,
         )?;
         let reference = catalog::ListingReader::new(&reference, "the pre-copy and paused listings".into())?;
-        let (listing, stats) = objects::copy_entries(src, entries, catalog.pool().store(), reference, &heal, cfg.copy.concurrency, false, &progress).await?;
+        let (listing, stats) =
+            objects::copy_entries(src, entries, catalog.pool().store(), reference, &heal, cfg.copy.concurrency, objects::Vanished::Fails, &progress).await?;
         write_listing(catalog, backup_id, listing, stats, ObjectsIndex::Database).await.map(Some)
     };
     let after = futures::future::try_join(
@@ -1035,7 +1036,8 @@ async fn capture(cfg: &RunConfig, cluster: Option<&Cluster>, backup: &Backup, pl
                     let reference = catalog::ListingReader::new(&recent.records, "the pre-copy's recent chunks".into())?;
                     let entries = live.map_ok(objects::Entry::Live).boxed();
                     let (listing, _) =
-                        objects::copy_entries(src, entries, catalog.pool().store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
+                        objects::copy_entries(src, entries, catalog.pool().store(), reference, heal, cfg.copy.concurrency, objects::Vanished::Fails, &progress)
+                            .await?;
                     let (paused, _) =
                         listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the paused copy's listing: {e}") })?;
                     return Ok(CapturedObjects::Deferred(paused));
@@ -1053,7 +1055,8 @@ async fn capture(cfg: &RunConfig, cluster: Option<&Cluster>, backup: &Backup, pl
                 (objects::listed(src, objects::lists_sorted(&cfg.source)).await?, ObjectsIndex::Listing)
             }
         };
-        let (listing, stats) = objects::copy_entries(src, entries, catalog.pool().store(), reference, heal, cfg.copy.concurrency, false, &progress).await?;
+        let (listing, stats) =
+            objects::copy_entries(src, entries, catalog.pool().store(), reference, heal, cfg.copy.concurrency, objects::Vanished::Fails, &progress).await?;
         let (entry, size) = write_listing(catalog, backup_id, listing, stats, index).await?;
         Ok(CapturedObjects::Done(entry, size))
     };

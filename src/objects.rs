@@ -559,6 +559,17 @@ pub async fn listed(source: &Arc<dyn ObjectStore>, sorted: bool) -> Result<futur
     Ok(scan::sorted(source, sorted, scan::RUN).await?.map_ok(Entry::Listed).boxed())
 }
 
+/// What an object listed and then not found when read means to a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vanished {
+    /// While Pachyderm runs (the pre-copy), its garbage collector may delete an object
+    /// between listing and reading: it is left out.
+    LeftOut,
+    /// The object must be there (the paused capture, or the live chunks of the
+    /// snapshot after the resume): the copy fails, naming it.
+    Fails,
+}
+
 /// The prefix of Pachyderm's chunks in its bucket.
 pub const CHUNK_PREFIX: &str = "chunk";
 
@@ -590,8 +601,7 @@ pub async fn indexed<'a>(
 /// first; one that is not there fails the copy, naming it. Returns the new listing and
 /// its counts; an object counts as copied when this backup (`backup_id`) stored its
 /// blob, in this call or in the pre-copy whose listing is `reference`.
-/// `vanished_ok`: while Pachyderm runs (pre-copy), its garbage collector may delete an
-/// object between listing and reading; such an object is left out, not an error.
+/// `vanished`: what an object deleted between listing and reading means.
 #[allow(clippy::too_many_arguments)]
 pub async fn copy_entries(
     source: &Source,
@@ -600,7 +610,7 @@ pub async fn copy_entries(
     reference: ListingReader,
     heal: &Heal,
     concurrency: usize,
-    vanished_ok: bool,
+    vanished: Vanished,
     progress: &Progress,
 ) -> Result<(ListingWriter, ObjectCounts), ObjectsError> {
     let backup_id = heal.backup_id.as_str();
@@ -652,7 +662,7 @@ pub async fn copy_entries(
                     progress.add_done(1, 0);
                     Ok((seq, Some(ObjectRecord { key, size, etag, blob, sha256, since: backup_id.to_string() })))
                 }
-                Err(ObjectsError::Store { side: "source", source: object_store::Error::NotFound { .. }, .. }) if vanished_ok => {
+                Err(ObjectsError::Store { side: "source", source: object_store::Error::NotFound { .. }, .. }) if vanished == Vanished::LeftOut => {
                     debug!(key, "object vanished before it was copied (Pachyderm's garbage collector)");
                     Ok((seq, None))
                 }
