@@ -159,6 +159,13 @@ variables! {
     COPY_CONCURRENCY: Value("32"), "Parallel object transfers (1–1024).";
     COPY_MODE: Value("auto"),
         "`auto`: S3 server-side copies (CopyObject, no object bytes through the pod) when source and backup bucket share endpoint, region and credentials, else streamed; `server`: server-side whenever both are S3; `stream`: always streamed. A refused server-side copy is streamed.";
+    COPY_SHARDS: Value("1"),
+        "With N > 1 (at most 256), the pre-copy runs as a Kubernetes Indexed Job of N pods (`copy-shard`), made from this pod's own spec and owned by it: index i copies one contiguous key range cut at the chunks' leading hex digits (the first index also takes the keys before `chunk/`, the last those after), and the run merges their listings. Needs OBJECTS=copy, PRECOPY=true, POD_NAME and POD_NAMESPACE.";
+    COPY_PARALLELISM: Described("COPY_SHARDS"), "How many of the copy Job's pods run at once (1–256).";
+    PRECOPY_TIMEOUT: Described("unset: only the CronJob's activeDeadlineSeconds"),
+        "Bound on the pre-copy (with COPY_SHARDS > 1, also the copy Job's activeDeadlineSeconds): past it the run fails before any pause, naming the unfinished shards.";
+    POD_NAME: Described("unset"), "This pod's name (downward API, set by the chart): the copy Job of COPY_SHARDS copies this pod's spec and is owned by it.";
+    POD_NAMESPACE: Described("unset"), "This pod's namespace (downward API, set by the chart): where the copy Job is created.";
     KEEP_LAST: Value("0"), "Keep the N newest backups.";
     KEEP_HOURLY: Value("0"), "Keep the newest backup of each of the last N hours that have one.";
     KEEP_DAILY: Value("7"), "Keep the newest backup of each of the last N days that have one.";
@@ -239,6 +246,11 @@ pub struct RawEnv {
     pub precopy: Option<String>,
     pub copy_concurrency: Option<String>,
     pub copy_mode: Option<String>,
+    pub copy_shards: Option<String>,
+    pub copy_parallelism: Option<String>,
+    pub precopy_timeout: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
     pub keep_last: Option<String>,
     pub keep_hourly: Option<String>,
     pub keep_daily: Option<String>,
@@ -566,6 +578,20 @@ pub struct CopySettings {
     /// `run --full`: copy every object again under fresh blob keys, trusting nothing
     /// in the pool (set by the command line, not the environment).
     pub full: bool,
+    /// PRECOPY_TIMEOUT.
+    pub precopy_timeout: Option<Duration>,
+    /// COPY_SHARDS > 1: the pre-copy as an Indexed Job.
+    pub shards: Option<ShardSettings>,
+}
+
+/// The pre-copy as a Kubernetes Indexed Job (COPY_SHARDS > 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSettings {
+    pub count: u32,
+    pub parallelism: u32,
+    /// The run's own pod (POD_NAME, POD_NAMESPACE): the Job's template and owner.
+    pub pod: String,
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone)]
@@ -1999,6 +2025,33 @@ fn retention(check: &mut Check, raw: &RawEnv) -> Policy {
     }
 }
 
+/// COPY_SHARDS and what it needs: a pre-copy to shard, and the run's own pod, whose
+/// spec the Job copies and which owns it.
+fn shard_settings(check: &mut Check, raw: &RawEnv, copy: &CopySettings) -> Option<ShardSettings> {
+    let count = check.setting(&vars::COPY_SHARDS, &raw.copy_shards, parse::whole(1..=256)) as u32;
+    let parallelism = check.optional(&vars::COPY_PARALLELISM, &raw.copy_parallelism, parse::whole(1..=256)).map(|n| n as u32);
+    let pod = check.optional(&vars::POD_NAME, &raw.pod_name, parse::name);
+    let namespace = check.optional(&vars::POD_NAMESPACE, &raw.pod_namespace, parse::name);
+    if count < 2 {
+        return None;
+    }
+    let why = format!("is {count}, which shards the pre-copy");
+    if copy.objects != ObjectsMode::Copy || !copy.precopy {
+        check.fail(vars::COPY_SHARDS.name, format!("{why}, but OBJECTS=skip or PRECOPY=false leaves no pre-copy"), "1, or OBJECTS=copy and PRECOPY=true");
+    }
+    // Unset only: a bad value is already reported by its parse.
+    for (v, raw_value) in [(&vars::POD_NAME, &raw.pod_name), (&vars::POD_NAMESPACE, &raw.pod_namespace)] {
+        if raw_value.is_none() {
+            check.fail(
+                v.name,
+                format!("is unset, and COPY_SHARDS {why} into a Job made from this pod"),
+                "the pod's own name and namespace from the downward API (fieldRef metadata.name / metadata.namespace), as the chart sets them",
+            );
+        }
+    }
+    Some(ShardSettings { count, parallelism: parallelism.unwrap_or(count).min(count), pod: pod?, namespace: namespace? })
+}
+
 /// COPY_CONCURRENCY, for the run's copy and the restore's.
 fn copy_concurrency(check: &mut Check, raw: &RawEnv) -> usize {
     check.setting(&vars::COPY_CONCURRENCY, &raw.copy_concurrency, parse::whole(1..=1024)) as usize
@@ -2031,7 +2084,10 @@ impl RunConfig {
             concurrency: copy_concurrency(&mut check, raw),
             mode: check.setting(&vars::COPY_MODE, &raw.copy_mode, parse::choice(COPY_MODES)),
             full: false,
+            precopy_timeout: check.optional(&vars::PRECOPY_TIMEOUT, &raw.precopy_timeout, parse::duration),
+            shards: None,
         };
+        let copy = CopySettings { shards: shard_settings(&mut check, raw, &copy), ..copy };
         let max_downtime = check.setting(&vars::MAX_DOWNTIME, &raw.max_downtime, parse::duration);
         let retention = retention(&mut check, raw);
         let gc_grace = check.setting(&vars::GC_GRACE, &raw.gc_grace, parse::duration);
@@ -2201,6 +2257,22 @@ mod tests {
         let mut v: Vec<_> = GOOD.iter().filter(|(k, _)| !extra.iter().any(|(e, _)| e == k)).copied().collect();
         v.extend(extra.iter().copied().filter(|(_, val)| *val != "<unset>"));
         v
+    }
+
+    #[test]
+    fn copy_shards_take_the_pod_and_default_their_parallelism() {
+        let pod = [("POD_NAME", "nightly-1-abcde"), ("POD_NAMESPACE", "backup")];
+        assert_eq!(RunConfig::from_env(&env(GOOD)).expect("valid").copy.shards, None);
+        assert_eq!(RunConfig::from_env(&env(&with(&[("COPY_SHARDS", "1")]))).expect("valid").copy.shards, None, "one shard is one pod: no Job");
+        let four = RunConfig::from_env(&env(&with(&[("COPY_SHARDS", "4"), pod[0], pod[1]]))).expect("valid");
+        assert_eq!(four.copy.shards, Some(ShardSettings { count: 4, parallelism: 4, pod: "nightly-1-abcde".into(), namespace: "backup".into() }));
+        let capped = RunConfig::from_env(&env(&with(&[("COPY_SHARDS", "4"), ("COPY_PARALLELISM", "16"), pod[0], pod[1]]))).expect("valid");
+        assert_eq!(capped.copy.shards.map(|s| s.parallelism), Some(4), "never more pods at once than indexes");
+        let both_unset = RunConfig::from_env(&env(&with(&[("COPY_SHARDS", "4")]))).unwrap_err();
+        let named: Vec<&str> = both_unset.0.iter().map(|p| p.variable.as_str()).collect();
+        assert_eq!(named, ["POD_NAME", "POD_NAMESPACE"]);
+        let skip = RunConfig::from_env(&env(&with(&[("COPY_SHARDS", "4"), ("OBJECTS", "skip"), pod[0], pod[1]]))).unwrap_err();
+        assert_eq!(skip.0.iter().map(|p| p.variable.as_str()).collect::<Vec<_>>(), ["COPY_SHARDS"]);
     }
 
     #[test]
