@@ -262,10 +262,15 @@ pub enum BackupFile {
     /// A file of the cluster capture, as [`BackupFile::cluster_object`] or
     /// [`BackupFile::helm_values`] name it under `cluster/`.
     Cluster(String),
+    /// The listing of one shard of a sharded pre-copy (COPY_SHARDS), by its index.
+    ShardListing(u32),
+    /// What that shard copied, written after its listing: the shard is done.
+    ShardSummary(u32),
 }
 
 const CLUSTER_DIR: &str = "cluster";
 const HELM_DIR: &str = "helm";
+const SHARDS_DIR: &str = "shards";
 
 impl BackupFile {
     /// The name relative to the backup folder, as the manifest records it.
@@ -278,6 +283,8 @@ impl BackupFile {
             BackupFile::Dump(database) => format!("databases/{database}.pgdump"),
             BackupFile::AgeDump(database) => format!("databases/{database}.pgdump.age"),
             BackupFile::Cluster(name) => format!("{CLUSTER_DIR}/{name}"),
+            BackupFile::ShardListing(index) => format!("{SHARDS_DIR}/{index}.jsonl.zst"),
+            BackupFile::ShardSummary(index) => format!("{SHARDS_DIR}/{index}.json"),
         }
     }
 
@@ -841,10 +848,49 @@ impl Catalog {
     async fn download_listing(&self, id: &str, manifest: &Manifest) -> Result<Option<(String, Listing)>, CatalogError> {
         let Some(file) = &manifest.objects.listing else { return Ok(None) };
         let path = folder_path(id, file);
+        match self.download(&path).await? {
+            Some(listing) => Ok(Some((path.to_string(), listing))),
+            None => Err(CatalogError::Missing { what: path.to_string() }),
+        }
+    }
+
+    /// A listing file of backup `id` other than its own (a shard's), downloaded into a
+    /// temporary file; `None` when it is not there.
+    pub async fn get_listing(&self, id: &str, file: &BackupFile) -> Result<Option<Listing>, CatalogError> {
+        self.download(&file.path(id)).await
+    }
+
+    /// A file of backup `id`, whole; `None` when it is not there.
+    pub async fn get_file(&self, id: &str, file: &BackupFile) -> Result<Option<Bytes>, CatalogError> {
+        let path = file.path(id);
+        let read_err = || store_err(format!("reading {path}"));
+        match self.store.get(&path).await {
+            Ok(r) => r.bytes().await.map(Some).map_err(read_err()),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(read_err()(e)),
+        }
+    }
+
+    /// Removes the shard files of backup `id` once merged into its pre-copy listing.
+    pub async fn delete_shards(&self, id: &str) -> Result<(), CatalogError> {
+        let prefix = folder_path(id, SHARDS_DIR);
+        let locations = self.store.list(Some(&prefix)).map_ok(|m| m.location).boxed();
+        let mut deleted = self.store.delete_stream(locations);
+        while let Some(r) = deleted.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(format!("deleting {prefix}"))(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// `path` downloaded into a temporary file; `None` when it is not there.
+    async fn download(&self, path: &Path) -> Result<Option<Listing>, CatalogError> {
         let read_err = store_err(format!("reading {path}"));
-        let mut body = match self.store.get(&path).await {
+        let mut body = match self.store.get(path).await {
             Ok(r) => r.into_stream(),
-            Err(object_store::Error::NotFound { .. }) => return Err(CatalogError::Missing { what: path.to_string() }),
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(read_err(e)),
         };
         let spill = |e: std::io::Error| CatalogError::Corrupt { what: path.to_string(), detail: format!("spilling to a temporary file: {e}") };
@@ -854,7 +900,7 @@ impl Catalog {
         }
         let file = out.into_inner().map_err(|e| spill(e.into_error()))?;
         let len = file.metadata().map_err(spill)?.len();
-        Ok(Some((path.to_string(), Listing { file: Arc::new(file), len })))
+        Ok(Some(Listing { file: Arc::new(file), len }))
     }
 
     pub async fn read_listing(&self, id: &str, manifest: &Manifest) -> Result<ListingReader, CatalogError> {
@@ -904,8 +950,13 @@ impl Catalog {
 
     /// Uploads backup `id`'s listing from its file, a part at a time.
     pub async fn put_listing(&self, id: &str, listing: &Listing) -> Result<(), CatalogError> {
+        self.put_listing_as(id, &BackupFile::Listing, listing).await
+    }
+
+    /// Uploads a listing as `file` of backup `id` (a shard's), a part at a time.
+    pub async fn put_listing_as(&self, id: &str, file: &BackupFile, listing: &Listing) -> Result<(), CatalogError> {
         const PART: usize = 5 * 1024 * 1024;
-        let path = &BackupFile::Listing.path(id);
+        let path = &file.path(id);
         let write_err = store_err(format!("writing {path}"));
         let read_err = |e: std::io::Error| CatalogError::Corrupt { what: path.to_string(), detail: format!("reading the temporary file: {e}") };
         let mut chunks = std::pin::pin!(listing.chunks(PART));
@@ -1067,6 +1118,8 @@ mod tests {
             (BackupFile::Listing, "objects.jsonl.zst"),
             (BackupFile::cluster_object("deployments", "pachd"), "cluster/deployments/pachd.json"),
             (BackupFile::helm_values("pachyderm"), "cluster/helm/pachyderm-values.json"),
+            (BackupFile::ShardListing(7), "shards/7.jsonl.zst"),
+            (BackupFile::ShardSummary(7), "shards/7.json"),
         ];
         let catalog = Catalog::new(Arc::new(object_store::memory::InMemory::new()));
         let folder = catalog.folder(&id);

@@ -38,7 +38,40 @@ pub async fn sorted(
     lists_sorted: bool,
     run: usize,
 ) -> Result<BoxStream<'static, Result<ObjectMeta, ObjectsError>>, ObjectsError> {
-    if lists_sorted { Ok(tiled(source.clone(), &tile_bounds())) } else { external_sort(source.list(None).map_err(list_err).boxed(), run).await }
+    sorted_range(source, lists_sorted, &KeyRange { after: None, until: None, cuts: tile_bounds() }, run).await
+}
+
+/// A range of keys: above `after` (none: from the first key), up to and including
+/// `until` (none: to the last), listed at once in the pieces `cuts` make (bounds
+/// strictly inside the range, in order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub after: Option<Path>,
+    pub until: Option<Path>,
+    pub cuts: Vec<Path>,
+}
+
+impl KeyRange {
+    pub fn contains(&self, key: &Path) -> bool {
+        self.after.as_ref().is_none_or(|a| key > a) && self.until.as_ref().is_none_or(|u| key <= u)
+    }
+}
+
+/// The keys of `range`, in key order: its pieces listed at once when the store lists
+/// sorted, else the whole store listed, filtered and sorted in runs of `run`.
+pub async fn sorted_range(
+    source: &Arc<dyn ObjectStore>,
+    lists_sorted: bool,
+    range: &KeyRange,
+    run: usize,
+) -> Result<BoxStream<'static, Result<ObjectMeta, ObjectsError>>, ObjectsError> {
+    if lists_sorted {
+        return Ok(tiled(source.clone(), range));
+    }
+    let whole = range.after.is_none() && range.until.is_none();
+    let keep = range.clone();
+    let listed = source.list(None).map_err(list_err).try_filter(move |meta| std::future::ready(whole || keep.contains(&meta.location)));
+    external_sort(listed.boxed(), run).await
 }
 
 /// The upper bounds of all tiles but the last: `chunk/1` … `chunk/f`. Tile `i` holds the
@@ -64,13 +97,14 @@ fn tile(store: Arc<dyn ObjectStore>, after: Option<Path>, until: Option<Path>) -
         .boxed()
 }
 
-/// The key ranges cut at `bounds`, listed at once, returned in order.
-fn tiled(store: Arc<dyn ObjectStore>, bounds: &[Path]) -> BoxStream<'static, Result<ObjectMeta, ObjectsError>> {
-    let first = tile(store.clone(), None, bounds.first().cloned());
+/// The pieces of `range` (cut at its `cuts`), listed at once, returned in order.
+fn tiled(store: Arc<dyn ObjectStore>, range: &KeyRange) -> BoxStream<'static, Result<ObjectMeta, ObjectsError>> {
+    let bounds = &range.cuts;
+    let first = tile(store.clone(), range.after.clone(), bounds.first().or(range.until.as_ref()).cloned());
     // Spawned now, so every range lists while the caller still reads the first.
     let rest: Vec<_> = (0..bounds.len())
         .map(|i| {
-            let range = tile(store.clone(), Some(bounds[i].clone()), bounds.get(i + 1).cloned());
+            let range = tile(store.clone(), Some(bounds[i].clone()), bounds.get(i + 1).or(range.until.as_ref()).cloned());
             tokio_util::task::AbortOnDropHandle::new(tokio::spawn(spill(range)))
         })
         .collect();
