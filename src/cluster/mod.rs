@@ -20,6 +20,7 @@ use tracing::warn;
 use crate::config::{ClusterSettings, PauseMode};
 
 mod capture;
+pub mod copy_job;
 mod lease;
 mod pause;
 
@@ -216,36 +217,7 @@ impl Cluster {
 
     /// Preflight: one SelfSubjectAccessReview per call the run will make.
     pub async fn check_permissions(&self) -> Result<(), ClusterError> {
-        let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
-        let mut denied = Vec::new();
-        for perm in permissions(&self.settings) {
-            let review = SelfSubjectAccessReview {
-                spec: SelfSubjectAccessReviewSpec {
-                    resource_attributes: Some(ResourceAttributes {
-                        namespace: Some(self.namespace.clone()),
-                        verb: Some(perm.verb.into()),
-                        group: Some(perm.group.into()),
-                        resource: Some(perm.resource.into()),
-                        name: perm.name.clone(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            let answer = api.create(&post_params(), &review).await.map_err(api_err(format!("asking whether the run may {perm}")))?;
-            if answer.status.is_some_and(|s| s.allowed) {
-                continue;
-            }
-            // Events only tell the story: without them the run is the same, so a Role
-            // written before they existed keeps working (and is told what to add).
-            if perm.resource == "events" {
-                warn!(permission = %perm, "no Events will be recorded on pachd (kubectl describe): grant this permission, as the chart's Role does");
-            } else {
-                denied.push(perm.to_string());
-            }
-        }
-        if denied.is_empty() { Ok(()) } else { Err(ClusterError::Forbidden(denied)) }
+        check_in(&self.client, &self.namespace, permissions(&self.settings)).await
     }
 
     /// The Pachyderm version, from the pachd image tag.
@@ -263,6 +235,41 @@ impl Cluster {
             .and_then(|c| c.image);
         Ok(image.and_then(|i| i.rsplit_once(':').map(|(_, tag)| tag.trim_start_matches('v').to_string())))
     }
+}
+
+/// One SelfSubjectAccessReview per permission, in `namespace`: every one denied is
+/// named in the error.
+async fn check_in(client: &Client, namespace: &str, wanted: Vec<Permission>) -> Result<(), ClusterError> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut denied = Vec::new();
+    for perm in wanted {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_string()),
+                    verb: Some(perm.verb.into()),
+                    group: Some(perm.group.into()),
+                    resource: Some(perm.resource.into()),
+                    name: perm.name.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = api.create(&post_params(), &review).await.map_err(api_err(format!("asking whether the run may {perm}")))?;
+        if answer.status.is_some_and(|s| s.allowed) {
+            continue;
+        }
+        // Events only tell the story: without them the run is the same, so a Role
+        // written before they existed keeps working (and is told what to add).
+        if perm.resource == "events" {
+            warn!(permission = %perm, "no Events will be recorded on pachd (kubectl describe): grant this permission, as the chart's Role does");
+        } else {
+            denied.push(format!("{perm} (namespace {namespace})"));
+        }
+    }
+    if denied.is_empty() { Ok(()) } else { Err(ClusterError::Forbidden(denied)) }
 }
 
 /// Writes a JSON merge patch computed from the object's current state, guarded by its
