@@ -15,6 +15,7 @@ use crate::metrics::{Pusher, verify_sample};
 use crate::objects::Create;
 use crate::progress::human_bytes;
 use crate::restore::{self, RestoreOptions};
+use crate::shards::{self, ShardTask};
 use crate::{demo, retention, verify};
 
 /// A command's failure: the exit code and what to tell the operator.
@@ -106,6 +107,23 @@ pub async fn run(raw: &RawEnv, stop: Stop, full: bool) -> Result<(), Failure> {
         }
         None => println!("backup {} complete", summary.manifest.backup_id),
     }
+    Ok(())
+}
+
+/// One shard of the run's copy Job; exit 0 once its listing and summary are written.
+pub async fn copy_shard(raw: &RawEnv, mut stop: Stop, task: ShardTask) -> Result<(), Failure> {
+    let cfg = RunConfig::from_env(raw)?;
+    if task.index >= task.count {
+        return Err(Failure::new(ExitCode::Config, format!("--index {} is not below --shards {}", task.index, task.count)));
+    }
+    let span = tracing::error_span!("copy_shard", backup_id = %task.backup_id, shard = task.index);
+    let copied = tracing::Instrument::instrument(shards::copy_shard(&cfg, &task), span);
+    let summary = tokio::select! {
+        r = copied => r.map_err(failed)?,
+        _ = stop.wait_for(Option::is_some) => return Err(Failure::new(ExitCode::Failed, format!("shard {} stopped by a signal; the Job retries it", task.index))),
+    };
+    let c = summary.objects;
+    println!("shard {} of {} done: {} objects, {} copied ({}), {} reused", task.index, task.count, c.count, c.copied, human_bytes(c.copied_bytes), c.reused);
     Ok(())
 }
 

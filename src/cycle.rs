@@ -19,6 +19,7 @@ use tracing::{Instrument, error, info, warn};
 
 use crate::catalog::ObjectCounts;
 use crate::catalog::{self, BackupFile, Catalog, Manifest, ObjectsEntry, ObjectsIndex};
+use crate::cluster::copy_job::{self, CopyJobs};
 use crate::cluster::{Cluster, ClusterError, LeaseGuard, PauseReport};
 use crate::config::{ObjectsMode, PauseMode, RunConfig};
 use crate::database::{self, Tools};
@@ -27,6 +28,7 @@ use crate::metrics::{Ended, Pusher, RunReport, Sample};
 use crate::objects::{self, Create};
 use crate::progress::Progress;
 use crate::retention;
+use crate::shards;
 
 /// The phases, as named in logs, metrics and the manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -214,6 +216,8 @@ pub struct Timings {
     /// The paused interval, `resumed_at − paused_at`, once resumed: also when the
     /// capture was cut short (a phase cut short is not in `phases`).
     pub downtime: Option<f64>,
+    /// The shards of a sharded pre-copy (COPY_SHARDS > 1), in index order.
+    pub shards: Vec<shards::ShardSummary>,
 }
 
 impl Timings {
@@ -407,6 +411,8 @@ struct Run {
     pusher: Pusher,
     /// Once connected (never with PAUSE_MODE=none).
     cluster: Option<Cluster>,
+    /// Once connected, with COPY_SHARDS > 1: the Jobs of the sharded pre-copy.
+    copy_jobs: Option<CopyJobs>,
     /// This run's backup id once it holds its locks (the bucket lock, and the Lease when
     /// connected): from then on its failure is also an Event on pachd.
     locked: Option<String>,
@@ -462,7 +468,7 @@ impl Run {
         let next_due = cfg.common.schedule.as_ref().and_then(|s| s.next_after(&start));
         let cluster_name = cluster_name(&cfg).await;
         let pusher = Pusher::new(cfg.common.push.clone(), cluster_name.clone());
-        Run { cfg, stop, clock, timings: Timings::default(), next_due, cluster_name, pusher, cluster: None, locked: None }
+        Run { cfg, stop, clock, timings: Timings::default(), next_due, cluster_name, pusher, cluster: None, copy_jobs: None, locked: None }
     }
 
     /// The run up to its report: connect, lock, claim, then `run_locked` and, after a
@@ -491,6 +497,14 @@ impl Run {
                 .time(Phase::Preflight, bounded(cfg.preflight_timeout, "checking Kubernetes permissions", c.check_permissions()))
                 .await
                 .map_err(fail(Phase::Preflight, UNTOUCHED))?;
+        }
+        if let Some(s) = &cfg.copy.shards {
+            let jobs = CopyJobs::connect(s).await.map_err(|e| fail(Phase::Lock, UNTOUCHED)(e.into()))?;
+            self.timings
+                .time(Phase::Preflight, bounded(cfg.preflight_timeout, "checking the copy Job's Kubernetes permissions", jobs.check_permissions()))
+                .await
+                .map_err(fail(Phase::Preflight, UNTOUCHED))?;
+            self.copy_jobs = Some(jobs);
         }
         let cluster_name = &self.cluster_name;
 
@@ -612,8 +626,8 @@ impl Run {
 /// capture → RESUME → dump ∥ listing → commit; the committed manifest and the bytes
 /// written.
 async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous: Vec<Manifest>) -> Result<(Manifest, u64), RunError> {
-    let Run { cfg, stop, clock, timings: t, cluster_name, pusher, cluster, .. } = run;
-    let (cfg, clock, cluster) = (&*cfg, *clock, cluster.as_ref());
+    let Run { cfg, stop, clock, timings: t, cluster_name, pusher, cluster, copy_jobs, .. } = run;
+    let (cfg, clock, cluster, copy_jobs) = (&*cfg, *clock, cluster.as_ref(), copy_jobs.as_ref());
     let Backup { catalog, source, id: backup_id, run_token } = backup;
     let Locks { lease, bucket: bucket_lock } = locks;
     let started_at = clock.origin;
@@ -739,7 +753,17 @@ async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous:
                 .map_err(fail(Phase::Precopy, UNTOUCHED))?,
             None => None,
         };
+        let reference_id = reference_listing.as_ref().map(|(id, _)| id.clone());
+        let keep_failed_job = Cell::new(false);
         let work = async {
+            // COPY_SHARDS > 1: the pods of an Indexed Job copy, this one waits.
+            if let Some(jobs) = copy_jobs {
+                let task = shards::ShardTask { backup_id: backup_id.clone(), index: 0, count: jobs.count(), reference: reference_id, full: heal.full };
+                let sharded = shards::precopy(cfg, jobs, catalog, &task).await;
+                keep_failed_job.set(matches!(sharded, Err(shards::ShardError::JobFailed { .. })));
+                let sharded = sharded.map_err(|e| StepError { reason: "shards", message: error_chain(&e) })?;
+                return Ok::<_, StepError>((sharded.listing, sharded.counts.count, sharded.summaries));
+            }
             let progress = Progress::start("precopy", cfg.common.progress_interval);
             let (listing, stats) = objects::copy_entries(
                 src,
@@ -754,11 +778,34 @@ async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous:
             .await?;
             info!(objects = stats.count, copied = stats.copied, copied_bytes = stats.copied_bytes, reused = stats.reused, "pre-copy done");
             let (bytes, _) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the pre-copy listing: {e}") })?;
-            Ok::<_, StepError>((bytes, stats.count))
+            Ok::<_, StepError>((bytes, stats.count, Vec::new()))
         };
-        tokio::select! {
-            r = t.time(Phase::Precopy, work) => {
-                let (bytes, count) = r.map_err(fail(Phase::Precopy, UNTOUCHED))?;
+        let work = async {
+            match cfg.copy.precopy_timeout {
+                Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                    Err(StepError {
+                        reason: "precopy_timeout",
+                        message: format!("the pre-copy did not finish within PRECOPY_TIMEOUT ({}); nothing was paused", humantime::format_duration(limit)),
+                    })
+                }),
+                None => work.await,
+            }
+        };
+        let outcome = tokio::select! {
+            r = t.time(Phase::Precopy, work) => Ok(r),
+            s = stopped(stop) => Err(s),
+        };
+        // The copy Job goes with the pre-copy, whatever its end, but a failed one: its
+        // pods' logs say why (the next run removes it).
+        if let Some(jobs) = copy_jobs
+            && !keep_failed_job.get()
+        {
+            jobs.delete(&copy_job::job_name(backup_id)).await.unwrap_or_else(|e| warn!(error = %e, "could not delete the copy Job; the next run removes it"));
+        }
+        match outcome {
+            Ok(r) => {
+                let (bytes, count, summaries) = r.map_err(fail(Phase::Precopy, UNTOUCHED))?;
+                t.shards = summaries;
                 if let Some(floor) = floor {
                     let records = catalog::ListingReader::new(&bytes, "the pre-copy listing".into())
                         .map_err(objects::ObjectsError::from)
@@ -769,7 +816,7 @@ async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous:
                 precopied = Some(bytes);
                 precopied_objects = Some(count);
             }
-            s = stopped(stop) => return Err(interrupted(Phase::Precopy, s, UNTOUCHED)),
+            Err(s) => return Err(interrupted(Phase::Precopy, s, UNTOUCHED)),
         }
     }
 

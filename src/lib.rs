@@ -19,6 +19,7 @@ pub mod retention;
 pub mod scan;
 pub mod schedule;
 pub mod server_copy;
+pub mod shards;
 pub mod verify;
 
 /// An error with its causes, on one line (each cause once).

@@ -30,6 +30,24 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// One shard of a sharded pre-copy (COPY_SHARDS > 1): what each pod of the run's copy Job runs.
+    CopyShard {
+        /// The run's backup id: the shard's listing goes into its folder.
+        #[arg(long)]
+        backup: String,
+        /// How many shards the key space is cut into (COPY_SHARDS of the run).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+        shards: u32,
+        /// This shard: the Job's completion index, which Kubernetes sets.
+        #[arg(long, env = "JOB_COMPLETION_INDEX")]
+        index: u32,
+        /// The backup whose listing tells what the pool already holds.
+        #[arg(long)]
+        reference: Option<String>,
+        /// Every object under a fresh blob key (`run --full`, or a damaged pool).
+        #[arg(long)]
+        full: bool,
+    },
     /// The preflight alone: configuration, Kubernetes permissions, pg_dump, databases, buckets, Pushgateway. Pauses nothing (the chart's `helm test`).
     Check,
     /// The backups in the target bucket: id, age, sizes, downtime, and the retention rule keeping each.
@@ -163,6 +181,10 @@ fn main() -> std::process::ExitCode {
         let stop = commands::watch_signals();
         match command {
             Command::Run { full } => commands::run(&raw, stop, full).await,
+            Command::CopyShard { backup, shards, index, reference, full } => {
+                let task = pachyderm_backup::shards::ShardTask { backup_id: backup, index, count: shards, reference, full };
+                commands::copy_shard(&raw, stop, task).await
+            }
             Command::Check => commands::check(&raw).await,
             Command::List { json, all } => commands::list(&raw, json, all).await,
             Command::Resume { if_stale } => commands::resume(&raw, if_stale).await,

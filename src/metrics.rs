@@ -122,6 +122,8 @@ pub struct RunReport {
     pub next_due: Option<f64>,
     /// Whether the cluster is known to be resumed (or was never paused).
     pub resumed: bool,
+    /// Each shard of a sharded pre-copy: objects, bytes copied, seconds.
+    pub shards: Vec<(u32, u64, u64, f64)>,
 }
 
 impl RunReport {
@@ -161,6 +163,7 @@ impl RunReport {
             downtime: timings.downtime,
             downtime_estimate: timings.estimate,
             phases: timings.phases.clone(),
+            shards: timings.shards.iter().map(|s| (s.task.index, s.objects.count, s.objects.copied_bytes, s.seconds)).collect(),
             next_due: ended.next_due.map(|t| t.timestamp() as f64),
             resumed,
             ..Default::default()
@@ -193,6 +196,13 @@ impl RunReport {
         }
         for (phase, secs) in &self.phases {
             s.set("phase_duration_seconds", "Duration of each phase of the last run", &[("phase", phase.name())], *secs);
+        }
+        for (index, objects, copied_bytes, seconds) in &self.shards {
+            let shard = index.to_string();
+            let shard = [("shard", shard.as_str())];
+            s.set("shard_objects", "Objects listed by each shard of the last run's sharded pre-copy (COPY_SHARDS)", &shard, *objects as f64);
+            s.set("shard_copied_bytes", "Bytes each shard of the last run's sharded pre-copy copied into the pool", &shard, *copied_bytes as f64);
+            s.set("shard_duration_seconds", "How long each shard of the last run's sharded pre-copy took, in its pod", &shard, *seconds);
         }
         if self.committed {
             for (db, size) in &self.databases {
@@ -417,7 +427,7 @@ mod tests {
     }
 
     fn timings() -> Timings {
-        Timings { phases: BTreeMap::from([(Phase::Lock, 0.5), (Phase::Preflight, 1.25)]), estimate: Some(3.0), downtime: None }
+        Timings { phases: BTreeMap::from([(Phase::Lock, 0.5), (Phase::Preflight, 1.25)]), estimate: Some(3.0), downtime: None, shards: Vec::new() }
     }
 
     fn manifest() -> Manifest {
@@ -499,8 +509,22 @@ mod tests {
     #[test]
     fn a_committed_backup_reports_its_sizes_and_its_retention() {
         let kept = retention::Outcome { retained: 7, pruned: 2, bytes_freed: 4096, damaged: vec![("old".into(), "bad listing".into())], ..Default::default() };
-        let paused = Timings { downtime: Some(2.5), ..timings() };
+        let shard = crate::shards::ShardSummary {
+            task: crate::shards::ShardTask { backup_id: "b".into(), index: 3, count: 4, reference: None, full: false },
+            objects: crate::catalog::ObjectCounts { count: 5, bytes: 500, copied: 2, copied_bytes: 200, reused: 3, reused_bytes: 300 },
+            listing_sha256: String::new(),
+            seconds: 1.5,
+        };
+        let paused = Timings { downtime: Some(2.5), shards: vec![shard], ..timings() };
         let ok = RunReport::success(ended(), &paused, &manifest(), 1234, Ok(&kept));
+        let text = ok.sample().encode();
+        for line in [
+            "pachyderm_backup_shard_objects{shard=\"3\"} 5.0",
+            "pachyderm_backup_shard_copied_bytes{shard=\"3\"} 200.0",
+            "pachyderm_backup_shard_duration_seconds{shard=\"3\"} 1.5",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         let expected = RunReport {
             finished_at: 1767232830.0,
             success: true,
@@ -521,6 +545,7 @@ mod tests {
             damaged: Some(1),
             next_due: Some(1767319230.0),
             resumed: true,
+            shards: vec![(3, 5, 200, 1.5)],
         };
         assert_eq!(ok, expected);
 
