@@ -15,4 +15,5 @@ mod metrics;
 mod restore;
 mod retention;
 mod server_copy;
+mod shards;
 mod trust;

@@ -19,6 +19,8 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::kube_jobs::Jobs;
+
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: String,
@@ -68,6 +70,7 @@ struct World {
     terminate_after: Duration,
     ready_after: Duration,
     pods_never_terminate: bool,
+    jobs: Jobs,
 }
 
 #[derive(Clone)]
@@ -185,6 +188,7 @@ impl World {
     /// The controllers: converge pods to each workload's replicas and template, then
     /// write the workloads' status.
     fn reconcile(&mut self) {
+        self.jobs.reconcile(&mut self.rv);
         let now = Instant::now();
         if !self.pods_never_terminate {
             let gone: Vec<String> = self
@@ -257,6 +261,7 @@ impl StandIn {
             terminate_after: Duration::from_millis(400),
             ready_after: Duration::from_millis(300),
             pods_never_terminate: false,
+            jobs: Jobs::new(std::env::temp_dir()),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the stand-in");
         let addr = listener.local_addr().expect("address");
@@ -272,6 +277,7 @@ impl StandIn {
             }
         });
         let dir = tempfile::tempdir().expect("tempdir");
+        world.lock().expect("world").jobs.log_dir = dir.path().to_path_buf();
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -455,6 +461,69 @@ impl StandIn {
         );
     }
 
+    /// The run's own Pod as the chart makes it, its container's environment `env`
+    /// (and POD_NAME, POD_NAMESPACE from the downward API): what a copy Job is made
+    /// from. Returns its uid.
+    pub fn seed_own_pod(&self, name: &str, env: &[(String, String)]) -> String {
+        let mut env: Vec<Value> = env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+        env.push(json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}));
+        env.push(json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}}));
+        let uid = format!("uid-{name}");
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": self.namespace, "uid": uid, "resourceVersion": "1",
+                "labels": {"app.kubernetes.io/name": "pachyderm-backup", "app.kubernetes.io/instance": "nightly", "app.kubernetes.io/component": "backup",
+                           "batch.kubernetes.io/controller-uid": "cronjob-run-uid", "controller-uid": "cronjob-run-uid", "batch.kubernetes.io/job-name": "nightly-29012345", "job-name": "nightly-29012345"},
+                "annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "nightly-29012345", "uid": "cronjob-run-uid", "controller": true, "blockOwnerDeletion": true}]},
+            "spec": {"serviceAccountName": "pachyderm-backup", "nodeName": "node-a", "restartPolicy": "Never", "priority": 0, "enableServiceLinks": false,
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532},
+                "containers": [{"name": "pachyderm-backup", "image": "ghcr.io/example/pachyderm-backup:0.1.0", "args": ["run"], "env": env,
+                    "securityContext": {"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false},
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "kube-api-access-7xk2p", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]}],
+                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}}, {"name": "kube-api-access-7xk2p", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]},
+            "status": {"phase": "Running"}});
+        self.world.lock().expect("world").jobs.pods.insert(name.to_string(), pod);
+        uid
+    }
+
+    /// The run's own Pod is gone (the CronJob's Job deleted): the garbage collector
+    /// deletes what it owns.
+    pub fn delete_own_pod(&self, name: &str) {
+        self.world.lock().expect("world").jobs.pods.remove(name);
+    }
+
+    /// Jobs' pods are not started (Pending) while held.
+    pub fn hold_jobs(&self, hold: bool) {
+        self.world.lock().expect("world").jobs.hold = hold;
+    }
+
+    /// The next `times` pods of index `index` are killed as they start (a node lost).
+    pub fn kill_index(&self, index: u32, times: usize) {
+        self.world.lock().expect("world").jobs.kill_index(index, times);
+    }
+
+    /// Every Job, as stored.
+    pub fn jobs(&self) -> Vec<Value> {
+        self.world.lock().expect("world").jobs.objects.values().cloned().collect()
+    }
+
+    pub fn job_pods_started(&self) -> u64 {
+        self.world.lock().expect("world").jobs.pods_started
+    }
+
+    /// What every Job pod wrote, for a failing test's message.
+    pub fn job_logs(&self) -> String {
+        let dir = self.world.lock().expect("world").jobs.log_dir.clone();
+        let mut out = String::new();
+        let mut files: Vec<_> =
+            std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
+        files.sort();
+        for f in files {
+            out.push_str(&format!("--- {}\n{}\n", f.display(), std::fs::read_to_string(&f).unwrap_or_default()));
+        }
+        out
+    }
+
     pub fn env(&self) -> Vec<(String, String)> {
         vec![("KUBECONFIG".into(), self.kubeconfig.display().to_string()), ("PACHYDERM_NAMESPACE".into(), self.namespace.clone())]
     }
@@ -501,11 +570,6 @@ async fn handle(State(world): State<Arc<Mutex<World>>>, method: Method, uri: Uri
         return status(404, "NotFound", format!("the stand-in serves no subresource {path}"));
     }
 
-    if collection == "pods" {
-        let selector = query_param(&query, "labelSelector").unwrap_or_default();
-        let items: Vec<Value> = w.pods.iter().filter(|(_, p)| matches_selector(&p.labels, &selector)).map(|(n, p)| w.pod_json(n, p, &namespace)).collect();
-        return ok(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": w.rv.to_string()}, "items": items}));
-    }
     // A denied permission is refused on the call itself too, as RBAC refuses it.
     let verb = match (&method, &name) {
         (&Method::GET, Some(_)) => "get",
@@ -519,6 +583,20 @@ async fn handle(State(world): State<Arc<Mutex<World>>>, method: Method, uri: Uri
     let named = name.as_ref().map(|n| format!("{verb} {collection}/{n}"));
     if w.denied.iter().any(|d| *d == format!("{verb} {collection}") || Some(d) == named.as_ref()) {
         return status(403, "Forbidden", format!("{collection} is forbidden: cannot {verb} resource \"{collection}\" in namespace \"{namespace}\""));
+    }
+    if collection == "pods" {
+        if let Some(n) = &name {
+            return match w.jobs.pods.get(n) {
+                Some(p) => ok(p.clone()),
+                None => status(404, "NotFound", format!("pods \"{n}\" not found")),
+            };
+        }
+        let selector = query_param(&query, "labelSelector").unwrap_or_default();
+        let items: Vec<Value> = w.pods.iter().filter(|(_, p)| matches_selector(&p.labels, &selector)).map(|(n, p)| w.pod_json(n, p, &namespace)).collect();
+        return ok(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": w.rv.to_string()}, "items": items}));
+    }
+    if collection == "jobs" {
+        return jobs(&mut w, &method, name, &namespace, &query, &body_json);
     }
     let Some(key) = COLLECTIONS.iter().copied().find(|c| *c == collection) else { return status(404, "NotFound", format!("unknown collection {collection}")) };
     let kind_list = match key {
@@ -601,5 +679,36 @@ async fn handle(State(world): State<Arc<Mutex<World>>>, method: Method, uri: Uri
             ok(fresh)
         }
         (m, _) => status(405, "MethodNotAllowed", format!("{m} is not served on {path}")),
+    }
+}
+
+/// batch/v1 Jobs: create, get, list by label, delete (background propagation).
+fn jobs(w: &mut World, method: &Method, name: Option<String>, namespace: &str, query: &str, body: &Value) -> Response {
+    match (method.clone(), name) {
+        (Method::POST, None) => {
+            let rv = w.next_rv();
+            match w.jobs.create(namespace, body, rv) {
+                Ok(job) => (StatusCode::CREATED, axum::Json(job)).into_response(),
+                Err((409, m)) => status(409, "AlreadyExists", m),
+                Err((code, m)) => status(code, "Invalid", m),
+            }
+        }
+        (Method::GET, Some(n)) => match w.jobs.objects.get(&n) {
+            Some(j) => ok(j.clone()),
+            None => status(404, "NotFound", format!("jobs.batch \"{n}\" not found")),
+        },
+        (Method::GET, None) => {
+            let selector = query_param(query, "labelSelector").unwrap_or_default();
+            let items: Vec<Value> = w.jobs.objects.values().filter(|j| matches_selector(&j["metadata"]["labels"], &selector)).cloned().collect();
+            ok(json!({"kind": "JobList", "apiVersion": "batch/v1", "metadata": {"resourceVersion": w.rv.to_string()}, "items": items}))
+        }
+        (Method::DELETE, Some(n)) => {
+            if w.jobs.delete(&n) {
+                ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": n, "group": "batch", "kind": "jobs"}}))
+            } else {
+                status(404, "NotFound", format!("jobs.batch \"{n}\" not found"))
+            }
+        }
+        (m, _) => status(405, "MethodNotAllowed", format!("{m} is not served on jobs")),
     }
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod kube_jobs;
 pub mod kube_standin;
 
 use std::path::PathBuf;
