@@ -203,6 +203,11 @@ VALUES_SETS: dict[str, dict] = {
         "serviceAccount": {"create": False, "name": "backup-operator"},
         "rbac": {"create": False},
     },
+    "copy-shards": {
+        "target": TARGET,
+        "objects": {"copyShards": 8, "copyParallelism": 4, "precopyTimeout": "6h"},
+        "cronjob": {"activeDeadlineSeconds": 36000},
+    },
     "everything-off": {
         "target": TARGET,
         "resumeGuard": {"enabled": False},
@@ -338,6 +343,10 @@ VALUES_SETS: dict[str, dict] = {
 # checks, the dotted value name.
 BAD_VALUES: dict[str, tuple[dict, str]] = {
     "schedule-words": ({"schedule": "every night"}, "/schedule"),
+    "copy-shards-zero": ({"objects": {"copyShards": 0}}, "/objects/copyShards"),
+    "copy-shards-above-256": ({"objects": {"copyShards": 257}}, "/objects/copyShards"),
+    "copy-parallelism-negative": ({"objects": {"copyParallelism": -1}}, "/objects/copyParallelism"),
+    "precopy-timeout-words": ({"objects": {"precopyTimeout": "six hours"}}, "/objects/precopyTimeout"),
     "schedule-six-fields": ({"schedule": "0 0 2 * * *"}, "/schedule"),
     # Kubernetes counts the days of the week 0-6 from Sunday and refuses 7.
     "schedule-sunday-as-seven": ({"schedule": "0 2 * * 7"}, "/schedule"),
@@ -417,6 +426,14 @@ BAD_TEMPLATE_VALUES: dict[str, tuple[dict, str]] = {
     "source-bucket-key-removed": (
         {"source": {"secretKeys": {"amazon": {"SOURCE_AWS_BUCKET": None}}}},
         "source.url",
+    ),
+    "shards-without-precopy": (
+        {"objects": {"copyShards": 4, "precopy": False}},
+        "objects.copyShards",
+    ),
+    "deadline-below-precopy-timeout": (
+        {"objects": {"precopyTimeout": "10h"}},
+        "objects.precopyTimeout",
     ),
     "drill-of-encrypted-dumps-without-identity": (
         {"encryption": {"recipients": RECIPIENTS}, "drill": {"enabled": True, "restore": {"pghost": "scratch"}}},
@@ -603,7 +620,7 @@ NOT_FIRST_CLASS: dict[str, str] = {}
 DEFAULTS_MIRRORED = [
     "PACHD_DEPLOYMENT", "PACHW_DEPLOYMENT", "WORKER_SELECTOR", "PACHD_CONFIGMAP",
     "PAUSE_MODE", "PAUSE_TIMEOUT", "RESUME_TIMEOUT", "MAX_DOWNTIME", "LEASE_NAME",
-    "LEASE_DURATION", "PREFLIGHT_TIMEOUT", "DATABASES", "OBJECTS", "PRECOPY", "COPY_CONCURRENCY", "COPY_MODE",
+    "LEASE_DURATION", "PREFLIGHT_TIMEOUT", "DATABASES", "OBJECTS", "PRECOPY", "COPY_CONCURRENCY", "COPY_MODE", "COPY_SHARDS",
     "KEEP_LAST", "KEEP_HOURLY", "KEEP_DAILY", "KEEP_WEEKLY", "KEEP_MONTHLY",
     "KEEP_YEARLY", "MIN_KEEP", "GC_GRACE", "PUSHGATEWAY_TIMEOUT", "PROGRESS_INTERVAL",
     # LOG_FORMAT: not mirrored, the program's default depends on a terminal (json in a pod, as the chart sets).
@@ -973,7 +990,10 @@ def test_role_is_exactly_the_programs_calls(render, chart, name):
     if not values["rbac"]["create"]:
         assert not roles and not of_kind(docs, "RoleBinding")
         return
-    (role,) = roles
+    fullname = f"{RELEASE}-pachyderm-backup"
+    shards = values["objects"]["copyShards"] > 1
+    assert sorted(r["metadata"]["name"] for r in roles) == sorted([fullname] + ([f"{fullname}-copy-shards"] if shards else []))
+    (role,) = [r for r in roles if r["metadata"]["name"] == fullname]
     assert role["metadata"]["namespace"] == (values["pachyderm"]["namespace"] or NAMESPACE)
     assert "*" not in set(walk_strings(role["rules"])), "wildcard in the Role"
     got = flatten_rules(role)
@@ -990,7 +1010,7 @@ def test_role_is_exactly_the_programs_calls(render, chart, name):
     assert secrets == ({("", "secrets", "list", None)} if values["captureHelmValues"] else set())
     writes = {r for r in got if r[1] == "configmaps" and r[2] != "list"}
     assert bool(writes) == (values["pause"]["mode"] == "pachyderm")
-    (binding,) = of_kind(docs, "RoleBinding")
+    (binding,) = [b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] == fullname]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
@@ -999,6 +1019,40 @@ def test_role_is_exactly_the_programs_calls(render, chart, name):
     assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
     sa = cronjob(docs)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+
+
+# The copy Job's calls (src/cluster/copy_job.rs `permissions`), in the release namespace.
+# tests/integration/shards.rs pins the same set against what the run asks in its SSAR
+# preflight and what it then calls.
+COPY_SHARDS_RULES = {
+    ("", "pods", "get", None),
+    ("batch", "jobs", "create", None),
+    ("batch", "jobs", "get", None),
+    ("batch", "jobs", "list", None),
+    ("batch", "jobs", "delete", None),
+}
+
+
+def test_copy_shards_role_is_exactly_the_copy_jobs_calls(render):
+    docs = render("copy-shards")
+    fullname = f"{RELEASE}-pachyderm-backup"
+    (role,) = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] == f"{fullname}-copy-shards"]
+    assert role["metadata"]["namespace"] == NAMESPACE, "the Job runs beside the backup pod, in the release namespace"
+    assert "*" not in set(walk_strings(role["rules"])), "wildcard in the Role"
+    assert flatten_rules(role) == COPY_SHARDS_RULES
+    (binding,) = [b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] == f"{fullname}-copy-shards"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] and binding["metadata"]["namespace"] == NAMESPACE
+    sa = cronjob(docs)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+    env = env_of(backup_container(docs))
+    assert env["COPY_SHARDS"]["value"] == "8" and env["COPY_PARALLELISM"]["value"] == "4"
+    assert env["PRECOPY_TIMEOUT"]["value"] == "6h"
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # Off by default: no Job rights, no pod identity.
+    defaults = render("defaults")
+    assert not [r for r in of_kind(defaults, "Role") if r["metadata"]["name"].endswith("-copy-shards")]
+    assert "POD_NAME" not in env_of(backup_container(defaults))
 
 
 def test_role_by_pause_mode(chart, yaml):

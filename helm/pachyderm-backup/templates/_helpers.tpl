@@ -95,6 +95,16 @@ after SIGTERM (RESUME_TIMEOUT + 60 s unless set).
 {{- if le (int .Values.cronjob.activeDeadlineSeconds) $floor -}}
 {{- fail (printf "cronjob.activeDeadlineSeconds (%d) must be larger than pause.timeout + pause.maxDowntime + pause.resumeTimeout (%d s), or Kubernetes kills a run before it could resume" (int .Values.cronjob.activeDeadlineSeconds) $floor) -}}
 {{- end -}}
+{{- $shards := int .Values.objects.copyShards -}}
+{{- if and (gt $shards 1) (or (ne .Values.objects.mode "copy") (not .Values.objects.precopy)) -}}
+{{- fail (printf "objects.copyShards (%d) shards the pre-copy: it needs objects.mode copy and objects.precopy true" $shards) -}}
+{{- end -}}
+{{- if .Values.objects.precopyTimeout -}}
+{{- $precopy := include "pachyderm-backup.seconds" .Values.objects.precopyTimeout | atoi -}}
+{{- if le (int .Values.cronjob.activeDeadlineSeconds) (add $floor $precopy) -}}
+{{- fail (printf "cronjob.activeDeadlineSeconds (%d) must be larger than objects.precopyTimeout + pause.timeout + pause.maxDowntime + pause.resumeTimeout (%d s), or Kubernetes kills a run the program would let go on" (int .Values.cronjob.activeDeadlineSeconds) (add $floor $precopy)) -}}
+{{- end -}}
+{{- end -}}
 {{- $grace := include "pachyderm-backup.seconds" .Values.retention.gcGrace | atoi -}}
 {{- if lt $grace (add $floor 3600) -}}
 {{- fail (printf "retention.gcGrace (%s = %d s) must be at least pause.maxDowntime + pause.timeout + pause.resumeTimeout + 1h (%d s): longer than any run can last, or retention may sweep a blob a run in progress has copied (the program refuses it too)" .Values.retention.gcGrace $grace (add $floor 3600)) -}}
@@ -310,6 +320,22 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- include "pachyderm-backup.envVar" (list "PRECOPY" $v.objects.precopy) }}
 {{- include "pachyderm-backup.envVar" (list "COPY_CONCURRENCY" (int $v.objects.copyConcurrency)) }}
 {{- include "pachyderm-backup.envVar" (list "COPY_MODE" $v.objects.copyMode) }}
+{{- include "pachyderm-backup.envVar" (list "COPY_SHARDS" (int $v.objects.copyShards)) }}
+{{- if gt (int $v.objects.copyParallelism) 0 }}
+{{- include "pachyderm-backup.envVar" (list "COPY_PARALLELISM" (int $v.objects.copyParallelism)) }}
+{{- end }}
+{{- include "pachyderm-backup.envVar" (list "PRECOPY_TIMEOUT" $v.objects.precopyTimeout) }}
+{{- if gt (int $v.objects.copyShards) 1 }}
+{{- /* The copy Job is made from this pod's own spec and owned by it. */}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end }}
 {{- include "pachyderm-backup.envVar" (list "KEEP_LAST" (int $v.retention.keepLast)) }}
 {{- include "pachyderm-backup.envVar" (list "KEEP_HOURLY" (int $v.retention.keepHourly)) }}
 {{- include "pachyderm-backup.envVar" (list "KEEP_DAILY" (int $v.retention.keepDaily)) }}
