@@ -12,7 +12,10 @@
 #   4. scale: peak RSS of a nightly run's object pipeline at SCALE_SIZES objects
 #      (default 1,000,000 and 10,000,000; examples/scale.rs: a synthetic source that
 #      makes its listing pages on demand, so no disk holds the objects).
-# Usage: scripts/bench.sh [memory|copy|downtime|scale|all]   (env: OBJECTS_N, TRANSFERS, BIN, DOWNTIME_SIZES, SCALE_SIZES)
+#   5. shards: the first copy of SHARD_MIB MiB of chunk-like objects (64 KiB-4 MiB) by
+#      `copy-shard` with N = 1, 2, 4 shards (SHARD_COUNTS), each shard a process as each
+#      index of the copy Job is a pod, all at once, between two buckets of s3s-fs.
+# Usage: scripts/bench.sh [memory|copy|downtime|scale|shards|all]   (env: OBJECTS_N, TRANSFERS, BIN, DOWNTIME_SIZES, SCALE_SIZES, SHARD_MIB, SHARD_COUNTS)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -193,5 +196,45 @@ if [ "$what" = scale ] || [ "$what" = all ]; then
     /usr/bin/time -v "$root/target/release/examples/scale" "$n" >"$work/scale.out" 2>"$work/scale.err" || { echo "scale $n FAILED"; cat "$work/scale.err"; exit 1; }
     sed 's/^/   /' "$work/scale.out"
     echo "   $n objects: peak RSS $(( $(grep 'Maximum resident set size' "$work/scale.err" | awk '{print $6}') / 1024 )) MiB, $(grep 'Elapsed' "$work/scale.err" | awk '{print $8}') wall"
+  done
+fi
+
+if [ "$what" = shards ] || [ "$what" = all ]; then
+  [ -n "$S3PORT" ] || start_s3s
+  mib="${SHARD_MIB:-1024}"
+  count=$(python3 - "$work/s3/shard-src/chunk" "$mib" <<'PY'
+import hashlib, os, random, sys
+root, total = sys.argv[1], int(sys.argv[2]) * 1024 * 1024
+os.makedirs(root, exist_ok=True)
+rng, i, written = random.Random(7), 0, 0
+block = os.urandom(4 * 1024 * 1024)
+while written < total:
+    i += 1
+    size = min(rng.choice([64, 256, 1024, 4096]) * 1024, total - written)
+    h = hashlib.sha256(f"chunk-{i}".encode()).hexdigest()
+    with open(os.path.join(root, f"{h}.{i:016x}"), "wb") as f:
+        f.write(hashlib.sha256(str(i).encode()).digest() + block[: size - 32])
+    written += size
+print(i)
+PY
+)
+  echo "== shards: first copy of $mib MiB ($count objects, 64 KiB-4 MiB) between two buckets of s3s-fs, COPY_CONCURRENCY=$TRANSFERS per shard, $(nproc) cores"
+  printf '   %-7s | %-9s | %-10s | %-22s | %s\n' "shards" "wall" "MiB/s" "slowest shard" "peak RSS per shard"
+  for n in ${SHARD_COUNTS:-1 2 4}; do
+    mkdir -p "$work/s3/shard-dst-$n"
+    shard_env=(env -i PATH="$PATH" "${common_env[@]}" "${s3_env[@]}" SOURCE_URL=s3://shard-src TARGET_URL="s3://shard-dst-$n" COPY_CONCURRENCY="$TRANSFERS" COPY_MODE=stream)
+    start=$(date +%s.%N)
+    spids=()
+    for i in $(seq 0 $((n - 1))); do
+      "${shard_env[@]}" /usr/bin/time -v "$BIN" copy-shard --backup "20261204T000000Z" --shards "$n" --index "$i" >/dev/null 2>"$work/shard-$n-$i.log" &
+      spids+=($!)
+    done
+    for p in "${spids[@]}"; do wait "$p" || { echo "   a shard FAILED:"; tail -5 "$work"/shard-"$n"-*.log; exit 1; }; done
+    wall=$(python3 -c "import time;print(f'{time.time()-$start:.1f}')")
+    slowest=$(python3 -c "import glob,json;print(max(json.load(open(f))['seconds'] for f in glob.glob('$work/s3/shard-dst-$n/backups/*/shards/*.json')))")
+    rss=$(for i in $(seq 0 $((n - 1))); do grep 'Maximum resident set size' "$work/shard-$n-$i.log" | awk '{print int($6/1024)}'; done | sort -n | tail -1)
+    copied=$(python3 -c "import glob,json;print(sum(json.load(open(f))['objects']['copied'] for f in glob.glob('$work/s3/shard-dst-$n/backups/*/shards/*.json')))")
+    printf '   %-7s | %-9s | %-10s | %-22s | %s MiB (%s objects copied)\n' "$n" "${wall}s" "$(python3 -c "print(f'{$mib/$wall:.0f}')")" "$(printf '%.1f' "$slowest")s" "$rss" "$copied"
+    rm -rf "$work/s3/shard-dst-$n"
   done
 fi
