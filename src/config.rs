@@ -163,7 +163,7 @@ variables! {
         "With N > 1 (at most 256), the pre-copy runs as a Kubernetes Indexed Job of N pods (`copy-shard`), made from this pod's own spec and owned by it: index i copies one contiguous key range cut at the chunks' leading hex digits (the first index also takes the keys before `chunk/`, the last those after), and the run merges their listings. Needs OBJECTS=copy, PRECOPY=true, POD_NAME and POD_NAMESPACE.";
     COPY_PARALLELISM: Described("COPY_SHARDS"), "How many of the copy Job's pods run at once (1–256).";
     PRECOPY_TIMEOUT: Described("unset: only the CronJob's activeDeadlineSeconds"),
-        "Bound on the pre-copy (with COPY_SHARDS > 1, also the copy Job's activeDeadlineSeconds): past it the run fails before any pause, naming the unfinished shards.";
+        "Bound on the pre-copy (with COPY_SHARDS > 1, the copy Job's activeDeadlineSeconds is a minute longer: a backstop should the run die): past it the run fails before any pause, naming the unfinished shards.";
     POD_NAME: Described("unset"), "This pod's name (downward API, set by the chart): the copy Job of COPY_SHARDS copies this pod's spec and is owned by it.";
     POD_NAMESPACE: Described("unset"), "This pod's namespace (downward API, set by the chart): where the copy Job is created.";
     KEEP_LAST: Value("0"), "Keep the N newest backups.";

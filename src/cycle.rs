@@ -780,8 +780,9 @@ async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous:
             let (bytes, _) = listing.finish().map_err(|e| StepError { reason: "objects", message: format!("finishing the pre-copy listing: {e}") })?;
             Ok::<_, StepError>((bytes, stats.count, Vec::new()))
         };
+        // A sharded pre-copy watches PRECOPY_TIMEOUT itself, to name the unfinished shards.
         let work = async {
-            match cfg.copy.precopy_timeout {
+            match cfg.copy.precopy_timeout.filter(|_| copy_jobs.is_none()) {
                 Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
                     Err(StepError {
                         reason: "precopy_timeout",

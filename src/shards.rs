@@ -216,6 +216,7 @@ pub fn args(task: &ShardTask) -> Vec<String> {
 /// Job is left for its pods' logs (the next run removes it), every other is deleted by
 /// the caller ([`CopyJobs::delete`] of [`job_name`]).
 pub async fn precopy(cfg: &RunConfig, jobs: &CopyJobs, catalog: &Catalog, task: &ShardTask) -> Result<Sharded, ShardError> {
+    let started = Instant::now();
     let name = job_name(&task.backup_id);
     let lease = &cfg.cluster.lease_name;
     for left in jobs.remove_leftovers(lease, &name).await? {
@@ -223,10 +224,9 @@ pub async fn precopy(cfg: &RunConfig, jobs: &CopyJobs, catalog: &Catalog, task: 
     }
     let settings = cfg.copy.shards.as_ref().ok_or(ShardError::NotSharded)?;
     let pod = jobs.own_pod().await?;
-    jobs.create(&copy_job::job(&pod, &name, lease, args(task), settings, cfg.copy.precopy_timeout)?).await?;
+    jobs.create(&copy_job::job(&pod, &name, lease, args(task), settings, cfg.copy.precopy_timeout.map(|t| t + copy_job::DEADLINE_MARGIN))?).await?;
     info!(job = %name, namespace = jobs.namespace(), shards = task.count, parallelism = settings.parallelism, "copy Job created: the pre-copy runs in its pods");
 
-    let started = Instant::now();
     let tasks: Vec<ShardTask> = (0..task.count).map(|index| ShardTask { index, ..task.clone() }).collect();
     let mut summaries: Vec<Option<ShardSummary>> = vec![None; tasks.len()];
     let mut last_line = Instant::now();

@@ -62,6 +62,11 @@ pub fn permissions(s: &ShardSettings) -> Vec<Permission> {
     ]
 }
 
+/// How much longer than PRECOPY_TIMEOUT the Job's own `activeDeadlineSeconds` is: the
+/// run's check comes first and names the unfinished shards; the Job's stops its pods
+/// should the run be gone (its Pod killed but not yet deleted, so not yet collected).
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(60);
+
 /// The Job for `pod`'s run: `args` run in a copy of its container, `settings.count`
 /// indexes, `settings.parallelism` at a time, each retried, bounded by `deadline`.
 pub fn job(pod: &Pod, name: &str, lease: &str, args: Vec<String>, settings: &ShardSettings, deadline: Option<Duration>) -> Result<Job, ClusterError> {

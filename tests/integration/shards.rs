@@ -197,6 +197,23 @@ async fn an_index_that_always_fails_fails_the_run_before_any_pause() {
     assert_eq!(jobs[0]["status"]["failedIndexes"], "1");
 }
 
+/// A Job still running at PRECOPY_TIMEOUT fails the run before any pause, naming the
+/// shards that had not finished; the Job goes with the run.
+#[tokio::test]
+async fn a_job_past_precopy_timeout_fails_the_run_before_any_pause_naming_the_shards() {
+    let bed = sharded_bed().await;
+    bed.kube.hold_jobs(true);
+    let env = as_pod(&bed, "nightly-1-fffff", &[("COPY_SHARDS", "3"), ("PRECOPY_TIMEOUT", "3s")]);
+    let out = run_to_end(binary(&["run"], &env)).await;
+    out.expect_code(1);
+    let said = out.said().join("\n");
+    assert!(said.contains("did not finish within PRECOPY_TIMEOUT (3s): shards 0-2 were still copying"), "{said}");
+    no_pause_written(&bed);
+    assert!(bed.manifests().await.is_empty());
+    assert!(bed.kube.jobs().is_empty(), "the timed-out Job is deleted: {:?}", bed.kube.jobs());
+    assert_eq!(bed.kube.job_pods_started(), 0);
+}
+
 /// A coordinator killed while its Job runs leaves the Job behind (its Pod still
 /// exists); the next run deletes it before making its own, and nothing is orphaned.
 #[tokio::test]
