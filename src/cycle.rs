@@ -759,7 +759,9 @@ async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous:
             // COPY_SHARDS > 1: the pods of an Indexed Job copy, this one waits.
             if let Some(jobs) = copy_jobs {
                 let task = shards::ShardTask { backup_id: backup_id.clone(), index: 0, count: jobs.count(), reference: reference_id, full: heal.full };
-                let sharded = shards::precopy(cfg, jobs, catalog, &task).await;
+                // Boxed, as run_locked is: polled on a test thread's small stack in a
+                // debug build, the run's future overflowed it once this was inlined.
+                let sharded = Box::pin(shards::precopy(cfg, jobs, catalog, &task)).await;
                 keep_failed_job.set(matches!(sharded, Err(shards::ShardError::JobFailed { .. })));
                 let sharded = sharded.map_err(|e| StepError { reason: "shards", message: error_chain(&e) })?;
                 return Ok::<_, StepError>((sharded.listing, sharded.counts.count, sharded.summaries));
