@@ -227,6 +227,8 @@ pub async fn probe_writable(store: &Arc<dyn ObjectStore>, side: &'static str, pa
     Ok(())
 }
 
+static OFFSET_IGNORED_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Listing pages fetched again after a failure, from the last key received.
 const LIST_ATTEMPTS: u32 = 5;
 
@@ -245,6 +247,8 @@ pub fn list_resuming(
         prefix: Option<Path>,
         pages: futures::stream::BoxStream<'static, Result<ObjectMeta, object_store::Error>>,
         last: Option<Path>,
+        /// The key the pages were asked to start after.
+        offset: Option<Path>,
         failures: u32,
         sorted: bool,
         done: bool,
@@ -253,13 +257,25 @@ pub fn list_resuming(
         Some(after) => store.list_with_offset(prefix.as_ref(), after),
         None => store.list(prefix.as_ref()),
     };
-    let state = State { store, prefix, pages, last: after, failures: 0, sorted, done: false };
+    let state = State { store, prefix, pages, last: after.clone(), offset: after, failures: 0, sorted, done: false };
     futures::stream::unfold(state, |mut s| async move {
         if s.done {
             return None;
         }
         loop {
             match s.pages.next().await {
+                // A store that ignores the offset (S3's start-after, Azure's startFrom:
+                // Azurite, fake-gcs-server, some S3-compatible servers) lists from the
+                // first key: what it should have skipped is skipped here.
+                Some(Ok(meta)) if s.offset.as_ref().is_some_and(|o| meta.location <= *o) => {
+                    if !OFFSET_IGNORED_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        warn!(
+                            offset = s.offset.as_ref().map(|p| p.to_string()).as_deref(),
+                            key = %meta.location,
+                            "the store ignores the listing offset (start-after): each range is listed from the bucket's first key and the keys before it skipped here, which is slower (said once)"
+                        );
+                    }
+                }
                 Some(Ok(meta)) => {
                     s.last = Some(meta.location.clone());
                     s.failures = 0;
@@ -273,6 +289,7 @@ pub fn list_resuming(
                         Some(last) => s.store.list_with_offset(s.prefix.as_ref(), last),
                         None => s.store.list(s.prefix.as_ref()),
                     };
+                    s.offset = s.last.clone();
                 }
                 Some(Err(e)) => {
                     s.done = true;
