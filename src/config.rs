@@ -1032,6 +1032,14 @@ fn store(
     if !effective.contains_key("timeout") {
         options.insert("timeout".to_string(), Secret::new("300s"));
     }
+    // SigV4 hashes every body for the signature, and the copy hashes it again for its
+    // own SHA-256: over TLS the transport protects the body, so requests sign their
+    // headers only (UNSIGNED-PAYLOAD), unless AWS_UNSIGNED_PAYLOAD says otherwise. A
+    // plain-HTTP endpoint keeps signed bodies: there the signature is all that stops a
+    // body changed on the way to the store.
+    if matches!(url.scheme(), "s3" | "s3a") && !effective.contains_key("aws_unsigned_payload") && s3_over_tls(&effective) {
+        options.insert("aws_unsigned_payload".to_string(), Secret::new("true"));
+    }
     let has = |keys: &[&str]| keys.iter().any(|k| effective.contains_key(*k));
     let truthy = |key: &str| effective.get(key).is_some_and(|v| parse_store_bool(v) == Some(true));
     let no_credentials = |check: &mut Check, what: &str| {
@@ -1343,6 +1351,12 @@ impl StoreFamily {
             StoreFamily::Azure => object_store::azure::AzureConfigKey::from_str(key).ok().map(|k| k.as_ref().to_string()),
         }
     }
+}
+
+/// Whether an S3 bucket is reached over TLS: AWS itself (no endpoint), or an `https://`
+/// endpoint.
+fn s3_over_tls(effective: &BTreeMap<String, String>) -> bool {
+    effective.get("aws_endpoint").is_none_or(|e| e.trim().to_ascii_lowercase().starts_with("https://"))
 }
 
 /// One side's object_store options: the known keys of the shared families, then the
@@ -2257,6 +2271,23 @@ mod tests {
         let mut v: Vec<_> = GOOD.iter().filter(|(k, _)| !extra.iter().any(|(e, _)| e == k)).copied().collect();
         v.extend(extra.iter().copied().filter(|(_, val)| *val != "<unset>"));
         v
+    }
+
+    #[test]
+    fn s3_bodies_are_unsigned_over_tls_only() {
+        let unsigned = |extra: &[(&'static str, &'static str)]| {
+            let c = RunConfig::from_env(&env(&with(extra))).expect("valid");
+            let get = |s: &StoreSettings| s.options.get("aws_unsigned_payload").map(|v| v.expose().to_string());
+            (get(&c.source), get(&c.target))
+        };
+        let yes = Some("true".to_string());
+        assert_eq!(unsigned(&[]), (yes.clone(), yes.clone()), "AWS itself: TLS");
+        assert_eq!(unsigned(&[("AWS_ENDPOINT", "https://minio.example:9000")]), (yes.clone(), yes.clone()));
+        assert_eq!(unsigned(&[("AWS_ENDPOINT", "http://minio:9000"), ("AWS_ALLOW_HTTP", "true")]), (None, None), "plain HTTP keeps signed bodies");
+        assert_eq!(unsigned(&[("TARGET_AWS_ENDPOINT", "http://minio:9000"), ("AWS_ALLOW_HTTP", "true")]), (yes.clone(), None), "decided per bucket");
+        assert_eq!(unsigned(&[("AWS_UNSIGNED_PAYLOAD", "false")]), (Some("false".into()), Some("false".into())), "the user's choice stands");
+        let c = RunConfig::from_env(&env(&with(&[("TARGET_URL", "file:///backups")]))).expect("valid");
+        assert!(!c.target.options.contains_key("aws_unsigned_payload"), "S3 only");
     }
 
     #[test]
