@@ -96,7 +96,10 @@ async fn retention_keeps_the_newest_backup_that_verifies() {
         bed.run(&["run"]).await.expect_code(0);
         bed.add_chunks(200 + n as u64..=200 + n as u64).await;
         bed.run(&["run"]).await.expect_code(0);
-        let all = bed.manifests().await;
+        // In time order, not id order: two runs in one second whose first folder the
+        // previous round's retention deleted take ids out of time order (…Z-2, then …Z).
+        let mut all = bed.manifests().await;
+        all.sort_by_key(|m| m.started_at);
         let (good, bad) = (all[all.len() - 2].clone(), all[all.len() - 1].clone());
         let path = listing_path(&bad);
         match damage {
@@ -111,7 +114,13 @@ async fn retention_keeps_the_newest_backup_that_verifies() {
         }
         let outcome = retention_later(&bed, &policy).await;
         let kept: Vec<&str> = outcome.decisions.iter().filter(|d| d.keep()).map(|d| d.id.as_str()).collect();
-        assert_eq!(kept, vec![good.backup_id.as_str()], "{damage}: the newest backup that verifies is the one kept (damaged: {:?})", outcome.damaged);
+        let started: Vec<(String, String)> = all.iter().map(|m| (m.backup_id.clone(), m.started_at.to_rfc3339())).collect();
+        assert_eq!(
+            kept,
+            vec![good.backup_id.as_str()],
+            "{damage}: the newest backup that verifies is the one kept (damaged: {:?}; started: {started:?})",
+            outcome.damaged
+        );
         let folders = bed.folders().await;
         assert!(folders.contains(&good.backup_id) && folders.contains(&bad.backup_id), "{damage}: {folders:?}");
         bed.catalog().read_verified_listing(&good, |_| {}).await.expect("the kept backup verifies");
