@@ -158,7 +158,7 @@ variables! {
     PRECOPY: Value("true"), "Copy the objects once before the pause too, so only the delta is copied while paused.";
     COPY_CONCURRENCY: Value("32"), "Parallel object transfers (1–1024).";
     COPY_MODE: Value("auto"),
-        "`auto`: S3 server-side copies (CopyObject, no object bytes through the pod) when source and backup bucket share endpoint, region and credentials, else streamed; `server`: server-side whenever both are S3; `stream`: always streamed. A refused server-side copy is streamed.";
+        "`auto`: S3 server-side copies (CopyObject, no object bytes through the pod) when source and backup bucket share endpoint, region and credentials, else streamed; `server`: server-side whenever both are S3; `stream`: always streamed. A refused server-side copy is streamed. `restore` decides the same way between the backup bucket and RESTORE_URL.";
     COPY_SHARDS: Value("1"),
         "With N > 1 (at most 256), the pre-copy runs as a Kubernetes Indexed Job of N pods (`copy-shard`), made from this pod's own spec and owned by it: index i copies one contiguous key range cut at the chunks' leading hex digits (the first index also takes the keys before `chunk/`, the last those after), and the run merges their listings. Needs OBJECTS=copy, PRECOPY=true, POD_NAME and POD_NAMESPACE.";
     COPY_PARALLELISM: Described("COPY_SHARDS"), "How many of the copy Job's pods run at once (1–256).";
@@ -641,6 +641,9 @@ pub struct RestoreConfig {
     pub preflight_timeout: Duration,
     /// RESTORE_IDENTITY_FILE, for encrypted dumps.
     pub identity: Option<DumpIdentity>,
+    /// COPY_MODE: the blobs copied back server-side when the backup bucket and the
+    /// restore bucket are one account's.
+    pub copy_mode: CopyMode,
 }
 
 /// The longest duration any variable takes: 100 years.
@@ -2221,8 +2224,14 @@ impl RestoreConfig {
         check_store_keys(&mut check, raw, &["TARGET_", "RESTORE_"]);
         let target = store(&mut check, &vars::TARGET_URL, "TARGET_", &raw.target_url, raw, target_wi, true);
         let destination = store(&mut check, &vars::RESTORE_URL, "RESTORE_", &raw.restore_url, raw, restore_wi, need_bucket);
+        let copy_mode = check.setting(&vars::COPY_MODE, &raw.copy_mode, parse::choice(COPY_MODES));
         if let (Some(d), Some(t)) = (&destination, &target) {
             check_apart(&mut check, d, t);
+            if copy_mode == CopyMode::Server
+                && let crate::server_copy::Route::Stream(why) = crate::server_copy::route(CopyMode::Server, t, d)
+            {
+                check.fail(vars::COPY_MODE.name, format!("is server, but {why}"), "auto or stream, or two S3 buckets (s3://) without SSE-C");
+            }
         }
         let server = if need_server || raw.restore_pghost.is_some() || raw.libpq_keys.contains_key("RESTORE_PGSERVICE") {
             pg_server(&mut check, raw, RESTORE)
@@ -2234,7 +2243,7 @@ impl RestoreConfig {
         let preflight_timeout = check.setting(&vars::PREFLIGHT_TIMEOUT, &raw.preflight_timeout, parse::duration);
         let identity = restore_identity(&mut check, raw);
         match target {
-            Some(target) => check.finish(RestoreConfig { common, target, server, destination, bin_dir, concurrency, preflight_timeout, identity }),
+            Some(target) => check.finish(RestoreConfig { common, target, server, destination, bin_dir, concurrency, preflight_timeout, identity, copy_mode }),
             None => Err(ConfigError(check.problems)),
         }
     }

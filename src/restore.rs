@@ -9,7 +9,7 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use crate::catalog::{self, Catalog, CatalogError, Manifest, ObjectRecord};
 use crate::config::{RestoreConfig, vars};
@@ -17,6 +17,7 @@ use crate::database::{self, DatabaseError, Tools};
 use crate::exit::ExitCode;
 use crate::objects::{self, Create, ObjectsError};
 use crate::progress::Progress;
+use crate::server_copy::{self, Copied, ServerCopy};
 use crate::verify::sha256_of;
 
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +135,9 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
             summary.databases.push((db.name.clone(), bytes));
         }
     }
-    if let Some(dest) = destination {
-        let (restored, bytes, skipped) = restore_objects_into(catalog, manifest, &dest, cfg.concurrency, cfg.common.progress_interval).await?;
+    if let (Some(dest), Some(settings)) = (destination, &cfg.destination) {
+        let server = server_copy::open(cfg.copy_mode, &cfg.target, settings);
+        let (restored, bytes, skipped) = restore_objects_into(catalog, manifest, &dest, server.as_ref(), cfg.concurrency, cfg.common.progress_interval).await?;
         summary.objects = restored;
         summary.objects_bytes = bytes;
         summary.skipped = skipped;
@@ -145,13 +147,14 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
 }
 
 /// Copies every blob of the listing back to its key, checked against its recorded
-/// size and SHA-256 before each write completes (a damaged blob is never restored);
-/// an object already there with the right size and checksum is skipped. The listing
-/// itself is checked against the manifest once read whole.
+/// size and SHA-256 (a damaged blob is never restored); an object already there with
+/// the right size and checksum is skipped. The listing itself is checked against the
+/// manifest once read whole.
 async fn restore_objects_into(
     catalog: &Catalog,
     manifest: &Manifest,
     dest: &Arc<dyn ObjectStore>,
+    server: Option<&ServerCopy>,
     concurrency: usize,
     interval: std::time::Duration,
 ) -> Result<(u64, u64, u64), RestoreError> {
@@ -174,8 +177,7 @@ async fn restore_objects_into(
                         progress.add_done(1, record.size);
                         return Ok::<_, RestoreError>((0u64, 0u64, 1u64));
                     }
-                    let expect = objects::Expect::recorded(record.size, &record.sha256);
-                    objects::copy_verified(pool.store(), "target", &record.blob, &dest, &record.key, expect, progress).await?;
+                    restore_one(pool.store(), server, &dest, &record, progress).await?;
                     progress.add_done(1, 0);
                     Ok((1, record.size, 0))
                 }
@@ -190,6 +192,42 @@ async fn restore_objects_into(
     }
     listing.verify_whole(&manifest.objects)?;
     Ok((restored, bytes, skipped))
+}
+
+/// One blob back to its key. Server-side when the backup bucket and the restore bucket
+/// are one account's: the store's SHA-256 of the copy must be the recorded one, and a
+/// copy that differs is deleted and the blob streamed instead, which names the damage.
+/// Streamed, the bytes are checked before the write completes.
+async fn restore_one(
+    pool: &Arc<dyn ObjectStore>,
+    server: Option<&ServerCopy>,
+    dest: &Arc<dyn ObjectStore>,
+    record: &ObjectRecord,
+    progress: &Progress,
+) -> Result<(), RestoreError> {
+    if let Some(server) = server.filter(|s| s.takes(record.size)) {
+        match server.copy(&record.blob, &record.key, None).await {
+            Ok(Copied::Done { sha256 }) if sha256 == record.sha256 => {
+                progress.add_done(0, record.size);
+                return Ok(());
+            }
+            Ok(Copied::Done { sha256 }) => {
+                warn!(key = %record.key, blob = %record.blob, recorded = %record.sha256, copied = %sha256, "the server-side copy is not the recorded SHA-256: it is deleted, and the blob streamed to check it");
+                let path = catalog::recorded_path(&record.key);
+                dest.delete(&path).await.map_err(|source| ObjectsError::Store {
+                    side: "restore",
+                    what: format!("deleting the damaged copy {path}"),
+                    source,
+                })?;
+            }
+            // Streaming names what is missing, as it names damage.
+            Ok(Copied::Missing) => {}
+            Err(why) => debug!(key = %record.key, ?why, "streamed instead of copied server-side"),
+        }
+    }
+    let expect = objects::Expect::recorded(record.size, &record.sha256);
+    objects::copy_verified(pool, "target", &record.blob, dest, &record.key, expect, progress).await?;
+    Ok(())
 }
 
 async fn already_restored(dest: &Arc<dyn ObjectStore>, path: &Path, record: &ObjectRecord) -> bool {

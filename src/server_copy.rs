@@ -76,12 +76,12 @@ pub fn route(mode: CopyMode, source: &StoreSettings, target: &StoreSettings) -> 
     if mode == CopyMode::Stream {
         return Route::Stream("COPY_MODE=stream".into());
     }
-    for (side, s) in [("the source", source), ("the backup bucket", target)] {
+    for s in [source, target] {
         if !is_s3(s) {
-            return Route::Stream(format!("{side} is not an S3 bucket (s3://)"));
+            return Route::Stream(format!("{} is not an S3 bucket (s3://)", s.variable));
         }
         if identity(s).contains_key(SSE_C) {
-            return Route::Stream(format!("{side} is encrypted with SSE-C"));
+            return Route::Stream(format!("{} is encrypted with SSE-C", s.variable));
         }
     }
     if mode == CopyMode::Server {
@@ -94,7 +94,9 @@ pub fn route(mode: CopyMode, source: &StoreSettings, target: &StoreSettings) -> 
         Route::Server
     } else {
         Route::Stream(format!(
-            "the source and the backup bucket differ in {} (one set of credentials on one endpoint copies server-side)",
+            "{} and {} differ in {} (one set of credentials on one endpoint copies server-side)",
+            source.variable,
+            target.variable,
             differing.join(", ")
         ))
     }
@@ -328,18 +330,19 @@ mod tests {
             (CopyMode::Auto, bucket("s3://src", &with(&[("timeout", "300s")])), bucket("s3a://dst", &with(&[("aws_server_side_encryption", "aws:kms"), ("aws_checksum_algorithm", "sha256")])), server()),
             // Short and long names of one key are one key.
             (CopyMode::Auto, bucket("s3://src", &with(&[("region", "eu-west-1")])), bucket("s3://dst", &same), server()),
-            (CopyMode::Auto, bucket("s3://src", &with(&[("aws_access_key_id", "OTHER")])), bucket("s3://dst", &same), stream("the source and the backup bucket differ in aws_access_key_id (one set of credentials on one endpoint copies server-side)")),
-            (CopyMode::Auto, bucket("s3://src", &same), bucket("s3://dst", &with(&[("aws_endpoint", "http://minio.local")])), stream("the source and the backup bucket differ in aws_endpoint (one set of credentials on one endpoint copies server-side)")),
-            (CopyMode::Auto, bucket("s3://src", &same), bucket("s3://dst", &with(&[("aws_region", "us-east-1"), ("aws_session_token", "T")])), stream("the source and the backup bucket differ in aws_region, aws_session_token (one set of credentials on one endpoint copies server-side)")),
-            (CopyMode::Auto, bucket("gs://src", &[]), bucket("s3://dst", &same), stream("the source is not an S3 bucket (s3://)")),
-            (CopyMode::Auto, bucket("s3://src", &same), bucket("file:///backup", &[]), stream("the backup bucket is not an S3 bucket (s3://)")),
-            (CopyMode::Auto, bucket("s3://src", &with(&[("aws_sse_customer_key_base64", "K")])), bucket("s3://dst", &with(&[("aws_sse_customer_key_base64", "K")])), stream("the source is encrypted with SSE-C")),
+            (CopyMode::Auto, bucket("s3://src", &with(&[("aws_access_key_id", "OTHER")])), bucket("s3://dst", &same), stream("SOURCE_URL and TARGET_URL differ in aws_access_key_id (one set of credentials on one endpoint copies server-side)")),
+            (CopyMode::Auto, bucket("s3://src", &same), bucket("s3://dst", &with(&[("aws_endpoint", "http://minio.local")])), stream("SOURCE_URL and TARGET_URL differ in aws_endpoint (one set of credentials on one endpoint copies server-side)")),
+            (CopyMode::Auto, bucket("s3://src", &same), bucket("s3://dst", &with(&[("aws_region", "us-east-1"), ("aws_session_token", "T")])), stream("SOURCE_URL and TARGET_URL differ in aws_region, aws_session_token (one set of credentials on one endpoint copies server-side)")),
+            (CopyMode::Auto, bucket("gs://src", &[]), bucket("s3://dst", &same), stream("SOURCE_URL is not an S3 bucket (s3://)")),
+            (CopyMode::Auto, bucket("s3://src", &same), bucket("file:///backup", &[]), stream("TARGET_URL is not an S3 bucket (s3://)")),
+            (CopyMode::Auto, bucket("s3://src", &with(&[("aws_sse_customer_key_base64", "K")])), bucket("s3://dst", &with(&[("aws_sse_customer_key_base64", "K")])), stream("SOURCE_URL is encrypted with SSE-C")),
             // Forced: whatever the identities, as long as both are S3's.
             (CopyMode::Server, bucket("s3://src", &with(&[("aws_access_key_id", "OTHER")])), bucket("s3://dst", &same), server()),
-            (CopyMode::Server, bucket("az://src", &[]), bucket("s3://dst", &same), stream("the source is not an S3 bucket (s3://)")),
+            (CopyMode::Server, bucket("az://src", &[]), bucket("s3://dst", &same), stream("SOURCE_URL is not an S3 bucket (s3://)")),
             (CopyMode::Stream, bucket("s3://src", &same), bucket("s3://dst", &same), stream("COPY_MODE=stream")),
         ];
         for (mode, source, target, want) in cases {
+            let (source, target) = (StoreSettings { variable: "SOURCE_URL", ..source }, StoreSettings { variable: "TARGET_URL", ..target });
             assert_eq!(route(mode, &source, &target), want, "{mode:?} {} {:?} → {} {:?}", source.url, source.options.keys(), target.url, target.options.keys());
         }
     }

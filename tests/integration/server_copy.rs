@@ -4,7 +4,7 @@
 
 use crate::support::fault_proxy::{FaultProxy, Faults, Recorded};
 use crate::support::*;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use pachyderm_backup::catalog::{self, ObjectRecord};
 use pachyderm_backup::demo::{chunk_content, chunk_key, chunk_size};
 use sha2::{Digest, Sha256};
@@ -84,6 +84,45 @@ async fn one_account_copies_server_side_without_reading_a_byte_and_records_the_s
     assert_eq!(m.objects.counts.copied, CHUNKS, "counted as copied");
     assert_real_checksums(&bed, &listing(&bed, &m).await).await;
     assert_restores(&bed).await;
+}
+
+/// A restore into a bucket of the same account copies every blob back server-side: no
+/// blob is read through the process, and each copy's SHA-256, given by the store, must
+/// be the recorded one. A blob damaged in the pool is never restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_within_one_account_copies_server_side_and_never_restores_damage() {
+    let (bed, proxy) = bed_behind_proxy(Faults::default()).await;
+    bed.run(&["run"]).await.expect_code(0);
+    let moto = bed.moto.as_ref().expect("an S3 bed");
+    moto.create_bucket("restored");
+    proxy.clear_requests();
+    let out = run_with(&bed, restore_env(&bed.pg, "s3://restored"), &["restore", "--skip-databases"]).await;
+    out.expect_code(0);
+    assert!(out.said().iter().any(|l| l.contains("copied server-side (S3 CopyObject)")), "{}", out.stderr);
+    let requests = proxy.requests();
+    let blob_gets: Vec<_> = requests.iter().filter(|r| r.is_object_get() && r.path.starts_with("/backups/nightly/blobs/")).collect();
+    assert!(blob_gets.is_empty(), "no blob read through the process: {blob_gets:?}");
+    let copies = copies(&requests);
+    assert_eq!(copies.len() as u64, CHUNKS, "one CopyObject per object");
+    assert!(copies.iter().all(|r| r.status == 200 && r.path.starts_with("/restored/")), "{copies:?}");
+    let restored = moto.store("restored");
+    for i in 1..=CHUNKS {
+        assert!(read(&restored, &chunk_key(i)).await == chunk_content(i, chunk_size(i)), "chunk {i} restored byte-identical");
+    }
+
+    // One blob of the pool altered, its size kept: the store's SHA-256 of the copy
+    // differs from the record, the copy is removed, and the restore fails naming it.
+    let m = bed.manifests().await.pop().expect("a backup");
+    let victim = listing(&bed, &m).await.remove(3);
+    let mut bytes = read(&bed.target, &victim.blob).await.to_vec();
+    bytes[0] ^= 0xff;
+    bed.target.put(&victim.blob.as_str().into(), bytes.into()).await.expect("alter a blob");
+    moto.create_bucket("restored-again");
+    let out = run_with(&bed, restore_env(&bed.pg, "s3://restored-again"), &["restore", "--skip-databases"]).await;
+    out.expect_code(1);
+    assert!(out.stderr.contains(&victim.key) && out.stderr.contains("not the recorded SHA-256"), "{}", out.stderr);
+    let again = moto.store("restored-again");
+    assert!(again.head(&victim.key.as_str().into()).await.is_err(), "the damaged object is not in the restore bucket");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
