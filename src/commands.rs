@@ -497,7 +497,7 @@ async fn verify_backups(cfg: &RestoreConfig, args: &VerifyArgs, cluster: &mut Op
         let mut f = verify::verify(&catalog, m, deep, cfg.concurrency, cfg.common.progress_interval).await.map_err(failed)?;
         if args.drill {
             let server = cfg.server.as_ref().ok_or_else(|| Failure::new(ExitCode::Config, format!("{} is needed for --drill", vars::RESTORE_PGHOST.name)))?;
-            verify::drill(server, cfg.bin_dir.as_deref(), cfg.identity.as_ref(), &catalog, m, &mut f)
+            verify::drill(server, cfg.bin_dir.as_deref(), cfg.identity.as_ref(), cfg.scratch, &catalog, m, &mut f)
                 .await
                 .map_err(|e| Failure { code: e.exit_code(), ..failed(&e) })?;
         }

@@ -201,6 +201,10 @@ variables! {
     RESTORE_IDENTITY_FILE: Described("required to restore or drill encrypted dumps"),
         "age identity file (AGE-SECRET-KEY-1… lines) of one of the dumps' recipients; only restore and verify --drill read it.";
     RESTORE_URL: Described("required for restore"), "The bucket (and prefix) to restore the objects into.";
+    RESTORE_JOBS: Value("4"),
+        "pg_restore's parallel jobs (`-j`, 1–64) for a dump restored from a scratch file (restore and verify --drill); 1 streams every dump into pg_restore.";
+    RESTORE_SCRATCH_LIMIT: Value("1GiB"),
+        "The largest dump (as stored) downloaded to a scratch file in TMPDIR before pg_restore reads it: checked whole (SHA-256, decryption) before anything is written to the database, then restored with RESTORE_JOBS in parallel. Larger dumps stream into pg_restore, checked as they go. Bytes, with an optional KiB, MiB, GiB or TiB; 0 always streams.";
     RESTORE_AWS_FAMILY = "RESTORE_AWS_*": Described("unset"), "S3 keys for the restore bucket only.";
     RESTORE_GOOGLE_FAMILY = "RESTORE_GOOGLE_*": Described("unset"), "GCS keys for the restore bucket only.";
     RESTORE_AZURE_FAMILY = "RESTORE_AZURE_*": Described("unset"), "Azure keys for the restore bucket only.";
@@ -280,6 +284,8 @@ pub struct RawEnv {
     pub restore_pgsslkey: Option<String>,
     pub restore_identity_file: Option<String>,
     pub restore_url: Option<String>,
+    pub restore_jobs: Option<String>,
+    pub restore_scratch_limit: Option<String>,
     pub restore_workload_identity: Option<String>,
     /// Object-store keys: `AWS_*`, `GOOGLE_*`, `AZURE_*` and their side-prefixed forms.
     #[serde(skip)]
@@ -644,6 +650,23 @@ pub struct RestoreConfig {
     /// COPY_MODE: the blobs copied back server-side when the backup bucket and the
     /// restore bucket are one account's.
     pub copy_mode: CopyMode,
+    /// RESTORE_JOBS, RESTORE_SCRATCH_LIMIT.
+    pub scratch: Scratch,
+}
+
+/// Dumps restored from a scratch file, checked whole first, by parallel pg_restore jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scratch {
+    pub jobs: u32,
+    /// The largest dump, as stored, taken to a scratch file (bytes).
+    pub limit: u64,
+}
+
+impl Scratch {
+    /// Whether a dump of `size` stored bytes goes through a scratch file.
+    pub fn takes(&self, size: u64) -> bool {
+        self.jobs > 1 && size <= self.limit
+    }
 }
 
 /// The longest duration any variable takes: 100 years.
@@ -734,6 +757,26 @@ mod parse {
             Ok(d) => Ok(d),
             Err(e) => Err((format!("{v:?} is not a duration ({e})"), "a duration such as 90s, 10m or 2h".into())),
         }
+    }
+
+    /// A size in bytes: a whole number with an optional binary unit (KiB, MiB, GiB, TiB,
+    /// or Kubernetes' Ki, Mi, Gi, Ti, or K, M, G, T). Decimal units (GB) are refused
+    /// rather than guessed.
+    pub fn bytes(v: &str) -> Result<u64, Bad> {
+        let expected = || "bytes, with an optional unit: 0, 512MiB, 1GiB, 2Ti".to_string();
+        let t = v.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "ki" | "kib" => 10,
+            "m" | "mi" | "mib" => 20,
+            "g" | "gi" | "gib" => 30,
+            "t" | "ti" | "tib" => 40,
+            _ => return Err((format!("{v:?} is not a size"), expected())),
+        };
+        let n: u64 = digits.parse().map_err(|_| (format!("{v:?} is not a size"), expected()))?;
+        n.checked_mul(1u64 << shift).ok_or_else(|| (format!("{v:?} is too large"), expected()))
     }
 
     /// A whole number in `range`.
@@ -2242,8 +2285,14 @@ impl RestoreConfig {
         let concurrency = copy_concurrency(&mut check, raw);
         let preflight_timeout = check.setting(&vars::PREFLIGHT_TIMEOUT, &raw.preflight_timeout, parse::duration);
         let identity = restore_identity(&mut check, raw);
+        let scratch = Scratch {
+            jobs: check.setting(&vars::RESTORE_JOBS, &raw.restore_jobs, parse::whole(1..=64)) as u32,
+            limit: check.setting(&vars::RESTORE_SCRATCH_LIMIT, &raw.restore_scratch_limit, parse::bytes),
+        };
         match target {
-            Some(target) => check.finish(RestoreConfig { common, target, server, destination, bin_dir, concurrency, preflight_timeout, identity, copy_mode }),
+            Some(target) => {
+                check.finish(RestoreConfig { common, target, server, destination, bin_dir, concurrency, preflight_timeout, identity, copy_mode, scratch })
+            }
             None => Err(ConfigError(check.problems)),
         }
     }
@@ -2280,6 +2329,16 @@ mod tests {
         let mut v: Vec<_> = GOOD.iter().filter(|(k, _)| !extra.iter().any(|(e, _)| e == k)).copied().collect();
         v.extend(extra.iter().copied().filter(|(_, val)| *val != "<unset>"));
         v
+    }
+
+    #[test]
+    fn sizes_read_in_binary_units_and_refuse_guesses() {
+        for (text, want) in [("0", 0), ("1024", 1024), ("512Mi", 512 << 20), ("1GiB", 1 << 30), ("2T", 2u64 << 40), ("3 KiB", 3 << 10), ("7b", 7)] {
+            assert_eq!(parse::bytes(text), Ok(want), "{text}");
+        }
+        for bad in ["", "1GB", "1.5GiB", "-1", "GiB", "1PiB", "99999999999999999999", "18446744073709551615Ki"] {
+            assert!(parse::bytes(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

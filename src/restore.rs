@@ -130,7 +130,7 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
         for db in &manifest.databases {
             let progress = Progress::start("restore-database", std::time::Duration::from_secs(30));
             database::ensure_database(server, tools, &db.name).await?;
-            let bytes = database::restore(server, &db.name, tools, &folder, db, cfg.identity.as_ref(), opts.clean, &progress).await?;
+            let bytes = database::restore(server, &db.name, tools, &folder, db, cfg.identity.as_ref(), opts.clean, cfg.scratch, &progress).await?;
             info!(database = %db.name, bytes, "database restored");
             summary.databases.push((db.name.clone(), bytes));
         }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::catalog::{self, Catalog, CatalogError, Manifest};
-use crate::config::{DumpIdentity, PgServer};
+use crate::config::{DumpIdentity, PgServer, Scratch};
 use crate::database::{self, DatabaseError, Tools};
 use crate::exit::ExitCode;
 use crate::progress::Progress;
@@ -158,10 +158,12 @@ pub(crate) async fn sha256_of(store: &Arc<dyn ObjectStore>, path: &Path) -> Resu
 /// then Pachyderm's own consistency: every live chunk of `storage.chunk_objects` is in
 /// the backup's object listing. Encrypted dumps are decrypted with `identity`
 /// (RESTORE_IDENTITY_FILE), checked before any scratch database is made.
+#[allow(clippy::too_many_arguments)]
 pub async fn drill(
     server: &PgServer,
     bin_dir: Option<&std::path::Path>,
     identity: Option<&DumpIdentity>,
+    dump_scratch: Scratch,
     catalog: &Catalog,
     manifest: &Manifest,
     f: &mut Findings,
@@ -180,7 +182,7 @@ pub async fn drill(
             database::ensure_database(server, &tools, &name).await?;
             scratch.push(name.clone());
             let progress = Progress::start("drill", std::time::Duration::from_secs(30));
-            if let Err(e) = database::restore(server, &name, &tools, &folder, db, identity, false, &progress).await {
+            if let Err(e) = database::restore(server, &name, &tools, &folder, db, identity, false, dump_scratch, &progress).await {
                 f.problems.push(format!("database {} does not restore cleanly: {e}", db.name));
             }
         }

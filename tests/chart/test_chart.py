@@ -344,6 +344,8 @@ VALUES_SETS: dict[str, dict] = {
 BAD_VALUES: dict[str, tuple[dict, str]] = {
     "schedule-words": ({"schedule": "every night"}, "/schedule"),
     "copy-shards-zero": ({"objects": {"copyShards": 0}}, "/objects/copyShards"),
+    "restore-jobs-zero": ({"drill": {"restore": {"jobs": 0}}}, "/drill/restore/jobs"),
+    "scratch-limit-decimal-unit": ({"drill": {"restore": {"scratchLimit": "1GB"}}}, "/drill/restore/scratchLimit"),
     "copy-shards-above-256": ({"objects": {"copyShards": 257}}, "/objects/copyShards"),
     "copy-parallelism-negative": ({"objects": {"copyParallelism": -1}}, "/objects/copyParallelism"),
     "precopy-timeout-words": ({"objects": {"precopyTimeout": "six hours"}}, "/objects/precopyTimeout"),

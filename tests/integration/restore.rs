@@ -217,3 +217,52 @@ async fn verify_drill_checks_metadata_against_objects() {
     assert!(out.stdout.contains("1 live chunk(s) referenced by storage.chunk_objects are missing") && out.stdout.contains(&chunk_key(7)), "{}", out.stdout);
     assert_eq!(bed.pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'pbdrill%'").expect("q").trim(), "0");
 }
+
+/// A dump within RESTORE_SCRATCH_LIMIT is downloaded to a scratch file, checked whole,
+/// and only then restored by parallel pg_restore jobs: a damaged dump writes nothing to
+/// the database. Above the limit (here 0) it streams into pg_restore as before, and a
+/// damaged dump is found once pg_restore has written what came before the damage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_within_the_scratch_limit_is_checked_whole_before_anything_is_written() {
+    let bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 5, ..Default::default() }).await;
+    let before = (table_checksums(&bed.pg, "pachyderm"), table_checksums(&bed.pg, "dex"));
+    bed.run(&["run"]).await.expect_code(0);
+    let m = bed.manifests().await.pop().expect("a backup");
+    let drop_both = || {
+        for db in ["pachyderm", "dex"] {
+            bed.pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).expect("drop");
+        }
+    };
+    let restore = |extra: &[(&str, &str)]| {
+        let mut env = restore_env(&bed.pg, "");
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        run_with(&bed, env, &["restore", "--skip-objects"])
+    };
+
+    drop_both();
+    let out = restore(&[]).await;
+    out.expect_code(0);
+    let scratch: Vec<String> = out.said().into_iter().filter(|l| l.contains("restored from a scratch file")).collect();
+    assert_eq!(scratch.len(), 2, "both dumps (default RESTORE_JOBS=4, RESTORE_SCRATCH_LIMIT=1GiB): {}", out.stderr);
+    assert_eq!((table_checksums(&bed.pg, "pachyderm"), table_checksums(&bed.pg, "dex")), before, "every table's rows are back");
+
+    // The pachyderm dump altered in its last bytes, its size kept.
+    let path: object_store::path::Path = format!("backups/{}/databases/pachyderm.pgdump", m.backup_id).into();
+    let mut dump = read(&bed.target, path.as_ref()).await.to_vec();
+    let at = dump.len() - 10;
+    dump[at] ^= 0xff;
+    bed.target.put(&path, dump.into()).await.expect("alter the dump");
+
+    drop_both();
+    let out = restore(&[]).await;
+    out.expect_code(1);
+    assert!(out.stderr.contains("nothing was written to database pachyderm"), "{}", out.stderr);
+    assert!(table_checksums(&bed.pg, "pachyderm").is_empty(), "no table of the damaged dump was restored");
+
+    drop_both();
+    let out = restore(&[("RESTORE_SCRATCH_LIMIT", "0")]).await;
+    out.expect_code(1);
+    assert!(!out.stderr.contains("scratch file"), "streamed: {}", out.stderr);
+    assert!(out.stderr.contains("cannot be trusted; drop it"), "{}", out.stderr);
+    assert!(!table_checksums(&bed.pg, "pachyderm").is_empty(), "streamed, pg_restore wrote before the damage was known");
+}

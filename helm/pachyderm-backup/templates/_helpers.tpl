@@ -374,6 +374,8 @@ The environment shared by every CronJob: the program's whole configuration.
 {{- if $r.identity.secretName }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_IDENTITY_FILE" (include "pachyderm-backup.identityFile" .)) }}
 {{- end }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_JOBS" (int $r.jobs)) }}
+{{- include "pachyderm-backup.envVar" (list "RESTORE_SCRATCH_LIMIT" $r.scratchLimit) }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_URL" $r.url) }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_AWS_REGION" $r.region) }}
 {{- include "pachyderm-backup.envVar" (list "RESTORE_AWS_ENDPOINT" $r.endpoint) }}
