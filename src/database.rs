@@ -811,6 +811,35 @@ async fn fetch_dump(
     tokio::join!(read, feed_pg_restore(rx, into, identities, progress))
 }
 
+/// A fetch judged: the stored bytes against the manifest first (`checked_whole`: before
+/// pg_restore ran), then the decryption. A refused write is the caller's to judge:
+/// `Err((written, error))` inside.
+#[allow(clippy::type_complexity)]
+fn fetched(
+    database: &str,
+    entry: &DatabaseEntry,
+    identity: Option<&DumpIdentity>,
+    read: Result<(String, u64), ObjectsError>,
+    fed: Result<u64, FeedError>,
+    checked_whole: bool,
+) -> Result<Result<u64, (u64, std::io::Error)>, DatabaseError> {
+    let (sha, read) = read?;
+    if sha != entry.sha256 || read != entry.size {
+        let (database, recorded) = (database.to_string(), entry.sha256.clone());
+        return Err(if checked_whole {
+            DatabaseError::DumpDamagedNothingWritten { database, read: sha, recorded }
+        } else {
+            DatabaseError::DumpDamaged { database, read: sha, recorded }
+        });
+    }
+    match fed {
+        Ok(written) => Ok(Ok(written)),
+        Err(FeedError::Open(e)) => Err(decrypt_error(database, entry, identity, e)),
+        Err(FeedError::Decrypt(e)) => Err(DatabaseError::DecryptFailed { database: database.into(), detail: e.to_string() }),
+        Err(FeedError::Write { written, source }) => Ok(Err((written, source))),
+    }
+}
+
 /// The common arguments of every pg_restore of ours.
 fn pg_restore_command(tools: &Tools, server: &PgServer, database: &str, clean: bool) -> Command {
     let mut cmd = Command::new(&tools.pg_restore);
@@ -861,15 +890,9 @@ async fn restore_from_scratch(
     let file = tempfile::Builder::new().prefix("pachyderm-backup-dump-").tempfile_in(&dir).map_err(scratch_err(&dir))?;
     let writer = tokio::fs::File::from_std(file.reopen().map_err(scratch_err(file.path()))?);
     let (read, fed) = fetch_dump(folder, entry, writer, identities, progress).await;
-    let (sha, read) = read?;
-    if sha != entry.sha256 || read != entry.size {
-        return Err(DatabaseError::DumpDamagedNothingWritten { database: database.into(), read: sha, recorded: entry.sha256.clone() });
-    }
-    let written = match fed {
+    let written = match fetched(database, entry, identity, read, fed, true)? {
         Ok(written) => written,
-        Err(FeedError::Open(e)) => return Err(decrypt_error(database, entry, identity, e)),
-        Err(FeedError::Decrypt(e)) => return Err(DatabaseError::DecryptFailed { database: database.into(), detail: e.to_string() }),
-        Err(FeedError::Write { source, .. }) => return Err(scratch_err(file.path())(source)),
+        Err((_, source)) => return Err(scratch_err(file.path())(source)),
     };
     let mut cmd = pg_restore_command(tools, server, database, clean);
     cmd.arg(format!("--jobs={jobs}")).arg(file.path()).stdin(Stdio::null());
@@ -915,17 +938,8 @@ pub async fn restore(
     let (read, fed) = fetch_dump(folder, entry, stdin, identities, progress).await;
     let status = child.wait().await.map_err(|source| DatabaseError::Io { tool: "pg_restore".into(), source })?;
     let stderr = stderr.await.unwrap_or_default();
-    let (sha, read) = read?;
-    if sha != entry.sha256 || read != entry.size {
-        return Err(DatabaseError::DumpDamaged { database: database.into(), read: sha, recorded: entry.sha256.clone() });
-    }
-    let written = match fed {
-        Ok(written) => written,
-        Err(FeedError::Open(e)) => return Err(decrypt_error(database, entry, identity, e)),
-        Err(FeedError::Decrypt(e)) => return Err(DatabaseError::DecryptFailed { database: database.into(), detail: e.to_string() }),
-        // pg_restore stopped reading: its exit status says why.
-        Err(FeedError::Write { written, .. }) => written,
-    };
+    // A refused write is pg_restore having stopped reading: its exit status says why.
+    let written = fetched(database, entry, identity, read, fed, false)?.unwrap_or_else(|(written, _)| written);
     judge_pg_restore(database, status, stderr)?;
     Ok(written)
 }

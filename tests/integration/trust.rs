@@ -313,7 +313,12 @@ async fn a_damaged_dump_never_restores_silently() {
     assert!(out.stderr.contains(&format!("the dump of {} read from the bucket has SHA-256", m.databases[0].name)), "{}", out.stderr);
     let out = run_with(&bed, restore_env(&fresh, "file:///nonexistent"), &["verify", "--drill"]).await;
     out.expect_code(1);
-    assert!(out.stdout.contains(&format!("database {}: checksum", m.databases[0].name)), "the drill checks the dump's bytes first:\n{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("database {}: checksum", m.databases[0].name)),
+        "the drill checks the dump's bytes first:\n{}\n--- stderr\n{}",
+        out.stdout,
+        out.stderr
+    );
 }
 
 /// 14.10: a file:// backup bucket holds dumps with Pachyderm's chunk keys: owner-only.

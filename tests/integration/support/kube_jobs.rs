@@ -300,7 +300,9 @@ impl Jobs {
     }
 }
 
-/// Indexes as Kubernetes writes them: `0,2-4`.
+/// Indexes as Kubernetes writes them: `0,2-4`. Written here again rather than taken
+/// from the program: the stand-in speaks Kubernetes' format on its own, so a wrong
+/// format in the program cannot agree with itself.
 fn format_indexes(v: &[u32]) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut i = 0;
