@@ -241,6 +241,23 @@ pub fn backup_id(time: DateTime<Utc>, attempt: u32) -> String {
     if attempt <= 1 { base } else { format!("{base}-{attempt}") }
 }
 
+/// A folder's place in time: its second, then its attempt (`-10` after `-9`, which a
+/// plain string order would not give).
+fn id_order(id: &str) -> (&str, u32) {
+    match id.rsplit_once('-').map(|(base, n)| (base, n.parse::<u32>())) {
+        Some((base, Ok(n))) => (base, n),
+        _ => (id, 1),
+    }
+}
+
+/// Which attempt of the second `base` the id `name` is (`base` 1, `base-N` N).
+fn id_attempt(name: &str, base: &str) -> Option<u32> {
+    match name.strip_prefix(base)? {
+        "" => Some(1),
+        rest => rest.strip_prefix('-')?.parse().ok(),
+    }
+}
+
 /// A file of a backup folder (docs/FORMAT.md, Layout). Its [`name`](BackupFile::name),
 /// relative to the folder, is what a manifest records; writers name files only
 /// through it, so the layout is spelled once.
@@ -759,7 +776,7 @@ impl Catalog {
     pub async fn entries(&self) -> Result<Vec<Entry>, CatalogError> {
         let listing = self.store.list_with_delimiter(Some(&Path::from(BACKUPS_DIR))).await.map_err(store_err("listing backups/"))?;
         let mut ids: Vec<String> = listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
-        ids.sort();
+        ids.sort_by(|a, b| id_order(a).cmp(&id_order(b)));
         let entries: Vec<Entry> = futures::stream::iter(ids.into_iter().map(|id| async move {
             match self.manifest(&id).await {
                 Ok(m) => Ok(Entry { id, manifest: Some(m), damaged: None, newest_modified: None }),
@@ -820,7 +837,12 @@ impl Catalog {
     /// in the same second never share one.
     pub async fn claim_backup_id(&self, time: DateTime<Utc>, holder: &str) -> Result<String, CatalogError> {
         let body = Bytes::from(serde_json::json!({ "holder": holder, "claimed_at": Utc::now() }).to_string());
-        for attempt in 1.. {
+        // Past every folder of this second, even one whose predecessor was deleted
+        // since: the ids of one second follow each other in time.
+        let base = backup_id(time, 1);
+        let listing = self.store.list_with_delimiter(Some(&Path::from(BACKUPS_DIR))).await.map_err(store_err("listing backups/"))?;
+        let highest = listing.common_prefixes.iter().filter_map(|p| p.filename()).filter_map(|name| id_attempt(name, &base)).max();
+        for attempt in highest.map_or(1, |n| n + 1).. {
             let id = backup_id(time, attempt);
             let taken = self.store.list(Some(&folder_prefix(&id))).next().await.transpose().map_err(store_err(format!("checking backups/{id}")))?.is_some();
             if taken {
@@ -1139,6 +1161,23 @@ mod tests {
         assert_eq!(fresh_blob_key(&blob, &id), format!("{blob}.20261121T020000Z"));
         let name = hex::encode(&sha2::Sha256::digest(blob.as_bytes())[..16]);
         assert_eq!(damage_path(&blob).as_ref(), format!("damage/{name}.json"));
+    }
+
+    #[tokio::test]
+    async fn an_id_claimed_in_a_second_follows_every_folder_of_that_second() {
+        let catalog = Catalog::new(Arc::new(object_store::memory::InMemory::new()));
+        let time = Utc.with_ymd_and_hms(2026, 11, 21, 2, 0, 0).single().expect("a time");
+        assert_eq!(catalog.claim_backup_id(time, "a").await.expect("claim"), "20261121T020000Z");
+        assert_eq!(catalog.claim_backup_id(time, "b").await.expect("claim"), "20261121T020000Z-2");
+        // The first folder of the second deleted (retention, a dead run swept): the next
+        // claim of that second still comes after -2, never before it.
+        catalog.put_file("20261121T020000Z-10", &BackupFile::helm_values("x"), Bytes::from_static(b"{}")).await.expect("put");
+        catalog.store.delete(&BackupFile::Claim.path("20261121T020000Z")).await.expect("delete");
+        assert_eq!(catalog.claim_backup_id(time, "c").await.expect("claim"), "20261121T020000Z-11");
+        let ids: Vec<String> = catalog.entries().await.expect("entries").into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["20261121T020000Z-2", "20261121T020000Z-10", "20261121T020000Z-11"], "in time order, not string order");
+        assert_eq!(id_attempt("20261121T020000Z-2x", "20261121T020000Z"), None);
+        assert_eq!(id_attempt("20261121T0200001Z", "20261121T020000Z"), None);
     }
 
     #[tokio::test]

@@ -96,10 +96,9 @@ async fn retention_keeps_the_newest_backup_that_verifies() {
         bed.run(&["run"]).await.expect_code(0);
         bed.add_chunks(200 + n as u64..=200 + n as u64).await;
         bed.run(&["run"]).await.expect_code(0);
-        // In time order, not id order: two runs in one second whose first folder the
-        // previous round's retention deleted take ids out of time order (…Z-2, then …Z).
-        let mut all = bed.manifests().await;
-        all.sort_by_key(|m| m.started_at);
+        // The catalog's order is time order, even for runs of one second whose first
+        // folder the previous round's retention deleted (they once took its freed id).
+        let all = bed.manifests().await;
         let (good, bad) = (all[all.len() - 2].clone(), all[all.len() - 1].clone());
         let path = listing_path(&bad);
         match damage {
