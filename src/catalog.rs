@@ -840,7 +840,7 @@ impl Catalog {
         // Past every folder of this second, even one whose predecessor was deleted
         // since: the ids of one second follow each other in time.
         let base = backup_id(time, 1);
-        let listing = self.store.list_with_delimiter(Some(&Path::from(BACKUPS_DIR))).await.map_err(store_err("listing backups/"))?;
+        let listing = self.store.list_with_delimiter(Some(&Path::from(BACKUPS_DIR))).await.map_err(store_err("listing backups/ to claim a backup id"))?;
         let highest = listing.common_prefixes.iter().filter_map(|p| p.filename()).filter_map(|name| id_attempt(name, &base)).max();
         for attempt in highest.map_or(1, |n| n + 1).. {
             let id = backup_id(time, attempt);

@@ -378,7 +378,8 @@ async fn every_failure_before_the_lease_pushes_its_phase() {
     let through = proxy.url();
     succeeds(&bed, port).await;
     proxy.set(Faults { reset_list_pages: vec![2], only_path_prefix: Some("/backups".into()), ..Default::default() });
-    pushes_its_failure(&bed, port, &[("TARGET_AWS_ENDPOINT", through.as_str())], 1, ("preflight", "target_bucket"), "checking backups/").await;
+    pushes_its_failure(&bed, port, &[("TARGET_AWS_ENDPOINT", through.as_str())], 1, ("preflight", "target_bucket"), "listing backups/ to claim a backup id")
+        .await;
 
     // The Lease cannot be read.
     succeeds(&bed, port).await;
