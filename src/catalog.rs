@@ -896,12 +896,17 @@ impl Catalog {
     /// Removes the shard files of backup `id` once merged into its pre-copy listing.
     pub async fn delete_shards(&self, id: &str) -> Result<(), CatalogError> {
         let prefix = folder_path(id, SHARDS_DIR);
-        let locations = self.store.list(Some(&prefix)).map_ok(|m| m.location).boxed();
+        self.delete_under(&prefix, &prefix.to_string()).await
+    }
+
+    /// Deletes every key under `prefix` (one already gone is fine).
+    async fn delete_under(&self, prefix: &Path, what: &str) -> Result<(), CatalogError> {
+        let locations = self.store.list(Some(prefix)).map_ok(|m| m.location).boxed();
         let mut deleted = self.store.delete_stream(locations);
         while let Some(r) = deleted.next().await {
             match r {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_err(format!("deleting {prefix}"))(e)),
+                Err(e) => return Err(store_err(format!("deleting {what}"))(e)),
             }
         }
         Ok(())
@@ -1099,15 +1104,7 @@ impl Catalog {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(store_err(format!("deleting the manifest of {id}"))(e)),
         }
-        let locations = self.store.list(Some(&folder_prefix(id))).map_ok(|m| m.location).boxed();
-        let mut deleted = self.store.delete_stream(locations);
-        while let Some(r) = deleted.next().await {
-            match r {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_err(format!("deleting backups/{id}"))(e)),
-            }
-        }
-        Ok(())
+        self.delete_under(&folder_prefix(id), &format!("backups/{id}")).await
     }
 }
 

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
 use kube::{Client, ResourceExt};
 
-use super::{ClusterError, Permission, USER_AGENT, api_err, is_status, post_params};
+use super::{ClusterError, Permission, api_err, is_status, post_params};
 use crate::config::ShardSettings;
 
 /// Marks a copy Job and its pods, with the LEASE_NAME of the runs that make them: a
@@ -189,10 +189,7 @@ pub struct CopyJobs {
 
 impl CopyJobs {
     pub async fn connect(settings: &ShardSettings) -> Result<Self, ClusterError> {
-        let mut config = kube::Config::infer().await.map_err(|e| ClusterError::Connect(e.to_string()))?;
-        config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
-        let client = Client::try_from(config).map_err(|e| ClusterError::Connect(e.to_string()))?;
-        Ok(CopyJobs { client, settings: settings.clone() })
+        Ok(CopyJobs { client: super::client().await?, settings: settings.clone() })
     }
 
     pub fn namespace(&self) -> &str {

@@ -164,12 +164,18 @@ pub struct Cluster {
     recorder: Recorder,
 }
 
+/// A client with the in-cluster ServiceAccount, or KUBECONFIG outside a cluster, that
+/// names this program (User-Agent) in the API server's audit log.
+pub(crate) async fn client() -> Result<Client, ClusterError> {
+    let mut config = kube::Config::infer().await.map_err(|e| ClusterError::Connect(e.to_string()))?;
+    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
+    Client::try_from(config).map_err(|e| ClusterError::Connect(e.to_string()))
+}
+
 impl Cluster {
     /// Connects with the in-cluster ServiceAccount, or KUBECONFIG outside a cluster.
     pub async fn connect(settings: &ClusterSettings) -> Result<Self, ClusterError> {
-        let mut config = kube::Config::infer().await.map_err(|e| ClusterError::Connect(e.to_string()))?;
-        config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
-        let client = Client::try_from(config).map_err(|e| ClusterError::Connect(e.to_string()))?;
+        let client = client().await?;
         let namespace = settings.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("HOSTNAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
