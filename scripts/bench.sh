@@ -2,8 +2,12 @@
 # Benchmarks (figures for docs/BENCHMARKS.md; never assertions in tests):
 #   1. memory: two cycles (full, then incremental) over a source of N objects (default
 #      100,000) on s3s-fs and on local directories, peak RSS by /usr/bin/time -v;
-#   2. copy throughput: pachyderm-backup against `rclone copy` with the same number
-#      of transfers, both streaming between two buckets of one s3s-fs server.
+#   2. copy: COPY_MIB MiB (default 1100) of chunk-like objects (1 KiB-20 MiB) between two
+#      buckets of one s3s-fs server, side by side on the same data: the GET ceiling
+#      (rclone to tmpfs), our streamed run against `rclone copy` with two remotes, our
+#      server-side run against `rclone copy` with one remote and `aws s3 sync`, our
+#      restore (server-side and streamed) against pg_restore + `rclone copy` back;
+#      wall, peak RSS and CPU of each.
 #   3. downtime: the paused interval (the capture) of a nightly run at 10,000, 100,000
 #      and 1,000,000 live chunks (DOWNTIME_SIZES), indexed by the database and, for
 #      comparison, by a listing of the whole bucket (the table renamed away), beside the
@@ -15,7 +19,7 @@
 #   5. shards: the first copy of SHARD_MIB MiB of chunk-like objects (64 KiB-4 MiB) by
 #      `copy-shard` with N = 1, 2, 4 shards (SHARD_COUNTS), each shard a process as each
 #      index of the copy Job is a pod, all at once, between two buckets of s3s-fs.
-# Usage: scripts/bench.sh [memory|copy|downtime|scale|shards|all]   (env: OBJECTS_N, TRANSFERS, BIN, DOWNTIME_SIZES, SCALE_SIZES, SHARD_MIB, SHARD_COUNTS)
+# Usage: scripts/bench.sh [memory|copy|downtime|scale|shards|all]   (env: OBJECTS_N, TRANSFERS, COPY_MIB, BIN, DOWNTIME_SIZES, SCALE_SIZES, SHARD_MIB, SHARD_COUNTS)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -26,12 +30,13 @@ BIN="${BIN:-$root/target/release/pachyderm-backup}"
 OBJECTS_N="${OBJECTS_N:-100000}"
 TRANSFERS="${TRANSFERS:-16}"
 work="$(mktemp -d /tmp/pachyderm-backup-bench.XXXXXX)"
+shm="/dev/shm/$(basename "$work")"
 chmod 755 "$work"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -n "${PGDATA_DIR:-}" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$work"
+  rm -rf "$work" "$shm"
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -99,33 +104,31 @@ fi
 
 if [ "$what" = copy ] || [ "$what" = all ]; then
   command -v rclone >/dev/null || { apt-get install -y -qq rclone >/dev/null; }
+  command -v aws >/dev/null || python3 -m pip install -q --disable-pip-version-check awscli
   [ -n "$S3PORT" ] || start_s3s
-  mkdir -p "$work/s3/src/chunk" "$work/s3/dst-ours" "$work/s3/dst-unsigned" "$work/s3/dst-rclone"
-  echo "== copy: 400 objects of 1 MiB + 10 of 20 MiB (600 MiB) between two buckets of s3s-fs, $TRANSFERS transfers"
-  python3 - "$work/s3/src/chunk" <<'PY'
-import hashlib, os, sys
-root = sys.argv[1]
-for i in range(1, 411):
-    size = 20 * 1024 * 1024 if i > 400 else 1024 * 1024
-    h = hashlib.sha256(f"chunk-{i}".encode()).hexdigest()
-    with open(os.path.join(root, f"{h}.{i:016x}"), "wb") as f:
+  mkdir -p "$work/s3/src/chunk"
+  for b in dst-stream dst-server dst-rclone dst-rclone1 dst-aws restored restored-rclone restored-rclone1; do mkdir -p "$work/s3/$b"; done
+  # Chunk-like objects: sizes log-uniform in 1 KiB-20 MiB (most small, a few large, as
+  # Pachyderm's chunks), random bytes, COPY_MIB MiB in all. Indexed as live chunks.
+  python3 - "$work/s3/src/chunk" "${COPY_MIB:-1100}" > "$work/copy-objects" <<'PY2'
+import hashlib, math, os, random, sys
+root, budget = sys.argv[1], int(sys.argv[2]) * 1024 * 1024
+rng, total, i = random.Random(11), 0, 0
+while total < budget:
+    i += 1
+    size = int(math.exp(rng.uniform(math.log(1024), math.log(20 * 1024 * 1024))))
+    h = hashlib.sha256(f"chunk-{100 + i}".encode()).hexdigest()
+    with open(os.path.join(root, f"{h}.{100 + i:016x}"), "wb") as f:
         f.write(os.urandom(size))
-PY
-  index_chunks 101 400 1048576
-  index_chunks 401 410 20971520
-  start=$(date +%s.%N)
-  env -i PATH="$PATH" "${common_env[@]}" SOURCE_URL=s3://src TARGET_URL=s3://dst-ours AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest \
-    AWS_REGION=us-east-1 AWS_ENDPOINT="http://127.0.0.1:$S3PORT" AWS_ALLOW_HTTP=true COPY_MODE=stream COPY_CONCURRENCY="$TRANSFERS" PRECOPY=false \
-    /usr/bin/time -v "$BIN" run 2>"$work/copy.log" >/dev/null
-  ours=$(python3 -c "import time;print(f'{time.time()-$start:.1f}')")
-  ours_rss=$(grep 'Maximum resident set size' "$work/copy.log" | awk '{print $6}')
-  # As over TLS, where bodies go unsigned (UNSIGNED-PAYLOAD); s3s-fs here is plain HTTP.
-  start=$(date +%s.%N)
-  env -i PATH="$PATH" "${common_env[@]}" SOURCE_URL=s3://src TARGET_URL=s3://dst-unsigned AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest \
-    AWS_REGION=us-east-1 AWS_ENDPOINT="http://127.0.0.1:$S3PORT" AWS_ALLOW_HTTP=true AWS_UNSIGNED_PAYLOAD=true COPY_MODE=stream COPY_CONCURRENCY="$TRANSFERS" PRECOPY=false \
-    /usr/bin/time -v "$BIN" run 2>"$work/copy-unsigned.log" >/dev/null
-  unsigned=$(python3 -c "import time;print(f'{time.time()-$start:.1f}')")
-  unsigned_rss=$(grep 'Maximum resident set size' "$work/copy-unsigned.log" | awk '{print $6}')
+    print(100 + i, size)
+    total += size
+PY2
+  count=$(wc -l < "$work/copy-objects"); mib=$(awk '{s+=$2} END {printf "%.0f", s/1048576}' "$work/copy-objects")
+  while read -r i size; do echo "$i,$size"; done < "$work/copy-objects" > "$work/copy-index.csv"
+  "$PGBIN/psql" -q -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -d pachyderm -v ON_ERROR_STOP=1 \
+    -c "CREATE TEMP TABLE sizes (i int, size bigint)" -c "\\copy sizes FROM '$work/copy-index.csv' CSV" \
+    -c "INSERT INTO storage.chunk_objects (chunk_id, gen, uploaded, tombstone, size) SELECT sha256(convert_to('chunk-' || i, 'UTF8')), i, true, false, size FROM sizes ON CONFLICT DO NOTHING" >/dev/null
+  echo "== copy: $count chunk-like objects (1 KiB-20 MiB, $mib MiB) between two buckets of one s3s-fs (plain HTTP), $TRANSFERS transfers, $(nproc) cores"
   cat > "$work/rclone.conf" <<EOF
 [a]
 type = s3
@@ -142,17 +145,56 @@ access_key_id = test
 secret_access_key = testtesttest
 force_path_style = true
 EOF
-  start=$(date +%s.%N)
-  env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) a:src b:dst-rclone
-  theirs=$(python3 -c "import time;print(f'{time.time()-$start:.1f}')")
-  capture=$(python3 -c "import glob,json;m=json.load(open(glob.glob('$work/s3/dst-ours/backups/*/manifest.json')[0]));print(f\"{m['phases']['capture']:.1f}\")")
-  echo "   pachyderm-backup run, streamed (whole run):   ${ours}s, peak RSS $((ours_rss / 1024)) MiB (signed bodies: plain HTTP)"
-  echo "   the same, unsigned bodies (as over TLS):      ${unsigned}s, peak RSS $((unsigned_rss / 1024)) MiB"
-  cpu=$(awk -F': ' '/User time|System time/ {printf "%s ", $2}' "$work/copy.log")
-  echo "   pachyderm-backup capture phase (the copy ∥ the dumps): ${capture}s; CPU user/sys: ${cpu}s"
-  echo "   rclone copy (two remotes, streamed):          ${theirs}s"
-  for log in copy copy-unsigned; do
-    grep -h '"backup complete"' "$work/$log.log" | python3 -c 'import json,sys;l=json.loads(sys.stdin.readline());print("   ('"$log"': %s objects, %s copied, %s bytes)" % (l["objects"], l["objects_copied"], l["object_bytes"]))'
+  # One row: a command timed with its peak RSS (/usr/bin/time -v).
+  row() {
+    local name="$1"; shift
+    local start; start=$(date +%s.%N)
+    if ! /usr/bin/time -v "$@" >/dev/null 2>"$work/row.log"; then echo "   $name FAILED:"; grep -v '"progress' "$work/row.log" | tail -5; exit 1; fi
+    local wall rss cpu
+    wall=$(python3 -c "import time;print(f'{time.time()-$start:.1f}')")
+    rss=$(grep 'Maximum resident set size' "$work/row.log" | awk '{print $6}')
+    cpu=$(awk -F': ' '/User time|System time/ {s+=$2} END {printf "%.1f", s}' "$work/row.log")
+    printf "   %-58s %6ss  %5s MiB  CPU %ss\n" "$name" "$wall" "$((rss / 1024))" "$cpu"
+    cp "$work/row.log" "$work/row-$(echo "$name" | tr -c 'a-z0-9' '-').log"
+  }
+  ours_env=(env -i PATH="$PATH" "${common_env[@]}" SOURCE_URL=s3://src AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest
+    AWS_REGION=us-east-1 AWS_ENDPOINT="http://127.0.0.1:$S3PORT" AWS_ALLOW_HTTP=true COPY_CONCURRENCY="$TRANSFERS" PRECOPY=false)
+  rclone_=(env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf")
+  aws_=(env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_DEFAULT_REGION=us-east-1 aws --endpoint-url "http://127.0.0.1:$S3PORT")
+  row "GET ceiling: rclone copy of every object to tmpfs" "${rclone_[@]}" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) a:src "$shm"
+  rm -rf "$shm"
+  echo "   -- streamed through the process (two endpoints' worth: COPY_MODE=stream / two remotes)"
+  row "pachyderm-backup run, COPY_MODE=stream (whole run)" "${ours_env[@]}" TARGET_URL=s3://dst-stream COPY_MODE=stream "$BIN" run
+  row "rclone copy, two remotes (streamed)" "${rclone_[@]}" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) a:src b:dst-rclone
+  echo "   -- copied by the store (one account: COPY_MODE=auto / one remote)"
+  row "pachyderm-backup run, COPY_MODE=auto (whole run)" "${ours_env[@]}" TARGET_URL=s3://dst-server "$BIN" run
+  row "rclone copy, one remote (server-side)" "${rclone_[@]}" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) a:src a:dst-rclone1
+  row "aws s3 sync, defaults (server-side between buckets)" "${aws_[@]}" s3 sync --only-show-errors s3://src s3://dst-aws
+  echo "   -- restore of the streamed backup (both databases, --clean over the originals, + every object into a new bucket)"
+  folder=$(ls "$work/s3/dst-stream/backups" | grep -v lock | sort | tail -1)
+  restore_env=(env -i PATH="$PATH" "${common_env[@]}" TARGET_URL=s3://dst-stream RESTORE_URL=s3://restored AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest
+    AWS_REGION=us-east-1 AWS_ENDPOINT="http://127.0.0.1:$S3PORT" AWS_ALLOW_HTTP=true COPY_CONCURRENCY="$TRANSFERS"
+    RESTORE_PGHOST=127.0.0.1 RESTORE_PGPORT="$PGPORT_BENCH" RESTORE_PGUSER=postgres RESTORE_PGSSLMODE=disable)
+  row "pachyderm-backup restore, COPY_MODE=auto (server-side)" "${restore_env[@]}" "$BIN" restore --backup "$folder" --clean
+  rm -rf "$work/s3/restored"/*
+  row "pachyderm-backup restore, COPY_MODE=stream" "${restore_env[@]}" COPY_MODE=stream "$BIN" restore --backup "$folder" --clean
+  "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -Fc -f "$work/pachyderm.dump" pachyderm
+  "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -Fc -f "$work/dex.dump" dex
+  cat > "$work/manual-restore.sh" <<EOF
+set -e
+"$PGBIN/pg_restore" -h 127.0.0.1 -p $PGPORT_BENCH -U postgres --clean --if-exists -d pachyderm "$work/pachyderm.dump"
+"$PGBIN/pg_restore" -h 127.0.0.1 -p $PGPORT_BENCH -U postgres --clean --if-exists -d dex "$work/dex.dump"
+env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" copy --transfers $TRANSFERS --checkers $((TRANSFERS * 2)) a:dst-rclone b:restored-rclone
+EOF
+  row "pg_restore of both dumps + rclone copy back, two remotes" bash "$work/manual-restore.sh"
+  row "pg_restore of both dumps + rclone copy back, one remote" bash -c "sed 's/ b:restored-rclone/ a:restored-rclone1/' '$work/manual-restore.sh' | bash"
+  for b in dst-stream dst-server; do
+    python3 - "$work/s3/$b/backups" <<'PY2'
+import glob, json, sys
+m = json.load(open(sorted(glob.glob(sys.argv[1] + "/*/manifest.json"))[-1]))
+c = m["objects"]["counts"]
+print(f"   ({sys.argv[1].split('/')[-2]}: {c['count']} objects, {c['copied']} copied, {c['bytes']} bytes; capture {m['phases']['capture']:.1f} s)")
+PY2
   done
 fi
 

@@ -34,6 +34,11 @@ if ! command -v azurite-blob >/dev/null 2>&1; then
   npm install -g --no-audit --no-fund azurite@3.35.0 >/dev/null
 fi
 
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "== cargo install s3s-fs@0.14.1 (an S3 server that checks Content-MD5, as S3 does; moto does not)"
+  cargo install -q s3s-fs@0.14.1 --locked --features binary
+fi
+
 echo "== PostgreSQL 17 tools and 14 server (restore into older servers)"
 scripts/fetch-postgres.sh 17.11.0 14.22.0
 

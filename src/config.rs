@@ -1435,7 +1435,7 @@ fn effective_options(options: &BTreeMap<String, Secret>, family: StoreFamily) ->
 }
 
 /// object_store's boolean syntax (its `Parse for bool`): no trimming.
-fn parse_store_bool(v: &str) -> Option<bool> {
+pub(crate) fn parse_store_bool(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "true" | "on" | "yes" | "y" => Some(true),
         "0" | "false" | "off" | "no" | "n" => Some(false),

@@ -665,6 +665,13 @@ async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous:
         }
         let folder = catalog.folder(backup_id);
         bounded(limit, "writing a probe to the target bucket", objects::probe_writable(folder.store(), "target", &folder.path(&BackupFile::Probe))).await?;
+        if let Some(s) = &source {
+            let probe = async {
+                s.probe_content_md5(&folder.path(&BackupFile::Probe)).await;
+                Ok::<_, StepError>(())
+            };
+            bounded(limit, "finding out whether the target bucket checks Content-MD5", probe).await?;
+        }
         let version = match cluster {
             Some(c) => bounded(limit, "reading Pachyderm's version", c.pachyderm_version()).await?,
             None => None,

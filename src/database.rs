@@ -587,7 +587,7 @@ pub async fn dump(
             encrypt_stream(plain, recipients, what).map_err(|e| DatabaseError::EncryptFailed { database: database.clone(), detail: e.to_string() })?.boxed()
         }
     };
-    let uploaded = objects::upload(store, path, body, &objects::Expect::default(), progress).await;
+    let uploaded = objects::upload(store, None, path, body, &objects::Expect::default(), progress).await;
     if let Err(e) = uploaded {
         // pg_dump dies of SIGPIPE once nobody reads it: the upload is the cause.
         let _ = child.kill().await;

@@ -16,6 +16,7 @@ pub mod objects;
 pub mod progress;
 pub mod restore;
 pub mod retention;
+pub mod s3;
 pub mod scan;
 pub mod schedule;
 pub mod server_copy;

@@ -5,19 +5,19 @@
 //! delete marker on a version the lock keeps anyway. Retention would "delete" a backup
 //! that stays stored and billed, and hide it from `list` and `restore`. So retention
 //! must know the bucket's default retention and leave alone what it still protects.
-//! object_store does not read bucket configurations: this module signs one GET with
-//! object_store's own SigV4 signer, credentials and HTTP client options ([`S3Endpoint`],
-//! which the server-side copy signs its CopyObject with too).
+//! object_store does not read bucket configurations: this module sends one GET signed
+//! with object_store's own signer ([`crate::s3::S3Endpoint`]).
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
-use object_store::client::{ClientOptions, HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector};
+use object_store::aws::AmazonS3ConfigKey;
+use object_store::client::{HttpRequest, HttpRequestBody};
 use serde::Deserialize;
 
 use crate::config::StoreSettings;
+use crate::s3::{Payload, S3Endpoint, client_options, s3_builder};
 
 /// What Object Lock protects in a bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +133,7 @@ pub async fn detect(settings: &StoreSettings) -> Result<ObjectLock, LockError> {
         .uri(format!("{}/?object-lock", endpoint.base))
         .body(HttpRequestBody::empty())
         .map_err(|e| err(format!("cannot build the request: {e}")))?;
-    endpoint.sign(&mut request).await.map_err(err)?;
+    endpoint.sign(&mut request, Payload::Hashed).await.map_err(err)?;
     let client = endpoint.client;
     // A bucket that cannot be reached is the preflight probe's to report, in
     // object_store's words and with its retries.
@@ -180,68 +180,6 @@ pub async fn detect(settings: &StoreSettings) -> Result<ObjectLock, LockError> {
             Ok(ObjectLock::Off)
         }
     }
-}
-
-/// Where a bucket's own requests go (the bucket's URL, path or virtual-hosted style,
-/// at its endpoint) and how they are signed, as object_store would resolve them: for
-/// the requests object_store does not make.
-pub struct S3Endpoint {
-    /// The bucket's URL, without a trailing slash: a key or a query follows.
-    pub base: String,
-    region: String,
-    /// None when the bucket is read unsigned (`AWS_SKIP_SIGNATURE`).
-    credentials: Option<object_store::aws::AwsCredentialProvider>,
-    pub client: HttpClient,
-}
-
-impl S3Endpoint {
-    pub fn new(settings: &StoreSettings) -> Result<S3Endpoint, String> {
-        let builder = s3_builder(settings);
-        let get = |key: AmazonS3ConfigKey| builder.get_config_value(&key);
-        let bucket = settings.url.host_str().unwrap_or_default().to_string();
-        let region = get(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
-        let virtual_hosted = get(AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let base = match get(AmazonS3ConfigKey::Endpoint) {
-            Some(e) if virtual_hosted => e.trim_end_matches('/').to_string(),
-            Some(e) => format!("{}/{bucket}", e.trim_end_matches('/')),
-            None if virtual_hosted => format!("https://{bucket}.s3.{region}.amazonaws.com"),
-            None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
-        };
-        let skip_signature = get(AmazonS3ConfigKey::SkipSignature).is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let credentials = if skip_signature { None } else { Some(builder.build().map_err(|e| e.to_string())?.credentials().clone()) };
-        let client = ReqwestConnector::default().connect(&client_options(settings)).map_err(|e| e.to_string())?;
-        Ok(S3Endpoint { base, region, credentials, client })
-    }
-
-    /// Signs `request` (SigV4, its body's SHA-256) with the bucket's credentials.
-    pub async fn sign(&self, request: &mut HttpRequest) -> Result<(), String> {
-        let Some(credentials) = &self.credentials else { return Ok(()) };
-        let credential = credentials.get_credential().await.map_err(|e| format!("no credentials: {e}"))?;
-        AwsAuthorizer::new(&credential, "s3", &self.region).try_authorize(request, None).map_err(|e| format!("cannot sign the request: {e}"))
-    }
-}
-
-/// The S3 builder for a bucket's URL and options, as object_store's `parse_url_opts`
-/// would make it, its HTTP client trusting the bucket's CA bundle too.
-pub fn s3_builder(settings: &StoreSettings) -> AmazonS3Builder {
-    settings
-        .options
-        .iter()
-        .fold(AmazonS3Builder::new().with_url(settings.url.as_str()), |b, (k, v)| match AmazonS3ConfigKey::from_str(k) {
-            Ok(key) => b.with_config(key, v.expose()),
-            Err(_) => b,
-        })
-        .with_client_options(client_options(settings))
-}
-
-/// The HTTP client options among a bucket's options (timeouts, proxy, allow_http...),
-/// and the CA certificates of its CA bundle.
-fn client_options(settings: &StoreSettings) -> ClientOptions {
-    let options = settings.options.iter().fold(ClientOptions::new(), |o, (k, v)| match AmazonS3ConfigKey::from_str(k) {
-        Ok(AmazonS3ConfigKey::Client(key)) => o.with_config(key, v.expose()),
-        _ => o,
-    });
-    settings.ca_bundle.iter().flat_map(|b| &b.certificates).fold(options, |o, c| o.with_root_certificate(c.clone()))
 }
 
 /// The bucket opened for a locked bucket's rules: SHA-256 checksums on every upload

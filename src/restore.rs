@@ -17,6 +17,7 @@ use crate::database::{self, DatabaseError, Tools};
 use crate::exit::ExitCode;
 use crate::objects::{self, Create, ObjectsError};
 use crate::progress::Progress;
+use crate::s3;
 use crate::server_copy::{self, Copied, ServerCopy};
 use crate::verify::sha256_of;
 
@@ -137,7 +138,9 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
     }
     if let (Some(dest), Some(settings)) = (destination, &cfg.destination) {
         let server = server_copy::open(cfg.copy_mode, &cfg.target, settings);
-        let (restored, bytes, skipped) = restore_objects_into(catalog, manifest, &dest, server.as_ref(), cfg.concurrency, cfg.common.progress_interval).await?;
+        let put = s3::Put::open(settings);
+        let (restored, bytes, skipped) =
+            restore_objects_into(catalog, manifest, &dest, server.as_ref(), put.as_ref(), cfg.concurrency, cfg.common.progress_interval).await?;
         summary.objects = restored;
         summary.objects_bytes = bytes;
         summary.skipped = skipped;
@@ -155,6 +158,7 @@ async fn restore_objects_into(
     manifest: &Manifest,
     dest: &Arc<dyn ObjectStore>,
     server: Option<&ServerCopy>,
+    put: Option<&s3::Put>,
     concurrency: usize,
     interval: std::time::Duration,
 ) -> Result<(u64, u64, u64), RestoreError> {
@@ -177,7 +181,7 @@ async fn restore_objects_into(
                         progress.add_done(1, record.size);
                         return Ok::<_, RestoreError>((0u64, 0u64, 1u64));
                     }
-                    restore_one(pool.store(), server, &dest, &record, progress).await?;
+                    restore_one(pool.store(), server, &dest, put, &record, progress).await?;
                     progress.add_done(1, 0);
                     Ok((1, record.size, 0))
                 }
@@ -202,6 +206,7 @@ async fn restore_one(
     pool: &Arc<dyn ObjectStore>,
     server: Option<&ServerCopy>,
     dest: &Arc<dyn ObjectStore>,
+    put: Option<&s3::Put>,
     record: &ObjectRecord,
     progress: &Progress,
 ) -> Result<(), RestoreError> {
@@ -226,7 +231,7 @@ async fn restore_one(
         }
     }
     let expect = objects::Expect::recorded(record.size, &record.sha256);
-    objects::copy_verified(pool, "target", &record.blob, dest, &record.key, expect, progress).await?;
+    objects::copy_verified(pool, "target", &record.blob, dest, put, &record.key, expect, progress).await?;
     Ok(())
 }
 

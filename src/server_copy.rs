@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::config::{CopyMode, StoreSettings};
-use crate::object_lock::S3Endpoint;
+use crate::s3::{ErrorAnswer, Payload, S3Endpoint, encode_key, encryption_headers, under};
 
 /// CopyObject's limit: larger objects need UploadPartCopy, which this does not do
 /// (Pachyderm's chunks are at most 20 MB); they are streamed.
@@ -132,41 +132,12 @@ struct CopyObjectResult {
     checksum_sha256: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ErrorAnswer {
-    code: Option<String>,
-    message: Option<String>,
-}
-
 /// The SHA-256 (hex) in a CopyObject answer, if it is a full-object one: a composite
 /// checksum of parts (`…-N`) is not the content's.
 pub fn full_object_sha256(xml: &str) -> Option<String> {
     let result: CopyObjectResult = quick_xml::de::from_str(xml).ok()?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(result.checksum_sha256?.trim()).ok()?;
     (bytes.len() == 32).then(|| hex::encode(bytes))
-}
-
-/// A key percent-encoded as object_store encodes a path (and as SigV4 signs it for S3):
-/// all but unreserved characters and '/'.
-fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// A key under a bucket URL's prefix.
-fn under(settings: &StoreSettings, key: &str) -> String {
-    match settings.url.path().trim_matches('/') {
-        "" => key.to_string(),
-        prefix => format!("{prefix}/{key}"),
-    }
 }
 
 /// The server-side copier of one run: CopyObject requests sent to the pool's endpoint
@@ -184,18 +155,7 @@ pub struct ServerCopy {
 
 impl ServerCopy {
     pub fn new(source: &StoreSettings, target: &StoreSettings) -> Result<ServerCopy, String> {
-        let mut encryption = http::HeaderMap::new();
-        for (option, header) in [
-            ("aws_server_side_encryption", "x-amz-server-side-encryption"),
-            ("aws_sse_kms_key_id", "x-amz-server-side-encryption-aws-kms-key-id"),
-            ("aws_sse_bucket_key_enabled", "x-amz-server-side-encryption-bucket-key-enabled"),
-        ] {
-            let value = target.options.iter().find(|(k, _)| AmazonS3ConfigKey::from_str(k).is_ok_and(|key| key.as_ref() == option));
-            if let Some((_, v)) = value {
-                let value = http::HeaderValue::from_str(v.expose()).map_err(|e| format!("{option}: {e}"))?;
-                encryption.insert(header, value);
-            }
-        }
+        let encryption = encryption_headers(target)?;
         Ok(ServerCopy {
             target: S3Endpoint::new(target)?,
             source: source.clone(),
@@ -228,17 +188,14 @@ impl ServerCopy {
         }
         let mut request: HttpRequest = builder.body(HttpRequestBody::empty()).map_err(|e| self.failed(format!("cannot build the request: {e}")))?;
         request.headers_mut().extend(self.encryption.clone());
-        self.target.sign(&mut request).await.map_err(|e| self.failed(e))?;
+        self.target.sign(&mut request, Payload::Hashed).await.map_err(|e| self.failed(e))?;
         let response = self.target.client.execute(request).await.map_err(|e| self.failed(crate::error_chain(&e)))?;
         let status = response.status();
         let body = response.into_body().bytes().await.map_err(|e| self.failed(crate::error_chain(&e)))?;
         let text = String::from_utf8_lossy(&body);
-        let error: Option<ErrorAnswer> = quick_xml::de::from_str(&text).ok();
-        let code = error.as_ref().and_then(|e| e.code.clone()).unwrap_or_default();
-        let said = || {
-            let message = error.as_ref().and_then(|e| e.message.as_deref()).unwrap_or_default();
-            format!("{status} {code} {message}").trim_end().to_string()
-        };
+        let error = ErrorAnswer::read(&text);
+        let code = error.code.clone().unwrap_or_default();
+        let said = || error.said(status);
         match (status.as_u16(), code.as_str()) {
             (404, "NoSuchKey") => Ok(Copied::Missing),
             (501, _) | (_, "NotImplemented") => Err(self.unsupported(format!("the store does not implement CopyObject ({})", said()))),
@@ -361,13 +318,5 @@ mod tests {
         assert_eq!(full_object_sha256(&answer("")), None);
         assert_eq!(full_object_sha256(&answer("<ChecksumSHA256>uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=-3</ChecksumSHA256>")), None);
         assert_eq!(full_object_sha256("<Error><Code>InternalError</Code></Error>"), None);
-    }
-
-    #[test]
-    fn keys_are_encoded_as_object_store_signs_them() {
-        assert_eq!(encode_key("pool/chunk/ab.00000000000000a1"), "pool/chunk/ab.00000000000000a1");
-        assert_eq!(encode_key("a b+c%/é~"), "a%20b%2Bc%25/%C3%A9~");
-        assert_eq!(under(&bucket("s3://b/some/prefix/", &[]), "k"), "some/prefix/k");
-        assert_eq!(under(&bucket("s3://b", &[]), "k"), "k");
     }
 }

@@ -330,6 +330,102 @@ async fn flipped_bytes_from_the_source_never_reach_a_backup() {
     bed.run(&["verify", "--all", "--deep"]).await.expect_code(0);
 }
 
+/// d. The copy's streamed PUT (the body from the GET straight into one PUT, its headers
+/// signed, its length the listing's): a body that is not what it must be is cut short
+/// of its Content-Length, and the store keeps nothing of it; one that is goes whole, in
+/// one PUT, above the multipart part size too. moto checks no Content-MD5: the
+/// process's own check is all there is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_that_does_not_match_is_cut_short_and_never_stored() {
+    use pachyderm_backup::config::{Secret, StoreSettings};
+    use pachyderm_backup::objects::{Expect, ObjectsError, copy_verified};
+
+    let moto = Moto::start().await;
+    moto.create_bucket("src");
+    moto.create_bucket("dst");
+    let proxy = FaultProxy::start(moto.port).await;
+    let (source, target) = (moto.store("src"), moto.store("dst"));
+    // Above PART_SIZE (5 MiB): object_store would have sent it in parts.
+    let body = content(1, 20 * 1024 * 1024 + 7);
+    source.put(&Path::from("big"), body.clone().into()).await.expect("seed the source");
+    let options = [
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+        ("aws_region", "us-east-1"),
+        ("aws_allow_http", "true"),
+        ("aws_unsigned_payload", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), Secret::new(v)))
+    .chain([("aws_endpoint".to_string(), Secret::new(proxy.url()))])
+    .collect();
+    let settings = StoreSettings { variable: "TARGET_URL", url: "s3://dst".parse().expect("URL"), options, ca_bundle: None };
+    let put = pachyderm_backup::s3::Put::open(&settings).expect("an S3 bucket takes the copy's PUTs");
+    let progress = pachyderm_backup::progress::Progress::start("test", Duration::from_secs(3600));
+    let whole = |requests: Vec<Recorded>| -> Vec<Recorded> {
+        requests.into_iter().filter(|r| r.method == "PUT" && r.path == "/dst/big" && r.content_length == Some(body.len() as u64)).collect()
+    };
+
+    let wrong = Expect::recorded(body.len() as u64, &"0".repeat(64));
+    let e = copy_verified(&source, "source", "big", &target, Some(&put), "big", wrong, &progress).await.expect_err("a body that is not the recorded one");
+    assert!(matches!(e, ObjectsError::Mismatch { .. }), "{e}");
+    match target.head(&Path::from("big")).await {
+        Err(object_store::Error::NotFound { .. }) => {}
+        other => panic!("a body that did not match was stored: {other:?}"),
+    }
+    let requests = proxy.requests();
+    let cut = whole(requests.clone());
+    assert_eq!(cut.len(), 3, "one streamed PUT per attempt: {requests:#?}");
+    assert!(cut.iter().all(|r| r.unsigned_payload && r.status != 200), "every PUT streamed, none completed: {cut:#?}");
+    assert!(requests.iter().all(|r| !r.query.contains("uploads")), "no multipart upload: {requests:#?}");
+
+    proxy.clear_requests();
+    let right = Expect::recorded(body.len() as u64, &sha256(&body));
+    let sha = copy_verified(&source, "source", "big", &target, Some(&put), "big", right, &progress).await.expect("the body as recorded is copied");
+    assert_eq!(sha, sha256(&body));
+    assert!(read(&target, "big").await == body, "stored byte for byte");
+    let sent = whole(proxy.requests());
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert!(sent[0].unsigned_payload && sent[0].status == 200, "{sent:#?}");
+}
+
+/// e. A backup bucket that checks Content-MD5 (s3s-fs; moto does not): the copy sends
+/// the source's MD5 with each body and leaves that check to the store. A body flipped
+/// on its way from the source is refused by the store (BadDigest), not by this process,
+/// read again, and the backup holds the source's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_checks_content_md5_refuses_flipped_bytes_for_the_copy() {
+    let mut bed = Bed::new(BedOptions { chunks: 40, ..Default::default() }).await;
+    let source_proxy = proxy_on_source(&mut bed).await;
+    let s3s = S3sFs::start().await;
+    s3s.create_bucket("backups");
+    let target_proxy = FaultProxy::start(s3s.port).await;
+    for (k, v) in s3s.env("TARGET_", &target_proxy.url()) {
+        bed.set(&k, &v);
+    }
+    bed.set("TARGET_URL", "s3://backups/nightly");
+    source_proxy.set(Faults { seed: 7, flip_first_get_rate: 0.3, only_path_prefix: Some("/pach-data".into()), ..Default::default() });
+
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    assert!(out.said().iter().any(|l| l.contains("the bucket checks Content-MD5")), "{}", out.stderr);
+    let flips = count(&source_proxy.requests(), "flip");
+    assert!(flips >= 3, "only {flips} bodies flipped: the test proves nothing");
+    let puts: Vec<Recorded> = target_proxy.requests().into_iter().filter(|r| r.method == "PUT" && r.path.contains("/blobs/")).collect();
+    // Refused by the store: had this process checked the MD5 itself, it would have cut
+    // those bodies short, and the store would have answered nothing.
+    let refused = puts.iter().filter(|r| r.status == 400).count();
+    assert!(refused >= flips, "{refused} PUTs refused for {flips} flipped bodies: {puts:#?}");
+    assert!(puts.iter().filter(|r| r.status == 200).all(|r| r.content_md5), "every body went with the source's MD5: {puts:#?}");
+
+    let target: Arc<dyn ObjectStore> = Arc::new(PrefixStore::new(s3s.store("backups"), "nightly"));
+    let manifests = Catalog::new(target.clone()).complete().await.expect("catalog");
+    assert_eq!(manifests.len(), 1);
+    assert_backup_is_the_source(&bed, &target, &manifests[0]).await;
+    source_proxy.set(Faults::default());
+    bed.run(&["verify", "--deep"]).await.expect_code(0);
+}
+
 /// b. A listing page whose body is cut by a reset (pages of 7 keys, pages 2 and 5 cut)
 /// is fetched again, and the backup lists every object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,12 @@ pub struct Recorded {
     pub body_bytes_out: u64,
     /// A CopyObject: the request named a source (`x-amz-copy-source`).
     pub copy_source: bool,
+    /// The request carried `Content-MD5`.
+    pub content_md5: bool,
+    /// The request's `x-amz-content-sha256` was `UNSIGNED-PAYLOAD` (headers signed only).
+    pub unsigned_payload: bool,
+    /// The request's announced `Content-Length`.
+    pub content_length: Option<u64>,
 }
 
 impl Recorded {
@@ -389,6 +395,9 @@ async fn handle(shared: Arc<Shared>, conn_reset: Arc<AtomicBool>, req: Request<I
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let copy_source = req.headers().contains_key("x-amz-copy-source");
+    let content_md5 = req.headers().contains_key("content-md5");
+    let unsigned_payload = req.headers().get("x-amz-content-sha256").is_some_and(|v| v == "UNSIGNED-PAYLOAD");
+    let content_length = req.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok());
     let kind = Kind::classify(&method, &path, &query, copy_source);
     let d = decide(&mut shared.rules.lock().expect("rules"), &method, &path, &query, kind);
     let refuse_copy = d.applies && copy_source && method == "PUT" && shared.rules.lock().expect("rules").faults.refuse_copy;
@@ -405,6 +414,9 @@ async fn handle(shared: Arc<Shared>, conn_reset: Arc<AtomicBool>, req: Request<I
             fault: None,
             body_bytes_out: 0,
             copy_source,
+            content_md5,
+            unsigned_payload,
+            content_length,
         },
         bytes: sent.clone(),
     });

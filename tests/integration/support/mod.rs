@@ -169,6 +169,92 @@ impl Moto {
     }
 }
 
+/// An s3s-fs S3 server of its own (a disk-backed S3 in Rust, `cargo install s3s-fs`):
+/// unlike moto, it refuses a body whose MD5 is not the `Content-MD5` sent (BadDigest),
+/// and it checks SigV4 signatures.
+pub struct S3sFs {
+    child: std::process::Child,
+    pub port: u16,
+    pub root: tempfile::TempDir,
+}
+
+pub const INSTALL_S3S: &str = "run scripts/test.sh (it installs it), or: cargo install s3s-fs@0.14.1 --locked --features binary";
+
+impl S3sFs {
+    pub const ACCESS_KEY: &str = "test";
+    pub const SECRET_KEY: &str = "testtesttest";
+
+    pub async fn start() -> S3sFs {
+        let program = on_path("s3s-fs").unwrap_or_else(|| panic!("s3s-fs is not installed: {INSTALL_S3S}"));
+        let root = tempfile::tempdir().expect("a directory for s3s-fs");
+        for _ in 0..5 {
+            let port = pachyderm_backup::demo::free_port();
+            let child = std::process::Command::new(&program)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+                .arg(root.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn s3s-fs");
+            let mut child = child;
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return S3sFs { child, port, root };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("s3s-fs did not start: {INSTALL_S3S}");
+    }
+
+    /// A bucket is a directory of its root.
+    pub fn create_bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.root.path().join(bucket)).expect("create the bucket's directory");
+    }
+
+    pub fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(format!("http://127.0.0.1:{}", self.port))
+                .with_bucket_name(bucket)
+                .with_region("us-east-1")
+                .with_access_key_id(Self::ACCESS_KEY)
+                .with_secret_access_key(Self::SECRET_KEY)
+                .with_allow_http(true)
+                .with_virtual_hosted_style_request(false)
+                .build()
+                .expect("S3 store"),
+        )
+    }
+
+    /// The object_store variables for one side (`SOURCE_`, `TARGET_`, `RESTORE_` or ""),
+    /// at `endpoint` (this server's, or a proxy's in front of it).
+    pub fn env(&self, side: &str, endpoint: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ENDPOINT", endpoint),
+        ]
+        .iter()
+        .map(|(k, v)| (format!("{side}{k}"), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// HTTP client options trusting the CA certificates of a PEM file.
 fn tls_client_options(ca: &std::path::Path) -> object_store::ClientOptions {
     let pem = std::fs::read(ca).expect("read the CA certificate");
