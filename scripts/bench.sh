@@ -106,21 +106,22 @@ if [ "$what" = copy ] || [ "$what" = all ]; then
   command -v rclone >/dev/null || { apt-get install -y -qq rclone >/dev/null; }
   command -v aws >/dev/null || python3 -m pip install -q --disable-pip-version-check awscli
   [ -n "$S3PORT" ] || start_s3s
-  mkdir -p "$work/s3/src/chunk"
+  mkdir -p "$work/gen/chunk" "$work/s3/src"
   for b in dst-stream dst-server dst-rclone dst-rclone1 dst-aws restored restored-rclone restored-rclone1; do mkdir -p "$work/s3/$b"; done
   # Chunk-like objects: sizes log-uniform in 1 KiB-20 MiB (most small, a few large, as
-  # Pachyderm's chunks), random bytes, COPY_MIB MiB in all. Indexed as live chunks.
-  python3 - "$work/s3/src/chunk" "${COPY_MIB:-1100}" > "$work/copy-objects" <<'PY2'
+  # Pachyderm's chunks), random bytes, COPY_MIB MiB in all, named and indexed as live
+  # chunks 1, 2... (the fixture's 100 rows included: the run copies what the index names).
+  python3 - "$work/gen/chunk" "${COPY_MIB:-1100}" > "$work/copy-objects" <<'PY2'
 import hashlib, math, os, random, sys
 root, budget = sys.argv[1], int(sys.argv[2]) * 1024 * 1024
 rng, total, i = random.Random(11), 0, 0
 while total < budget:
     i += 1
     size = int(math.exp(rng.uniform(math.log(1024), math.log(20 * 1024 * 1024))))
-    h = hashlib.sha256(f"chunk-{100 + i}".encode()).hexdigest()
-    with open(os.path.join(root, f"{h}.{100 + i:016x}"), "wb") as f:
+    h = hashlib.sha256(f"chunk-{i}".encode()).hexdigest()
+    with open(os.path.join(root, f"{h}.{i:016x}"), "wb") as f:
         f.write(os.urandom(size))
-    print(100 + i, size)
+    print(i, size)
     total += size
 PY2
   count=$(wc -l < "$work/copy-objects"); mib=$(awk '{s+=$2} END {printf "%.0f", s/1048576}' "$work/copy-objects")
@@ -128,7 +129,12 @@ PY2
   "$PGBIN/psql" -q -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -d pachyderm -v ON_ERROR_STOP=1 \
     -c "CREATE TEMP TABLE sizes (i int, size bigint)" -c "\\copy sizes FROM '$work/copy-index.csv' CSV" \
     -c "INSERT INTO storage.chunk_objects (chunk_id, gen, uploaded, tombstone, size) SELECT sha256(convert_to('chunk-' || i, 'UTF8')), i, true, false, size FROM sizes ON CONFLICT DO NOTHING" >/dev/null
+  [ "$(wc -l < "$work/copy-objects")" -ge 100 ] || { echo "COPY_MIB too small: the fixture indexes chunks 1-100" >&2; exit 1; }
   echo "== copy: $count chunk-like objects (1 KiB-20 MiB, $mib MiB) between two buckets of one s3s-fs (plain HTTP), $TRANSFERS transfers, $(nproc) cores"
+  MOTOPORT=$(free_port)
+  moto_server -H 127.0.0.1 -p "$MOTOPORT" >/dev/null 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$MOTOPORT) 2>/dev/null && break; sleep 0.2; done
   cat > "$work/rclone.conf" <<EOF
 [a]
 type = s3
@@ -144,40 +150,53 @@ endpoint = http://127.0.0.1:$S3PORT
 access_key_id = test
 secret_access_key = testtesttest
 force_path_style = true
+[m]
+type = s3
+provider = Other
+endpoint = http://127.0.0.1:$MOTOPORT
+access_key_id = test
+secret_access_key = test
+force_path_style = true
 EOF
+  # Uploaded through S3 (single PUTs: MD5 ETags), as Pachyderm's chunks are: a store
+  # keeps its metadata then (s3s-fs hashes a file written behind its back on every GET).
+  for b in src dst-server dst-rclone1 dst-aws; do env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" mkdir "m:$b"; done
+  env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" copy --transfers "$TRANSFERS" "$work/gen" a:src
+  env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" copy --transfers "$TRANSFERS" "$work/gen" m:src
+  rm -rf "$work/gen"
   # One row: a command timed with its peak RSS (/usr/bin/time -v).
   row() {
     local name="$1"; shift
     local start; start=$(date +%s.%N)
-    if ! /usr/bin/time -v "$@" >/dev/null 2>"$work/row.log"; then echo "   $name FAILED:"; grep -v '"progress' "$work/row.log" | tail -5; exit 1; fi
+    if ! /usr/bin/time -v "$@" >/dev/null 2>"$work/row.log"; then echo "   $name FAILED:"; grep -E '"(ERROR|WARN)"|rror' "$work/row.log" | tail -5; exit 1; fi
     local wall rss cpu
     wall=$(python3 -c "import time;print(f'{time.time()-$start:.1f}')")
     rss=$(grep 'Maximum resident set size' "$work/row.log" | awk '{print $6}')
     cpu=$(awk -F': ' '/User time|System time/ {s+=$2} END {printf "%.1f", s}' "$work/row.log")
     printf "   %-58s %6ss  %5s MiB  CPU %ss\n" "$name" "$wall" "$((rss / 1024))" "$cpu"
-    cp "$work/row.log" "$work/row-$(echo "$name" | tr -c 'a-z0-9' '-').log"
+    cp "$work/row.log" "$work/row-$(echo "$name" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9' '-').log"
   }
   ours_env=(env -i PATH="$PATH" "${common_env[@]}" SOURCE_URL=s3://src AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest
     AWS_REGION=us-east-1 AWS_ENDPOINT="http://127.0.0.1:$S3PORT" AWS_ALLOW_HTTP=true COPY_CONCURRENCY="$TRANSFERS" PRECOPY=false)
   rclone_=(env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf")
-  aws_=(env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_DEFAULT_REGION=us-east-1 aws --endpoint-url "http://127.0.0.1:$S3PORT")
+  moto_env=(env -i PATH="$PATH" "${common_env[@]}" SOURCE_URL=s3://src AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+    AWS_REGION=us-east-1 AWS_ENDPOINT="http://127.0.0.1:$MOTOPORT" AWS_ALLOW_HTTP=true COPY_CONCURRENCY="$TRANSFERS" PRECOPY=false)
+  aws_=(env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 aws --endpoint-url "http://127.0.0.1:$MOTOPORT")
   row "GET ceiling: rclone copy of every object to tmpfs" "${rclone_[@]}" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) a:src "$shm"
   rm -rf "$shm"
   echo "   -- streamed through the process (two endpoints' worth: COPY_MODE=stream / two remotes)"
   row "pachyderm-backup run, COPY_MODE=stream (whole run)" "${ours_env[@]}" TARGET_URL=s3://dst-stream COPY_MODE=stream "$BIN" run
   row "rclone copy, two remotes (streamed)" "${rclone_[@]}" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) a:src b:dst-rclone
-  echo "   -- copied by the store (one account: COPY_MODE=auto / one remote)"
-  row "pachyderm-backup run, COPY_MODE=auto (whole run)" "${ours_env[@]}" TARGET_URL=s3://dst-server "$BIN" run
-  row "rclone copy, one remote (server-side)" "${rclone_[@]}" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) a:src a:dst-rclone1
+  echo "   -- copied by the store (one account: COPY_MODE=auto / one remote), on moto: s3s-fs answers CopyObject without the SHA-256 we record"
+  row "pachyderm-backup run, COPY_MODE=auto (whole run)" "${moto_env[@]}" TARGET_URL=s3://dst-server "$BIN" run
+  row "rclone copy, one remote (server-side)" "${rclone_[@]}" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) m:src m:dst-rclone1
   row "aws s3 sync, defaults (server-side between buckets)" "${aws_[@]}" s3 sync --only-show-errors s3://src s3://dst-aws
-  echo "   -- restore of the streamed backup (both databases, --clean over the originals, + every object into a new bucket)"
+  echo "   -- restore of the streamed backup on s3s-fs (both databases, --clean over the originals, + every object into a new bucket)"
   folder=$(ls "$work/s3/dst-stream/backups" | grep -v lock | sort | tail -1)
   restore_env=(env -i PATH="$PATH" "${common_env[@]}" TARGET_URL=s3://dst-stream RESTORE_URL=s3://restored AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest
     AWS_REGION=us-east-1 AWS_ENDPOINT="http://127.0.0.1:$S3PORT" AWS_ALLOW_HTTP=true COPY_CONCURRENCY="$TRANSFERS"
     RESTORE_PGHOST=127.0.0.1 RESTORE_PGPORT="$PGPORT_BENCH" RESTORE_PGUSER=postgres RESTORE_PGSSLMODE=disable)
-  row "pachyderm-backup restore, COPY_MODE=auto (server-side)" "${restore_env[@]}" "$BIN" restore --backup "$folder" --clean
-  rm -rf "$work/s3/restored"/*
-  row "pachyderm-backup restore, COPY_MODE=stream" "${restore_env[@]}" COPY_MODE=stream "$BIN" restore --backup "$folder" --clean
+  row "pachyderm-backup restore (s3s-fs, streamed)" "${restore_env[@]}" COPY_MODE=stream "$BIN" restore --backup "$folder" --clean
   "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -Fc -f "$work/pachyderm.dump" pachyderm
   "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PGPORT_BENCH" -U postgres -Fc -f "$work/dex.dump" dex
   cat > "$work/manual-restore.sh" <<EOF
@@ -186,14 +205,24 @@ set -e
 "$PGBIN/pg_restore" -h 127.0.0.1 -p $PGPORT_BENCH -U postgres --clean --if-exists -d dex "$work/dex.dump"
 env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" copy --transfers $TRANSFERS --checkers $((TRANSFERS * 2)) a:dst-rclone b:restored-rclone
 EOF
-  row "pg_restore of both dumps + rclone copy back, two remotes" bash "$work/manual-restore.sh"
-  row "pg_restore of both dumps + rclone copy back, one remote" bash -c "sed 's/ b:restored-rclone/ a:restored-rclone1/' '$work/manual-restore.sh' | bash"
-  for b in dst-stream dst-server; do
-    python3 - "$work/s3/$b/backups" <<'PY2'
+  row "pg_restore of both dumps + rclone copy back, two remotes (s3s-fs)" bash "$work/manual-restore.sh"
+  echo "   -- restore of the server-side backup on moto"
+  for b in restored restored-rclone1; do env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" mkdir "m:$b"; done
+  moto_folder=$(env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" lsf m:dst-server/backups/ | grep -v lock | sort | tail -1 | tr -d /)
+  row "pachyderm-backup restore (moto, COPY_MODE=auto: server-side)" "${moto_env[@]}" TARGET_URL=s3://dst-server RESTORE_URL=s3://restored \
+    RESTORE_PGHOST=127.0.0.1 RESTORE_PGPORT="$PGPORT_BENCH" RESTORE_PGUSER=postgres RESTORE_PGSSLMODE=disable "$BIN" restore --backup "$moto_folder" --clean
+  row "pg_restore of both dumps + rclone copy back, one remote (moto)" bash -c "sed 's/a:dst-rclone b:restored-rclone/m:dst-rclone1 m:restored-rclone1/' '$work/manual-restore.sh' | bash"
+  grep -h '"backup complete"' "$work"/row-pachyderm-backup-run*copy-mode-auto*.log | python3 -c 'import json,sys;l=json.loads(sys.stdin.readline());print("   (moto, COPY_MODE=auto: %s objects, %s copied, %s bytes)" % (l["objects"], l["objects_copied"], l["object_bytes"]))' || true
+  grep -h "objects are" "$work"/row-pachyderm-backup-run*copy-mode-auto*.log | head -2 | python3 -c 'import json,sys;[print("   (moto run: " + json.loads(l)["message"] + ")") for l in sys.stdin]' || true
+  env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" cat "m:dst-server/backups/$moto_folder/manifest.json" > "$work/moto-manifest.json"
+  mkdir -p "$work/moto/backups/$moto_folder" && mv "$work/moto-manifest.json" "$work/moto/backups/$moto_folder/manifest.json"
+  for b in s3/dst-stream moto; do
+    python3 - "$work/$b/backups" <<'PY2'
 import glob, json, sys
 m = json.load(open(sorted(glob.glob(sys.argv[1] + "/*/manifest.json"))[-1]))
-c = m["objects"]["counts"]
-print(f"   ({sys.argv[1].split('/')[-2]}: {c['count']} objects, {c['copied']} copied, {c['bytes']} bytes; capture {m['phases']['capture']:.1f} s)")
+c = m["objects"]
+phases = ", ".join(f"{k} {v:.1f}" for k, v in m["phases"].items())
+print(f"   ({sys.argv[1].split('/')[-2]}: {c['count']} objects, {c['copied']} copied, {c['bytes']} bytes; phases (s): {phases})")
 PY2
   done
 fi

@@ -729,7 +729,8 @@ pub async fn copy_entries(
     Ok((writer, stats))
 }
 
-/// One object copied by the store, its size checked (HEAD) and its SHA-256 the store's;
+/// One object copied by the store, its SHA-256 the store's, its size the listed one (the
+/// copy's ETag is the listed MD5, or a HEAD says so);
 /// streamed instead when the store will not, fails, or its copy is not the listed
 /// object (streaming checks the bytes themselves, and overwrites such a copy).
 #[allow(clippy::too_many_arguments)]
@@ -744,8 +745,8 @@ async fn copy_server_side(
     progress: &Progress,
 ) -> Result<String, ObjectsError> {
     let stream = || copy_verified(source, "source", key, pool, source.put.as_ref(), blob, Expect::listed(size, etag), progress);
-    let sha256 = match server.copy(key, blob, etag).await {
-        Ok(Copied::Done { sha256 }) => sha256,
+    let (sha256, copied_etag) = match server.copy(key, blob, etag).await {
+        Ok(Copied::Done { sha256, etag }) => (sha256, etag),
         Ok(Copied::Missing) => {
             let source = object_store::Error::NotFound { path: key.to_string(), source: "the server-side copy found no such source object".into() };
             return Err(ObjectsError::Store { side: "source", what: format!("copying {key} server-side"), source });
@@ -755,6 +756,14 @@ async fn copy_server_side(
             return stream().await;
         }
     };
+    // The copy of a single-part object keeps its ETag, the MD5 of its content: the copy
+    // answering with the listed one is the listed object, size included, without a HEAD.
+    if let (Some(listed), Some(copied)) = (Expect::listed(size, etag).md5, copied_etag.as_deref())
+        && hex::encode(listed) == copied
+    {
+        progress.add_done(0, size);
+        return Ok(sha256);
+    }
     match pool.head(&catalog::recorded_path(blob)).await {
         Ok(meta) if meta.size == size => {
             progress.add_done(0, size);
@@ -931,7 +940,7 @@ async fn copy_object(
     let streamed = match (to_put, expect.size) {
         (Some(put), Some(size)) => {
             let checks = put.checks().await;
-            put.streams(size, expect.md5.is_some(), checks).then_some((put, size, checks))
+            put.streams(size, expect.md5.is_some() || expect.sha256.is_some(), checks).then_some((put, size, checks))
         }
         _ => None,
     };
@@ -1043,7 +1052,8 @@ async fn upload_streamed(
     let digest = Digests::new(expect.md5.is_some() && !checks.content_md5);
     let verdict: Arc<std::sync::Mutex<Option<Result<Digested, ObjectsError>>>> = Arc::default();
     let checked = held_back(body, digest, expect.clone(), path.to_string(), progress.counters.clone(), verdict.clone());
-    let sent = put.put_streamed(path.as_ref(), size, expect.md5.as_ref(), checked).await;
+    let sha256 = expect.sha256.as_deref().and_then(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok());
+    let sent = put.put_streamed(path.as_ref(), size, expect.md5.as_ref(), sha256.as_ref(), checked).await;
     let verdict = verdict.lock().map(|mut v| v.take()).unwrap_or(None);
     let target_err = |error| ObjectsError::Store { side: "target", what: format!("writing {path}"), source: error };
     match (verdict, sent) {
@@ -1052,7 +1062,7 @@ async fn upload_streamed(
         (Some(Ok(d)), Ok(())) => Ok((d.sha256_hex(), d.length)),
         (Some(Ok(d)), Err(PutFailure::Digest(said))) => Err(ObjectsError::Mismatch {
             key: path.to_string(),
-            detail: format!("the store received other bytes than the source's MD5 says: {said}"),
+            detail: format!("the store received other bytes than their MD5 or SHA-256 says: {said}"),
             read_sha256: d.sha256_hex(),
         }),
         (_, Err(PutFailure::Store { error, .. })) => Err(target_err(error)),

@@ -212,11 +212,11 @@ async fn restore_one(
 ) -> Result<(), RestoreError> {
     if let Some(server) = server.filter(|s| s.takes(record.size)) {
         match server.copy(&record.blob, &record.key, None).await {
-            Ok(Copied::Done { sha256 }) if sha256 == record.sha256 => {
+            Ok(Copied::Done { sha256, .. }) if sha256 == record.sha256 => {
                 progress.add_done(0, record.size);
                 return Ok(());
             }
-            Ok(Copied::Done { sha256 }) => {
+            Ok(Copied::Done { sha256, .. }) => {
                 warn!(key = %record.key, blob = %record.blob, recorded = %record.sha256, copied = %sha256, "the server-side copy is not the recorded SHA-256: it is deleted, and the blob streamed to check it");
                 let path = catalog::recorded_path(&record.key);
                 dest.delete(&path).await.map_err(|source| ObjectsError::Store {

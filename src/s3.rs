@@ -248,14 +248,15 @@ impl Put {
     }
 
     /// Whether a body of `length` streams: one PUT, and a body protected on the way by
-    /// TLS (its payload unsigned by the bucket's settings) or by the source's MD5 in the
-    /// signed headers, which a bucket that needs a checksum header takes too. Otherwise
-    /// a body is read whole first (its SHA-256 signs it).
-    pub fn streams(&self, length: u64, md5_known: bool, checks: Checks) -> bool {
+    /// TLS (its payload unsigned by the bucket's settings) or by a digest known before
+    /// it is read (`digest_known`: the source's MD5, a restored blob's recorded SHA-256)
+    /// in the signed headers, which a bucket that needs a checksum header takes too.
+    /// Otherwise a body is read whole first (its SHA-256 signs it).
+    pub fn streams(&self, length: u64, digest_known: bool, checks: Checks) -> bool {
         let protected = match self.unsigned {
             Some(false) => false,
-            Some(true) => md5_known || !checks.sha256_header,
-            None => md5_known,
+            Some(true) => digest_known || !checks.sha256_header,
+            None => digest_known,
         };
         self.streaming.is_some() && length <= SINGLE_PUT_MAX && protected
     }
@@ -376,9 +377,11 @@ impl Put {
     }
 
     /// PUTs a body of `length` bytes as it comes (`streams` said it may), signed
-    /// headers only. A body that ends in an error is cut short of its Content-Length,
-    /// and the store keeps nothing of it.
-    pub async fn put_streamed<S>(&self, key: &str, length: u64, md5: Option<&[u8; 16]>, body: S) -> Result<(), PutFailure>
+    /// headers only, with what it must hash to when known (`Content-MD5`,
+    /// `x-amz-checksum-sha256`: a store that checks them refuses other bytes). A body
+    /// that ends in an error is cut short of its Content-Length, and the store keeps
+    /// nothing of it.
+    pub async fn put_streamed<S>(&self, key: &str, length: u64, md5: Option<&[u8; 16]>, sha256: Option<&[u8; 32]>, body: S) -> Result<(), PutFailure>
     where
         S: futures::TryStream<Ok = Bytes> + Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -390,9 +393,13 @@ impl Put {
         };
         let Some(client) = &self.streaming else { return Err(failed("no client for streamed writes".into())) };
         let url = format!("{}/{}", self.endpoint.base, encode_key(&path));
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         let mut builder = http::Request::builder().method(http::Method::PUT).uri(&url).header(http::header::CONTENT_LENGTH, length);
         if let Some(md5) = md5 {
-            builder = builder.header("content-md5", base64::engine::general_purpose::STANDARD.encode(md5));
+            builder = builder.header("content-md5", b64(md5));
+        }
+        if let Some(sha256) = sha256 {
+            builder = builder.header("x-amz-sdk-checksum-algorithm", "SHA256").header("x-amz-checksum-sha256", b64(sha256));
         }
         let mut request: HttpRequest = builder.body(HttpRequestBody::empty()).map_err(|e| failed(format!("cannot build the request: {e}")))?;
         request.headers_mut().extend(self.encryption.clone());
@@ -496,11 +503,12 @@ fn streaming_client(settings: &StoreSettings) -> Result<reqwest::Client, String>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Secret;
 
-    fn bucket(url: &str, options: &[(&str, &str)]) -> StoreSettings {
+    /// A bucket's settings as the configuration makes them.
+    pub(crate) fn bucket(url: &str, options: &[(&str, &str)]) -> StoreSettings {
         StoreSettings {
             variable: "TEST_URL",
             url: url.parse().expect("a URL"),
@@ -541,7 +549,7 @@ mod tests {
         const MIB: u64 = 1024 * 1024;
         #[rustfmt::skip]
         let cases = [
-            // AWS_UNSIGNED_PAYLOAD, the source's MD5 known, what the bucket needs, length: streams
+            // AWS_UNSIGNED_PAYLOAD, a digest known (MD5, SHA-256), what the bucket needs, length: streams
             (None, true, free, MIB, true),
             // Plain HTTP, nothing signed protects the body: read whole, its SHA-256 signs it.
             (None, false, free, MIB, false),
@@ -555,8 +563,8 @@ mod tests {
             (None, true, free, SINGLE_PUT_MAX, true),
             (None, true, free, SINGLE_PUT_MAX + 1, false),
         ];
-        for (unsigned, md5, checks, length, want) in cases {
-            assert_eq!(put(unsigned).streams(length, md5, checks), want, "{unsigned:?} md5 {md5} {checks:?} {length}");
+        for (unsigned, digest, checks, length, want) in cases {
+            assert_eq!(put(unsigned).streams(length, digest, checks), want, "{unsigned:?} digest {digest} {checks:?} {length}");
         }
     }
 

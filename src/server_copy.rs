@@ -121,6 +121,8 @@ pub enum Fallback {
 pub enum Copied {
     Done {
         sha256: String,
+        /// The copy's ETag, as the answer gives it (quotes trimmed).
+        etag: Option<String>,
     },
     /// The source has no such object (S3's NoSuchKey).
     Missing,
@@ -130,6 +132,14 @@ pub enum Copied {
 struct CopyObjectResult {
     #[serde(rename = "ChecksumSHA256")]
     checksum_sha256: Option<String>,
+    #[serde(rename = "ETag")]
+    etag: Option<String>,
+}
+
+/// The copy's ETag in a CopyObject answer.
+pub fn copied_etag(xml: &str) -> Option<String> {
+    let result: CopyObjectResult = quick_xml::de::from_str(xml).ok()?;
+    result.etag.map(|e| e.trim().trim_matches('"').to_string())
 }
 
 /// The SHA-256 (hex) in a CopyObject answer, if it is a full-object one: a composite
@@ -201,7 +211,7 @@ impl ServerCopy {
             (501, _) | (_, "NotImplemented") => Err(self.unsupported(format!("the store does not implement CopyObject ({})", said()))),
             // S3 may answer 200 with an error in the body once the copy has begun.
             (200, "") => match full_object_sha256(&text) {
-                Some(sha256) => Ok(Copied::Done { sha256 }),
+                Some(sha256) => Ok(Copied::Done { sha256, etag: copied_etag(&text) }),
                 None => Err(self.unsupported("the store gave no full-object SHA-256 for CopyObject (x-amz-checksum-algorithm: SHA256)".into())),
             },
             (412, _) => Err(Fallback::Failed(format!("the source no longer has the ETag it was listed with ({})", said()))),
@@ -257,16 +267,7 @@ pub fn open(mode: CopyMode, source: &StoreSettings, target: &StoreSettings) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
-
-    fn bucket(url: &str, options: &[(&str, &str)]) -> StoreSettings {
-        StoreSettings {
-            variable: "TEST_URL",
-            url: url.parse().expect("a URL"),
-            options: options.iter().map(|(k, v)| (k.to_string(), Secret::new(*v))).collect(),
-            ca_bundle: None,
-        }
-    }
+    use crate::s3::tests::bucket;
 
     #[test]
     fn the_route_is_server_side_only_for_one_identity_or_when_forced() {
@@ -318,5 +319,6 @@ mod tests {
         assert_eq!(full_object_sha256(&answer("")), None);
         assert_eq!(full_object_sha256(&answer("<ChecksumSHA256>uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=-3</ChecksumSHA256>")), None);
         assert_eq!(full_object_sha256("<Error><Code>InternalError</Code></Error>"), None);
+        assert_eq!(copied_etag(&answer("")).as_deref(), Some("5eb63bbbe01eeed093cb22bb8f5acdc3"));
     }
 }

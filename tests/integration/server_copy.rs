@@ -79,6 +79,10 @@ async fn one_account_copies_server_side_without_reading_a_byte_and_records_the_s
     let copies = copies(&requests);
     assert_eq!(copies.len() as u64, CHUNKS, "one CopyObject per object");
     assert!(copies.iter().all(|r| r.status == 200 && r.method == "PUT" && r.path.starts_with("/backups/nightly/")), "{copies:?}");
+    // Each copy answered with the listed ETag (an MD5): it is the listed object, and its
+    // size needs no HEAD.
+    let heads: Vec<&Recorded> = requests.iter().filter(|r| r.method == "HEAD" && r.path.starts_with("/backups/nightly/blobs/")).collect();
+    assert!(heads.is_empty(), "the copies were read back: {heads:?}");
 
     let m = bed.manifests().await.pop().expect("a backup");
     assert_eq!(m.objects.counts.copied, CHUNKS, "counted as copied");

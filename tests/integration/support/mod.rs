@@ -145,18 +145,7 @@ impl Moto {
     }
 
     pub fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
-        Arc::new(
-            AmazonS3Builder::new()
-                .with_endpoint(format!("http://127.0.0.1:{}", self.port))
-                .with_bucket_name(bucket)
-                .with_region("us-east-1")
-                .with_access_key_id("test")
-                .with_secret_access_key("test")
-                .with_allow_http(true)
-                .with_virtual_hosted_style_request(false)
-                .build()
-                .expect("S3 store"),
-        )
+        local_s3_store(self.port, bucket, "test", "test")
     }
 
     /// The object_store variables for one side (`SOURCE_`, `TARGET_`, `RESTORE_` or "").
@@ -218,18 +207,7 @@ impl S3sFs {
     }
 
     pub fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
-        Arc::new(
-            AmazonS3Builder::new()
-                .with_endpoint(format!("http://127.0.0.1:{}", self.port))
-                .with_bucket_name(bucket)
-                .with_region("us-east-1")
-                .with_access_key_id(Self::ACCESS_KEY)
-                .with_secret_access_key(Self::SECRET_KEY)
-                .with_allow_http(true)
-                .with_virtual_hosted_style_request(false)
-                .build()
-                .expect("S3 store"),
-        )
+        local_s3_store(self.port, bucket, Self::ACCESS_KEY, Self::SECRET_KEY)
     }
 
     /// The object_store variables for one side (`SOURCE_`, `TARGET_`, `RESTORE_` or ""),
@@ -253,6 +231,22 @@ impl Drop for S3sFs {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A bucket of an S3 server on this machine (plain HTTP, path-style).
+fn local_s3_store(port: u16, bucket: &str, key: &str, secret: &str) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        AmazonS3Builder::new()
+            .with_endpoint(format!("http://127.0.0.1:{port}"))
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id(key)
+            .with_secret_access_key(secret)
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .expect("S3 store"),
+    )
 }
 
 /// HTTP client options trusting the CA certificates of a PEM file.
