@@ -35,6 +35,49 @@ pub const PART_SIZE: usize = 5 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 4;
 const ATTEMPTS: u32 = 3;
 
+/// What the bodies held in memory (read whole before one PUT, or the parts of a
+/// multipart upload) may take at once across the process, whatever COPY_CONCURRENCY:
+/// a transfer that would go past it waits. Streamed PUTs hold next to nothing and take
+/// none of it. Below the chart's 512Mi limit with room for the rest of the process.
+pub const BUFFER_BUDGET_MIB: u32 = 256;
+
+static BUFFERS: Buffers = Buffers::new(BUFFER_BUDGET_MIB);
+
+/// A budget of MiB that transfers hold while their bodies are in memory.
+pub struct Buffers {
+    permits: tokio::sync::Semaphore,
+    total: u32,
+    high_water: std::sync::atomic::AtomicU32,
+}
+
+impl Buffers {
+    pub const fn new(mib: u32) -> Self {
+        Buffers { permits: tokio::sync::Semaphore::const_new(mib as usize), total: mib, high_water: std::sync::atomic::AtomicU32::new(0) }
+    }
+
+    /// Waits until `bytes` (in whole MiB, at most the whole budget) may be held, and
+    /// holds them until the guard is dropped.
+    pub async fn hold(&self, bytes: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let mib = u32::try_from(bytes.div_ceil(1024 * 1024)).unwrap_or(u32::MAX).clamp(1, self.total.max(1));
+        // The semaphore is never closed: an error cannot happen, and would only mean
+        // going without the budget.
+        let permit = self.permits.acquire_many(mib).await.ok()?;
+        let in_use = self.total.saturating_sub(u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX));
+        self.high_water.fetch_max(in_use, std::sync::atomic::Ordering::Relaxed);
+        Some(permit)
+    }
+
+    /// The most MiB held at once so far.
+    pub fn high_water_mib(&self) -> u32 {
+        self.high_water.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The process's budget for bodies held in memory ([`BUFFER_BUDGET_MIB`]).
+pub fn buffers() -> &'static Buffers {
+    &BUFFERS
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectsError {
     #[error("cannot open {variable} ({url}): {detail}")]
@@ -940,7 +983,7 @@ async fn copy_object(
     let streamed = match (to_put, expect.size) {
         (Some(put), Some(size)) => {
             let checks = put.checks().await;
-            put.streams(size, expect.md5.is_some() || expect.sha256.is_some(), checks).then_some((put, size, checks))
+            put.streams(size, expect.md5.is_some(), expect.sha256.is_some(), checks).then_some((put, size, checks))
         }
         _ => None,
     };
@@ -982,7 +1025,8 @@ pub async fn upload(
             Some(detail) => Err(ObjectsError::Mismatch { key: path.to_string(), detail, read_sha256: sha }),
         }
     };
-    if expect.size.is_some_and(|s| s <= PART_SIZE as u64) {
+    if let Some(size) = expect.size.filter(|s| *s <= PART_SIZE as u64) {
+        let _held = BUFFERS.hold(size).await;
         let store_checks_md5 = match put {
             Some(put) => expect.md5.is_some() && put.checks().await.content_md5,
             None => false,
@@ -1011,6 +1055,8 @@ pub async fn upload(
         return Ok((sha, checked.length));
     }
     let mut digest = Digests::new(expect.md5.is_some());
+    // The part being filled and those in flight.
+    let _held = BUFFERS.hold((PART_SIZE * (PARTS_IN_FLIGHT + 1)) as u64).await;
     let upload = store.put_multipart(path).await.map_err(target_err("starting the upload of"))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
     let streamed: Result<(String, u64), ObjectsError> = async {
@@ -1238,6 +1284,33 @@ mod tests {
         let r = Expect::recorded(3, "abc");
         assert_eq!(r.check(3, None, "abc"), None);
         assert!(r.check(3, None, "abd").is_some_and(|d| d.contains("abc expected")));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transfers_wait_for_the_buffer_budget_and_all_finish() {
+        let budget: &'static Buffers = Box::leak(Box::new(Buffers::new(10)));
+        let held = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let tasks: Vec<_> = (0..20u32)
+            .map(|i| {
+                let (held, most) = (held.clone(), most.clone());
+                tokio::spawn(async move {
+                    // 1–4 MiB each, and one larger than the whole budget.
+                    let mib = if i == 7 { 64 } else { 1 + i % 4 };
+                    let _guard = budget.hold(u64::from(mib) * 1024 * 1024 - 1).await;
+                    let now = held.fetch_add(mib.min(10), std::sync::atomic::Ordering::SeqCst) + mib.min(10);
+                    most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    held.fetch_sub(mib.min(10), std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("a transfer finished");
+        }
+        let most = most.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(most <= 10, "{most} MiB held at once with a budget of 10");
+        assert!(budget.high_water_mib() <= 10 && budget.high_water_mib() >= 4, "{}", budget.high_water_mib());
     }
 
     proptest! {

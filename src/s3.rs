@@ -215,6 +215,8 @@ pub struct Put {
     /// may stream; false, none does (the operator wants every body signed); unset
     /// (plain HTTP), a body streams with its MD5 in the signed headers.
     unsigned: Option<bool>,
+    /// AWS_CHECKSUM_ALGORITHM is set: every write carries its SHA-256.
+    sha256_chosen: bool,
 }
 
 impl Put {
@@ -244,21 +246,26 @@ impl Put {
             }
         };
         let unsigned = option(settings, "aws_unsigned_payload").and_then(crate::config::parse_store_bool);
-        Some(Put { endpoint, settings: settings.clone(), encryption, checks: OnceCell::new(), streaming, unsigned })
+        let sha256_chosen = option(settings, "aws_checksum_algorithm").is_some();
+        Some(Put { endpoint, settings: settings.clone(), encryption, checks: OnceCell::new(), streaming, unsigned, sha256_chosen })
     }
 
     /// Whether a body of `length` streams: one PUT, and a body protected on the way by
     /// TLS (its payload unsigned by the bucket's settings) or by a digest known before
-    /// it is read (`digest_known`: the source's MD5, a restored blob's recorded SHA-256)
-    /// in the signed headers, which a bucket that needs a checksum header takes too.
-    /// Otherwise a body is read whole first (its SHA-256 signs it).
-    pub fn streams(&self, length: u64, digest_known: bool, checks: Checks) -> bool {
+    /// it is read (the source's MD5, a restored blob's recorded SHA-256) in the signed
+    /// headers, which a bucket under Object Lock takes as its checksum header too. A
+    /// bucket whose writes must carry their SHA-256 (`AWS_CHECKSUM_ALGORITHM`) streams
+    /// only a body whose SHA-256 is known first. Otherwise a body is read whole first
+    /// (its SHA-256 signs it).
+    pub fn streams(&self, length: u64, md5_known: bool, sha256_known: bool, checks: Checks) -> bool {
+        let digest_known = md5_known || sha256_known;
         let protected = match self.unsigned {
             Some(false) => false,
             Some(true) => digest_known || !checks.sha256_header,
             None => digest_known,
         };
-        self.streaming.is_some() && length <= SINGLE_PUT_MAX && protected
+        let checksum = !self.sha256_chosen || sha256_known;
+        self.streaming.is_some() && length <= SINGLE_PUT_MAX && protected && checksum
     }
 
     /// Finds out, once, whether the bucket checks Content-MD5, with a probe written at
@@ -283,7 +290,7 @@ impl Put {
             Ok(lock) => lock.needs_checksums(),
             Err(_) => true,
         };
-        let sha256_header = locked || option(&self.settings, "aws_checksum_algorithm").is_some();
+        let sha256_header = locked || self.sha256_chosen;
         match (probe, content_md5) {
             (Some(_), true) => {
                 info!(variable = self.settings.variable, "the bucket checks Content-MD5: writes carry the source's MD5, the store checks each body against it")
@@ -539,9 +546,10 @@ pub(crate) mod tests {
     #[test]
     fn a_body_streams_only_when_it_is_protected_on_the_way() {
         let keys = [("aws_access_key_id", "AK"), ("aws_secret_access_key", "SK"), ("aws_endpoint", "http://s3.local"), ("aws_allow_http", "true")];
-        let put = |unsigned: Option<&'static str>| {
+        let put = |unsigned: Option<&'static str>, chosen: bool| {
             let mut options = keys.to_vec();
             options.extend(unsigned.map(|v| ("aws_unsigned_payload", v)));
+            options.extend(chosen.then_some(("aws_checksum_algorithm", "sha256")));
             Put::open(&bucket("s3://b", &options)).expect("an S3 bucket")
         };
         let free = Checks { content_md5: true, sha256_header: false };
@@ -549,22 +557,30 @@ pub(crate) mod tests {
         const MIB: u64 = 1024 * 1024;
         #[rustfmt::skip]
         let cases = [
-            // AWS_UNSIGNED_PAYLOAD, a digest known (MD5, SHA-256), what the bucket needs, length: streams
-            (None, true, free, MIB, true),
+            // AWS_UNSIGNED_PAYLOAD, AWS_CHECKSUM_ALGORITHM set, MD5 known, SHA-256 known, what the bucket needs, length: streams
+            (None, false, true, false, free, MIB, true),
+            (None, false, false, true, free, MIB, true),
             // Plain HTTP, nothing signed protects the body: read whole, its SHA-256 signs it.
-            (None, false, free, MIB, false),
-            (Some("true"), false, free, MIB, true),
+            (None, false, false, false, free, MIB, false),
+            (Some("true"), false, false, false, free, MIB, true),
             // Object Lock wants a checksum header: Content-MD5, or a SHA-256 known first.
-            (Some("true"), false, locked, MIB, false),
-            (Some("true"), true, locked, MIB, true),
-            (None, true, locked, MIB, true),
+            (Some("true"), false, false, false, locked, MIB, false),
+            (Some("true"), false, true, false, locked, MIB, true),
+            (None, false, true, false, locked, MIB, true),
+            // Every write must carry its SHA-256: only one known first streams.
+            (Some("true"), true, true, false, locked, MIB, false),
+            (Some("true"), true, false, true, locked, MIB, true),
             // The operator wants every body signed.
-            (Some("false"), true, free, MIB, false),
-            (None, true, free, SINGLE_PUT_MAX, true),
-            (None, true, free, SINGLE_PUT_MAX + 1, false),
+            (Some("false"), false, true, true, free, MIB, false),
+            (None, false, true, false, free, SINGLE_PUT_MAX, true),
+            (None, false, true, false, free, SINGLE_PUT_MAX + 1, false),
         ];
-        for (unsigned, digest, checks, length, want) in cases {
-            assert_eq!(put(unsigned).streams(length, digest, checks), want, "{unsigned:?} digest {digest} {checks:?} {length}");
+        for (unsigned, chosen, md5, sha256, checks, length, want) in cases {
+            assert_eq!(
+                put(unsigned, chosen).streams(length, md5, sha256, checks),
+                want,
+                "{unsigned:?} chosen {chosen} md5 {md5} sha256 {sha256} {checks:?} {length}"
+            );
         }
     }
 

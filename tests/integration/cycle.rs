@@ -629,3 +629,36 @@ async fn the_dumps_run_after_the_resume_and_hold_the_paused_instant() {
         assert_eq!(count(&copy, "true"), (count(db, "true").parse::<u64>().expect("count") - 1).to_string(), "{db}: every row from before");
     }
 }
+
+/// Bodies held in memory share one budget, whatever COPY_CONCURRENCY: twelve objects of
+/// 6 MiB copied at once into a local bucket (multipart: 25 MiB held each, 300 MiB in
+/// all without the budget) never hold more than it, and every copy completes whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_held_in_memory_share_one_budget() {
+    use object_store::ObjectStoreExt;
+    use pachyderm_backup::objects::{self, BUFFER_BUDGET_MIB, Expect};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+    std::fs::create_dir_all(&from).expect("dir");
+    std::fs::create_dir_all(&to).expect("dir");
+    let source: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&from).expect("store"));
+    let target: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&to).expect("store"));
+    let size = 6 * 1024 * 1024 + 1;
+    for i in 0..12u64 {
+        source.put(&format!("o{i}").as_str().into(), pachyderm_backup::demo::chunk_content(i, size).into()).await.expect("seed");
+    }
+    let progress = pachyderm_backup::progress::Progress::start("test", Duration::from_secs(3600));
+    let copies = (0..12u64).map(|i| {
+        let (source, target, progress) = (&source, &target, &progress);
+        async move {
+            let key = format!("o{i}");
+            let sha = objects::copy_verified(source, "source", &key, target, None, &key, Expect::listed(size as u64, None), progress).await.expect("copied");
+            assert_eq!(sha, hex::encode(Sha256::digest(pachyderm_backup::demo::chunk_content(i, size))), "{key} whole");
+        }
+    });
+    futures::future::join_all(copies).await;
+    let high = objects::buffers().high_water_mib();
+    assert!((25..=BUFFER_BUDGET_MIB).contains(&high), "{high} MiB held at once (the budget is {BUFFER_BUDGET_MIB} MiB)");
+}
