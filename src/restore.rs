@@ -113,9 +113,12 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
             }
         }
     }
+    // An empty restore bucket holds nothing to skip: no object is looked for first.
+    let mut look_first = true;
     if let Some(dest) = &destination {
         let occupied =
             dest.list(None).next().await.transpose().map_err(|source| ObjectsError::Store { side: "restore", what: "listing (preflight)".into(), source })?;
+        look_first = occupied.is_some();
         if let Some(meta) = occupied
             && !opts.force
         {
@@ -140,7 +143,7 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
         let server = server_copy::open(cfg.copy_mode, &cfg.target, settings);
         let put = s3::Put::open(settings);
         let (restored, bytes, skipped) =
-            restore_objects_into(catalog, manifest, &dest, server.as_ref(), put.as_ref(), cfg.concurrency, cfg.common.progress_interval).await?;
+            restore_objects_into(catalog, manifest, &dest, look_first, server.as_ref(), put.as_ref(), cfg.concurrency, cfg.common.progress_interval).await?;
         summary.objects = restored;
         summary.objects_bytes = bytes;
         summary.skipped = skipped;
@@ -151,12 +154,14 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
 
 /// Copies every blob of the listing back to its key, checked against its recorded
 /// size and SHA-256 (a damaged blob is never restored); an object already there with
-/// the right size and checksum is skipped. The listing itself is checked against the
-/// manifest once read whole.
+/// the right size and checksum is skipped (`look_first`: the bucket was not empty). The
+/// listing itself is checked against the manifest once read whole.
+#[allow(clippy::too_many_arguments)]
 async fn restore_objects_into(
     catalog: &Catalog,
     manifest: &Manifest,
     dest: &Arc<dyn ObjectStore>,
+    look_first: bool,
     server: Option<&ServerCopy>,
     put: Option<&s3::Put>,
     concurrency: usize,
@@ -177,7 +182,7 @@ async fn restore_objects_into(
                 let progress = &progress;
                 async move {
                     let path = catalog::recorded_path(&record.key);
-                    if already_restored(&dest, &path, &record).await {
+                    if look_first && already_restored(&dest, &path, &record).await {
                         progress.add_done(1, record.size);
                         return Ok::<_, RestoreError>((0u64, 0u64, 1u64));
                     }
