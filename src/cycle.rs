@@ -375,8 +375,14 @@ pub async fn check(cfg: &RunConfig) -> Vec<CheckLine> {
     let written = async {
         let catalog = Catalog::open(&cfg.target, Create::Never).await?;
         let folder = catalog.check_folder(Utc::now());
-        objects::probe_writable(folder.store(), "target", &folder.path(&BackupFile::Probe)).await?;
-        Ok::<_, objects::ObjectsError>(format!("writable; S3 Object Lock {}", catalog.object_lock()))
+        let probe = folder.path(&BackupFile::Probe);
+        objects::probe_writable(folder.store(), "target", &probe).await?;
+        let content_md5 = match crate::s3::Put::open(&cfg.target) {
+            Some(put) if put.probe(probe.as_ref()).await.content_md5 => "; checks Content-MD5 (the copy leaves the MD5 check to it)",
+            Some(_) => "; does not check Content-MD5 (the copy checks the MD5 itself)",
+            None => "",
+        };
+        Ok::<_, objects::ObjectsError>(format!("writable; S3 Object Lock {}{content_md5}", catalog.object_lock()))
     };
     line(format!("target bucket {}", redact_url(&cfg.target.url)), bounded(limit, "writing a probe to the target bucket", written).await);
     let pusher = Pusher::new(cfg.common.push.clone(), cfg.common.cluster_name.clone().unwrap_or_default());
