@@ -175,7 +175,8 @@ impl ErrorAnswer {
 pub enum PutFailure {
     /// The store received other bytes than the digests sent with them (BadDigest,
     /// InvalidDigest, XAmzContentSHA256Mismatch): damaged on the way, or the source's
-    /// ETag is not the MD5 of its content (SSE-KMS, SSE-C). Nothing was stored.
+    /// ETag is not the MD5 of its content (SSE-KMS, SSE-C). S3 stores nothing of such a
+    /// body (s3s-fs stores it first; the copy's retry replaces it).
     Digest(String),
     Store {
         error: object_store::Error,
@@ -187,8 +188,8 @@ pub enum PutFailure {
 /// What the backup bucket does with a PUT's digests, found out once a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checks {
-    /// The store refuses a body whose MD5 is not the `Content-MD5` sent (S3, GCS's XML
-    /// API, MinIO, Ceph...; moto does not).
+    /// The store refuses a body whose MD5 is not the `Content-MD5` sent (S3, MinIO,
+    /// Ceph, s3s-fs...; moto does not).
     pub content_md5: bool,
     /// The PUT must carry `x-amz-checksum-sha256` (Object Lock, or `AWS_CHECKSUM_ALGORITHM`).
     sha256_header: bool,
@@ -213,7 +214,7 @@ pub struct Put {
     streaming: Option<reqwest::Client>,
     /// AWS_UNSIGNED_PAYLOAD as set (or set for TLS by the configuration): true, any body
     /// may stream; false, none does (the operator wants every body signed); unset
-    /// (plain HTTP), a body streams with its MD5 in the signed headers.
+    /// (plain HTTP), a body streams with a digest (MD5, SHA-256) in the signed headers.
     unsigned: Option<bool>,
     /// AWS_CHECKSUM_ALGORITHM is set: every write carries its SHA-256.
     sha256_chosen: bool,
