@@ -208,12 +208,20 @@ pub struct Source {
     server: Option<ServerCopy>,
     /// The PUTs of what is streamed, when the pool is an S3 bucket.
     put: Option<s3::Put>,
+    /// Its objects' ETags are MD5s of their content (S3, GCS), so one the listing left
+    /// out is worth a HEAD: the bytes are then checked against it.
+    md5_etags: bool,
 }
 
 impl Source {
     /// Opens the source bucket and decides, once, how its objects reach `target`.
     pub fn open(settings: &StoreSettings, target: &StoreSettings, mode: CopyMode) -> Result<Source, ObjectsError> {
-        Ok(Source { store: open(settings, Create::Never)?, server: server_copy::open(mode, settings, target), put: s3::Put::open(target) })
+        Ok(Source {
+            store: open(settings, Create::Never)?,
+            server: server_copy::open(mode, settings, target),
+            put: s3::Put::open(target),
+            md5_etags: matches!(settings.url.scheme(), "s3" | "s3a" | "gs"),
+        })
     }
 }
 
@@ -231,7 +239,7 @@ impl Source {
 /// A source read by this process only (no server-side copy).
 impl From<Arc<dyn ObjectStore>> for Source {
     fn from(store: Arc<dyn ObjectStore>) -> Source {
-        Source { store, server: None, put: None }
+        Source { store, server: None, put: None, md5_etags: false }
     }
 }
 
@@ -729,7 +737,7 @@ pub async fn copy_entries(
             };
             let copied = match &source.server {
                 Some(server) if server.takes(size) => copy_server_side(server, source, &key, pool, &blob, size, etag.as_deref(), progress).await,
-                _ => copy_verified(source, "source", &key, pool, source.put.as_ref(), &blob, Expect::listed(size, etag.as_deref()), progress).await,
+                _ => stream_checked(source, &key, pool, &blob, size, etag.as_deref(), progress).await,
             };
             match copied {
                 Ok(sha256) => {
@@ -772,6 +780,33 @@ pub async fn copy_entries(
     Ok((writer, stats))
 }
 
+/// The ETag to check a streamed object's bytes against: the listed one, or, when the
+/// listing gave none (some S3-compatible servers), the object's own from a HEAD; the
+/// record keeps the listed one, which names its blob.
+async fn tag_to_check(source: &Source, key: &str, listed: Option<&str>) -> Result<Option<String>, ObjectsError> {
+    if listed.is_some() || !source.md5_etags {
+        return Ok(listed.map(str::to_string));
+    }
+    match source.head(&catalog::recorded_path(key)).await {
+        Ok(meta) => Ok(meta.e_tag),
+        Err(source) => Err(ObjectsError::Store { side: "source", what: format!("reading the ETag of {key}"), source }),
+    }
+}
+
+/// One object streamed into the pool, its bytes checked against its size and ETag.
+async fn stream_checked(
+    source: &Source,
+    key: &str,
+    pool: &Arc<dyn ObjectStore>,
+    blob: &str,
+    size: u64,
+    etag: Option<&str>,
+    progress: &Progress,
+) -> Result<String, ObjectsError> {
+    let tag = tag_to_check(source, key, etag).await?;
+    copy_verified(source, "source", key, pool, source.put.as_ref(), blob, Expect::listed(size, tag.as_deref()), progress).await
+}
+
 /// One object copied by the store, its SHA-256 the store's, its size the listed one (the
 /// copy's ETag is the listed MD5, or a HEAD says so);
 /// streamed instead when the store will not, fails, or its copy is not the listed
@@ -787,7 +822,7 @@ async fn copy_server_side(
     etag: Option<&str>,
     progress: &Progress,
 ) -> Result<String, ObjectsError> {
-    let stream = || copy_verified(source, "source", key, pool, source.put.as_ref(), blob, Expect::listed(size, etag), progress);
+    let stream = || stream_checked(source, key, pool, blob, size, etag, progress);
     let (sha256, copied_etag) = match server.copy(key, blob, etag).await {
         Ok(Copied::Done { sha256, etag }) => (sha256, etag),
         Ok(Copied::Missing) => {

@@ -426,6 +426,40 @@ async fn a_bucket_that_checks_content_md5_refuses_flipped_bytes_for_the_copy() {
     bed.run(&["verify", "--deep"]).await.expect_code(0);
 }
 
+/// f. A source whose listings carry no ETag (s3s-fs, as some S3-compatible servers): the
+/// pre-copy, which copies from a listing, still checks every body against the object's
+/// MD5 (its ETag, read by a HEAD), so bytes flipped on the way are read again, never
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_bytes_from_a_source_listed_without_etags_never_reach_a_backup() {
+    let mut bed = Bed::new(BedOptions { chunks: 40, ..Default::default() }).await;
+    let s3s = S3sFs::start().await;
+    s3s.create_bucket("pach-data");
+    let source = s3s.store("pach-data");
+    let keys: Vec<Path> = bed.source.list(None).map_ok(|m| m.location).try_collect().await.expect("list the bed's source");
+    for key in &keys {
+        let body = bed.source.get(key).await.expect("get").bytes().await.expect("body");
+        source.put(key, body.into()).await.expect("seed the s3s-fs source");
+    }
+    let listed: Vec<object_store::ObjectMeta> = source.list(None).try_collect().await.expect("list");
+    assert!(listed.iter().all(|m| m.e_tag.is_none()), "s3s-fs lists ETags now: the test proves nothing");
+    let proxy = FaultProxy::start(s3s.port).await;
+    for (k, v) in s3s.env("SOURCE_", &proxy.url()) {
+        bed.set(&k, &v);
+    }
+    bed.set("PAUSE_MODE", "none");
+    bed.source = source;
+    proxy.set(Faults { seed: 5, flip_first_get_rate: 0.3, only_path_prefix: Some("/pach-data".into()), ..Default::default() });
+
+    let out = bed.run(&["run"]).await;
+    let flips = count(&proxy.requests(), "flip");
+    assert!(flips >= 3, "only {flips} bodies flipped: the test proves nothing");
+    out.expect_code(0);
+    let manifests = bed.manifests().await;
+    assert_eq!(manifests.len(), 1);
+    assert_backup_is_the_source(&bed, &bed.target, &manifests[0]).await;
+}
+
 /// b. A listing page whose body is cut by a reset (pages of 7 keys, pages 2 and 5 cut)
 /// is fetched again, and the backup lists every object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
