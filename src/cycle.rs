@@ -378,7 +378,7 @@ pub async fn check(cfg: &RunConfig) -> Vec<CheckLine> {
         let probe = folder.path(&BackupFile::Probe);
         objects::probe_writable(folder.store(), "target", &probe).await?;
         let content_md5 = match crate::s3::Put::open(&cfg.target) {
-            Some(put) if put.probe(probe.as_ref()).await.content_md5 => "; checks Content-MD5 (the copy leaves the MD5 check to it)",
+            Some(put) if put.probe(probe.as_ref(), catalog.object_lock()).await.content_md5 => "; checks Content-MD5 (the copy leaves the MD5 check to it)",
             Some(_) => "; does not check Content-MD5 (the copy checks the MD5 itself)",
             None => "",
         };
@@ -673,7 +673,7 @@ async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous:
         bounded(limit, "writing a probe to the target bucket", objects::probe_writable(folder.store(), "target", &folder.path(&BackupFile::Probe))).await?;
         if let Some(s) = &source {
             let probe = async {
-                s.probe_content_md5(&folder.path(&BackupFile::Probe)).await;
+                s.probe_content_md5(&folder.path(&BackupFile::Probe), catalog.object_lock()).await;
                 Ok::<_, StepError>(())
             };
             bounded(limit, "finding out whether the target bucket checks Content-MD5", probe).await?;

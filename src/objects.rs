@@ -226,12 +226,12 @@ impl Source {
 }
 
 impl Source {
-    /// Preflight: finds out whether the backup bucket checks Content-MD5 (then the
-    /// copy leaves the MD5 check to it), with a probe at `key`; without it, the copy
-    /// checks every MD5 itself.
-    pub async fn probe_content_md5(&self, key: &Path) {
+    /// Preflight: finds out whether the backup bucket (its Object Lock `lock`) checks
+    /// Content-MD5 (then the copy leaves the MD5 check to it), with a probe at `key`;
+    /// without it, the copy checks every MD5 itself.
+    pub async fn probe_content_md5(&self, key: &Path, lock: &ObjectLock) {
         if let Some(put) = &self.put {
-            put.probe(key.as_ref()).await;
+            put.probe(key.as_ref(), lock).await;
         }
     }
 }
@@ -735,9 +735,10 @@ pub async fn copy_entries(
                     (key, meta.size, meta.e_tag, blob)
                 }
             };
+            let transfer = Transfer { key: &key, blob: &blob, size, etag: etag.as_deref() };
             let copied = match &source.server {
-                Some(server) if server.takes(size) => copy_server_side(server, source, &key, pool, &blob, size, etag.as_deref(), progress).await,
-                _ => stream_checked(source, &key, pool, &blob, size, etag.as_deref(), progress).await,
+                Some(server) if server.takes(size) => copy_server_side(server, source, pool, transfer, progress).await,
+                _ => stream_checked(source, pool, transfer, progress).await,
             };
             match copied {
                 Ok(sha256) => {
@@ -793,16 +794,19 @@ async fn tag_to_check(source: &Source, key: &str, listed: Option<&str>) -> Resul
     }
 }
 
-/// One object streamed into the pool, its bytes checked against its size and ETag.
-async fn stream_checked(
-    source: &Source,
-    key: &str,
-    pool: &Arc<dyn ObjectStore>,
-    blob: &str,
+/// One source object to copy into the pool: its key, size and listed ETag, and the
+/// blob it becomes.
+#[derive(Clone, Copy)]
+struct Transfer<'a> {
+    key: &'a str,
+    blob: &'a str,
     size: u64,
-    etag: Option<&str>,
-    progress: &Progress,
-) -> Result<String, ObjectsError> {
+    etag: Option<&'a str>,
+}
+
+/// One object streamed into the pool, its bytes checked against its size and ETag.
+async fn stream_checked(source: &Source, pool: &Arc<dyn ObjectStore>, transfer: Transfer<'_>, progress: &Progress) -> Result<String, ObjectsError> {
+    let Transfer { key, blob, size, etag } = transfer;
     let tag = tag_to_check(source, key, etag).await?;
     copy_verified(source, "source", key, pool, source.put.as_ref(), blob, Expect::listed(size, tag.as_deref()), progress).await
 }
@@ -811,18 +815,15 @@ async fn stream_checked(
 /// copy's ETag is the listed MD5, or a HEAD says so);
 /// streamed instead when the store will not, fails, or its copy is not the listed
 /// object (streaming checks the bytes themselves, and overwrites such a copy).
-#[allow(clippy::too_many_arguments)]
 async fn copy_server_side(
     server: &ServerCopy,
     source: &Source,
-    key: &str,
     pool: &Arc<dyn ObjectStore>,
-    blob: &str,
-    size: u64,
-    etag: Option<&str>,
+    transfer: Transfer<'_>,
     progress: &Progress,
 ) -> Result<String, ObjectsError> {
-    let stream = || stream_checked(source, key, pool, blob, size, etag, progress);
+    let Transfer { key, blob, size, etag } = transfer;
+    let stream = || stream_checked(source, pool, transfer, progress);
     let (sha256, copied_etag) = match server.copy(key, blob, etag).await {
         Ok(Copied::Done { sha256, etag }) => (sha256, etag),
         Ok(Copied::Missing) => {

@@ -26,6 +26,7 @@ use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
 use crate::config::StoreSettings;
+use crate::object_lock::ObjectLock;
 
 /// Where a bucket's own requests go (the bucket's URL, path or virtual-hosted style,
 /// at its endpoint) and how they are signed, as object_store would resolve them: for
@@ -188,8 +189,8 @@ pub enum PutFailure {
 /// What the backup bucket does with a PUT's digests, found out once a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checks {
-    /// The store refuses a body whose MD5 is not the `Content-MD5` sent (S3, MinIO,
-    /// Ceph, s3s-fs...; moto does not).
+    /// The store refuses a body whose MD5 is not the `Content-MD5` sent (S3 documents
+    /// it, s3s-fs does; moto does not).
     pub content_md5: bool,
     /// The PUT must carry `x-amz-checksum-sha256` (Object Lock, or `AWS_CHECKSUM_ALGORITHM`).
     sha256_header: bool,
@@ -271,9 +272,10 @@ impl Put {
 
     /// Finds out, once, whether the bucket checks Content-MD5, with a probe written at
     /// `key` (the run's preflight probe: a key written and deleted every run, which
-    /// on a bucket under Object Lock keeps its versions as that probe's do).
-    pub async fn probe(&self, key: &str) -> Checks {
-        *self.checks.get_or_init(|| self.find_checks(Some(key))).await
+    /// on a bucket under Object Lock keeps its versions as that probe's do). `lock` is
+    /// the bucket's Object Lock, as the caller read it.
+    pub async fn probe(&self, key: &str, lock: &ObjectLock) -> Checks {
+        *self.checks.get_or_init(|| self.find_checks(Some((key, lock)))).await
     }
 
     /// What the bucket checks; without a [`Put::probe`] first, Content-MD5 is taken as
@@ -282,14 +284,10 @@ impl Put {
         *self.checks.get_or_init(|| self.find_checks(None)).await
     }
 
-    async fn find_checks(&self, probe: Option<&str>) -> Checks {
-        let content_md5 = match probe {
-            Some(key) => self.refuses_a_wrong_md5(key).await,
-            None => false,
-        };
-        let locked = match crate::object_lock::detect(&self.settings).await {
-            Ok(lock) => lock.needs_checksums(),
-            Err(_) => true,
+    async fn find_checks(&self, probe: Option<(&str, &ObjectLock)>) -> Checks {
+        let (content_md5, locked) = match probe {
+            Some((key, lock)) => (self.refuses_a_wrong_md5(key).await, lock.needs_checksums()),
+            None => (false, crate::object_lock::detect(&self.settings).await.map_or(true, |lock| lock.needs_checksums())),
         };
         let sha256_header = locked || self.sha256_chosen;
         match (probe, content_md5) {
@@ -356,26 +354,10 @@ impl Put {
     }
 
     async fn send(&self, key: &str, payload: PutPayload, sha256: &[u8; 32], md5: Option<&[u8; 16]>, sha256_header: bool) -> Result<(), PutFailure> {
-        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         let path = under(&self.settings, key);
-        let failed = |detail: String| PutFailure::Store {
-            error: object_store::Error::Generic { store: "S3", source: format!("PUT {path}: {detail}").into() },
-            transient: true,
-        };
-        let mut builder = http::Request::builder()
-            .method(http::Method::PUT)
-            .uri(format!("{}/{}", self.endpoint.base, encode_key(&path)))
-            .header(http::header::CONTENT_LENGTH, payload.content_length());
-        if let Some(md5) = md5 {
-            builder = builder.header("content-md5", b64(md5));
-        }
-        if sha256_header {
-            builder = builder.header("x-amz-sdk-checksum-algorithm", "SHA256").header("x-amz-checksum-sha256", b64(sha256));
-        }
-        let mut request: HttpRequest = builder.body(HttpRequestBody::from(payload)).map_err(|e| failed(format!("cannot build the request: {e}")))?;
-        request.headers_mut().extend(self.encryption.clone());
-        self.endpoint.sign(&mut request, Payload::Digest(sha256)).await.map_err(failed)?;
-        let response = self.endpoint.client.execute(request).await.map_err(|e| failed(crate::error_chain(&e)))?;
+        let length = payload.content_length() as u64;
+        let request = self.signed_put(&path, length, md5, sha256_header.then_some(sha256), HttpRequestBody::from(payload), Payload::Digest(sha256)).await?;
+        let response = self.endpoint.client.execute(request).await.map_err(|e| failed(&path, crate::error_chain(&e)))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -395,26 +377,16 @@ impl Put {
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = under(&self.settings, key);
-        let failed = |detail: String| PutFailure::Store {
-            error: object_store::Error::Generic { store: "S3", source: format!("PUT {path}: {detail}").into() },
-            transient: true,
-        };
-        let Some(client) = &self.streaming else { return Err(failed("no client for streamed writes".into())) };
-        let url = format!("{}/{}", self.endpoint.base, encode_key(&path));
-        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-        let mut builder = http::Request::builder().method(http::Method::PUT).uri(&url).header(http::header::CONTENT_LENGTH, length);
-        if let Some(md5) = md5 {
-            builder = builder.header("content-md5", b64(md5));
-        }
-        if let Some(sha256) = sha256 {
-            builder = builder.header("x-amz-sdk-checksum-algorithm", "SHA256").header("x-amz-checksum-sha256", b64(sha256));
-        }
-        let mut request: HttpRequest = builder.body(HttpRequestBody::empty()).map_err(|e| failed(format!("cannot build the request: {e}")))?;
-        request.headers_mut().extend(self.encryption.clone());
-        self.endpoint.sign(&mut request, Payload::Unsigned).await.map_err(failed)?;
+        let Some(client) = &self.streaming else { return Err(failed(&path, "no client for streamed writes".into())) };
+        let request = self.signed_put(&path, length, md5, sha256, HttpRequestBody::empty(), Payload::Unsigned).await?;
         let (parts, _) = request.into_parts();
-        let response =
-            client.put(url).headers(parts.headers).body(reqwest::Body::wrap_stream(body)).send().await.map_err(|e| failed(crate::error_chain(&e)))?;
+        let response = client
+            .put(parts.uri.to_string())
+            .headers(parts.headers)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(|e| failed(&path, crate::error_chain(&e)))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -422,6 +394,39 @@ impl Put {
         let body = response.bytes().await.unwrap_or_default();
         Err(failure(status, &body, path))
     }
+
+    /// A PUT of `path` (under the bucket's prefix) with its length, the digests it
+    /// must hash to, the bucket's SSE-KMS headers, signed.
+    async fn signed_put(
+        &self,
+        path: &str,
+        length: u64,
+        md5: Option<&[u8; 16]>,
+        sha256: Option<&[u8; 32]>,
+        body: HttpRequestBody,
+        payload: Payload<'_>,
+    ) -> Result<HttpRequest, PutFailure> {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut builder = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(format!("{}/{}", self.endpoint.base, encode_key(path)))
+            .header(http::header::CONTENT_LENGTH, length);
+        if let Some(md5) = md5 {
+            builder = builder.header("content-md5", b64(md5));
+        }
+        if let Some(sha256) = sha256 {
+            builder = builder.header("x-amz-sdk-checksum-algorithm", "SHA256").header("x-amz-checksum-sha256", b64(sha256));
+        }
+        let mut request: HttpRequest = builder.body(body).map_err(|e| failed(path, format!("cannot build the request: {e}")))?;
+        request.headers_mut().extend(self.encryption.clone());
+        self.endpoint.sign(&mut request, payload).await.map_err(|e| failed(path, e))?;
+        Ok(request)
+    }
+}
+
+/// A PUT that did not reach an answer: the connection's failure, or the request's.
+fn failed(path: &str, detail: String) -> PutFailure {
+    PutFailure::Store { error: object_store::Error::Generic { store: "S3", source: format!("PUT {path}: {detail}").into() }, transient: true }
 }
 
 /// A refused PUT, from the store's answer.

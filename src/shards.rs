@@ -104,7 +104,7 @@ pub async fn copy_shard(cfg: &RunConfig, task: &ShardTask) -> Result<ShardSummar
         return Ok(summary);
     }
     let source = objects::Source::open(&cfg.source, &cfg.target, cfg.copy.mode)?;
-    source.probe_content_md5(&catalog.folder(&task.backup_id).path(&BackupFile::Probe)).await;
+    source.probe_content_md5(&catalog.folder(&task.backup_id).path(&BackupFile::Probe), catalog.object_lock()).await;
     let reference = match &task.reference {
         Some(id) => {
             let manifest = catalog.manifest(id).await.map_err(|e| ShardError::Reference(id.clone(), e))?;
