@@ -11,7 +11,16 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format this program reads and writes. Format 2 adds listing records
+/// whose SHA-256 is pending (a blob the store copied without giving one); a backup is
+/// written in the lowest format that describes it ([`format_version`]), so a reader of
+/// format 1 still reads every backup without such a record.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The format a backup with these objects is written in.
+pub fn format_version(objects: &ObjectCounts) -> u32 {
+    if objects.pending > 0 { 2 } else { 1 }
+}
 pub const BACKUPS_DIR: &str = "backups";
 pub const BLOBS_DIR: &str = "blobs";
 /// At the prefix's root: the writer (run, retention, restore) that holds the bucket.
@@ -141,6 +150,13 @@ pub struct ObjectCounts {
     pub copied_bytes: u64,
     pub reused: u64,
     pub reused_bytes: u64,
+    /// Records whose SHA-256 is pending (format 2); absent when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pending: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `manifest.json`: written last, it is what makes a backup exist.
@@ -180,9 +196,25 @@ pub struct ObjectRecord {
     pub size: u64,
     pub etag: Option<String>,
     pub blob: String,
-    pub sha256: String,
+    /// Hex SHA-256 of the content; null: pending (format 2), the blob was copied by a
+    /// store that gave none. `verify --deep` reads it once and records its SHA-256 in
+    /// the backup's [`BackupFile::Checksums`], which readers of the listing fill in.
+    pub sha256: Option<String>,
+    /// The blob's ETag as its copy answered, kept with a pending SHA-256: what the
+    /// blob's bytes are checked against (when it is an MD5) until their SHA-256 is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_etag: Option<String>,
     /// The backup that first stored this blob in the pool.
     pub since: String,
+}
+
+/// One line of a backup's `checksums.jsonl.zst`: the SHA-256 `verify --deep` computed
+/// for a record of its listing that had none.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChecksumRecord {
+    pub key: String,
+    pub blob: String,
+    pub sha256: String,
 }
 
 /// A folder under `backups/`: complete (a manifest), damaged (a manifest that cannot be
@@ -283,6 +315,9 @@ pub enum BackupFile {
     ShardListing(u32),
     /// What that shard copied, written after its listing: the shard is done.
     ShardSummary(u32),
+    /// The SHA-256s `verify --deep` computed for the listing's pending records, written
+    /// once, after the manifest (which does not name it).
+    Checksums,
 }
 
 const CLUSTER_DIR: &str = "cluster";
@@ -302,6 +337,7 @@ impl BackupFile {
             BackupFile::Cluster(name) => format!("{CLUSTER_DIR}/{name}"),
             BackupFile::ShardListing(index) => format!("{SHARDS_DIR}/{index}.jsonl.zst"),
             BackupFile::ShardSummary(index) => format!("{SHARDS_DIR}/{index}.json"),
+            BackupFile::Checksums => "checksums.jsonl.zst".into(),
         }
     }
 
@@ -428,6 +464,9 @@ fn check_id(time: DateTime<Utc>) -> String {
 pub struct Listing {
     file: Arc<std::fs::File>,
     len: u64,
+    /// The backup's `checksums.jsonl.zst`: readers fill the pending records' SHA-256
+    /// from it.
+    checksums: Option<Box<Listing>>,
 }
 
 impl Listing {
@@ -435,7 +474,7 @@ impl Listing {
     pub fn from_bytes(bytes: &[u8]) -> std::io::Result<Listing> {
         let mut file = tempfile::tempfile()?;
         file.write_all(bytes)?;
-        Ok(Listing { file: Arc::new(file), len: bytes.len() as u64 })
+        Ok(Listing { file: Arc::new(file), len: bytes.len() as u64, checksums: None })
     }
 
     /// Compressed bytes.
@@ -445,6 +484,17 @@ impl Listing {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// This listing, its pending records filled from `checksums` as they are read.
+    pub fn with_checksums(mut self, checksums: Listing) -> Listing {
+        self.checksums = Some(Box::new(checksums));
+        self
+    }
+
+    fn lines(&self) -> std::io::Result<std::io::BufReader<zstd::Decoder<'static, std::io::BufReader<ListingBytes>>>> {
+        let bytes = ListingBytes { file: self.file.clone(), pos: 0, len: self.len };
+        Ok(std::io::BufReader::new(zstd::Decoder::new(bytes)?))
     }
 
     #[cfg(test)]
@@ -507,15 +557,24 @@ impl ListingWriter {
     }
 
     pub fn push(&mut self, record: &ObjectRecord) -> std::io::Result<()> {
+        self.push_line(&record.key, record)
+    }
+
+    /// A line of a checksums file, which is in the listing's key order too.
+    pub fn push_checksum(&mut self, record: &ChecksumRecord) -> std::io::Result<()> {
+        self.push_line(&record.key, record)
+    }
+
+    fn push_line(&mut self, key: &str, record: &impl Serialize) -> std::io::Result<()> {
         use sha2::Digest;
-        if self.last_key.as_deref().is_some_and(|k| k >= record.key.as_str()) {
-            return Err(std::io::Error::other(format!("listing out of order at {:?}", record.key)));
+        if self.last_key.as_deref().is_some_and(|k| k >= key) {
+            return Err(std::io::Error::other(format!("listing out of order at {key:?}")));
         }
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.hasher.update(&line);
         self.encoder.write_all(&line)?;
-        self.last_key = Some(record.key.clone());
+        self.last_key = Some(key.to_string());
         Ok(())
     }
 
@@ -524,7 +583,7 @@ impl ListingWriter {
         use sha2::Digest;
         let file = self.encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
         let len = file.metadata()?.len();
-        Ok((Listing { file: Arc::new(file), len }, hex::encode(self.hasher.finalize())))
+        Ok((Listing { file: Arc::new(file), len, checksums: None }, hex::encode(self.hasher.finalize())))
     }
 }
 
@@ -536,14 +595,22 @@ pub struct ListingReader {
     buf: String,
     hasher: sha2::Sha256,
     count: u64,
+    checksums: Option<ChecksumReader>,
 }
 
 impl ListingReader {
     pub fn new(listing: &Listing, what: String) -> Result<Self, CatalogError> {
         use sha2::Digest;
-        let bytes = ListingBytes { file: listing.file.clone(), pos: 0, len: listing.len };
-        let decoder = zstd::Decoder::new(bytes).map_err(|e| CatalogError::Corrupt { what: what.clone(), detail: e.to_string() })?;
-        Ok(ListingReader { lines: std::io::BufReader::new(decoder), what, buf: String::new(), hasher: sha2::Sha256::new(), count: 0 })
+        let corrupt = |what: &str, e: std::io::Error| CatalogError::Corrupt { what: what.to_string(), detail: e.to_string() };
+        let lines = listing.lines().map_err(|e| corrupt(&what, e))?;
+        let checksums = match &listing.checksums {
+            Some(c) => {
+                let what = format!("the checksums of {what}");
+                Some(ChecksumReader { lines: c.lines().map_err(|e| corrupt(&what, e))?, what, buf: String::new(), ahead: None })
+            }
+            None => None,
+        };
+        Ok(ListingReader { lines, what, buf: String::new(), hasher: sha2::Sha256::new(), count: 0, checksums })
     }
 
     /// An empty listing, for a backup without objects.
@@ -562,7 +629,12 @@ impl ListingReader {
         }
         self.hasher.update(self.buf.as_bytes());
         self.count += 1;
-        serde_json::from_str(self.buf.trim_end()).map(Some).map_err(|e| CatalogError::Corrupt { what: self.what.clone(), detail: e.to_string() })
+        let mut record: ObjectRecord =
+            serde_json::from_str(self.buf.trim_end()).map_err(|e| CatalogError::Corrupt { what: self.what.clone(), detail: e.to_string() })?;
+        if let (None, Some(checksums)) = (&record.sha256, &mut self.checksums) {
+            record.sha256 = checksums.find(&record.key, &record.blob)?;
+        }
+        Ok(Some(record))
     }
 
     /// After the last record: the lines read are the ones the manifest describes.
@@ -576,6 +648,35 @@ impl ListingReader {
         match &objects.listing_sha256 {
             Some(want) if *want != sha => Err(corrupt(format!("SHA-256 {sha}, the manifest says {want}"))),
             _ => Ok(()),
+        }
+    }
+}
+
+/// Reads a checksums file alongside its listing (both in key order).
+struct ChecksumReader {
+    lines: std::io::BufReader<zstd::Decoder<'static, std::io::BufReader<ListingBytes>>>,
+    what: String,
+    buf: String,
+    ahead: Option<ChecksumRecord>,
+}
+
+impl ChecksumReader {
+    /// The SHA-256 recorded for `blob` at `key`, if any.
+    fn find(&mut self, key: &str, blob: &str) -> Result<Option<String>, CatalogError> {
+        loop {
+            if self.ahead.is_none() {
+                self.buf.clear();
+                let corrupt = |detail: String| CatalogError::Corrupt { what: self.what.clone(), detail };
+                if self.lines.read_line(&mut self.buf).map_err(|e| corrupt(e.to_string()))? == 0 {
+                    return Ok(None);
+                }
+                self.ahead = Some(serde_json::from_str(self.buf.trim_end()).map_err(|e| corrupt(e.to_string()))?);
+            }
+            match &self.ahead {
+                Some(c) if c.key.as_str() < key => self.ahead = None,
+                Some(c) if c.key == key && c.blob == blob => return Ok(Some(c.sha256.clone())),
+                _ => return Ok(None),
+            }
         }
     }
 }
@@ -870,9 +971,25 @@ impl Catalog {
     async fn download_listing(&self, id: &str, manifest: &Manifest) -> Result<Option<(String, Listing)>, CatalogError> {
         let Some(file) = &manifest.objects.listing else { return Ok(None) };
         let path = folder_path(id, file);
-        match self.download(&path).await? {
-            Some(listing) => Ok(Some((path.to_string(), listing))),
-            None => Err(CatalogError::Missing { what: path.to_string() }),
+        let Some(listing) = self.download(&path).await? else { return Err(CatalogError::Missing { what: path.to_string() }) };
+        // Pending SHA-256s are filled from what `verify --deep` recorded, if it ran.
+        let listing = match manifest.objects.counts.pending {
+            0 => listing,
+            _ => match self.download(&BackupFile::Checksums.path(id)).await? {
+                Some(checksums) => listing.with_checksums(checksums),
+                None => listing,
+            },
+        };
+        Ok(Some((path.to_string(), listing)))
+    }
+
+    /// Whether backup `id` has its checksums file.
+    pub async fn has_checksums(&self, id: &str) -> Result<bool, CatalogError> {
+        let path = BackupFile::Checksums.path(id);
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(store_err(format!("reading {path}"))(e)),
         }
     }
 
@@ -927,7 +1044,7 @@ impl Catalog {
         }
         let file = out.into_inner().map_err(|e| spill(e.into_error()))?;
         let len = file.metadata().map_err(spill)?.len();
-        Ok(Some(Listing { file: Arc::new(file), len }))
+        Ok(Some(Listing { file: Arc::new(file), len, checksums: None }))
     }
 
     pub async fn read_listing(&self, id: &str, manifest: &Manifest) -> Result<ListingReader, CatalogError> {
@@ -1139,6 +1256,7 @@ mod tests {
             (BackupFile::helm_values("pachyderm"), "cluster/helm/pachyderm-values.json"),
             (BackupFile::ShardListing(7), "shards/7.jsonl.zst"),
             (BackupFile::ShardSummary(7), "shards/7.json"),
+            (BackupFile::Checksums, "checksums.jsonl.zst"),
         ];
         let catalog = Catalog::new(Arc::new(object_store::memory::InMemory::new()));
         let folder = catalog.folder(&id);
@@ -1239,7 +1357,7 @@ mod tests {
         assert!(read(text.as_bytes()).verify_whole(&objects(1, "00")).is_err(), "sha");
         // A written listing carries the frame checksum: a flipped bit fails the decode.
         let mut w = ListingWriter::new().expect("a temporary file");
-        w.push(&ObjectRecord { key: "a".into(), size: 1, etag: None, blob: "blobs/a@0".into(), sha256: "00".into(), since: "b1".into() }).expect("push");
+        w.push(&ObjectRecord { key: "a".into(), size: 1, etag: None, blob: "blobs/a@0".into(), sha256: Some("00".into()), blob_etag: None, since: "b1".into() }).expect("push");
         let (bytes, _) = w.finish().expect("finish");
         let mut flipped = bytes.bytes();
         let at = flipped.len() - 6;
@@ -1262,7 +1380,7 @@ mod tests {
     #[test]
     fn listing_round_trips_and_refuses_disorder() {
         let mut w = ListingWriter::new().expect("a temporary file");
-        let r = |k: &str| ObjectRecord { key: k.into(), size: 1, etag: None, blob: format!("blobs/{k}@0"), sha256: "00".into(), since: "b1".into() };
+        let r = |k: &str| ObjectRecord { key: k.into(), size: 1, etag: None, blob: format!("blobs/{k}@0"), sha256: Some("00".into()), blob_etag: None, since: "b1".into() };
         w.push(&r("a")).expect("first");
         w.push(&r("b")).expect("second");
         assert!(w.push(&r("a")).is_err());
@@ -1273,5 +1391,38 @@ mod tests {
         assert_eq!(reader.next_record().expect("ok"), Some(r("b")));
         assert_eq!(reader.next_record().expect("ok"), None);
         assert_eq!(ListingReader::empty().expect("empty").next_record().expect("ok"), None);
+    }
+
+    #[test]
+    fn pending_records_are_filled_from_the_checksums_of_their_own_blob_only() {
+        let record = |k: &str, sha: Option<&str>| ObjectRecord {
+            key: k.into(),
+            size: 1,
+            etag: None,
+            blob: format!("blobs/{k}@0"),
+            sha256: sha.map(str::to_string),
+            blob_etag: sha.is_none().then(|| "e".into()),
+            since: "b1".into(),
+        };
+        let mut w = ListingWriter::new().expect("a temporary file");
+        for r in [record("a", None), record("b", Some("bb")), record("c", None), record("d", None), record("e", None)] {
+            w.push(&r).expect("push");
+        }
+        let (listing, sha) = w.finish().expect("finish");
+        // Recorded for a (its blob), for c under another blob (a later copy), none for d,
+        // and for a key the listing does not hold.
+        let mut c = ListingWriter::new().expect("a temporary file");
+        for (k, blob) in [("a", "blobs/a@0"), ("c", "blobs/c@0.2026"), ("cc", "blobs/cc@0"), ("e", "blobs/e@0")] {
+            c.push_checksum(&ChecksumRecord { key: k.into(), blob: blob.into(), sha256: format!("sum-{k}") }).expect("push");
+        }
+        let (checksums, _) = c.finish().expect("finish");
+        let mut reader = ListingReader::new(&listing.with_checksums(checksums), "t".into()).expect("decodes");
+        let read: Vec<Option<String>> = reader.by_ref().map(|r| r.expect("record").sha256).collect();
+        assert_eq!(read, [Some("sum-a".into()), Some("bb".into()), None, None, Some("sum-e".into())]);
+        let counts = ObjectCounts { count: 5, pending: 4, ..Default::default() };
+        let entry = ObjectsEntry { mode: ObjectsMode::Copy, index: None, listing: None, listing_sha256: Some(sha), counts };
+        reader.verify_whole(&entry).expect("the lines as stored are what the manifest describes");
+        assert_eq!(format_version(&counts), 2);
+        assert_eq!(format_version(&ObjectCounts { count: 5, ..Default::default() }), 1);
     }
 }

@@ -503,10 +503,11 @@ async fn verify_backups(cfg: &RestoreConfig, args: &VerifyArgs, cluster: &mut Op
         }
         let verdict = if f.problems.is_empty() { "ok" } else { "PROBLEMS" };
         println!(
-            "{} {verdict}: {} files checked{}",
+            "{} {verdict}: {} files checked{}{}",
             m.backup_id,
             f.checked_files,
-            if deep { format!(", {} re-read", human_bytes(f.checked_bytes)) } else { String::new() }
+            if deep { format!(", {} re-read", human_bytes(f.checked_bytes)) } else { String::new() },
+            if f.recorded_checksums > 0 { format!(", the SHA-256 of {} blob(s) copied without one recorded", f.recorded_checksums) } else { String::new() }
         );
         for p in &f.problems {
             println!("  - {p}");

@@ -1001,7 +1001,7 @@ async fn run_locked(run: &mut Run, backup: &Backup, locks: &mut Locks, previous:
 
     // COMMIT: the manifest, last.
     let manifest = Manifest {
-        format_version: catalog::FORMAT_VERSION,
+        format_version: catalog::format_version(&captured.objects.counts),
         backup_id: backup_id.to_string(),
         cluster: cluster_name.clone(),
         namespace: cluster.map(|c| c.namespace().to_string()),

@@ -459,7 +459,7 @@ mod tests {
                 encryption: None,
             }],
             objects: ObjectsEntry {
-                counts: ObjectCounts { count: 7, bytes: 500, copied: 3, copied_bytes: 200, reused: 4, reused_bytes: 300 },
+                counts: ObjectCounts { count: 7, bytes: 500, copied: 3, copied_bytes: 200, reused: 4, reused_bytes: 300, pending: 0 },
                 ..ObjectsEntry::skipped()
             },
             cluster_objects: Vec::new(),
@@ -511,7 +511,7 @@ mod tests {
         let kept = retention::Outcome { retained: 7, pruned: 2, bytes_freed: 4096, damaged: vec![("old".into(), "bad listing".into())], ..Default::default() };
         let shard = crate::shards::ShardSummary {
             task: crate::shards::ShardTask { backup_id: "b".into(), index: 3, count: 4, reference: None, full: false },
-            objects: crate::catalog::ObjectCounts { count: 5, bytes: 500, copied: 2, copied_bytes: 200, reused: 3, reused_bytes: 300 },
+            objects: crate::catalog::ObjectCounts { count: 5, bytes: 500, copied: 2, copied_bytes: 200, reused: 3, reused_bytes: 300, pending: 0 },
             listing_sha256: String::new(),
             seconds: 1.5,
         };

@@ -741,9 +741,9 @@ pub async fn copy_entries(
                 _ => stream_checked(source, pool, transfer, progress).await,
             };
             match copied {
-                Ok(sha256) => {
+                Ok(Stored { sha256, blob_etag }) => {
                     progress.add_done(1, 0);
-                    Ok((seq, Some(ObjectRecord { key, size, etag, blob, sha256, since: backup_id.to_string() })))
+                    Ok((seq, Some(ObjectRecord { key, size, etag, blob, sha256, blob_etag, since: backup_id.to_string() })))
                 }
                 Err(ObjectsError::Store { side: "source", source: object_store::Error::NotFound { .. }, .. }) if vanished == Vanished::LeftOut => {
                     debug!(key, "object vanished before it was copied (Pachyderm's garbage collector)");
@@ -767,6 +767,7 @@ pub async fn copy_entries(
             let Some(record) = record else { continue };
             stats.count += 1;
             stats.bytes += record.size;
+            stats.pending += u64::from(record.sha256.is_none());
             if record.since == backup_id {
                 stats.copied += 1;
                 stats.copied_bytes += record.size;
@@ -804,15 +805,23 @@ struct Transfer<'a> {
     etag: Option<&'a str>,
 }
 
-/// One object streamed into the pool, its bytes checked against its size and ETag.
-async fn stream_checked(source: &Source, pool: &Arc<dyn ObjectStore>, transfer: Transfer<'_>, progress: &Progress) -> Result<String, ObjectsError> {
-    let Transfer { key, blob, size, etag } = transfer;
-    let tag = tag_to_check(source, key, etag).await?;
-    copy_verified(source, "source", key, pool, source.put.as_ref(), blob, Expect::listed(size, tag.as_deref()), progress).await
+/// What the pool holds of one copied object: its SHA-256 (None: pending, the store
+/// copied it and gave none) and, when pending, the copy's ETag.
+struct Stored {
+    sha256: Option<String>,
+    blob_etag: Option<String>,
 }
 
-/// One object copied by the store, its SHA-256 the store's, its size the listed one (the
-/// copy's ETag is the listed MD5, or a HEAD says so);
+/// One object streamed into the pool, its bytes checked against its size and ETag.
+async fn stream_checked(source: &Source, pool: &Arc<dyn ObjectStore>, transfer: Transfer<'_>, progress: &Progress) -> Result<Stored, ObjectsError> {
+    let Transfer { key, blob, size, etag } = transfer;
+    let tag = tag_to_check(source, key, etag).await?;
+    let sha256 = copy_verified(source, "source", key, pool, source.put.as_ref(), blob, Expect::listed(size, tag.as_deref()), progress).await?;
+    Ok(Stored { sha256: Some(sha256), blob_etag: None })
+}
+
+/// One object copied by the store, its SHA-256 the store's (or pending, with the copy's
+/// ETag), its size the listed one (the copy's ETag is the listed MD5, or a HEAD says so);
 /// streamed instead when the store will not, fails, or its copy is not the listed
 /// object (streaming checks the bytes themselves, and overwrites such a copy).
 async fn copy_server_side(
@@ -821,7 +830,7 @@ async fn copy_server_side(
     pool: &Arc<dyn ObjectStore>,
     transfer: Transfer<'_>,
     progress: &Progress,
-) -> Result<String, ObjectsError> {
+) -> Result<Stored, ObjectsError> {
     let Transfer { key, blob, size, etag } = transfer;
     let stream = || stream_checked(source, pool, transfer, progress);
     let (sha256, copied_etag) = match server.copy(key, blob, etag).await {
@@ -835,19 +844,20 @@ async fn copy_server_side(
             return stream().await;
         }
     };
+    let stored = |blob_etag: Option<String>| {
+        progress.add_done(0, size);
+        let blob_etag = if sha256.is_none() { blob_etag } else { None };
+        Ok(Stored { sha256: sha256.clone(), blob_etag })
+    };
     // The copy of a single-part object keeps its ETag, the MD5 of its content: the copy
     // answering with the listed one is the listed object, size included, without a HEAD.
     if let (Some(listed), Some(copied)) = (Expect::listed(size, etag).md5, copied_etag.as_deref())
         && hex::encode(listed) == copied
     {
-        progress.add_done(0, size);
-        return Ok(sha256);
+        return stored(copied_etag.clone());
     }
     match pool.head(&catalog::recorded_path(blob)).await {
-        Ok(meta) if meta.size == size => {
-            progress.add_done(0, size);
-            Ok(sha256)
-        }
+        Ok(meta) if meta.size == size => stored(copied_etag.clone().or(meta.e_tag.map(|e| e.trim_matches('"').to_string()))),
         Ok(meta) => {
             warn!(key, listed = size, copied = meta.size, "the server-side copy is not the size listed: streaming the object instead");
             stream().await
@@ -872,6 +882,9 @@ pub struct Expect {
     pub size: Option<u64>,
     /// The store's MD5 of the content: a single-part upload's ETag on S3 and GCS.
     pub md5: Option<[u8; 16]>,
+    /// `md5` is known to be the content's: bytes that do not match it are damaged, even
+    /// read twice the same (no fall back to the double read of SSE-KMS ETags).
+    pub md5_certain: bool,
     pub sha256: Option<String>,
 }
 
@@ -882,12 +895,29 @@ impl Expect {
     /// or SSE-C) is recognised by `copy_verified` and falls back to a double read.
     pub fn listed(size: u64, etag: Option<&str>) -> Self {
         let md5 = etag.map(|e| e.trim_matches('"')).filter(|e| e.len() == 32).and_then(|e| hex::decode(e).ok()).and_then(|b| <[u8; 16]>::try_from(b).ok());
-        Expect { size: Some(size), md5, sha256: None }
+        Expect { size: Some(size), md5, md5_certain: false, sha256: None }
     }
 
     /// A blob as recorded in a listing: size and SHA-256.
     pub fn recorded(size: u64, sha256: &str) -> Self {
-        Expect { size: Some(size), md5: None, sha256: Some(sha256.to_string()) }
+        Expect { size: Some(size), md5: None, md5_certain: false, sha256: Some(sha256.to_string()) }
+    }
+
+    /// A blob as its listing records it: its size and SHA-256, or, while the SHA-256 is
+    /// pending, the MD5 its copy's ETag gives: when the ETag is one, and unless the
+    /// source listed a different one (then the store's ETags are not MD5s: encryption).
+    /// That ETag is the one the store gave the blob when it wrote it: bytes that do not
+    /// match it are damage however often read.
+    pub fn of_blob(record: &ObjectRecord) -> Self {
+        let trim = |e: &String| e.trim_matches('"').to_string();
+        match &record.sha256 {
+            Some(sha256) => Expect::recorded(record.size, sha256),
+            None => {
+                let copied = record.blob_etag.as_ref().map(trim);
+                let md5_etag = copied.filter(|c| record.etag.as_ref().map(trim).is_none_or(|listed| listed == *c));
+                Expect { md5_certain: true, ..Expect::listed(record.size, md5_etag.as_deref()) }
+            }
+        }
     }
 
     /// What differs between the bytes read and this expectation, if anything.
@@ -974,7 +1004,7 @@ pub async fn copy_verified(
             // MD5 (S3 SSE-KMS/SSE-C). Those bytes are what the store holds; a third
             // read must give them again.
             Err(ObjectsError::Mismatch { read_sha256, .. })
-                if expect.md5.is_some() && !read_sha256.is_empty() && mismatched_read.as_ref() == Some(&read_sha256) =>
+                if expect.md5.is_some() && !expect.md5_certain && !read_sha256.is_empty() && mismatched_read.as_ref() == Some(&read_sha256) =>
             {
                 if !ETAG_NOT_MD5_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     warn!(
@@ -1248,7 +1278,8 @@ mod tests {
                 size: *size,
                 etag: Some(etag.to_string()),
                 blob: catalog::blob_key(k, Some(etag), t0(), *size),
-                sha256: format!("sha-{k}"),
+                sha256: Some(format!("sha-{k}")),
+                blob_etag: None,
                 since: "old".into(),
             })
             .expect("sorted");
@@ -1275,7 +1306,7 @@ mod tests {
     #[test]
     fn planner_reuses_same_key_and_tag_and_copies_the_rest() {
         let mut p = Planner::new(reference(&[("a", 1, "e"), ("c", 3, "e"), ("d", 4, "e"), ("f", 6, "e")]));
-        assert!(matches!(p.plan("a", 1, Some("e"), t0()).expect("ok"), Plan::Reuse(r) if r.sha256 == "sha-a"));
+        assert!(matches!(p.plan("a", 1, Some("e"), t0()).expect("ok"), Plan::Reuse(r) if r.sha256.as_deref() == Some("sha-a")));
         assert!(matches!(p.plan("b", 2, Some("e"), t0()).expect("ok"), Plan::Copy { .. }));
         assert!(matches!(p.plan("c", 3, Some("changed"), t0()).expect("ok"), Plan::Copy { .. }));
         assert!(matches!(p.plan("f", 6, Some("e"), t0()).expect("ok"), Plan::Reuse(_)));
@@ -1293,7 +1324,7 @@ mod tests {
         assert!(matches!(p.plan("b", 2, Some("e"), t0()).expect("ok"), Plan::Copy { blob, .. } if blob == healed));
         // A later run reuses the fresh key: it is the same object.
         let mut w = ListingWriter::new().expect("a temporary file");
-        w.push(&ObjectRecord { key: "b".into(), size: 2, etag: Some("e".into()), blob: healed.clone(), sha256: "s".into(), since: "B2".into() }).expect("push");
+        w.push(&ObjectRecord { key: "b".into(), size: 2, etag: Some("e".into()), blob: healed.clone(), sha256: Some("s".into()), blob_etag: None, since: "B2".into() }).expect("push");
         let (bytes, _) = w.finish().expect("finish");
         let mut later = Planner::new(ListingReader::new(&bytes, "t".into()).expect("decodes"));
         assert!(matches!(later.plan("b", 2, Some("e"), t0()).expect("ok"), Plan::Reuse(r) if r.blob == healed));

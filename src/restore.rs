@@ -217,32 +217,53 @@ async fn restore_one(
 ) -> Result<(), RestoreError> {
     if let Some(server) = server.filter(|s| s.takes(record.size)) {
         match server.copy(&record.blob, &record.key, None).await {
-            Ok(Copied::Done { sha256, .. }) if sha256 == record.sha256 => {
-                progress.add_done(0, record.size);
-                return Ok(());
-            }
-            Ok(Copied::Done { sha256, .. }) => {
-                warn!(key = %record.key, blob = %record.blob, recorded = %record.sha256, copied = %sha256, "the server-side copy is not the recorded SHA-256: it is deleted, and the blob streamed to check it");
-                let path = catalog::recorded_path(&record.key);
-                dest.delete(&path).await.map_err(|source| ObjectsError::Store {
-                    side: "restore",
-                    what: format!("deleting the damaged copy {path}"),
-                    source,
-                })?;
-            }
+            Ok(Copied::Done { sha256, etag }) => match copy_matches(record, sha256.as_deref(), etag.as_deref()) {
+                Some(true) => {
+                    progress.add_done(0, record.size);
+                    return Ok(());
+                }
+                Some(false) => {
+                    warn!(key = %record.key, blob = %record.blob, recorded = ?record.sha256.as_ref().or(record.blob_etag.as_ref()), copied = ?sha256.or(etag), "the server-side copy is not the recorded SHA-256 (or ETag): it is deleted, and the blob streamed to check it");
+                    let path = catalog::recorded_path(&record.key);
+                    dest.delete(&path).await.map_err(|source| ObjectsError::Store {
+                        side: "restore",
+                        what: format!("deleting the damaged copy {path}"),
+                        source,
+                    })?;
+                }
+                // Nothing to check the copy against: streaming checks it (and overwrites it).
+                None => debug!(key = %record.key, "the server-side copy cannot be checked: streamed instead"),
+            },
             // Streaming names what is missing, as it names damage.
             Ok(Copied::Missing) => {}
             Err(why) => debug!(key = %record.key, ?why, "streamed instead of copied server-side"),
         }
     }
-    let expect = objects::Expect::recorded(record.size, &record.sha256);
-    objects::copy_verified(pool, "target", &record.blob, dest, put, &record.key, expect, progress).await?;
+    objects::copy_verified(pool, "target", &record.blob, dest, put, &record.key, objects::Expect::of_blob(record), progress).await?;
     Ok(())
+}
+
+/// Whether a server-side copy is the recorded blob: by the store's SHA-256 of it, or for
+/// a pending record by its ETag (a copy keeps a single-part object's MD5 ETag); None
+/// when the store's answer says nothing that can be compared.
+fn copy_matches(record: &ObjectRecord, sha256: Option<&str>, etag: Option<&str>) -> Option<bool> {
+    match (&record.sha256, sha256) {
+        (Some(want), Some(got)) => Some(want == got),
+        (Some(_), None) => None,
+        (None, _) => {
+            let md5 = objects::Expect::of_blob(record).md5?;
+            Some(etag.is_some_and(|e| e.trim_matches('"') == hex::encode(md5)))
+        }
+    }
 }
 
 async fn already_restored(dest: &Arc<dyn ObjectStore>, path: &Path, record: &ObjectRecord) -> bool {
     match dest.head(path).await {
-        Ok(meta) if meta.size == record.size => sha256_of(dest, path).await.is_ok_and(|sha256| sha256 == record.sha256),
+        // A pending record has no SHA-256 to compare: it is copied again.
+        Ok(meta) if meta.size == record.size => match &record.sha256 {
+            Some(want) => sha256_of(dest, path).await.is_ok_and(|sha256| sha256 == *want),
+            None => false,
+        },
         _ => false,
     }
 }

@@ -3,11 +3,11 @@
 //! credentials reaches both buckets on one service.
 //!
 //! object_store copies only within one bucket, so the CopyObject is signed here with
-//! object_store's own credentials, signer and client options ([`S3Endpoint`]). Every
-//! copy still records a real SHA-256: the store is asked for it
-//! (`x-amz-checksum-algorithm: SHA256`); a store that does not give it, refuses the
-//! copy, or fails it has that object streamed instead, so a server-side copy never
-//! weakens what the listing says.
+//! object_store's own credentials, signer and client options ([`S3Endpoint`]). The
+//! store is asked for each copy's SHA-256 (`x-amz-checksum-algorithm: SHA256`); a
+//! store that does not give it (s3s-fs, some S3-compatible servers) has the record
+//! marked pending, with the copy's ETag, until `verify --deep` reads the blob once. A
+//! store that refuses the copy, or fails it, has that object streamed instead.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -105,8 +105,8 @@ pub fn route(mode: CopyMode, source: &StoreSettings, target: &StoreSettings) -> 
 /// Why an object is streamed after all.
 #[derive(Debug)]
 pub enum Fallback {
-    /// The store will not copy server-side at all (NotImplemented, or no SHA-256 in its
-    /// answer): the rest of the run streams.
+    /// The store will not copy server-side at all (NotImplemented): the rest of the run
+    /// streams.
     Unsupported(String),
     /// The store refused this copy (AccessDenied: the pool's credentials cannot read
     /// the source, a KMS key not granted…).
@@ -116,11 +116,12 @@ pub enum Fallback {
     Failed(String),
 }
 
-/// What a server-side copy made: the store's SHA-256 of it, in hex.
+/// What a server-side copy made.
 #[derive(Debug)]
 pub enum Copied {
     Done {
-        sha256: String,
+        /// The store's SHA-256 of the copy, in hex; None: the store gave none.
+        sha256: Option<String>,
         /// The copy's ETag, as the answer gives it (quotes trimmed).
         etag: Option<String>,
     },
@@ -210,10 +211,7 @@ impl ServerCopy {
             (404, "NoSuchKey") => Ok(Copied::Missing),
             (501, _) | (_, "NotImplemented") => Err(self.unsupported(format!("the store does not implement CopyObject ({})", said()))),
             // S3 may answer 200 with an error in the body once the copy has begun.
-            (200, "") => match full_object_sha256(&text) {
-                Some(sha256) => Ok(Copied::Done { sha256, etag: copied_etag(&text) }),
-                None => Err(self.unsupported("the store gave no full-object SHA-256 for CopyObject (x-amz-checksum-algorithm: SHA256)".into())),
-            },
+            (200, "") => Ok(Copied::Done { sha256: full_object_sha256(&text), etag: copied_etag(&text) }),
             (412, _) => Err(Fallback::Failed(format!("the source no longer has the ETag it was listed with ({})", said()))),
             (400..=499, _) => Err(self.refused(said())),
             _ => Err(self.failed(said())),

@@ -188,6 +188,7 @@ pub async fn merge(catalog: &Catalog, summaries: &[ShardSummary]) -> Result<(Lis
         total.copied_bytes += c.copied_bytes;
         total.reused += c.reused;
         total.reused_bytes += c.reused_bytes;
+        total.pending += c.pending;
     }
     Ok((out.finish().map_err(spill_err("the merged pre-copy listing"))?.0, total))
 }

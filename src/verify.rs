@@ -1,7 +1,9 @@
 //! Verify backups: every file a manifest names present with its size, `--deep` every
 //! byte re-read and every SHA-256 checked, and the drill: the dumps restored into
 //! scratch databases and every live chunk the metadata references found in the
-//! backup's object listing. Nothing here writes to a backup but `damage/` records.
+//! backup's object listing. Nothing here writes to a backup but `damage/` records and,
+//! the first time `--deep` reads a backup whose listing has pending SHA-256s (blobs a
+//! store copied without giving one), its `checksums.jsonl.zst`.
 
 use std::sync::Arc;
 
@@ -11,10 +13,11 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::catalog::{self, Catalog, CatalogError, Manifest};
+use crate::catalog::{self, Catalog, CatalogError, Manifest, ObjectRecord};
 use crate::config::{DumpIdentity, PgServer, Scratch};
 use crate::database::{self, DatabaseError, Tools};
 use crate::exit::ExitCode;
+use crate::objects;
 use crate::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,8 @@ pub struct Findings {
     pub checked_files: u64,
     pub checked_bytes: u64,
     pub problems: Vec<String>,
+    /// Pending SHA-256s computed and recorded in the backup's checksums file.
+    pub recorded_checksums: u64,
 }
 
 /// Every file the manifest names exists with its size; with `deep`, every byte is
@@ -78,14 +83,18 @@ pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurre
         progress.totals_known();
         let mut unreadable = None;
         let pool = catalog.pool();
+        // The SHA-256s of the pending records, in listing order (the checks are run in
+        // order for it), recorded only if every pending blob read whole and right.
+        let mut computed = catalog::ListingWriter::new().map_err(|e| CatalogError::Corrupt { what: "a temporary file".into(), detail: e.to_string() })?;
+        let (mut pending, mut pending_bad) = (0u64, false);
         {
             let checks = futures::stream::iter(reader.by_ref())
                 .map(|r| {
                     let progress = &progress;
                     async move {
                         let r = r?;
-                        let problem = check(pool.store(), &catalog::recorded_path(&r.blob), r.size, deep.then_some(r.sha256.as_str())).await;
-                        if let Some(p) = &problem {
+                        let checked = check_blob(pool.store(), &r, deep).await;
+                        if let Err(p) = &checked {
                             // Recorded in the bucket: the next run copies this object
                             // again instead of reusing the damaged blob.
                             let record =
@@ -94,19 +103,29 @@ pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurre
                                 warn!(blob = %r.blob, error = %e, "could not record the damaged blob; the next run will not know to copy it again");
                             }
                         }
-                        let problem = problem.map(|p| format!("object {} (blob {}): {p}", r.key, r.blob));
                         progress.add_done(1, r.size);
-                        Ok::<_, CatalogError>((r.size, problem))
+                        Ok::<_, CatalogError>((r, checked))
                     }
                 })
-                .buffer_unordered(concurrency);
+                .buffered(concurrency);
             futures::pin_mut!(checks);
             while let Some(result) = checks.next().await {
                 match result {
-                    Ok((size, problem)) => {
+                    Ok((r, checked)) => {
                         f.checked_files += 1;
-                        f.checked_bytes += if deep { size } else { 0 };
-                        f.problems.extend(problem);
+                        f.checked_bytes += if deep { r.size } else { 0 };
+                        pending += u64::from(r.sha256.is_none());
+                        match checked {
+                            Ok(Some(sha256)) => {
+                                let line = catalog::ChecksumRecord { key: r.key.clone(), blob: r.blob.clone(), sha256 };
+                                computed.push_checksum(&line).map_err(|e| CatalogError::Corrupt { what: "a temporary file".into(), detail: e.to_string() })?;
+                            }
+                            Ok(None) => {}
+                            Err(p) => {
+                                pending_bad |= r.sha256.is_none();
+                                f.problems.push(format!("object {} (blob {}): {p}", r.key, r.blob));
+                            }
+                        }
                     }
                     Err(e) => {
                         unreadable = Some(e);
@@ -117,14 +136,69 @@ pub async fn verify(catalog: &Catalog, manifest: &Manifest, deep: bool, concurre
         }
         match unreadable {
             Some(e) => f.problems.push(format!("{listing_file}: {e}")),
-            None => {
-                if let Err(e) = reader.verify_whole(&manifest.objects) {
-                    f.problems.push(format!("{listing_file}: {e}"));
+            None => match reader.verify_whole(&manifest.objects) {
+                Err(e) => f.problems.push(format!("{listing_file}: {e}")),
+                Ok(()) if deep && pending > 0 && !pending_bad => {
+                    let (listing, _) = computed.finish().map_err(|e| CatalogError::Corrupt { what: "a temporary file".into(), detail: e.to_string() })?;
+                    // Written once: a concurrent verify computed the same sums.
+                    if !catalog.has_checksums(id).await? {
+                        catalog.put_listing_as(id, &catalog::BackupFile::Checksums, &listing).await?;
+                        f.recorded_checksums = pending;
+                        info!(blobs = pending, file = %catalog::BackupFile::Checksums.path(id), "recorded the SHA-256 of the blobs whose copy had none");
+                    }
                 }
-            }
+                Ok(()) => {}
+            },
         }
     }
     Ok(f)
+}
+
+/// Checks one blob of the listing: present, its size, the ETag its copy answered (a
+/// pending record's); `deep`: its content, against the recorded SHA-256 or, pending,
+/// against that ETag when it is an MD5. Returns the SHA-256 computed for a pending
+/// record, or what is wrong.
+async fn check_blob(store: &Arc<dyn ObjectStore>, r: &ObjectRecord, deep: bool) -> Result<Option<String>, String> {
+    let path = catalog::recorded_path(&r.blob);
+    let meta = match store.head(&path).await {
+        Ok(m) => m,
+        Err(object_store::Error::NotFound { .. }) => return Err("missing".into()),
+        Err(e) => return Err(format!("unreadable: {e}")),
+    };
+    if meta.size != r.size {
+        return Err(format!("size {} instead of {}", meta.size, r.size));
+    }
+    if let (Some(want), Some(got)) = (&r.blob_etag, &meta.e_tag)
+        && want.trim_matches('"') != got.trim_matches('"')
+    {
+        return Err(format!("ETag {got} instead of {want}: the blob was written again since its copy"));
+    }
+    if !deep {
+        return Ok(None);
+    }
+    let md5 = objects::Expect::of_blob(r).md5;
+    let (sha256, read_md5) = digests_of(store, &path, md5.is_some()).await.map_err(|e| format!("unreadable: {e}"))?;
+    match (&r.sha256, md5, read_md5) {
+        (Some(want), _, _) if *want != sha256 => Err(format!("checksum {sha256} instead of {want}")),
+        (Some(_), _, _) => Ok(None),
+        (None, Some(want), Some(read)) if want != read => Err(format!("MD5 {} instead of the copy's ETag {}", hex::encode(read), hex::encode(want))),
+        (None, _, _) => Ok(Some(sha256)),
+    }
+}
+
+/// The SHA-256 (hex) of an object's bytes as read, and their MD5 if asked.
+async fn digests_of(store: &Arc<dyn ObjectStore>, path: &Path, md5: bool) -> Result<(String, Option<[u8; 16]>), object_store::Error> {
+    let mut sha256 = Sha256::new();
+    let mut md5 = md5.then(<md5::Md5 as md5::Digest>::new);
+    let mut stream = store.get(path).await?.into_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        sha256.update(&chunk);
+        if let Some(m) = &mut md5 {
+            md5::Digest::update(m, &chunk);
+        }
+    }
+    Ok((hex::encode(sha256.finalize()), md5.map(|m| md5::Digest::finalize(m).into())))
 }
 
 /// Checks one object: its size, and with `sha256` its content.

@@ -48,7 +48,7 @@ async fn assert_pool_identical(bed: &Bed, m: &catalog::Manifest) {
         let original = read(&bed.source, &r.key).await;
         let pooled = read(&bed.target, &r.blob).await;
         assert!(original == pooled, "blob {} differs from its source {}", r.blob, r.key);
-        assert_eq!(hex::encode(Sha256::digest(&pooled)), r.sha256, "sha256 of {}", r.key);
+        assert_eq!(hex::encode(Sha256::digest(&pooled)).as_str(), r.sha256.as_deref().unwrap_or("pending"), "sha256 of {}", r.key);
         assert_eq!(r.size, original.len() as u64);
     }
     keys.dedup();
@@ -545,7 +545,8 @@ async fn a_listing_of_many_parts_is_uploaded_from_its_file_and_reads_back() {
             size: u64::from(i),
             etag: None,
             blob: format!("blobs/chunk/{sha}@{i}"),
-            sha256: sha,
+            sha256: Some(sha),
+            blob_etag: None,
             since: "b1".into(),
         }
     };

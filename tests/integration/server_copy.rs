@@ -36,7 +36,7 @@ async fn assert_real_checksums(bed: &Bed, records: &[ObjectRecord]) {
     assert_eq!(records.len() as u64, CHUNKS, "{records:?}");
     for r in records {
         let bytes = read(&bed.source, &r.key).await;
-        assert_eq!(r.sha256, hex::encode(Sha256::digest(&bytes)), "{}: the recorded SHA-256 is the content's", r.key);
+        assert_eq!(r.sha256.as_deref(), Some(hex::encode(Sha256::digest(&bytes)).as_str()), "{}: the recorded SHA-256 is the content's", r.key);
         assert_eq!(r.size, bytes.len() as u64, "{}", r.key);
     }
 }
@@ -174,4 +174,110 @@ async fn copy_mode_server_on_a_local_source_is_a_configuration_error() {
     let out = bed.run(&["run"]).await;
     out.expect_code(2);
     assert!(out.stderr.contains("COPY_MODE") && out.stderr.contains("is not an S3 bucket"), "{}", out.stderr);
+}
+
+/// A bed whose source and backup bucket are two buckets of one s3s-fs, reached through
+/// the recording proxy with one set of credentials: s3s-fs copies server-side but
+/// gives no SHA-256 of its copies (a store that cannot compute one).
+async fn s3s_bed() -> (Bed, S3sFs, FaultProxy) {
+    let mut bed = Bed::new(BedOptions { chunks: CHUNKS, ..Default::default() }).await;
+    let s3s = S3sFs::start().await;
+    s3s.create_bucket("pach-data");
+    s3s.create_bucket("backups");
+    let source = s3s.store("pach-data");
+    for i in 1..=CHUNKS {
+        source.put(&chunk_key(i).as_str().into(), chunk_content(i, chunk_size(i)).into()).await.expect("seed the s3s-fs source");
+    }
+    let proxy = FaultProxy::start(s3s.port).await;
+    for (k, v) in s3s.env("", &proxy.url()) {
+        bed.set(&k, &v);
+    }
+    bed.set("PAUSE_MODE", "none");
+    bed.source = source;
+    bed.target = std::sync::Arc::new(object_store::prefix::PrefixStore::new(s3s.store("backups"), "nightly"));
+    (bed, s3s, proxy)
+}
+
+/// A store that copies server-side without giving the copy's SHA-256 (s3s-fs): the
+/// copies stay server-side, each record is marked pending with the copy's ETag (format
+/// 2), the backup restores checked against that ETag's MD5, `verify --deep` reads every
+/// blob once and records its SHA-256, and the next run carries the SHA-256s forward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_without_the_stores_sha256_is_marked_pending_until_verify_deep_records_it() {
+    let (bed, _s3s, proxy) = s3s_bed().await;
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    let requests = proxy.requests();
+    assert_eq!(source_body_gets(&requests), 0, "no object body of the source was read: {:?}", requests.iter().filter(|r| r.is_object_get()).collect::<Vec<_>>());
+    assert_eq!(copies(&requests).len() as u64, CHUNKS, "one CopyObject per object");
+
+    let first = bed.manifests().await.pop().expect("a backup");
+    assert_eq!(first.format_version, 2, "a listing with pending records is format 2");
+    assert_eq!(first.objects.counts.pending, CHUNKS, "{:?}", first.objects.counts);
+    let records = listing(&bed, &first).await;
+    for r in &records {
+        assert_eq!(r.sha256, None, "{}: pending", r.key);
+        let etag = r.blob_etag.as_deref().unwrap_or_else(|| panic!("{}: the copy's ETag is recorded", r.key));
+        assert_eq!(etag, hex::encode(<md5::Md5 as md5::Digest>::digest(read(&bed.source, &r.key).await)), "{}: s3s-fs's ETag is the content's MD5", r.key);
+    }
+
+    // Restored before any verify: every blob checked against its copy's ETag.
+    let dest_dir = bed.dir.path().join("restored");
+    std::fs::create_dir_all(&dest_dir).expect("dir");
+    let url = format!("file://{}", dest_dir.display());
+    run_with(&bed, restore_env(&bed.pg, &url), &["restore", "--skip-databases"]).await.expect_code(0);
+    let dest: std::sync::Arc<dyn ObjectStore> = std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dest_dir).expect("store"));
+    for i in 1..=CHUNKS {
+        assert!(read(&dest, &chunk_key(i)).await == chunk_content(i, chunk_size(i)), "chunk {i} restored byte-identical");
+    }
+
+    bed.run(&["verify"]).await.expect_code(0);
+    let checksums = catalog::BackupFile::Checksums.path(&first.backup_id);
+    assert!(bed.target.head(&checksums).await.is_err(), "a shallow verify reads no blob and records nothing");
+    let out = bed.run(&["verify", "--deep"]).await;
+    out.expect_code(0);
+    assert!(out.stdout.contains(&format!("the SHA-256 of {CHUNKS} blob(s) copied without one recorded")), "{}", out.stdout);
+    let written = bed.target.head(&checksums).await.expect("verify --deep wrote the checksums file");
+    // Read back as every reader reads it: the pending records are filled.
+    assert_real_checksums(&bed, &listing(&bed, &first).await).await;
+    let out = bed.run(&["verify", "--deep"]).await;
+    out.expect_code(0);
+    assert!(!out.stdout.contains("recorded"), "written once: {}", out.stdout);
+    assert_eq!(bed.target.head(&checksums).await.expect("still there").last_modified, written.last_modified, "written once");
+
+    // The next run reuses every blob and records its SHA-256: nothing pending, format 1.
+    bed.run(&["run"]).await.expect_code(0);
+    let second = bed.manifests().await.pop().expect("a second backup");
+    assert_ne!(second.backup_id, first.backup_id);
+    assert_eq!((second.objects.counts.reused, second.objects.counts.pending), (CHUNKS, 0), "{:?}", second.objects.counts);
+    assert_eq!(second.format_version, 1, "no pending record: readers of format 1 read it");
+    assert_real_checksums(&bed, &listing(&bed, &second).await).await;
+}
+
+/// A pending blob damaged in the pool (its bytes changed on the server's disk, size
+/// kept): `verify --deep` names it and records no SHA-256 of it, and restore refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_pending_blob_is_never_recorded_nor_restored() {
+    let (bed, s3s, _proxy) = s3s_bed().await;
+    bed.run(&["run"]).await.expect_code(0);
+    let m = bed.manifests().await.pop().expect("a backup");
+    let victim = listing(&bed, &m).await.remove(5);
+    assert_eq!(victim.sha256, None, "pending");
+    let file = s3s.root.path().join("backups/nightly").join(&victim.blob);
+    let mut bytes = std::fs::read(&file).expect("the blob's file on the server");
+    bytes[0] ^= 0xff;
+    std::fs::write(&file, bytes).expect("damage the blob");
+
+    let out = bed.run(&["verify", "--deep"]).await;
+    out.expect_code(1);
+    assert!(out.stdout.contains(&victim.blob), "{}", out.stdout);
+    assert!(bed.target.head(&catalog::BackupFile::Checksums.path(&m.backup_id)).await.is_err(), "no SHA-256 recorded from a damaged pool");
+
+    let dest_dir = bed.dir.path().join("restored");
+    std::fs::create_dir_all(&dest_dir).expect("dir");
+    let url = format!("file://{}", dest_dir.display());
+    let out = run_with(&bed, restore_env(&bed.pg, &url), &["restore", "--skip-databases"]).await;
+    out.expect_code(1);
+    assert!(out.stderr.contains(&victim.key), "{}", out.stderr);
+    assert!(!dest_dir.join(&victim.key).exists(), "the damaged object is not restored");
 }
