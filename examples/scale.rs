@@ -125,7 +125,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let meta = synthetic.meta(i);
         let key = meta.location.to_string();
         let blob = catalog::blob_key(&key, meta.e_tag.as_deref(), meta.last_modified, meta.size);
-        previous.push(&ObjectRecord { key, size: meta.size, etag: meta.e_tag, blob, sha256: Some(format!("{i:064x}")), blob_etag: None, since: "previous".into() })?;
+        previous.push(&ObjectRecord {
+            key,
+            size: meta.size,
+            etag: meta.e_tag,
+            blob,
+            sha256: Some(format!("{i:064x}")),
+            blob_etag: None,
+            since: "previous".into(),
+        })?;
     }
     let (previous, _) = previous.finish()?;
     println!(

@@ -1357,7 +1357,16 @@ mod tests {
         assert!(read(text.as_bytes()).verify_whole(&objects(1, "00")).is_err(), "sha");
         // A written listing carries the frame checksum: a flipped bit fails the decode.
         let mut w = ListingWriter::new().expect("a temporary file");
-        w.push(&ObjectRecord { key: "a".into(), size: 1, etag: None, blob: "blobs/a@0".into(), sha256: Some("00".into()), blob_etag: None, since: "b1".into() }).expect("push");
+        w.push(&ObjectRecord {
+            key: "a".into(),
+            size: 1,
+            etag: None,
+            blob: "blobs/a@0".into(),
+            sha256: Some("00".into()),
+            blob_etag: None,
+            since: "b1".into(),
+        })
+        .expect("push");
         let (bytes, _) = w.finish().expect("finish");
         let mut flipped = bytes.bytes();
         let at = flipped.len() - 6;
@@ -1380,7 +1389,15 @@ mod tests {
     #[test]
     fn listing_round_trips_and_refuses_disorder() {
         let mut w = ListingWriter::new().expect("a temporary file");
-        let r = |k: &str| ObjectRecord { key: k.into(), size: 1, etag: None, blob: format!("blobs/{k}@0"), sha256: Some("00".into()), blob_etag: None, since: "b1".into() };
+        let r = |k: &str| ObjectRecord {
+            key: k.into(),
+            size: 1,
+            etag: None,
+            blob: format!("blobs/{k}@0"),
+            sha256: Some("00".into()),
+            blob_etag: None,
+            since: "b1".into(),
+        };
         w.push(&r("a")).expect("first");
         w.push(&r("b")).expect("second");
         assert!(w.push(&r("a")).is_err());

@@ -2165,7 +2165,11 @@ impl RunConfig {
             if copy.mode == CopyMode::Server
                 && let crate::server_copy::Route::Stream(why) = crate::server_copy::route(CopyMode::Server, s, t)
             {
-                check.fail(vars::COPY_MODE.name, format!("is server, but {why}"), "auto or stream, or two S3 buckets (s3://) without SSE-C");
+                check.fail(
+                    vars::COPY_MODE.name,
+                    format!("is server, but {why}"),
+                    "auto or stream, or two S3 buckets (s3://) without SSE-C or two Azure containers (az://)",
+                );
             }
         }
         // An unset SOURCE_URL is fine with OBJECTS=skip; then nothing is read from it.
@@ -2271,7 +2275,7 @@ impl RestoreConfig {
         if let (Some(d), Some(t)) = (&destination, &target) {
             check_apart(&mut check, d, t);
             if copy_mode == CopyMode::Server
-                && let crate::server_copy::Route::Stream(why) = crate::server_copy::route(CopyMode::Server, t, d)
+                && let crate::server_copy::Route::Stream(why) = crate::server_copy::restore_route(CopyMode::Server, t, d)
             {
                 check.fail(vars::COPY_MODE.name, format!("is server, but {why}"), "auto or stream, or two S3 buckets (s3://) without SSE-C");
             }

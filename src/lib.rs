@@ -2,6 +2,7 @@
 //! with retention, restore, verification and metrics. `docs/ARCHITECTURE.md` maps
 //! the modules; `docs/FORMAT.md` specifies the backup bucket's layout.
 
+pub mod azure;
 pub mod catalog;
 pub mod cluster;
 pub mod commands;

@@ -149,15 +149,6 @@ impl ClientKey for object_store::gcp::GoogleConfigKey {
     }
 }
 
-impl ClientKey for object_store::azure::AzureConfigKey {
-    fn client(&self) -> Option<object_store::ClientConfigKey> {
-        match self {
-            object_store::azure::AzureConfigKey::Client(k) => Some(*k),
-            _ => None,
-        }
-    }
-}
-
 /// Whether opening a local directory (`file://`) as a bucket creates it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Create {
@@ -188,9 +179,7 @@ pub fn open(settings: &StoreSettings, create: Create) -> Result<Arc<dyn ObjectSt
         object_store::ObjectStoreScheme::GoogleCloudStorage => {
             with_client_options!(object_store::gcp::GoogleCloudStorageBuilder, object_store::gcp::GoogleConfigKey, settings)
         }
-        object_store::ObjectStoreScheme::MicrosoftAzure => {
-            with_client_options!(object_store::azure::MicrosoftAzureBuilder, object_store::azure::AzureConfigKey, settings)
-        }
+        object_store::ObjectStoreScheme::MicrosoftAzure => crate::azure::builder(settings).build().map(|s| Box::new(s) as _),
         _ => {
             let options = settings.options.iter().map(|(k, v)| (k.clone(), v.expose().to_string()));
             object_store::parse_url_opts(&settings.url, options).map(|(store, _)| store)
@@ -218,7 +207,7 @@ impl Source {
     pub fn open(settings: &StoreSettings, target: &StoreSettings, mode: CopyMode) -> Result<Source, ObjectsError> {
         Ok(Source {
             store: open(settings, Create::Never)?,
-            server: server_copy::open(mode, settings, target),
+            server: server_copy::open(server_copy::route(mode, settings, target), settings, target),
             put: s3::Put::open(target),
             md5_etags: matches!(settings.url.scheme(), "s3" | "s3a" | "gs"),
         })
@@ -1324,7 +1313,16 @@ mod tests {
         assert!(matches!(p.plan("b", 2, Some("e"), t0()).expect("ok"), Plan::Copy { blob, .. } if blob == healed));
         // A later run reuses the fresh key: it is the same object.
         let mut w = ListingWriter::new().expect("a temporary file");
-        w.push(&ObjectRecord { key: "b".into(), size: 2, etag: Some("e".into()), blob: healed.clone(), sha256: Some("s".into()), blob_etag: None, since: "B2".into() }).expect("push");
+        w.push(&ObjectRecord {
+            key: "b".into(),
+            size: 2,
+            etag: Some("e".into()),
+            blob: healed.clone(),
+            sha256: Some("s".into()),
+            blob_etag: None,
+            since: "B2".into(),
+        })
+        .expect("push");
         let (bytes, _) = w.finish().expect("finish");
         let mut later = Planner::new(ListingReader::new(&bytes, "t".into()).expect("decodes"));
         assert!(matches!(later.plan("b", 2, Some("e"), t0()).expect("ok"), Plan::Reuse(r) if r.blob == healed));

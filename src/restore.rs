@@ -140,7 +140,7 @@ pub async fn restore(cfg: &RestoreConfig, catalog: &Catalog, manifest: &Manifest
         }
     }
     if let (Some(dest), Some(settings)) = (destination, &cfg.destination) {
-        let server = server_copy::open(cfg.copy_mode, &cfg.target, settings);
+        let server = server_copy::open(server_copy::restore_route(cfg.copy_mode, &cfg.target, settings), &cfg.target, settings);
         let put = s3::Put::open(settings);
         let (restored, bytes, skipped) =
             restore_objects_into(catalog, manifest, &dest, look_first, server.as_ref(), put.as_ref(), cfg.concurrency, cfg.common.progress_interval).await?;

@@ -1,6 +1,7 @@
-//! S3 server-side copy: the source's objects copied into the pool by the store itself
-//! (CopyObject), so their bytes never cross this process's network, when one set of
-//! credentials reaches both buckets on one service.
+//! Server-side copy: the source's objects copied into the pool by the store itself
+//! (S3 CopyObject, Azure Copy Blob From URL: [`crate::azure`]), so their bytes never
+//! cross this process's network, when one set of credentials reaches both buckets on
+//! one service.
 //!
 //! object_store copies only within one bucket, so the CopyObject is signed here with
 //! object_store's own credentials, signer and client options ([`S3Endpoint`]). The
@@ -14,7 +15,9 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine;
+use object_store::ObjectStoreScheme;
 use object_store::aws::AmazonS3ConfigKey;
+use object_store::azure::AzureConfigKey;
 use object_store::client::{HttpRequest, HttpRequestBody};
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -50,44 +53,83 @@ const WRITE_SIDE: &[&str] = &[
 
 const SSE_C: &str = "aws_sse_customer_key_base64";
 
-/// A bucket's identity on its service: its S3 options by object_store's canonical name
-/// (credentials, region, endpoint, role…), without the client's and the write-side ones.
-fn identity(settings: &StoreSettings) -> BTreeMap<String, &str> {
+/// The services that copy server-side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    S3,
+    Azure,
+}
+
+impl Service {
+    fn of(settings: &StoreSettings) -> Option<Service> {
+        match ObjectStoreScheme::parse(&settings.url).ok()?.0 {
+            ObjectStoreScheme::AmazonS3 => Some(Service::S3),
+            ObjectStoreScheme::MicrosoftAzure => Some(Service::Azure),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Service::S3 => "an S3 bucket",
+            Service::Azure => "an Azure container",
+        }
+    }
+}
+
+/// A bucket's identity on its service: its options by object_store's canonical name
+/// (credentials, region, endpoint, account…), without the client's, the bucket's name
+/// and the write-side ones.
+fn identity(settings: &StoreSettings, service: Service) -> BTreeMap<String, &str> {
     settings
         .options
         .iter()
-        .filter_map(|(k, v)| match AmazonS3ConfigKey::from_str(k) {
-            Ok(AmazonS3ConfigKey::Client(_)) | Ok(AmazonS3ConfigKey::Bucket) | Err(_) => None,
-            Ok(key) => Some((key.as_ref().to_string(), v.expose())),
+        .filter_map(|(k, v)| match service {
+            Service::S3 => match AmazonS3ConfigKey::from_str(k) {
+                Ok(AmazonS3ConfigKey::Client(_)) | Ok(AmazonS3ConfigKey::Bucket) | Err(_) => None,
+                Ok(key) => Some((key.as_ref().to_string(), v.expose())),
+            },
+            Service::Azure => match AzureConfigKey::from_str(k) {
+                Ok(AzureConfigKey::Client(_)) | Ok(AzureConfigKey::ContainerName) | Err(_) => None,
+                Ok(key) => Some((key.as_ref().to_string(), v.expose())),
+            },
         })
         .filter(|(k, _)| !WRITE_SIDE.contains(&k.as_str()))
         .collect()
 }
 
-fn is_s3(settings: &StoreSettings) -> bool {
-    matches!(settings.url.scheme(), "s3" | "s3a")
-}
-
-/// Whether the run copies server-side (pure). `auto`: when both buckets are S3's with
-/// the same identity (endpoint, region, credentials: the pool's credentials must read
-/// the source); `server`: whenever both are S3's; never with SSE-C, whose copies need
-/// the source's key sent along.
+/// Whether the run copies server-side (pure). `auto`: when both buckets are S3's, or
+/// both Azure's, with the same identity (endpoint, account, credentials: the pool's
+/// credentials must read the source); `server`: whenever both are on one such service;
+/// never with SSE-C, whose copies need the source's key sent along.
 pub fn route(mode: CopyMode, source: &StoreSettings, target: &StoreSettings) -> Route {
     if mode == CopyMode::Stream {
         return Route::Stream("COPY_MODE=stream".into());
     }
+    let mut services = Vec::new();
     for s in [source, target] {
-        if !is_s3(s) {
-            return Route::Stream(format!("{} is not an S3 bucket (s3://)", s.variable));
-        }
-        if identity(s).contains_key(SSE_C) {
+        let Some(service) = Service::of(s) else {
+            return Route::Stream(format!("{} is neither an S3 bucket (s3://) nor an Azure container (az://)", s.variable));
+        };
+        if identity(s, service).contains_key(SSE_C) {
             return Route::Stream(format!("{} is encrypted with SSE-C", s.variable));
         }
+        services.push(service);
+    }
+    let service = services[0];
+    if services[1] != service {
+        return Route::Stream(format!(
+            "{} is {} and {} {}: one service copies server-side",
+            source.variable,
+            service.name(),
+            target.variable,
+            services[1].name()
+        ));
     }
     if mode == CopyMode::Server {
         return Route::Server;
     }
-    let (a, b) = (identity(source), identity(target));
+    let (a, b) = (identity(source, service), identity(target, service));
     let differing: Vec<&str> =
         a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).map(String::as_str).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     if differing.is_empty() {
@@ -151,56 +193,115 @@ pub fn full_object_sha256(xml: &str) -> Option<String> {
     (bytes.len() == 32).then(|| hex::encode(bytes))
 }
 
-/// The server-side copier of one run: CopyObject requests sent to the pool's endpoint
-/// with the pool's credentials.
+/// The server-side copier of one run: copies requested from the pool's service with
+/// the pool's credentials.
 pub struct ServerCopy {
-    target: S3Endpoint,
-    source: StoreSettings,
-    target_settings: StoreSettings,
-    /// The pool's SSE-KMS headers: a copy is encrypted as object_store's PUTs are.
-    encryption: http::HeaderMap,
+    backend: Backend,
     off: AtomicBool,
     refusal_logged: AtomicBool,
     failure_logged: AtomicBool,
 }
 
+enum Backend {
+    S3 {
+        target: S3Endpoint,
+        source: StoreSettings,
+        target_settings: StoreSettings,
+        /// The pool's SSE-KMS headers: a copy is encrypted as object_store's PUTs are.
+        encryption: http::HeaderMap,
+    },
+    Azure(crate::azure::Copier),
+}
+
 impl ServerCopy {
     pub fn new(source: &StoreSettings, target: &StoreSettings) -> Result<ServerCopy, String> {
-        let encryption = encryption_headers(target)?;
-        Ok(ServerCopy {
-            target: S3Endpoint::new(target)?,
-            source: source.clone(),
-            target_settings: target.clone(),
-            encryption,
-            off: AtomicBool::new(false),
-            refusal_logged: AtomicBool::new(false),
-            failure_logged: AtomicBool::new(false),
-        })
+        let backend = match Service::of(target) {
+            Some(Service::Azure) => Backend::Azure(crate::azure::Copier::new(source, target)?),
+            _ => Backend::S3 {
+                encryption: encryption_headers(target)?,
+                target: S3Endpoint::new(target)?,
+                source: source.clone(),
+                target_settings: target.clone(),
+            },
+        };
+        Ok(ServerCopy { backend, off: AtomicBool::new(false), refusal_logged: AtomicBool::new(false), failure_logged: AtomicBool::new(false) })
+    }
+
+    /// The request that copies, as the logs name it.
+    pub fn request(&self) -> &'static str {
+        match self.backend {
+            Backend::S3 { .. } => "S3 CopyObject",
+            Backend::Azure(_) => "Azure Copy Blob From URL",
+        }
+    }
+
+    /// Whether the store gives the SHA-256 of its copies (S3 does when asked; Azure
+    /// does not): a restore copies server-side only then, to check each copy.
+    pub fn gives_sha256(&self) -> bool {
+        matches!(self.backend, Backend::S3 { .. })
     }
 
     /// Whether an object of `size` is to be copied server-side.
     pub fn takes(&self, size: u64) -> bool {
-        size <= MAX_SERVER_COPY && !self.off.load(Ordering::Relaxed)
+        let most = match self.backend {
+            Backend::S3 { .. } => MAX_SERVER_COPY,
+            Backend::Azure(_) => crate::azure::MAX_SYNC_COPY,
+        };
+        size <= most && !self.off.load(Ordering::Relaxed)
     }
 
     /// Copies `from_key` of the source to `to_key` of the pool (keys under their
-    /// bucket URL's prefix) with one CopyObject, only if the source still has the ETag
+    /// bucket URL's prefix) with one request, only if the source still has the ETag
     /// it was listed with. The caller checks the copy's size.
     pub async fn copy(&self, from_key: &str, to_key: &str, etag: Option<&str>) -> Result<Copied, Fallback> {
-        let bucket = self.source.url.host_str().unwrap_or_default();
+        match &self.backend {
+            Backend::S3 { target, source, target_settings, encryption } => {
+                self.copy_s3(target, source, target_settings, encryption, from_key, to_key, etag).await
+            }
+            Backend::Azure(copier) => {
+                let answer = copier.copy(from_key, to_key, etag).await.map_err(|e| self.failed(e))?;
+                let code = answer.error.code.clone().unwrap_or_default();
+                let said = || answer.error.said(answer.status);
+                match (answer.status.as_u16(), code.as_str()) {
+                    (202 | 201 | 200, _) if answer.copy_status.as_deref() == Some("success") => Ok(Copied::Done { sha256: None, etag: answer.etag }),
+                    (200..=299, _) => Err(self.failed(format!("the copy is {} rather than done", answer.copy_status.as_deref().unwrap_or("of no status")))),
+                    (404, "BlobNotFound") => Ok(Copied::Missing),
+                    (501, _) | (_, "NotImplemented" | "APINotImplemented") => {
+                        Err(self.unsupported(format!("the store does not implement Copy Blob From URL ({})", said())))
+                    }
+                    (412, _) => Err(Fallback::Failed(format!("the source no longer has the ETag it was listed with ({})", said()))),
+                    (400..=499, _) => Err(self.refused(said())),
+                    _ => Err(self.failed(said())),
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_s3(
+        &self,
+        target: &S3Endpoint,
+        source: &StoreSettings,
+        target_settings: &StoreSettings,
+        encryption: &http::HeaderMap,
+        from_key: &str,
+        to_key: &str,
+        etag: Option<&str>,
+    ) -> Result<Copied, Fallback> {
+        let bucket = source.url.host_str().unwrap_or_default();
         let mut builder = http::Request::builder()
             .method(http::Method::PUT)
-            .uri(format!("{}/{}", self.target.base, encode_key(&under(&self.target_settings, to_key))))
-            .header("x-amz-copy-source", format!("/{bucket}/{}", encode_key(&under(&self.source, from_key))))
+            .uri(format!("{}/{}", target.base, encode_key(&under(target_settings, to_key))))
+            .header("x-amz-copy-source", format!("/{bucket}/{}", encode_key(&under(source, from_key))))
             .header("x-amz-checksum-algorithm", "SHA256")
             .header(http::header::CONTENT_LENGTH, "0");
         if let Some(etag) = etag {
             builder = builder.header("x-amz-copy-source-if-match", etag);
         }
         let mut request: HttpRequest = builder.body(HttpRequestBody::empty()).map_err(|e| self.failed(format!("cannot build the request: {e}")))?;
-        request.headers_mut().extend(self.encryption.clone());
-        self.target.sign(&mut request, Payload::Hashed).await.map_err(|e| self.failed(e))?;
-        let response = self.target.client.execute(request).await.map_err(|e| self.failed(crate::error_chain(&e)))?;
+        request.headers_mut().extend(encryption.clone());
+        target.sign(&mut request, Payload::Hashed).await.map_err(|e| self.failed(e))?;
+        let response = target.client.execute(request).await.map_err(|e| self.failed(crate::error_chain(&e)))?;
         let status = response.status();
         let body = response.into_body().bytes().await.map_err(|e| self.failed(crate::error_chain(&e)))?;
         let text = String::from_utf8_lossy(&body);
@@ -227,8 +328,12 @@ impl ServerCopy {
 
     fn refused(&self, why: String) -> Fallback {
         if !self.refusal_logged.swap(true, Ordering::Relaxed) {
+            let grant = match self.backend {
+                Backend::S3 { .. } => "s3:GetObject",
+                Backend::Azure(_) => "read (a SAS of the account key, or Storage Blob Data Reader)",
+            };
             warn!(
-                "the store refused a server-side copy ({why}): such objects are streamed (grant the backup bucket's credentials s3:GetObject on the source, or set COPY_MODE=stream)"
+                "the store refused a server-side copy ({why}): such objects are streamed (grant the backup bucket's credentials {grant} on the source, or set COPY_MODE=stream)"
             );
         }
         Fallback::Refused(why)
@@ -242,12 +347,23 @@ impl ServerCopy {
     }
 }
 
-/// The run's server-side copier, if its route is server-side (logged either way).
-pub fn open(mode: CopyMode, source: &StoreSettings, target: &StoreSettings) -> Option<ServerCopy> {
-    match route(mode, source, target) {
+/// The route of a restore's copies from the backup bucket: as a run's, but never
+/// server-side on Azure, whose copies carry no SHA-256 to check a restored blob by.
+pub fn restore_route(mode: CopyMode, backup: &StoreSettings, destination: &StoreSettings) -> Route {
+    match route(mode, backup, destination) {
+        Route::Server if Service::of(backup) == Some(Service::Azure) => {
+            Route::Stream("Azure's copies carry no SHA-256 to check a restored blob against, so each is streamed and checked".into())
+        }
+        other => other,
+    }
+}
+
+/// The copier of a run (or restore) whose route is `route` (logged either way).
+pub fn open(route: Route, source: &StoreSettings, target: &StoreSettings) -> Option<ServerCopy> {
+    match route {
         Route::Server => match ServerCopy::new(source, target) {
             Ok(copier) => {
-                info!("objects are copied server-side (S3 CopyObject): their bytes do not pass through this process");
+                info!("objects are copied server-side ({}): their bytes do not pass through this process", copier.request());
                 Some(copier)
             }
             Err(why) => {
@@ -277,6 +393,7 @@ mod tests {
             o
         };
         let same = with(&[]);
+        let azure = [("azure_storage_account_name", "acct"), ("azure_storage_account_key", "KEY")];
         let server = || Route::Server;
         let stream = |why: &str| Route::Stream(why.to_string());
         #[rustfmt::skip]
@@ -289,18 +406,25 @@ mod tests {
             (CopyMode::Auto, bucket("s3://src", &with(&[("aws_access_key_id", "OTHER")])), bucket("s3://dst", &same), stream("SOURCE_URL and TARGET_URL differ in aws_access_key_id (one set of credentials on one endpoint copies server-side)")),
             (CopyMode::Auto, bucket("s3://src", &same), bucket("s3://dst", &with(&[("aws_endpoint", "http://minio.local")])), stream("SOURCE_URL and TARGET_URL differ in aws_endpoint (one set of credentials on one endpoint copies server-side)")),
             (CopyMode::Auto, bucket("s3://src", &same), bucket("s3://dst", &with(&[("aws_region", "us-east-1"), ("aws_session_token", "T")])), stream("SOURCE_URL and TARGET_URL differ in aws_region, aws_session_token (one set of credentials on one endpoint copies server-side)")),
-            (CopyMode::Auto, bucket("gs://src", &[]), bucket("s3://dst", &same), stream("SOURCE_URL is not an S3 bucket (s3://)")),
-            (CopyMode::Auto, bucket("s3://src", &same), bucket("file:///backup", &[]), stream("TARGET_URL is not an S3 bucket (s3://)")),
+            (CopyMode::Auto, bucket("gs://src", &[]), bucket("s3://dst", &same), stream("SOURCE_URL is neither an S3 bucket (s3://) nor an Azure container (az://)")),
+            (CopyMode::Auto, bucket("s3://src", &same), bucket("file:///backup", &[]), stream("TARGET_URL is neither an S3 bucket (s3://) nor an Azure container (az://)")),
+            // Azure: two containers of one account, with one key.
+            (CopyMode::Auto, bucket("az://src", &azure), bucket("az://dst/p", &azure), server()),
+            (CopyMode::Auto, bucket("az://src", &azure), bucket("azure://dst", &[("account_name", "acct"), ("azure_storage_account_key", "OTHER"), ("timeout", "9s")]), stream("SOURCE_URL and TARGET_URL differ in azure_storage_account_key (one set of credentials on one endpoint copies server-side)")),
             (CopyMode::Auto, bucket("s3://src", &with(&[("aws_sse_customer_key_base64", "K")])), bucket("s3://dst", &with(&[("aws_sse_customer_key_base64", "K")])), stream("SOURCE_URL is encrypted with SSE-C")),
             // Forced: whatever the identities, as long as both are S3's.
             (CopyMode::Server, bucket("s3://src", &with(&[("aws_access_key_id", "OTHER")])), bucket("s3://dst", &same), server()),
-            (CopyMode::Server, bucket("az://src", &[]), bucket("s3://dst", &same), stream("SOURCE_URL is not an S3 bucket (s3://)")),
+            (CopyMode::Server, bucket("az://src", &[]), bucket("s3://dst", &same), stream("SOURCE_URL is an Azure container and TARGET_URL an S3 bucket: one service copies server-side")),
             (CopyMode::Stream, bucket("s3://src", &same), bucket("s3://dst", &same), stream("COPY_MODE=stream")),
         ];
         for (mode, source, target, want) in cases {
             let (source, target) = (StoreSettings { variable: "SOURCE_URL", ..source }, StoreSettings { variable: "TARGET_URL", ..target });
             assert_eq!(route(mode, &source, &target), want, "{mode:?} {} {:?} → {} {:?}", source.url, source.options.keys(), target.url, target.options.keys());
         }
+        // A restore copies server-side only where the store checks the copy's SHA-256.
+        let (backup, restored) = (bucket("az://backups", &azure), bucket("az://restored", &azure));
+        assert!(matches!(restore_route(CopyMode::Auto, &backup, &restored), Route::Stream(why) if why.contains("no SHA-256")));
+        assert_eq!(restore_route(CopyMode::Auto, &bucket("s3://backups", &same), &bucket("s3://restored", &same)), server());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use pachyderm_backup::demo::{chunk_content, chunk_key, chunk_size};
 
+use crate::support::fault_proxy::{FaultProxy, Recorded};
 use crate::support::*;
 
 async fn keys(store: &Arc<dyn ObjectStore>) -> Vec<String> {
@@ -16,14 +17,14 @@ async fn keys(store: &Arc<dyn ObjectStore>) -> Vec<String> {
     k
 }
 
-/// Two runs: the first copies every chunk, the second reuses them all.
-async fn two_runs(bed: &Bed) {
+/// Two runs: the first copies every chunk (saying `how`), the second reuses them all.
+async fn two_runs(bed: &Bed, how: &str) {
     let first = bed.run(&["run"]).await;
     first.expect_code(0);
     let m = bed.manifests().await;
     assert_eq!(m.len(), 1);
     assert_eq!((m[0].objects.counts.count, m[0].objects.counts.copied), (bed.chunks, bed.chunks), "the first run copies every chunk");
-    assert!(first.said().iter().any(|l| l.contains("objects are streamed through this process")), "{}", first.stderr);
+    assert!(first.said().iter().any(|l| l.contains(how)), "{}", first.stderr);
 
     bed.run(&["run"]).await.expect_code(0);
     let newest = bed.manifests().await.pop().expect("a second backup");
@@ -39,21 +40,25 @@ fn drop_databases(bed: &Bed) {
 
 /// An Azure source and an Azure backup bucket (two containers of one account, reached
 /// at its own endpoint with its account key: `AZURE_STORAGE_ACCOUNT_NAME`,
-/// `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_ENDPOINT`): streamed, reused, restored.
+/// `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_ENDPOINT`), COPY_MODE=stream: streamed,
+/// reused, restored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_source_and_backup_bucket_round_trip() {
     let mut bed = Bed::new(BedOptions { buckets: Buckets::Azure, chunks: 30, ..Default::default() }).await;
+    bed.set("COPY_MODE", "stream");
     let before = (table_checksums(&bed.pg, "pachyderm"), table_checksums(&bed.pg, "dex"));
     let original = keys(&bed.source).await;
     assert_eq!(original.len() as u64, bed.chunks);
-    two_runs(&bed).await;
+    two_runs(&bed, "objects are streamed through this process: COPY_MODE=stream").await;
+    let m = bed.manifests().await.pop().expect("a backup");
+    assert_eq!((m.format_version, m.objects.counts.pending), (1, 0), "streamed: every SHA-256 computed on the way");
 
-    // Server-side copy is S3's only: asked for on Azure, the configuration says so.
-    bed.set("COPY_MODE", "server");
-    let out = bed.run(&["run"]).await;
+    // A restore from Azure streams: its copies would carry no SHA-256 to check.
+    let mut forced = restore_env(&bed.pg, &bed.source_url);
+    forced.push(("COPY_MODE".into(), "server".into()));
+    let out = run_with(&bed, forced, &["restore"]).await;
     out.expect_code(2);
-    assert!(out.stderr.contains("COPY_MODE"), "{}", out.stderr);
-    bed.set("COPY_MODE", "auto");
+    assert!(out.stderr.contains("COPY_MODE") && out.stderr.contains("no SHA-256"), "{}", out.stderr);
 
     drop_databases(&bed);
     for k in &original {
@@ -77,7 +82,7 @@ async fn gcs_source_round_trip() {
     let bed = Bed::new(BedOptions { buckets: Buckets::GcsSource, chunks: 30, ..Default::default() }).await;
     let before = (table_checksums(&bed.pg, "pachyderm"), table_checksums(&bed.pg, "dex"));
     let original = keys(&bed.source).await;
-    two_runs(&bed).await;
+    two_runs(&bed, "objects are streamed through this process: SOURCE_URL is neither").await;
 
     drop_databases(&bed);
     let restored_dir = bed.dir.path().join("restored");
@@ -88,6 +93,54 @@ async fn gcs_source_round_trip() {
     assert_eq!((table_checksums(&bed.pg, "pachyderm"), table_checksums(&bed.pg, "dex")), before, "every table's rows are back");
     let restored: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&restored_dir).expect("local store"));
     assert_eq!(keys(&restored).await, original, "the source's keys, no extra ones");
+    for i in 1..=bed.chunks {
+        assert!(read(&restored, &chunk_key(i)).await == chunk_content(i, chunk_size(i)), "chunk {i} restored byte-identical");
+    }
+}
+
+/// Two containers of one Azure account, behind the recording proxy: the run copies
+/// every object server-side (Copy Blob From URL between SAS URLs: no body read through
+/// the process), records each SHA-256 pending with the copy's ETag, `verify --deep`
+/// records them, the next run reuses every blob with its SHA-256, and the restore
+/// streams each blob back, checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_containers_of_one_account_copy_server_side() {
+    let mut bed = Bed::new(BedOptions { buckets: Buckets::Azure, chunks: 30, ..Default::default() }).await;
+    let port = bed.azurite.as_ref().expect("an Azure bed").port;
+    let proxy = FaultProxy::start(port).await;
+    bed.set("AZURE_STORAGE_ENDPOINT", &format!("{}/devstoreaccount1", proxy.url()));
+    let out = bed.run(&["run"]).await;
+    out.expect_code(0);
+    assert!(out.said().iter().any(|l| l.contains("copied server-side (Azure Copy Blob From URL)")), "{}", out.stderr);
+    let requests = proxy.requests();
+    let body_gets: Vec<&Recorded> = requests.iter().filter(|r| r.method == "GET" && r.path.starts_with("/devstoreaccount1/pach-data/")).collect();
+    assert!(body_gets.is_empty(), "no object of the source read through the process: {body_gets:?}");
+    let copies: Vec<&Recorded> = requests.iter().filter(|r| r.copy_source).collect();
+    assert_eq!(copies.len() as u64, bed.chunks, "one copy per object");
+    assert!(copies.iter().all(|r| r.method == "PUT" && r.status == 202 && r.path.starts_with("/devstoreaccount1/backups/nightly/blobs/")), "{copies:?}");
+
+    let first = bed.manifests().await.pop().expect("a backup");
+    assert_eq!((first.format_version, first.objects.counts.pending), (2, bed.chunks), "{:?}", first.objects.counts);
+    assert!(bed.listing(&first).await.iter().all(|r| r.sha256.is_none() && r.blob_etag.is_some()), "pending, with the copy's ETag");
+    let out = bed.run(&["verify", "--deep"]).await;
+    out.expect_code(0);
+    assert!(out.stdout.contains(&format!("the SHA-256 of {} blob(s) copied without one recorded", bed.chunks)), "{}", out.stdout);
+    for r in bed.listing(&first).await {
+        let bytes = read(&bed.source, &r.key).await;
+        assert_eq!(r.sha256, Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))), "{}: recorded by verify --deep", r.key);
+    }
+
+    proxy.clear_requests();
+    bed.run(&["run"]).await.expect_code(0);
+    let second = bed.manifests().await.pop().expect("a second backup");
+    assert_eq!((second.objects.counts.reused, second.objects.counts.pending, second.format_version), (bed.chunks, 0, 1), "{:?}", second.objects.counts);
+    assert!(proxy.requests().iter().all(|r| !r.copy_source), "nothing copied again");
+
+    bed.azurite.as_ref().expect("an Azure bed").create_container("restored");
+    let out = run_with(&bed, restore_env(&bed.pg, "az://restored"), &["restore", "--skip-databases"]).await;
+    out.expect_code(0);
+    assert!(out.said().iter().any(|l| l.contains("no SHA-256 to check a restored blob against")), "{}", out.stderr);
+    let restored = bed.azurite.as_ref().expect("an Azure bed").store("restored");
     for i in 1..=bed.chunks {
         assert!(read(&restored, &chunk_key(i)).await == chunk_content(i, chunk_size(i)), "chunk {i} restored byte-identical");
     }

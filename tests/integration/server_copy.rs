@@ -173,7 +173,7 @@ async fn copy_mode_server_on_a_local_source_is_a_configuration_error() {
     bed.set("COPY_MODE", "server");
     let out = bed.run(&["run"]).await;
     out.expect_code(2);
-    assert!(out.stderr.contains("COPY_MODE") && out.stderr.contains("is not an S3 bucket"), "{}", out.stderr);
+    assert!(out.stderr.contains("COPY_MODE") && out.stderr.contains("is neither an S3 bucket"), "{}", out.stderr);
 }
 
 /// A bed whose source and backup bucket are two buckets of one s3s-fs, reached through
@@ -208,7 +208,12 @@ async fn a_copy_without_the_stores_sha256_is_marked_pending_until_verify_deep_re
     let out = bed.run(&["run"]).await;
     out.expect_code(0);
     let requests = proxy.requests();
-    assert_eq!(source_body_gets(&requests), 0, "no object body of the source was read: {:?}", requests.iter().filter(|r| r.is_object_get()).collect::<Vec<_>>());
+    assert_eq!(
+        source_body_gets(&requests),
+        0,
+        "no object body of the source was read: {:?}",
+        requests.iter().filter(|r| r.is_object_get()).collect::<Vec<_>>()
+    );
     assert_eq!(copies(&requests).len() as u64, CHUNKS, "one CopyObject per object");
 
     let first = bed.manifests().await.pop().expect("a backup");

@@ -394,7 +394,7 @@ async fn handle(shared: Arc<Shared>, conn_reset: Arc<AtomicBool>, req: Request<I
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let copy_source = req.headers().contains_key("x-amz-copy-source");
+    let copy_source = req.headers().contains_key("x-amz-copy-source") || req.headers().contains_key("x-ms-copy-source");
     let content_md5 = req.headers().contains_key("content-md5");
     let unsigned_payload = req.headers().get("x-amz-content-sha256").is_some_and(|v| v == "UNSIGNED-PAYLOAD");
     let content_length = req.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok());
