@@ -215,7 +215,9 @@ async fn restore_one(
     record: &ObjectRecord,
     progress: &Progress,
 ) -> Result<(), RestoreError> {
-    if let Some(server) = server.filter(|s| s.takes(record.size)) {
+    // A blob whose SHA-256 is recorded is copied server-side only while the store's
+    // copies can be checked against it.
+    if let Some(server) = server.filter(|s| s.takes(record.size) && (record.sha256.is_none() || !s.gave_no_sha256())) {
         match server.copy(&record.blob, &record.key, None).await {
             Ok(Copied::Done { sha256, etag }) => match copy_matches(record, sha256.as_deref(), etag.as_deref()) {
                 Some(true) => {
@@ -232,7 +234,7 @@ async fn restore_one(
                     })?;
                 }
                 // Nothing to check the copy against: streaming checks it (and overwrites it).
-                None => debug!(key = %record.key, "the server-side copy cannot be checked: streamed instead"),
+                None => server.note_no_sha256(),
             },
             // Streaming names what is missing, as it names damage.
             Ok(Copied::Missing) => {}

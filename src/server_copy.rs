@@ -198,6 +198,8 @@ pub fn full_object_sha256(xml: &str) -> Option<String> {
 pub struct ServerCopy {
     backend: Backend,
     off: AtomicBool,
+    /// A copy came back without a SHA-256: the store gives none.
+    no_sha256: AtomicBool,
     refusal_logged: AtomicBool,
     failure_logged: AtomicBool,
 }
@@ -224,7 +226,13 @@ impl ServerCopy {
                 target_settings: target.clone(),
             },
         };
-        Ok(ServerCopy { backend, off: AtomicBool::new(false), refusal_logged: AtomicBool::new(false), failure_logged: AtomicBool::new(false) })
+        Ok(ServerCopy {
+            backend,
+            off: AtomicBool::new(false),
+            no_sha256: AtomicBool::new(false),
+            refusal_logged: AtomicBool::new(false),
+            failure_logged: AtomicBool::new(false),
+        })
     }
 
     /// The request that copies, as the logs name it.
@@ -239,6 +247,20 @@ impl ServerCopy {
     /// does not): a restore copies server-side only then, to check each copy.
     pub fn gives_sha256(&self) -> bool {
         matches!(self.backend, Backend::S3 { .. })
+    }
+
+    /// Notes that a copy came back without a SHA-256 (said once): a restore then streams
+    /// the blobs whose SHA-256 is recorded, since the store's copies cannot be checked
+    /// against it.
+    pub fn note_no_sha256(&self) {
+        if !self.no_sha256.swap(true, Ordering::Relaxed) {
+            warn!("the store gives no SHA-256 of its copies: blobs whose SHA-256 is recorded are streamed, and checked, for the rest of the restore");
+        }
+    }
+
+    /// Whether a copy came back without a SHA-256.
+    pub fn gave_no_sha256(&self) -> bool {
+        self.no_sha256.load(Ordering::Relaxed)
     }
 
     /// Whether an object of `size` is to be copied server-side.

@@ -286,3 +286,41 @@ async fn a_damaged_pending_blob_is_never_recorded_nor_restored() {
     assert!(out.stderr.contains(&victim.key), "{}", out.stderr);
     assert!(!dest_dir.join(&victim.key).exists(), "the damaged object is not restored");
 }
+
+/// A restore within one s3s-fs account (a store whose copies carry no SHA-256): a
+/// pending backup is copied back server-side, each copy checked by its ETag; once
+/// `verify --deep` has recorded the SHA-256s, the first copy that cannot be checked
+/// against one turns the copies off for the rest of the restore (said once) and every
+/// blob streams, checked, instead of being copied and then streamed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_from_a_store_without_sha256_copies_only_what_it_can_check() {
+    let (bed, s3s, proxy) = s3s_bed().await;
+    bed.run(&["run"]).await.expect_code(0);
+    let blob_gets = |requests: &[Recorded]| requests.iter().filter(|r| r.is_object_get() && r.path.starts_with("/backups/nightly/blobs/")).count();
+
+    s3s.create_bucket("restored");
+    proxy.clear_requests();
+    run_with(&bed, restore_env(&bed.pg, "s3://restored"), &["restore", "--skip-databases"]).await.expect_code(0);
+    let requests = proxy.requests();
+    assert_eq!((copies(&requests).len() as u64, blob_gets(&requests)), (CHUNKS, 0), "pending blobs copied server-side, checked by their ETag");
+    assert_restored(&s3s.store("restored")).await;
+
+    bed.run(&["verify", "--deep"]).await.expect_code(0);
+    s3s.create_bucket("restored-again");
+    proxy.clear_requests();
+    let out = run_with(&bed, restore_env(&bed.pg, "s3://restored-again"), &["restore", "--skip-databases"]).await;
+    out.expect_code(0);
+    let said: Vec<String> = out.said().into_iter().filter(|l| l.contains("gives no SHA-256 of its copies")).collect();
+    assert_eq!(said.len(), 1, "said once: {}", out.stderr);
+    let requests = proxy.requests();
+    let copied = copies(&requests).len();
+    assert!(copied <= 8, "{copied} copies made that could not be checked (at most one a transfer in flight)");
+    assert_eq!(blob_gets(&requests) as u64, CHUNKS, "every blob streamed, checked against its SHA-256");
+    assert_restored(&s3s.store("restored-again")).await;
+}
+
+async fn assert_restored(store: &std::sync::Arc<dyn ObjectStore>) {
+    for i in 1..=CHUNKS {
+        assert!(read(store, &chunk_key(i)).await == chunk_content(i, chunk_size(i)), "chunk {i} restored byte-identical");
+    }
+}
