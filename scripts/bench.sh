@@ -107,7 +107,7 @@ if [ "$what" = copy ] || [ "$what" = all ]; then
   command -v aws >/dev/null || python3 -m pip install -q --disable-pip-version-check awscli
   [ -n "$S3PORT" ] || start_s3s
   mkdir -p "$work/gen/chunk" "$work/s3/src"
-  for b in dst-stream dst-server dst-rclone dst-rclone1 dst-aws restored restored-rclone restored-rclone1; do mkdir -p "$work/s3/$b"; done
+  for b in dst-stream dst-server dst-rclone dst-rclone1 dst-aws restored restored-rclone restored-rclone1 restored-server; do mkdir -p "$work/s3/$b"; done
   # Chunk-like objects: sizes log-uniform in 1 KiB-20 MiB (most small, a few large, as
   # Pachyderm's chunks), random bytes, COPY_MIB MiB in all, named and indexed as live
   # chunks 1, 2... (the fixture's 100 rows included: the run copies what the index names).
@@ -187,8 +187,11 @@ EOF
   echo "   -- streamed through the process (two endpoints' worth: COPY_MODE=stream / two remotes)"
   row "pachyderm-backup run, COPY_MODE=stream (whole run)" "${ours_env[@]}" TARGET_URL=s3://dst-stream COPY_MODE=stream "$BIN" run
   row "rclone copy, two remotes (streamed)" "${rclone_[@]}" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) a:src b:dst-rclone
-  echo "   -- copied by the store (one account: COPY_MODE=auto / one remote), on moto: s3s-fs answers CopyObject without the SHA-256 we record"
-  row "pachyderm-backup run, COPY_MODE=auto (whole run)" "${moto_env[@]}" TARGET_URL=s3://dst-server "$BIN" run
+  echo "   -- copied by the store (one account: COPY_MODE=auto / one remote) on s3s-fs, whose copies carry no SHA-256: records pending until verify --deep"
+  row "pachyderm-backup run, COPY_MODE=auto (s3s-fs, whole run)" "${ours_env[@]}" TARGET_URL=s3://dst-server "$BIN" run
+  row "rclone copy, one remote (server-side, s3s-fs)" "${rclone_[@]}" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) a:src a:dst-rclone1
+  echo "   -- the same on moto, which gives each copy's SHA-256 when asked (as S3 does)"
+  row "pachyderm-backup run, COPY_MODE=auto (moto, whole run)" "${moto_env[@]}" TARGET_URL=s3://dst-server "$BIN" run
   row "rclone copy, one remote (server-side)" "${rclone_[@]}" copy --transfers "$TRANSFERS" --checkers $((TRANSFERS * 2)) m:src m:dst-rclone1
   row "aws s3 sync, defaults (server-side between buckets)" "${aws_[@]}" s3 sync --only-show-errors s3://src s3://dst-aws
   echo "   -- restore of the streamed backup on s3s-fs (both databases, --clean over the originals, + every object into a new bucket)"
@@ -206,17 +209,22 @@ set -e
 env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" copy --transfers $TRANSFERS --checkers $((TRANSFERS * 2)) a:dst-rclone b:restored-rclone
 EOF
   row "pg_restore of both dumps + rclone copy back, two remotes (s3s-fs)" bash "$work/manual-restore.sh"
+  echo "   -- restore of the server-side backup on s3s-fs (pending records: copied back by the store, each checked by its ETag)"
+  server_folder=$(ls "$work/s3/dst-server/backups" | grep -v lock | sort | tail -1)
+  row "pachyderm-backup restore (s3s-fs, COPY_MODE=auto: server-side)" "${restore_env[@]}" TARGET_URL=s3://dst-server RESTORE_URL=s3://restored-server "$BIN" restore --backup "$server_folder" --clean
+  row "pg_restore of both dumps + rclone copy back, one remote (s3s-fs)" bash -c "sed 's/a:dst-rclone b:restored-rclone/a:dst-rclone1 a:restored-rclone1/' '$work/manual-restore.sh' | bash"
+  row "pachyderm-backup verify --deep of it (records the pending SHA-256s)" "${ours_env[@]}" TARGET_URL=s3://dst-server "$BIN" verify --backup "$server_folder" --deep
   echo "   -- restore of the server-side backup on moto"
   for b in restored restored-rclone1; do env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" mkdir "m:$b"; done
   moto_folder=$(env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" lsf m:dst-server/backups/ | grep -v lock | sort | tail -1 | tr -d /)
   row "pachyderm-backup restore (moto, COPY_MODE=auto: server-side)" "${moto_env[@]}" TARGET_URL=s3://dst-server RESTORE_URL=s3://restored \
     RESTORE_PGHOST=127.0.0.1 RESTORE_PGPORT="$PGPORT_BENCH" RESTORE_PGUSER=postgres RESTORE_PGSSLMODE=disable "$BIN" restore --backup "$moto_folder" --clean
   row "pg_restore of both dumps + rclone copy back, one remote (moto)" bash -c "sed 's/a:dst-rclone b:restored-rclone/m:dst-rclone1 m:restored-rclone1/' '$work/manual-restore.sh' | bash"
-  grep -h '"backup complete"' "$work"/row-pachyderm-backup-run*copy-mode-auto*.log | python3 -c 'import json,sys;l=json.loads(sys.stdin.readline());print("   (moto, COPY_MODE=auto: %s objects, %s copied, %s bytes)" % (l["objects"], l["objects_copied"], l["object_bytes"]))' || true
-  grep -h "objects are" "$work"/row-pachyderm-backup-run*copy-mode-auto*.log | head -2 | python3 -c 'import json,sys;[print("   (moto run: " + json.loads(l)["message"] + ")") for l in sys.stdin]' || true
+  grep -h '"backup complete"' "$work"/row-pachyderm-backup-run*copy-mode-auto--moto*.log | python3 -c 'import json,sys;l=json.loads(sys.stdin.readline());print("   (moto, COPY_MODE=auto: %s objects, %s copied, %s bytes)" % (l["objects"], l["objects_copied"], l["object_bytes"]))' || true
+  grep -h "objects are" "$work"/row-pachyderm-backup-run*copy-mode-auto--moto*.log | head -2 | python3 -c 'import json,sys;[print("   (moto run: " + json.loads(l)["message"] + ")") for l in sys.stdin]' || true
   env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" cat "m:dst-server/backups/$moto_folder/manifest.json" > "$work/moto-manifest.json"
   mkdir -p "$work/moto/backups/$moto_folder" && mv "$work/moto-manifest.json" "$work/moto/backups/$moto_folder/manifest.json"
-  for b in s3/dst-stream moto; do
+  for b in s3/dst-stream s3/dst-server moto; do
     python3 - "$work/$b/backups" <<'PY2'
 import glob, json, sys
 m = json.load(open(sorted(glob.glob(sys.argv[1] + "/*/manifest.json"))[-1]))

@@ -2168,7 +2168,7 @@ impl RunConfig {
                 check.fail(
                     vars::COPY_MODE.name,
                     format!("is server, but {why}"),
-                    "auto or stream, or two S3 buckets (s3://) without SSE-C or two Azure containers (az://)",
+                    "auto or stream, or two buckets of one service: S3 (s3://, without SSE-C), Azure (az://) or GCS (gs://)",
                 );
             }
         }

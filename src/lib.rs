@@ -11,6 +11,7 @@ pub mod cycle;
 pub mod database;
 pub mod demo;
 pub mod exit;
+pub mod gcs;
 pub mod metrics;
 pub mod object_lock;
 pub mod objects;

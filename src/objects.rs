@@ -113,42 +113,6 @@ pub enum ObjectsError {
     },
 }
 
-/// A store from its builder, the URL and the bucket's options (what `parse_url_opts`
-/// does), its client options (the options' `Client` keys and the CA bundle) set whole.
-macro_rules! with_client_options {
-    ($builder:ty, $key:ty, $settings:expr) => {{
-        let settings: &StoreSettings = $settings;
-        let mut builder = <$builder>::new().with_url(settings.url.as_str());
-        let mut client = object_store::ClientOptions::new();
-        for (k, v) in &settings.options {
-            if let Ok(key) = k.parse::<$key>() {
-                if let Some(client_key) = ClientKey::client(&key) {
-                    client = client.with_config(client_key, v.expose());
-                }
-                builder = builder.with_config(key, v.expose());
-            }
-        }
-        for certificate in settings.ca_bundle.iter().flat_map(|b| &b.certificates) {
-            client = client.with_root_certificate(certificate.clone());
-        }
-        builder.with_client_options(client).build().map(|s| Box::new(s) as Box<dyn ObjectStore>)
-    }};
-}
-
-/// The HTTP client's key inside a family's key.
-trait ClientKey {
-    fn client(&self) -> Option<object_store::ClientConfigKey>;
-}
-
-impl ClientKey for object_store::gcp::GoogleConfigKey {
-    fn client(&self) -> Option<object_store::ClientConfigKey> {
-        match self {
-            object_store::gcp::GoogleConfigKey::Client(k) => Some(*k),
-            _ => None,
-        }
-    }
-}
-
 /// Whether opening a local directory (`file://`) as a bucket creates it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Create {
@@ -176,9 +140,7 @@ pub fn open(settings: &StoreSettings, create: Create) -> Result<Arc<dyn ObjectSt
     let (scheme, prefix) = object_store::ObjectStoreScheme::parse(&settings.url).map_err(|e| open_err(e.to_string()))?;
     let built: Result<Box<dyn ObjectStore>, object_store::Error> = match scheme {
         object_store::ObjectStoreScheme::AmazonS3 => crate::s3::s3_builder(settings).build().map(|s| Box::new(s) as _),
-        object_store::ObjectStoreScheme::GoogleCloudStorage => {
-            with_client_options!(object_store::gcp::GoogleCloudStorageBuilder, object_store::gcp::GoogleConfigKey, settings)
-        }
+        object_store::ObjectStoreScheme::GoogleCloudStorage => crate::gcs::builder(settings).build().map(|s| Box::new(s) as _),
         object_store::ObjectStoreScheme::MicrosoftAzure => crate::azure::builder(settings).build().map(|s| Box::new(s) as _),
         _ => {
             let options = settings.options.iter().map(|(k, v)| (k.clone(), v.expose().to_string()));

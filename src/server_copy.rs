@@ -1,5 +1,6 @@
 //! Server-side copy: the source's objects copied into the pool by the store itself
-//! (S3 CopyObject, Azure Copy Blob From URL: [`crate::azure`]), so their bytes never
+//! (S3 CopyObject, Azure Copy Blob From URL: [`crate::azure`], GCS rewrite:
+//! [`crate::gcs`]), so their bytes never
 //! cross this process's network, when one set of credentials reaches both buckets on
 //! one service.
 //!
@@ -19,6 +20,7 @@ use object_store::ObjectStoreScheme;
 use object_store::aws::AmazonS3ConfigKey;
 use object_store::azure::AzureConfigKey;
 use object_store::client::{HttpRequest, HttpRequestBody};
+use object_store::gcp::GoogleConfigKey;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -58,6 +60,7 @@ const SSE_C: &str = "aws_sse_customer_key_base64";
 pub enum Service {
     S3,
     Azure,
+    Gcs,
 }
 
 impl Service {
@@ -65,6 +68,7 @@ impl Service {
         match ObjectStoreScheme::parse(&settings.url).ok()?.0 {
             ObjectStoreScheme::AmazonS3 => Some(Service::S3),
             ObjectStoreScheme::MicrosoftAzure => Some(Service::Azure),
+            ObjectStoreScheme::GoogleCloudStorage => Some(Service::Gcs),
             _ => None,
         }
     }
@@ -73,6 +77,7 @@ impl Service {
         match self {
             Service::S3 => "an S3 bucket",
             Service::Azure => "an Azure container",
+            Service::Gcs => "a GCS bucket",
         }
     }
 }
@@ -93,13 +98,17 @@ fn identity(settings: &StoreSettings, service: Service) -> BTreeMap<String, &str
                 Ok(AzureConfigKey::Client(_)) | Ok(AzureConfigKey::ContainerName) | Err(_) => None,
                 Ok(key) => Some((key.as_ref().to_string(), v.expose())),
             },
+            Service::Gcs => match GoogleConfigKey::from_str(k) {
+                Ok(GoogleConfigKey::Client(_)) | Ok(GoogleConfigKey::Bucket) | Err(_) => None,
+                Ok(key) => Some((key.as_ref().to_string(), v.expose())),
+            },
         })
         .filter(|(k, _)| !WRITE_SIDE.contains(&k.as_str()))
         .collect()
 }
 
-/// Whether the run copies server-side (pure). `auto`: when both buckets are S3's, or
-/// both Azure's, with the same identity (endpoint, account, credentials: the pool's
+/// Whether the run copies server-side (pure). `auto`: when both buckets are S3's, both
+/// Azure's or both GCS', with the same identity (endpoint, account, credentials: the pool's
 /// credentials must read the source); `server`: whenever both are on one such service;
 /// never with SSE-C, whose copies need the source's key sent along.
 pub fn route(mode: CopyMode, source: &StoreSettings, target: &StoreSettings) -> Route {
@@ -109,7 +118,7 @@ pub fn route(mode: CopyMode, source: &StoreSettings, target: &StoreSettings) -> 
     let mut services = Vec::new();
     for s in [source, target] {
         let Some(service) = Service::of(s) else {
-            return Route::Stream(format!("{} is neither an S3 bucket (s3://) nor an Azure container (az://)", s.variable));
+            return Route::Stream(format!("{} is not an S3 bucket (s3://), an Azure container (az://) or a GCS bucket (gs://)", s.variable));
         };
         if identity(s, service).contains_key(SSE_C) {
             return Route::Stream(format!("{} is encrypted with SSE-C", s.variable));
@@ -213,12 +222,14 @@ enum Backend {
         encryption: http::HeaderMap,
     },
     Azure(crate::azure::Copier),
+    Gcs(crate::gcs::Copier),
 }
 
 impl ServerCopy {
     pub fn new(source: &StoreSettings, target: &StoreSettings) -> Result<ServerCopy, String> {
         let backend = match Service::of(target) {
             Some(Service::Azure) => Backend::Azure(crate::azure::Copier::new(source, target)?),
+            Some(Service::Gcs) => Backend::Gcs(crate::gcs::Copier::new(source, target)?),
             _ => Backend::S3 {
                 encryption: encryption_headers(target)?,
                 target: S3Endpoint::new(target)?,
@@ -240,13 +251,8 @@ impl ServerCopy {
         match self.backend {
             Backend::S3 { .. } => "S3 CopyObject",
             Backend::Azure(_) => "Azure Copy Blob From URL",
+            Backend::Gcs(_) => "GCS rewrite",
         }
-    }
-
-    /// Whether the store gives the SHA-256 of its copies (S3 does when asked; Azure
-    /// does not): a restore copies server-side only then, to check each copy.
-    pub fn gives_sha256(&self) -> bool {
-        matches!(self.backend, Backend::S3 { .. })
     }
 
     /// Notes that a copy came back without a SHA-256 (said once): a restore then streams
@@ -268,6 +274,8 @@ impl ServerCopy {
         let most = match self.backend {
             Backend::S3 { .. } => MAX_SERVER_COPY,
             Backend::Azure(_) => crate::azure::MAX_SYNC_COPY,
+            // A rewrite takes as many calls as the object needs.
+            Backend::Gcs(_) => u64::MAX,
         };
         size <= most && !self.off.load(Ordering::Relaxed)
     }
@@ -293,6 +301,24 @@ impl ServerCopy {
                     }
                     (412, _) => Err(Fallback::Failed(format!("the source no longer has the ETag it was listed with ({})", said()))),
                     (400..=499, _) => Err(self.refused(said())),
+                    _ => Err(self.failed(said())),
+                }
+            }
+            // A rewrite cannot be made conditional on the listed ETag (only on a
+            // generation, which listings do not give): the copy's MD5, compared with the
+            // listed one by the caller, says whether it is the listed object.
+            Backend::Gcs(copier) => {
+                let answer = copier.copy(from_key, to_key).await.map_err(|e| self.failed(e))?;
+                let said = || {
+                    format!("{} {} {}", answer.status, answer.reason.as_deref().unwrap_or_default(), answer.message.as_deref().unwrap_or_default())
+                        .trim_end()
+                        .to_string()
+                };
+                match answer.status.as_u16() {
+                    200..=299 => Ok(Copied::Done { sha256: None, etag: answer.md5 }),
+                    404 => Ok(Copied::Missing),
+                    501 => Err(self.unsupported(format!("the store does not implement rewrite ({})", said()))),
+                    400..=499 => Err(self.refused(said())),
                     _ => Err(self.failed(said())),
                 }
             }
@@ -353,6 +379,7 @@ impl ServerCopy {
             let grant = match self.backend {
                 Backend::S3 { .. } => "s3:GetObject",
                 Backend::Azure(_) => "read (a SAS of the account key, or Storage Blob Data Reader)",
+                Backend::Gcs(_) => "storage.objects.get",
             };
             warn!(
                 "the store refused a server-side copy ({why}): such objects are streamed (grant the backup bucket's credentials {grant} on the source, or set COPY_MODE=stream)"
@@ -369,14 +396,15 @@ impl ServerCopy {
     }
 }
 
-/// The route of a restore's copies from the backup bucket: as a run's, but never
-/// server-side on Azure, whose copies carry no SHA-256 to check a restored blob by.
+/// The route of a restore's copies from the backup bucket: as a run's, but only on S3,
+/// which gives the SHA-256 of its copies: Azure's and GCS' copies carry none to check
+/// a restored blob against.
 pub fn restore_route(mode: CopyMode, backup: &StoreSettings, destination: &StoreSettings) -> Route {
-    match route(mode, backup, destination) {
-        Route::Server if Service::of(backup) == Some(Service::Azure) => {
-            Route::Stream("Azure's copies carry no SHA-256 to check a restored blob against, so each is streamed and checked".into())
+    match (route(mode, backup, destination), Service::of(backup)) {
+        (Route::Server, Some(service @ (Service::Azure | Service::Gcs))) => {
+            Route::Stream(format!("{}'s copies carry no SHA-256 to check a restored blob against, so each is streamed and checked", service.name()))
         }
-        other => other,
+        (route, _) => route,
     }
 }
 
@@ -428,8 +456,11 @@ mod tests {
             (CopyMode::Auto, bucket("s3://src", &with(&[("aws_access_key_id", "OTHER")])), bucket("s3://dst", &same), stream("SOURCE_URL and TARGET_URL differ in aws_access_key_id (one set of credentials on one endpoint copies server-side)")),
             (CopyMode::Auto, bucket("s3://src", &same), bucket("s3://dst", &with(&[("aws_endpoint", "http://minio.local")])), stream("SOURCE_URL and TARGET_URL differ in aws_endpoint (one set of credentials on one endpoint copies server-side)")),
             (CopyMode::Auto, bucket("s3://src", &same), bucket("s3://dst", &with(&[("aws_region", "us-east-1"), ("aws_session_token", "T")])), stream("SOURCE_URL and TARGET_URL differ in aws_region, aws_session_token (one set of credentials on one endpoint copies server-side)")),
-            (CopyMode::Auto, bucket("gs://src", &[]), bucket("s3://dst", &same), stream("SOURCE_URL is neither an S3 bucket (s3://) nor an Azure container (az://)")),
-            (CopyMode::Auto, bucket("s3://src", &same), bucket("file:///backup", &[]), stream("TARGET_URL is neither an S3 bucket (s3://) nor an Azure container (az://)")),
+            (CopyMode::Auto, bucket("gs://src", &[]), bucket("s3://dst", &same), stream("SOURCE_URL is a GCS bucket and TARGET_URL an S3 bucket: one service copies server-side")),
+            (CopyMode::Auto, bucket("s3://src", &same), bucket("file:///backup", &[]), stream("TARGET_URL is not an S3 bucket (s3://), an Azure container (az://) or a GCS bucket (gs://)")),
+            // GCS: two buckets reached with one service account.
+            (CopyMode::Auto, bucket("gs://src", &[("google_service_account_key", "{}")]), bucket("gs://dst/p", &[("service_account_key", "{}"), ("timeout", "9s")]), server()),
+            (CopyMode::Auto, bucket("gs://src", &[("google_service_account_key", "{}")]), bucket("gs://dst", &[("google_service_account_key", "{\"other\":1}")]), stream("SOURCE_URL and TARGET_URL differ in google_service_account_key (one set of credentials on one endpoint copies server-side)")),
             // Azure: two containers of one account, with one key.
             (CopyMode::Auto, bucket("az://src", &azure), bucket("az://dst/p", &azure), server()),
             (CopyMode::Auto, bucket("az://src", &azure), bucket("azure://dst", &[("account_name", "acct"), ("azure_storage_account_key", "OTHER"), ("timeout", "9s")]), stream("SOURCE_URL and TARGET_URL differ in azure_storage_account_key (one set of credentials on one endpoint copies server-side)")),
@@ -446,6 +477,9 @@ mod tests {
         // A restore copies server-side only where the store checks the copy's SHA-256.
         let (backup, restored) = (bucket("az://backups", &azure), bucket("az://restored", &azure));
         assert!(matches!(restore_route(CopyMode::Auto, &backup, &restored), Route::Stream(why) if why.contains("no SHA-256")));
+        assert!(
+            matches!(restore_route(CopyMode::Auto, &bucket("gs://backups", &[]), &bucket("gs://restored", &[])), Route::Stream(why) if why.contains("no SHA-256"))
+        );
         assert_eq!(restore_route(CopyMode::Auto, &bucket("s3://backups", &same), &bucket("s3://restored", &same)), server());
     }
 

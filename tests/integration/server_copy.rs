@@ -173,7 +173,7 @@ async fn copy_mode_server_on_a_local_source_is_a_configuration_error() {
     bed.set("COPY_MODE", "server");
     let out = bed.run(&["run"]).await;
     out.expect_code(2);
-    assert!(out.stderr.contains("COPY_MODE") && out.stderr.contains("is neither an S3 bucket"), "{}", out.stderr);
+    assert!(out.stderr.contains("COPY_MODE") && out.stderr.contains("is not an S3 bucket (s3://), an Azure container"), "{}", out.stderr);
 }
 
 /// A bed whose source and backup bucket are two buckets of one s3s-fs, reached through
