@@ -266,3 +266,31 @@ async fn a_dump_within_the_scratch_limit_is_checked_whole_before_anything_is_wri
     assert!(out.stderr.contains("cannot be trusted; drop it"), "{}", out.stderr);
     assert!(!table_checksums(&bed.pg, "pachyderm").is_empty(), "streamed, pg_restore wrote before the damage was known");
 }
+
+/// The databases and the objects are restored side by side: with pg_restore held on a
+/// lock of `pfs.commits` (its `--clean` drop waits), every object is restored meanwhile,
+/// and the restore finishes once the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_are_restored_while_a_database_restore_waits() {
+    let bed = Bed::new(BedOptions { buckets: Buckets::Local, chunks: 12, ..Default::default() }).await;
+    bed.run(&["run"]).await.expect_code(0);
+    let dest_dir = bed.dir.path().join("restored");
+    std::fs::create_dir_all(&dest_dir).expect("dir");
+    let lock = TableLock::take(&bed.pg).await;
+    let mut env = bed.env();
+    env.extend(restore_env(&bed.pg, &format!("file://{}", dest_dir.display())));
+    let running = Running::start(binary(&["restore", "--clean"], &env));
+    let chunks = bed.chunks;
+    wait_until("every object restored while pg_restore waits on the lock", std::time::Duration::from_secs(120), || {
+        (1..=chunks).all(|i| dest_dir.join(chunk_key(i)).is_file())
+    })
+    .await;
+    let waiting = bed.pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").expect("query");
+    assert_ne!(waiting.trim(), "0", "pg_restore waits on the lock while the objects are restored");
+    lock.release().await;
+    running.finish().await.expect_code(0);
+    let dest: std::sync::Arc<dyn ObjectStore> = std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dest_dir).expect("store"));
+    for i in 1..=chunks {
+        assert!(read(&dest, &chunk_key(i)).await == chunk_content(i, chunk_size(i)), "chunk {i}");
+    }
+}
