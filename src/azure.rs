@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use object_store::azure::{AzureConfigKey, MicrosoftAzure, MicrosoftAzureBuilder};
-use object_store::client::{ClientOptions, HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector};
+use object_store::client::{HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector};
 use object_store::path::Path;
 use object_store::signer::Signer;
 
@@ -36,22 +36,9 @@ const VERSION: &str = "2023-11-03";
 /// A container's builder, with every option of the bucket and its HTTP client's.
 pub fn builder(settings: &StoreSettings) -> MicrosoftAzureBuilder {
     settings
-        .options
-        .iter()
-        .fold(MicrosoftAzureBuilder::new().with_url(settings.url.as_str()), |b, (k, v)| match k.parse::<AzureConfigKey>() {
-            Ok(key) => b.with_config(key, v.expose()),
-            Err(_) => b,
-        })
-        .with_client_options(client_options(settings))
-}
-
-/// The HTTP client options among a container's options, and its CA bundle.
-pub fn client_options(settings: &StoreSettings) -> ClientOptions {
-    let options = settings.options.iter().fold(ClientOptions::new(), |o, (k, v)| match k.parse::<AzureConfigKey>() {
-        Ok(AzureConfigKey::Client(key)) => o.with_config(key, v.expose()),
-        _ => o,
-    });
-    settings.ca_bundle.iter().flat_map(|b| &b.certificates).fold(options, |o, c| o.with_root_certificate(c.clone()))
+        .keyed::<AzureConfigKey>()
+        .fold(MicrosoftAzureBuilder::new().with_url(settings.url.as_str()), |b, (k, v)| b.with_config(k, v))
+        .with_client_options(settings.client_options::<AzureConfigKey>())
 }
 
 /// What the service answered a copy.
@@ -80,7 +67,7 @@ impl Copier {
             target: builder(target).build().map_err(|e| e.to_string())?,
             source_settings: source.clone(),
             target_settings: target.clone(),
-            client: ReqwestConnector::default().connect(&client_options(target)).map_err(|e| e.to_string())?,
+            client: ReqwestConnector::default().connect(&target.client_options::<AzureConfigKey>()).map_err(|e| e.to_string())?,
         })
     }
 

@@ -545,6 +545,45 @@ pub struct StoreSettings {
     pub ca_bundle: Option<CaBundle>,
 }
 
+/// A family of object_store configuration keys (one service's), among which the HTTP
+/// client's own.
+pub trait StoreKey: std::str::FromStr {
+    fn client(&self) -> Option<object_store::ClientConfigKey>;
+}
+
+impl StoreKey for object_store::aws::AmazonS3ConfigKey {
+    fn client(&self) -> Option<object_store::ClientConfigKey> {
+        if let Self::Client(k) = self { Some(*k) } else { None }
+    }
+}
+
+impl StoreKey for object_store::azure::AzureConfigKey {
+    fn client(&self) -> Option<object_store::ClientConfigKey> {
+        if let Self::Client(k) = self { Some(*k) } else { None }
+    }
+}
+
+impl StoreKey for object_store::gcp::GoogleConfigKey {
+    fn client(&self) -> Option<object_store::ClientConfigKey> {
+        if let Self::Client(k) = self { Some(*k) } else { None }
+    }
+}
+
+impl StoreSettings {
+    /// The bucket's options that are keys of family `K` (the others are another
+    /// service's, or ours).
+    pub fn keyed<K: StoreKey>(&self) -> impl Iterator<Item = (K, &str)> {
+        self.options.iter().filter_map(|(k, v)| Some((k.parse::<K>().ok()?, v.expose())))
+    }
+
+    /// The HTTP client's options among them (timeouts, proxy, allow_http…), and the CA
+    /// certificates of the bucket's CA bundle.
+    pub fn client_options<K: StoreKey>(&self) -> object_store::ClientOptions {
+        let options = self.keyed::<K>().filter_map(|(k, v)| Some((k.client()?, v))).fold(object_store::ClientOptions::new(), |o, (k, v)| o.with_config(k, v));
+        self.ca_bundle.iter().flat_map(|b| &b.certificates).fold(options, |o, c| o.with_root_certificate(c.clone()))
+    }
+}
+
 impl fmt::Debug for StoreSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreSettings")

@@ -9,7 +9,7 @@
 //! recorded pending (docs/FORMAT.md), their MD5 what their bytes are checked against.
 
 use base64::Engine;
-use object_store::client::{ClientOptions, HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector};
+use object_store::client::{HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector};
 use object_store::gcp::{GcpCredentialProvider, GoogleCloudStorageBuilder, GoogleConfigKey};
 use serde::Deserialize;
 
@@ -25,22 +25,9 @@ const MAX_ROUNDS: usize = 100;
 /// A bucket's builder, with every option of the bucket and its HTTP client's.
 pub fn builder(settings: &StoreSettings) -> GoogleCloudStorageBuilder {
     settings
-        .options
-        .iter()
-        .fold(GoogleCloudStorageBuilder::new().with_url(settings.url.as_str()), |b, (k, v)| match k.parse::<GoogleConfigKey>() {
-            Ok(key) => b.with_config(key, v.expose()),
-            Err(_) => b,
-        })
-        .with_client_options(client_options(settings))
-}
-
-/// The HTTP client options among a bucket's options, and its CA bundle.
-pub fn client_options(settings: &StoreSettings) -> ClientOptions {
-    let options = settings.options.iter().fold(ClientOptions::new(), |o, (k, v)| match k.parse::<GoogleConfigKey>() {
-        Ok(GoogleConfigKey::Client(key)) => o.with_config(key, v.expose()),
-        _ => o,
-    });
-    settings.ca_bundle.iter().flat_map(|b| &b.certificates).fold(options, |o, c| o.with_root_certificate(c.clone()))
+        .keyed::<GoogleConfigKey>()
+        .fold(GoogleCloudStorageBuilder::new().with_url(settings.url.as_str()), |b, (k, v)| b.with_config(k, v))
+        .with_client_options(settings.client_options::<GoogleConfigKey>())
 }
 
 /// What the service answered a copy.
@@ -104,7 +91,7 @@ impl Copier {
         let builder = builder(target);
         let base = builder.get_config_value(&GoogleConfigKey::BaseUrl).unwrap_or_else(|| DEFAULT_BASE_URL.into()).trim_end_matches('/').to_string();
         let credentials = builder.build().map_err(|e| e.to_string())?.credentials().clone();
-        let client = ReqwestConnector::default().connect(&client_options(target)).map_err(|e| e.to_string())?;
+        let client = ReqwestConnector::default().connect(&target.client_options::<GoogleConfigKey>()).map_err(|e| e.to_string())?;
         Ok(Copier { base, credentials, client, source: source.clone(), target: target.clone() })
     }
 

@@ -90,23 +90,14 @@ pub enum Payload<'a> {
 /// would make it, its HTTP client trusting the bucket's CA bundle too.
 pub fn s3_builder(settings: &StoreSettings) -> AmazonS3Builder {
     settings
-        .options
-        .iter()
-        .fold(AmazonS3Builder::new().with_url(settings.url.as_str()), |b, (k, v)| match AmazonS3ConfigKey::from_str(k) {
-            Ok(key) => b.with_config(key, v.expose()),
-            Err(_) => b,
-        })
+        .keyed::<AmazonS3ConfigKey>()
+        .fold(AmazonS3Builder::new().with_url(settings.url.as_str()), |b, (k, v)| b.with_config(k, v))
         .with_client_options(client_options(settings))
 }
 
-/// The HTTP client options among a bucket's options (timeouts, proxy, allow_http...),
-/// and the CA certificates of its CA bundle.
+/// The HTTP client options among a bucket's S3 options, and its CA bundle.
 pub fn client_options(settings: &StoreSettings) -> ClientOptions {
-    let options = settings.options.iter().fold(ClientOptions::new(), |o, (k, v)| match AmazonS3ConfigKey::from_str(k) {
-        Ok(AmazonS3ConfigKey::Client(key)) => o.with_config(key, v.expose()),
-        _ => o,
-    });
-    settings.ca_bundle.iter().flat_map(|b| &b.certificates).fold(options, |o, c| o.with_root_certificate(c.clone()))
+    settings.client_options::<AmazonS3ConfigKey>()
 }
 
 /// A key percent-encoded as object_store encodes a path (and as SigV4 signs it for S3):

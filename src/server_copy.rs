@@ -293,7 +293,7 @@ impl ServerCopy {
                 let code = answer.error.code.clone().unwrap_or_default();
                 let said = || answer.error.said(answer.status);
                 match (answer.status.as_u16(), code.as_str()) {
-                    (202 | 201 | 200, _) if answer.copy_status.as_deref() == Some("success") => Ok(Copied::Done { sha256: None, etag: answer.etag }),
+                    (200..=202, _) if answer.copy_status.as_deref() == Some("success") => Ok(Copied::Done { sha256: None, etag: answer.etag }),
                     (200..=299, _) => Err(self.failed(format!("the copy is {} rather than done", answer.copy_status.as_deref().unwrap_or("of no status")))),
                     (404, "BlobNotFound") => Ok(Copied::Missing),
                     (501, _) | (_, "NotImplemented" | "APINotImplemented") => {
