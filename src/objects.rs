@@ -784,7 +784,7 @@ async fn copy_server_side(
 ) -> Result<Stored, ObjectsError> {
     let Transfer { key, blob, size, etag } = transfer;
     let stream = || stream_checked(source, pool, transfer, progress);
-    let (sha256, copied_etag) = match server.copy(key, blob, etag).await {
+    let (sha256, copied_etag) = match server.copy(key, blob, etag, size).await {
         Ok(Copied::Done { sha256, etag }) => (sha256, etag),
         Ok(Copied::Missing) => {
             let source = object_store::Error::NotFound { path: key.to_string(), source: "the server-side copy found no such source object".into() };

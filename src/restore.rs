@@ -229,8 +229,11 @@ async fn restore_one(
 ) -> Result<(), RestoreError> {
     // A blob whose SHA-256 is recorded is copied server-side only while the store's
     // copies can be checked against it.
-    if let Some(server) = server.filter(|s| s.takes(record.size) && (record.sha256.is_none() || !s.gave_no_sha256())) {
-        match server.copy(&record.blob, &record.key, None).await {
+    // Only what one copy request copies: a copy in parts has no SHA-256, nor an MD5 ETag,
+    // to check it by.
+    let whole = record.size <= server_copy::MAX_SERVER_COPY;
+    if let Some(server) = server.filter(|s| whole && s.takes(record.size) && (record.sha256.is_none() || !s.gave_no_sha256())) {
+        match server.copy(&record.blob, &record.key, None, record.size).await {
             Ok(Copied::Done { sha256, etag }) => match copy_matches(record, sha256.as_deref(), etag.as_deref()) {
                 Some(true) => {
                     progress.add_done(0, record.size);

@@ -16,6 +16,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreScheme;
 use object_store::aws::AmazonS3ConfigKey;
 use object_store::azure::AzureConfigKey;
@@ -27,9 +29,28 @@ use tracing::{info, warn};
 use crate::config::{CopyMode, StoreSettings};
 use crate::s3::{ErrorAnswer, Payload, S3Endpoint, encode_key, encryption_headers, under};
 
-/// CopyObject's limit: larger objects need UploadPartCopy, which this does not do
-/// (Pachyderm's chunks are at most 20 MB); they are streamed.
+/// CopyObject's limit: larger objects are copied in parts (UploadPartCopy), which
+/// gives no full-object SHA-256 (Pachyderm's chunks are at most 20 MB).
 pub const MAX_SERVER_COPY: u64 = 5 * 1024 * 1024 * 1024;
+
+/// The smallest part of a copy in parts; S3 allows 10,000 parts of at most 5 GiB.
+const COPY_PART: u64 = 512 * 1024 * 1024;
+const MAX_PARTS: u64 = 10_000;
+
+/// Parts copied at once for one object.
+const PARTS_AT_ONCE: usize = 4;
+
+/// The part size of a copy in parts of an object of `size`: 512 MiB, or more for an
+/// object of more than 10,000 of those (S3's largest, 5 TiB, takes parts of 525 MiB).
+pub fn copy_part_size(size: u64) -> u64 {
+    COPY_PART.max(size.div_ceil(MAX_PARTS).next_multiple_of(1024 * 1024))
+}
+
+/// The byte ranges (first, last, inclusive: S3's `x-amz-copy-source-range`) of the
+/// parts of `size` bytes copied `part` at a time.
+pub fn copy_parts(size: u64, part: u64) -> Vec<(u64, u64)> {
+    (0..size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(size) - 1)).collect()
+}
 
 /// How the objects of a run reach the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,15 +235,69 @@ pub struct ServerCopy {
 }
 
 enum Backend {
-    S3 {
-        target: S3Endpoint,
-        source: StoreSettings,
-        target_settings: StoreSettings,
-        /// The pool's SSE-KMS headers: a copy is encrypted as object_store's PUTs are.
-        encryption: http::HeaderMap,
-    },
+    S3(S3Copier),
     Azure(crate::azure::Copier),
     Gcs(crate::gcs::Copier),
+}
+
+/// S3 copies into the pool: requests to the pool's endpoint, signed with its credentials.
+struct S3Copier {
+    target: S3Endpoint,
+    source: StoreSettings,
+    target_settings: StoreSettings,
+    /// The pool's SSE-KMS headers: a copy is encrypted as object_store's PUTs are.
+    encryption: http::HeaderMap,
+}
+
+/// An S3 answer: its status and body.
+struct S3Answer {
+    status: http::StatusCode,
+    text: String,
+    error: ErrorAnswer,
+}
+
+impl S3Copier {
+    /// The `x-amz-copy-source` of a source key.
+    fn copy_source(&self, from_key: &str) -> String {
+        format!("/{}/{}", self.source.url.host_str().unwrap_or_default(), encode_key(&under(&self.source, from_key)))
+    }
+
+    /// Sends one request about pool key `to_key` (`query` after its `?`), signed.
+    async fn send(&self, method: http::Method, to_key: &str, query: &str, headers: &[(&str, String)], body: Bytes) -> Result<S3Answer, String> {
+        let mut uri = format!("{}/{}", self.target.base, encode_key(&under(&self.target_settings, to_key)));
+        if !query.is_empty() {
+            uri = format!("{uri}?{query}");
+        }
+        let builder =
+            headers.iter().fold(http::Request::builder().method(method).uri(uri).header(http::header::CONTENT_LENGTH, body.len().to_string()), |b, (k, v)| {
+                b.header(*k, v.as_str())
+            });
+        let mut request: HttpRequest = builder.body(HttpRequestBody::from(body)).map_err(|e| format!("cannot build the request: {e}"))?;
+        request.headers_mut().extend(self.encryption.clone());
+        self.target.sign(&mut request, Payload::Hashed).await?;
+        let response = self.target.client.execute(request).await.map_err(|e| crate::error_chain(&e))?;
+        let status = response.status();
+        let body = response.into_body().bytes().await.map_err(|e| crate::error_chain(&e))?;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let error = ErrorAnswer::read(&text);
+        Ok(S3Answer { status, text, error })
+    }
+}
+
+#[derive(Deserialize)]
+struct InitiateMultipartUploadResult {
+    #[serde(rename = "UploadId")]
+    upload_id: String,
+}
+
+#[derive(Deserialize)]
+struct EtagResult {
+    #[serde(rename = "ETag")]
+    etag: Option<String>,
+}
+
+fn etag_in(xml: &str) -> Option<String> {
+    quick_xml::de::from_str::<EtagResult>(xml).ok()?.etag.map(|e| e.trim().trim_matches('"').to_string())
 }
 
 impl ServerCopy {
@@ -230,12 +305,12 @@ impl ServerCopy {
         let backend = match Service::of(target) {
             Some(Service::Azure) => Backend::Azure(crate::azure::Copier::new(source, target)?),
             Some(Service::Gcs) => Backend::Gcs(crate::gcs::Copier::new(source, target)?),
-            _ => Backend::S3 {
+            _ => Backend::S3(S3Copier {
                 encryption: encryption_headers(target)?,
                 target: S3Endpoint::new(target)?,
                 source: source.clone(),
                 target_settings: target.clone(),
-            },
+            }),
         };
         Ok(ServerCopy {
             backend,
@@ -249,7 +324,7 @@ impl ServerCopy {
     /// The request that copies, as the logs name it.
     pub fn request(&self) -> &'static str {
         match self.backend {
-            Backend::S3 { .. } => "S3 CopyObject",
+            Backend::S3(_) => "S3 CopyObject",
             Backend::Azure(_) => "Azure Copy Blob From URL",
             Backend::Gcs(_) => "GCS rewrite",
         }
@@ -272,22 +347,20 @@ impl ServerCopy {
     /// Whether an object of `size` is to be copied server-side.
     pub fn takes(&self, size: u64) -> bool {
         let most = match self.backend {
-            Backend::S3 { .. } => MAX_SERVER_COPY,
             Backend::Azure(_) => crate::azure::MAX_SYNC_COPY,
-            // A rewrite takes as many calls as the object needs.
-            Backend::Gcs(_) => u64::MAX,
+            // Copied in parts, or in as many rewrite calls as the object needs.
+            Backend::S3(_) | Backend::Gcs(_) => u64::MAX,
         };
         size <= most && !self.off.load(Ordering::Relaxed)
     }
 
-    /// Copies `from_key` of the source to `to_key` of the pool (keys under their
-    /// bucket URL's prefix) with one request, only if the source still has the ETag
-    /// it was listed with. The caller checks the copy's size.
-    pub async fn copy(&self, from_key: &str, to_key: &str, etag: Option<&str>) -> Result<Copied, Fallback> {
+    /// Copies `from_key` of the source (`size` bytes) to `to_key` of the pool (keys
+    /// under their bucket URL's prefix), only if the source still has the ETag it was
+    /// listed with. The caller checks the copy's size.
+    pub async fn copy(&self, from_key: &str, to_key: &str, etag: Option<&str>, size: u64) -> Result<Copied, Fallback> {
         match &self.backend {
-            Backend::S3 { target, source, target_settings, encryption } => {
-                self.copy_s3(target, source, target_settings, encryption, from_key, to_key, etag).await
-            }
+            Backend::S3(_) if size > MAX_SERVER_COPY => self.copy_in_parts(from_key, to_key, etag, size, copy_part_size(size)).await,
+            Backend::S3(s3) => self.copy_s3(s3, from_key, to_key, etag).await,
             Backend::Azure(copier) => {
                 let answer = copier.copy(from_key, to_key, etag).await.map_err(|e| self.failed(e))?;
                 let code = answer.error.code.clone().unwrap_or_default();
@@ -325,45 +398,76 @@ impl ServerCopy {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn copy_s3(
-        &self,
-        target: &S3Endpoint,
-        source: &StoreSettings,
-        target_settings: &StoreSettings,
-        encryption: &http::HeaderMap,
-        from_key: &str,
-        to_key: &str,
-        etag: Option<&str>,
-    ) -> Result<Copied, Fallback> {
-        let bucket = source.url.host_str().unwrap_or_default();
-        let mut builder = http::Request::builder()
-            .method(http::Method::PUT)
-            .uri(format!("{}/{}", target.base, encode_key(&under(target_settings, to_key))))
-            .header("x-amz-copy-source", format!("/{bucket}/{}", encode_key(&under(source, from_key))))
-            .header("x-amz-checksum-algorithm", "SHA256")
-            .header(http::header::CONTENT_LENGTH, "0");
-        if let Some(etag) = etag {
-            builder = builder.header("x-amz-copy-source-if-match", etag);
+    /// One CopyObject, asking for the copy's SHA-256.
+    async fn copy_s3(&self, s3: &S3Copier, from_key: &str, to_key: &str, etag: Option<&str>) -> Result<Copied, Fallback> {
+        let mut headers = vec![("x-amz-copy-source", s3.copy_source(from_key)), ("x-amz-checksum-algorithm", "SHA256".to_string())];
+        headers.extend(etag.map(|e| ("x-amz-copy-source-if-match", e.to_string())));
+        let answer = s3.send(http::Method::PUT, to_key, "", &headers, Bytes::new()).await.map_err(|e| self.failed(e))?;
+        match self.s3_verdict(&answer, "CopyObject") {
+            Ok(()) => Ok(Copied::Done { sha256: full_object_sha256(&answer.text), etag: copied_etag(&answer.text) }),
+            Err(verdict) => verdict,
         }
-        let mut request: HttpRequest = builder.body(HttpRequestBody::empty()).map_err(|e| self.failed(format!("cannot build the request: {e}")))?;
-        request.headers_mut().extend(encryption.clone());
-        target.sign(&mut request, Payload::Hashed).await.map_err(|e| self.failed(e))?;
-        let response = target.client.execute(request).await.map_err(|e| self.failed(crate::error_chain(&e)))?;
-        let status = response.status();
-        let body = response.into_body().bytes().await.map_err(|e| self.failed(crate::error_chain(&e)))?;
-        let text = String::from_utf8_lossy(&body);
-        let error = ErrorAnswer::read(&text);
-        let code = error.code.clone().unwrap_or_default();
-        let said = || error.said(status);
-        match (status.as_u16(), code.as_str()) {
-            (404, "NoSuchKey") => Ok(Copied::Missing),
-            (501, _) | (_, "NotImplemented") => Err(self.unsupported(format!("the store does not implement CopyObject ({})", said()))),
-            // S3 may answer 200 with an error in the body once the copy has begun.
-            (200, "") => Ok(Copied::Done { sha256: full_object_sha256(&text), etag: copied_etag(&text) }),
-            (412, _) => Err(Fallback::Failed(format!("the source no longer has the ETag it was listed with ({})", said()))),
-            (400..=499, _) => Err(self.refused(said())),
-            _ => Err(self.failed(said())),
+    }
+
+    /// Copies an object in parts of `part` bytes (UploadPartCopy, `PARTS_AT_ONCE` at a
+    /// time, each only if the source still has `etag`): what CopyObject cannot do above
+    /// 5 GiB. Its checksum would be one of parts: the record is pending. An upload that
+    /// fails is aborted, leaving nothing.
+    pub async fn copy_in_parts(&self, from_key: &str, to_key: &str, etag: Option<&str>, size: u64, part: u64) -> Result<Copied, Fallback> {
+        let Backend::S3(s3) = &self.backend else { return Err(Fallback::Unsupported("a copy in parts is S3's".into())) };
+        let created = s3.send(http::Method::POST, to_key, "uploads", &[], Bytes::new()).await.map_err(|e| self.failed(e))?;
+        if let Err(verdict) = self.s3_verdict(&created, "CreateMultipartUpload") {
+            return verdict;
+        }
+        let upload_id = quick_xml::de::from_str::<InitiateMultipartUploadResult>(&created.text)
+            .map_err(|e| self.failed(format!("CreateMultipartUpload answered no upload id ({e})")))?
+            .upload_id;
+        let upload = encode_key(&upload_id);
+        let copied = async {
+            let source = s3.copy_source(from_key);
+            let parts = futures::stream::iter(copy_parts(size, part).into_iter().enumerate())
+                .map(|(i, (first, last))| {
+                    let mut headers = vec![("x-amz-copy-source", source.clone()), ("x-amz-copy-source-range", format!("bytes={first}-{last}"))];
+                    headers.extend(etag.map(|e| ("x-amz-copy-source-if-match", e.to_string())));
+                    let query = format!("partNumber={}&uploadId={upload}", i + 1);
+                    async move {
+                        let answer = s3.send(http::Method::PUT, to_key, &query, &headers, Bytes::new()).await.map_err(|e| Err(self.failed(e)))?;
+                        self.s3_verdict(&answer, "UploadPartCopy")?;
+                        etag_in(&answer.text).ok_or_else(|| Err(self.failed("UploadPartCopy answered no ETag".into())))
+                    }
+                })
+                .buffered(PARTS_AT_ONCE);
+            let etags: Vec<String> = parts.try_collect().await?;
+            let body: String = etags.iter().enumerate().map(|(i, e)| format!("<Part><PartNumber>{}</PartNumber><ETag>\"{e}\"</ETag></Part>", i + 1)).collect();
+            let body = Bytes::from(format!("<CompleteMultipartUpload>{body}</CompleteMultipartUpload>"));
+            let done = s3.send(http::Method::POST, to_key, &format!("uploadId={upload}"), &[], body).await.map_err(|e| Err(self.failed(e)))?;
+            self.s3_verdict(&done, "CompleteMultipartUpload")?;
+            Ok(Copied::Done { sha256: None, etag: etag_in(&done.text) })
+        };
+        let copied: Result<Copied, Result<Copied, Fallback>> = copied.await;
+        match copied {
+            Ok(done) => Ok(done),
+            Err(verdict) => {
+                if let Err(e) = s3.send(http::Method::DELETE, to_key, &format!("uploadId={upload}"), &[], Bytes::new()).await {
+                    warn!(key = to_key, error = %e, "could not abort a copy in parts: the bucket's lifecycle rule for incomplete uploads removes it");
+                }
+                verdict
+            }
+        }
+    }
+
+    /// What an S3 answer to `request` means: Ok for a success (S3 may answer 200 with an
+    /// error in the body once a copy has begun), else what the caller returns.
+    fn s3_verdict(&self, answer: &S3Answer, request: &str) -> Result<(), Result<Copied, Fallback>> {
+        let code = answer.error.code.clone().unwrap_or_default();
+        let said = || answer.error.said(answer.status);
+        match (answer.status.as_u16(), code.as_str()) {
+            (200, "") => Ok(()),
+            (404, "NoSuchKey") => Err(Ok(Copied::Missing)),
+            (501, _) | (_, "NotImplemented") => Err(Err(self.unsupported(format!("the store does not implement {request} ({})", said())))),
+            (412, _) => Err(Err(Fallback::Failed(format!("the source no longer has the ETag it was listed with ({})", said())))),
+            (400..=499, _) => Err(Err(self.refused(said()))),
+            _ => Err(Err(self.failed(said()))),
         }
     }
 
@@ -377,7 +481,7 @@ impl ServerCopy {
     fn refused(&self, why: String) -> Fallback {
         if !self.refusal_logged.swap(true, Ordering::Relaxed) {
             let grant = match self.backend {
-                Backend::S3 { .. } => "s3:GetObject",
+                Backend::S3(_) => "s3:GetObject",
                 Backend::Azure(_) => "read (a SAS of the account key, or Storage Blob Data Reader)",
                 Backend::Gcs(_) => "storage.objects.get",
             };
@@ -498,5 +602,24 @@ mod tests {
         assert_eq!(full_object_sha256(&answer("<ChecksumSHA256>uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=-3</ChecksumSHA256>")), None);
         assert_eq!(full_object_sha256("<Error><Code>InternalError</Code></Error>"), None);
         assert_eq!(copied_etag(&answer("")).as_deref(), Some("5eb63bbbe01eeed093cb22bb8f5acdc3"));
+    }
+
+    #[test]
+    fn a_copy_in_parts_covers_the_object_in_at_most_10000_parts_s3_takes() {
+        const MIB: u64 = 1024 * 1024;
+        const GIB: u64 = 1024 * MIB;
+        for size in [MAX_SERVER_COPY + 1, 6 * GIB, 100 * GIB, 5 * 1024 * GIB, 12 * MIB + 3] {
+            let part = copy_part_size(size);
+            assert!((512 * MIB..=MAX_SERVER_COPY).contains(&part), "{size}: part {part}");
+            let parts = copy_parts(size, part);
+            assert!(parts.len() as u64 <= MAX_PARTS, "{size}: {} parts", parts.len());
+            assert_eq!(parts.first().map(|p| p.0), Some(0));
+            assert_eq!(parts.last().map(|p| p.1), Some(size - 1), "{size}: the last byte");
+            assert!(parts.windows(2).all(|w| w[1].0 == w[0].1 + 1), "{size}: contiguous");
+            // Every part but the last is whole (S3: at least 5 MiB).
+            assert!(parts[..parts.len() - 1].iter().all(|(a, b)| b - a + 1 == part), "{size}");
+        }
+        assert_eq!(copy_parts(12 * MIB + 3, 5 * MIB), vec![(0, 5 * MIB - 1), (5 * MIB, 10 * MIB - 1), (10 * MIB, 12 * MIB + 2)]);
+        assert_eq!(copy_part_size(5 * 1024 * GIB), 525 * MIB);
     }
 }

@@ -181,7 +181,7 @@ async fn gcs_buckets_of_one_project_copy_server_side_by_rewrite() {
     for i in 1..=bed.chunks {
         let (key, content) = (chunk_key(i), chunk_content(i, chunk_size(i)));
         let blob = format!("blobs/{key}@0");
-        match copier.copy(&key, &blob, None).await {
+        match copier.copy(&key, &blob, None, content.len() as u64).await {
             Ok(Copied::Done { sha256: None, etag: Some(md5) }) => {
                 assert_eq!(md5, hex::encode(<md5::Md5 as md5::Digest>::digest(&content)), "{key}: the copy's MD5 is the content's")
             }
@@ -189,7 +189,7 @@ async fn gcs_buckets_of_one_project_copy_server_side_by_rewrite() {
         }
         assert!(read(&target, &format!("nightly/{blob}")).await == content, "{key} copied byte-identical");
     }
-    assert!(matches!(copier.copy("chunk/absent", "blobs/absent", None).await, Ok(Copied::Missing)), "a missing source object");
+    assert!(matches!(copier.copy("chunk/absent", "blobs/absent", None, 1).await, Ok(Copied::Missing)), "a missing source object");
 
     let requests = proxy.requests();
     let gets: Vec<&Recorded> = requests.iter().filter(|r| r.method == "GET").collect();

@@ -324,3 +324,46 @@ async fn assert_restored(store: &std::sync::Arc<dyn ObjectStore>) {
         assert!(read(store, &chunk_key(i)).await == chunk_content(i, chunk_size(i)), "chunk {i} restored byte-identical");
     }
 }
+
+/// Above CopyObject's 5 GiB an object is copied in parts (UploadPartCopy), proved at the
+/// copier's level with parts of 5 MiB (its own are 512 MiB: a 5 GiB object is beyond
+/// this test bed): every part is copied by the store (no GET through the process), the
+/// copy is byte-identical with a multipart ETag, and a copy whose parts the store
+/// refuses is aborted, leaving nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_copied_in_parts_is_whole_and_a_failed_copy_leaves_nothing() {
+    use pachyderm_backup::config::{RawEnv, RunConfig};
+    use pachyderm_backup::server_copy::{Copied, Fallback, ServerCopy};
+    const MIB: u64 = 1024 * 1024;
+    let (bed, proxy) = bed_behind_proxy(Faults::default()).await;
+    let cfg = RunConfig::from_env(&RawEnv::from_iter(bed.env()).expect("the variables")).expect("a configuration");
+    let copier = ServerCopy::new(&cfg.source, &cfg.target).expect("the copier");
+    let body: Vec<u8> = (0..12 * MIB + 3).map(|i| (i % 251) as u8).collect();
+    bed.source.put(&"big".into(), body.clone().into()).await.expect("seed");
+    let etag = bed.source.head(&"big".into()).await.expect("head").e_tag;
+    let size = body.len() as u64;
+
+    proxy.clear_requests();
+    match copier.copy_in_parts("big", "blobs/big@0", etag.as_deref(), size, 5 * MIB).await {
+        Ok(Copied::Done { sha256: None, etag: Some(e) }) if e.ends_with("-3") => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(read(&bed.target, "blobs/big@0").await == body, "copied byte-identical");
+    let requests = proxy.requests();
+    assert!(requests.iter().all(|r| r.method != "GET"), "nothing read through the process: {requests:?}");
+    let parts: Vec<&Recorded> = requests.iter().filter(|r| r.copy_source && r.query.contains("partNumber=")).collect();
+    assert_eq!(parts.len(), 3, "{requests:?}");
+    assert!(parts.iter().all(|r| r.method == "PUT" && r.status == 200), "{parts:?}");
+    assert_eq!(requests.iter().filter(|r| r.method == "POST").count(), 2, "created and completed: {requests:?}");
+
+    // The store refuses the parts (403, as for a source the pool's credentials cannot read).
+    proxy.clear_requests();
+    proxy.set(Faults { refuse_copy: true, ..Default::default() });
+    match copier.copy_in_parts("big", "blobs/big@1", etag.as_deref(), size, 5 * MIB).await {
+        Err(Fallback::Refused(why)) => assert!(why.contains("403"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let requests = proxy.requests();
+    assert!(requests.iter().any(|r| r.method == "DELETE" && r.query.contains("uploadId=") && r.status == 204), "the upload is aborted: {requests:?}");
+    assert!(bed.target.head(&"blobs/big@1".into()).await.is_err(), "nothing left at the key");
+}
