@@ -262,8 +262,10 @@ impl S3Copier {
         format!("/{}/{}", self.source.url.host_str().unwrap_or_default(), encode_key(&under(&self.source, from_key)))
     }
 
-    /// Sends one request about pool key `to_key` (`query` after its `?`), signed.
-    async fn send(&self, method: http::Method, to_key: &str, query: &str, headers: &[(&str, String)], body: Bytes) -> Result<S3Answer, String> {
+    /// Sends one request about pool key `to_key` (`query` after its `?`), signed; with
+    /// the pool's SSE-KMS headers if it `writes` an object (CopyObject,
+    /// CreateMultipartUpload: S3 refuses them on the other requests).
+    async fn send(&self, method: http::Method, to_key: &str, query: &str, headers: &[(&str, String)], body: Bytes, writes: bool) -> Result<S3Answer, String> {
         let mut uri = format!("{}/{}", self.target.base, encode_key(&under(&self.target_settings, to_key)));
         if !query.is_empty() {
             uri = format!("{uri}?{query}");
@@ -273,7 +275,9 @@ impl S3Copier {
                 b.header(*k, v.as_str())
             });
         let mut request: HttpRequest = builder.body(HttpRequestBody::from(body)).map_err(|e| format!("cannot build the request: {e}"))?;
-        request.headers_mut().extend(self.encryption.clone());
+        if writes {
+            request.headers_mut().extend(self.encryption.clone());
+        }
         self.target.sign(&mut request, Payload::Hashed).await?;
         let response = self.target.client.execute(request).await.map_err(|e| crate::error_chain(&e))?;
         let status = response.status();
@@ -402,7 +406,7 @@ impl ServerCopy {
     async fn copy_s3(&self, s3: &S3Copier, from_key: &str, to_key: &str, etag: Option<&str>) -> Result<Copied, Fallback> {
         let mut headers = vec![("x-amz-copy-source", s3.copy_source(from_key)), ("x-amz-checksum-algorithm", "SHA256".to_string())];
         headers.extend(etag.map(|e| ("x-amz-copy-source-if-match", e.to_string())));
-        let answer = s3.send(http::Method::PUT, to_key, "", &headers, Bytes::new()).await.map_err(|e| self.failed(e))?;
+        let answer = s3.send(http::Method::PUT, to_key, "", &headers, Bytes::new(), true).await.map_err(|e| self.failed(e))?;
         match self.s3_verdict(&answer, "CopyObject") {
             Ok(()) => Ok(Copied::Done { sha256: full_object_sha256(&answer.text), etag: copied_etag(&answer.text) }),
             Err(verdict) => verdict,
@@ -415,7 +419,7 @@ impl ServerCopy {
     /// fails is aborted, leaving nothing.
     pub async fn copy_in_parts(&self, from_key: &str, to_key: &str, etag: Option<&str>, size: u64, part: u64) -> Result<Copied, Fallback> {
         let Backend::S3(s3) = &self.backend else { return Err(Fallback::Unsupported("a copy in parts is S3's".into())) };
-        let created = s3.send(http::Method::POST, to_key, "uploads", &[], Bytes::new()).await.map_err(|e| self.failed(e))?;
+        let created = s3.send(http::Method::POST, to_key, "uploads", &[], Bytes::new(), true).await.map_err(|e| self.failed(e))?;
         if let Err(verdict) = self.s3_verdict(&created, "CreateMultipartUpload") {
             return verdict;
         }
@@ -431,7 +435,7 @@ impl ServerCopy {
                     headers.extend(etag.map(|e| ("x-amz-copy-source-if-match", e.to_string())));
                     let query = format!("partNumber={}&uploadId={upload}", i + 1);
                     async move {
-                        let answer = s3.send(http::Method::PUT, to_key, &query, &headers, Bytes::new()).await.map_err(|e| Err(self.failed(e)))?;
+                        let answer = s3.send(http::Method::PUT, to_key, &query, &headers, Bytes::new(), false).await.map_err(|e| Err(self.failed(e)))?;
                         self.s3_verdict(&answer, "UploadPartCopy")?;
                         etag_in(&answer.text).ok_or_else(|| Err(self.failed("UploadPartCopy answered no ETag".into())))
                     }
@@ -440,7 +444,7 @@ impl ServerCopy {
             let etags: Vec<String> = parts.try_collect().await?;
             let body: String = etags.iter().enumerate().map(|(i, e)| format!("<Part><PartNumber>{}</PartNumber><ETag>\"{e}\"</ETag></Part>", i + 1)).collect();
             let body = Bytes::from(format!("<CompleteMultipartUpload>{body}</CompleteMultipartUpload>"));
-            let done = s3.send(http::Method::POST, to_key, &format!("uploadId={upload}"), &[], body).await.map_err(|e| Err(self.failed(e)))?;
+            let done = s3.send(http::Method::POST, to_key, &format!("uploadId={upload}"), &[], body, false).await.map_err(|e| Err(self.failed(e)))?;
             self.s3_verdict(&done, "CompleteMultipartUpload")?;
             Ok(Copied::Done { sha256: None, etag: etag_in(&done.text) })
         };
@@ -448,7 +452,7 @@ impl ServerCopy {
         match copied {
             Ok(done) => Ok(done),
             Err(verdict) => {
-                if let Err(e) = s3.send(http::Method::DELETE, to_key, &format!("uploadId={upload}"), &[], Bytes::new()).await {
+                if let Err(e) = s3.send(http::Method::DELETE, to_key, &format!("uploadId={upload}"), &[], Bytes::new(), false).await {
                     warn!(key = to_key, error = %e, "could not abort a copy in parts: the bucket's lifecycle rule for incomplete uploads removes it");
                 }
                 verdict
