@@ -227,12 +227,7 @@ async fn restore_one(
     record: &ObjectRecord,
     progress: &Progress,
 ) -> Result<(), RestoreError> {
-    // A blob whose SHA-256 is recorded is copied server-side only while the store's
-    // copies can be checked against it.
-    // Only what one copy request copies: a copy in parts has no SHA-256, nor an MD5 ETag,
-    // to check it by.
-    let whole = record.size <= server_copy::MAX_SERVER_COPY;
-    if let Some(server) = server.filter(|s| whole && s.takes(record.size) && (record.sha256.is_none() || !s.gave_no_sha256())) {
+    if let Some(server) = server.filter(|s| checkable_copy(s, record)) {
         match server.copy(&record.blob, &record.key, None, record.size).await {
             Ok(Copied::Done { sha256, etag }) => match copy_matches(record, sha256.as_deref(), etag.as_deref()) {
                 Some(true) => {
@@ -258,6 +253,19 @@ async fn restore_one(
     }
     objects::copy_verified(pool, "target", &record.blob, dest, put, &record.key, objects::Expect::of_blob(record), progress).await?;
     Ok(())
+}
+
+/// Whether the server-side copy of a blob could be checked: one copy request (a copy in
+/// parts has neither a SHA-256 nor an MD5 ETag) whose answer gives what the record has,
+/// the SHA-256 while the store gives it, or, pending, an MD5 ETag. Else the blob is
+/// streamed, checked, rather than copied and then streamed again.
+fn checkable_copy(server: &ServerCopy, record: &ObjectRecord) -> bool {
+    let whole = record.size <= server_copy::MAX_SERVER_COPY && server.takes(record.size);
+    whole
+        && match record.sha256 {
+            Some(_) => !server.gave_no_sha256(),
+            None => objects::Expect::of_blob(record).md5.is_some(),
+        }
 }
 
 /// Whether a server-side copy is the recorded blob: by the store's SHA-256 of it, or for
