@@ -1,15 +1,15 @@
 //! Server-side copy: the source's objects copied into the pool by the store itself
-//! (S3 CopyObject, Azure Copy Blob From URL: [`crate::azure`], GCS rewrite:
-//! [`crate::gcs`]), so their bytes never
-//! cross this process's network, when one set of credentials reaches both buckets on
-//! one service.
+//! (S3 CopyObject, and UploadPartCopy above 5 GiB; Azure Copy Blob From URL:
+//! [`crate::azure`]; GCS rewrite: [`crate::gcs`]), so their bytes never cross this
+//! process's network, when one set of credentials reaches both buckets on one service.
 //!
-//! object_store copies only within one bucket, so the CopyObject is signed here with
+//! object_store copies only within one bucket, so the S3 requests are signed here with
 //! object_store's own credentials, signer and client options ([`S3Endpoint`]). The
 //! store is asked for each copy's SHA-256 (`x-amz-checksum-algorithm: SHA256`); a
-//! store that does not give it (s3s-fs, some S3-compatible servers) has the record
-//! marked pending, with the copy's ETag, until `verify --deep` reads the blob once. A
-//! store that refuses the copy, or fails it, has that object streamed instead.
+//! copy without one (Azure, GCS, s3s-fs, some S3-compatible servers, any copy in parts)
+//! has its record marked pending, with the copy's ETag, until `verify --deep` reads the
+//! blob once. A store that refuses the copy, or fails it, has that object streamed
+//! instead.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
