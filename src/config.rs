@@ -158,7 +158,7 @@ variables! {
     PRECOPY: Value("true"), "Copy the objects once before the pause too, so only the delta is copied while paused.";
     COPY_CONCURRENCY: Value("32"), "Parallel object transfers (1–1024).";
     COPY_MODE: Value("auto"),
-        "`auto`: S3 server-side copies (CopyObject, no object bytes through the pod) when source and backup bucket share endpoint, region and credentials, else streamed; `server`: server-side whenever both are S3; `stream`: always streamed. A refused server-side copy is streamed. `restore` decides the same way between the backup bucket and RESTORE_URL.";
+        "`auto`: server-side copies (S3 CopyObject, Azure Copy Blob From URL, GCS rewrite: no object bytes through the pod) when source and backup bucket are on one service (both S3, both Azure or both GCS) and share endpoint, account/region and credentials, else streamed; `server`: server-side whenever both are on one such service; `stream`: always streamed. A refused server-side copy is streamed. `restore` decides the same way between the backup bucket and RESTORE_URL (on S3 only: Azure's and GCS' copies carry no SHA-256 to check).";
     COPY_SHARDS: Value("1"),
         "With N > 1 (at most 256), the pre-copy runs as a Kubernetes Indexed Job of N pods (`copy-shard`), made from this pod's own spec and owned by it: index i copies one contiguous key range cut at the chunks' leading hex digits (the first index also takes the keys before `chunk/`, the last those after), and the run merges their listings. Needs OBJECTS=copy, PRECOPY=true, POD_NAME and POD_NAMESPACE.";
     COPY_PARALLELISM: Described("COPY_SHARDS"), "How many of the copy Job's pods run at once (1–256).";
